@@ -1,0 +1,58 @@
+//! Accounting: every packet lands in exactly one counter, a port's or an unclassified reason's.
+
+use crate::{IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, parse};
+use aya_ebpf::programs::TcContext;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use shaper_common::{Counter, DIR_INGRESS, MAX_IFACES, port_counter_index, unclassified_index};
+
+#[inline(always)]
+pub fn observe(ctx: &TcContext, direction: u32) {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let slot = match unsafe { IFACE_SLOTS.get(&ifindex) } {
+        Some(&slot) if slot < MAX_IFACES => slot,
+        // Not an interface this daemon registered (a race at attach time): pass, uncounted.
+        _ => return,
+    };
+    // A GSO/GRO aggregate is one skb for many wire packets; gso_segs is 0 for a plain skb.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
+    let segments = if gso_segs > 1 { gso_segs as u64 } else { 1 };
+    let len = ctx.len() as u64;
+
+    match parse::parse(ctx) {
+        Ok(flow) => {
+            let port = if direction == DIR_INGRESS { flow.dst_port } else { flow.src_port };
+            // skb->len holds the headers once; every further segment repeats them on the wire.
+            // This is qdisc_pkt_len_init()'s rule (net/core/dev.c). __sk_buff.wire_len is not
+            // used because on ingress it is set before the L2 header is pushed back and without
+            // the GSO correction (sch_handle_ingress() sets pkt_len = skb->len).
+            let bytes = len + (segments - 1) * flow.header_len as u64;
+            let index = port_counter_index(slot, direction, flow.proto, port);
+            if let Some(counter) = PORT_COUNTERS.get_ptr_mut(index) {
+                add_shared(counter, segments, bytes);
+            }
+        }
+        Err(reason) => {
+            if let Some(counter) = UNCLASSIFIED.get_ptr_mut(unclassified_index(slot, direction, reason)) {
+                // Per-CPU slot, and tc programs run with migration disabled: a plain add is safe.
+                unsafe {
+                    (*counter).packets += segments;
+                    (*counter).bytes += len;
+                }
+            }
+        }
+    }
+}
+
+/// Adds to a counter other CPUs update too. BPF atomic adds (BPF_ATOMIC | BPF_ADD) never lose an
+/// update; the two fields are independent, so no ordering between them is needed.
+///
+/// The BPF target spec says `atomic-cas: false`, so core's `AtomicU64::fetch_add` does not exist
+/// there; the intrinsic lowers to the same instruction. The eBPF crate is built with
+/// RUSTC_BOOTSTRAP already (for `-Z build-std`), which also admits `core_intrinsics`.
+#[inline(always)]
+fn add_shared(counter: *mut Counter, packets: u64, bytes: u64) {
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).packets, packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).bytes, bytes);
+    }
+}

@@ -1,0 +1,199 @@
+//! Packet parsing: from the Ethernet header to the L4 protocol and ports.
+//!
+//! All reads use direct packet access with a bounds check the verifier can see ([`ptr_at`]).
+//! A header that lies beyond the linear part of a non-linear skb is pulled in once and the parse
+//! retried (see [`parse`]).
+
+use aya_ebpf::programs::TcContext;
+use core::mem::size_of;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+use shaper_common::{MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP, reason};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// In-packet VLAN tags walked (802.1Q, and 802.1ad outer tags for QinQ). A tag that the NIC or
+/// veth offloaded lives in skb metadata (`vlan_present`/`vlan_tci`) and is not in the data.
+const MAX_VLAN_TAGS: usize = 2;
+
+/// How much of a non-linear skb is pulled into the linear area when headers straddle it: enough
+/// for two VLAN tags, IPv4 with options or IPv6 with a chain of extension headers, and TCP.
+const PULL_LEN: u32 = 256;
+
+/// A TCP or UDP packet's protocol and ports.
+pub struct Flow {
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Bytes from the start of the frame to the end of the L4 header: what each GSO segment
+    /// repeats on the wire.
+    pub header_len: u32,
+}
+
+/// Parses the packet, pulling non-linear headers in once if the first attempt ran out of linear
+/// data. `Err` is a [`reason`] code.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
+    match parse_linear(ctx) {
+        Err(reason::TRUNCATED) if ctx.len() as usize > ctx.data_end() - ctx.data() => {
+            // bpf_skb_pull_data() makes the first `len` bytes linear (include/uapi/linux/bpf.h);
+            // it invalidates packet pointers, and parse_linear re-reads data/data_end.
+            let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+            if ctx.pull_data(want).is_err() {
+                return Err(reason::TRUNCATED);
+            }
+            parse_linear(ctx)
+        }
+        other => other,
+    }
+}
+
+/// Returns a pointer to a `T` at `offset` in the packet, or `TRUNCATED` if the linear data ends
+/// before it. Must stay inlined: the verifier only accepts packet pointers whose bound check it
+/// sees in the same function ("pointer arithmetic on pkt_end prohibited" otherwise).
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(reason::TRUNCATED);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut offset = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let vlan = ptr_at::<VlanHdr>(ctx, offset)?;
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        offset += VlanHdr::LEN;
+    }
+    let (l4_proto, l4_offset) = match ether_type {
+        ETH_P_IP => ipv4(ctx, offset)?,
+        ETH_P_IPV6 => ipv6(ctx, offset)?,
+        _ => return Err(reason::NON_IP),
+    };
+    l4(ctx, l4_proto, l4_offset)
+}
+
+/// Returns the L4 protocol and where its header starts.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
+    let vihl = unsafe { (*ip).vihl };
+    if vihl >> 4 != 4 {
+        return Err(reason::MALFORMED);
+    }
+    // IHL counts 32-bit words; below 5 the header would be shorter than its fixed part (RFC 791).
+    let ihl = (vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Err(reason::MALFORMED);
+    }
+    // A fragment offset other than 0 means this fragment starts past the L4 header: whatever is
+    // where ports would be is payload. The first fragment (offset 0, MF set) has the header.
+    let frags = u16::from_be_bytes(unsafe { (*ip).frags });
+    if frags & 0x1fff != 0 {
+        return Err(reason::FRAGMENT);
+    }
+    Ok((unsafe { (*ip).proto }, offset + ihl * 4))
+}
+
+/// Walks the IPv6 extension-header chain (RFC 8200 section 4) with a bounded loop and returns
+/// the upper-layer protocol and where its header starts.
+#[inline(always)]
+fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, offset)?;
+    if unsafe { (*ip).vcf[0] } >> 4 != 6 {
+        return Err(reason::MALFORMED);
+    }
+    let mut next = unsafe { (*ip).next_hdr };
+    let mut offset = offset + Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                // Next Header, then Hdr Ext Len in 8-octet units not counting the first 8.
+                let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
+                let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+                next = nh;
+                offset += (len as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2).
+                let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
+                let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+                next = nh;
+                offset += (len as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let frag = ptr_at::<[u8; 8]>(ctx, offset)?;
+                let (nh, off_hi, off_lo) = unsafe { ((*frag)[0], (*frag)[2], (*frag)[3]) };
+                // The top 13 bits of bytes 2..4 are the fragment offset (RFC 8200 section 4.5).
+                if u16::from_be_bytes([off_hi, off_lo]) & 0xfff8 != 0 {
+                    return Err(reason::FRAGMENT);
+                }
+                next = nh;
+                offset += 8;
+            }
+            _ => return Ok((next, offset)),
+        }
+    }
+    Err(reason::IPV6_EXT_LIMIT)
+}
+
+#[inline(always)]
+fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
+    match proto {
+        IPPROTO_TCP => {
+            let tcp = ptr_at::<TcpHdr>(ctx, offset)?;
+            let (source, dest) = unsafe { ((*tcp).source, (*tcp).dest) };
+            // Data offset: the high nibble of byte 12, in 32-bit words (RFC 9293 section 3.1).
+            let data_offset = unsafe { *(tcp as *const u8).add(12) } >> 4;
+            if data_offset < 5 {
+                return Err(reason::MALFORMED);
+            }
+            Ok(Flow {
+                proto: PROTO_TCP,
+                src_port: u16::from_be_bytes(source),
+                dst_port: u16::from_be_bytes(dest),
+                header_len: (offset + data_offset as usize * 4) as u32,
+            })
+        }
+        IPPROTO_UDP => {
+            let udp = ptr_at::<UdpHdr>(ctx, offset)?;
+            let (src, dst) = unsafe { ((*udp).src, (*udp).dst) };
+            Ok(Flow {
+                proto: PROTO_UDP,
+                src_port: u16::from_be_bytes(src),
+                dst_port: u16::from_be_bytes(dst),
+                header_len: (offset + UdpHdr::LEN) as u32,
+            })
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => Err(reason::ICMP),
+        _ => Err(reason::OTHER_L4),
+    }
+}

@@ -1,0 +1,40 @@
+//! Command-line interface: one module per subcommand.
+
+mod run;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use shaper::control::DEFAULT_SOCKET;
+
+/// eBPF per-port traffic observer for Linux tc hooks.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "SHAPER_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the classifier, attach it to interfaces and serve the control socket until
+    /// SIGINT/SIGTERM, then detach.
+    Run(run::RunArgs),
+    /// Print the per-port counters of the running daemon.
+    Stats(stats::StatsArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run::run(args, &self.socket),
+            Command::Stats(args) => stats::stats(args, &self.socket),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The library's error type: each variant names what went wrong and, where one exists, the fix.
+
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface '{0}' does not exist (`ip -br link` lists the interfaces)")]
+    InterfaceNotFound(String),
+
+    #[error(
+        "no --iface given and no default route to take the interface from; name one with --iface"
+    )]
+    NoDefaultRoute,
+
+    #[error(
+        "shaper needs root, or the capabilities {missing}; run it as root (for example with sudo)"
+    )]
+    NotPrivileged { missing: String },
+
+    #[error(
+        "another shaper (pid {pid}) is already attached to {iface}; stop it before starting a second one"
+    )]
+    AlreadyAttached { iface: String, pid: String },
+
+    #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{log}")]
+    Verifier { program: &'static str, source: io::Error, log: String },
+
+    #[error("tcx needs Linux >= 6.6 (this is {kernel}); use --attach clsact")]
+    TcxUnsupported { kernel: String },
+
+    #[error("attaching to {iface} {direction} ({mode}) failed: {source}")]
+    Attach {
+        iface: String,
+        direction: &'static str,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
+    #[error("adding the clsact qdisc to {iface} failed: {source}")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+
+    #[error("removing the clsact qdisc shaper added to {iface} failed: {source}")]
+    ClsactRemove {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("at most {max} interfaces can be attached at once, {requested} were named")]
+    TooManyInterfaces { requested: usize, max: u32 },
+
+    #[error("the eBPF object has no {kind} named {name}; was it built from this source tree?")]
+    MissingInObject { kind: &'static str, name: &'static str },
+
+    #[error("{path}: {source}")]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "the shaper daemon is not running (nothing listens on {path}); start it with `sudo shaper run`"
+    )]
+    DaemonNotRunning { path: PathBuf },
+
+    #[error("permission denied on {path}: the control socket is root-only; run this as root")]
+    ControlPermission { path: PathBuf },
+
+    #[error("another shaper daemon already serves {path}; stop it or give this one another --socket")]
+    SocketInUse { path: PathBuf },
+
+    #[error("the daemon's reply could not be read: {0}")]
+    BadReply(#[source] serde_json::Error),
+
+    #[error("the daemon refused the request: {0}")]
+    Refused(String),
+
+    #[error(transparent)]
+    Ebpf(#[from] aya::EbpfError),
+
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    pub(crate) fn path(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Path { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

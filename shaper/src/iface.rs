@@ -1,0 +1,122 @@
+//! Interfaces: names to indexes, the default-route interface, and the network namespace.
+
+use std::{ffi::CString, os::unix::fs::MetadataExt as _};
+
+use crate::error::{Error, Result};
+
+/// The kernel's index of interface `name` in this network namespace.
+pub fn index(name: &str) -> Result<u32> {
+    let c_name = CString::new(name).map_err(|_| Error::InterfaceNotFound(name.to_owned()))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string and touches nothing else.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(Error::InterfaceNotFound(name.to_owned())),
+        index => Ok(index),
+    }
+}
+
+/// The interface of the default route: IPv4 first, then IPv6; the lowest metric wins.
+pub fn default_route_interface() -> Result<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_route_v4(&v4)
+        .or_else(|| default_route_v6(&v6))
+        .ok_or(Error::NoDefaultRoute)
+}
+
+const RTF_UP: u32 = 0x1;
+
+/// Parses `/proc/net/route` (net/ipv4/fib_trie.c `fib_route_seq_show`): a header line, then
+/// `Iface Destination Gateway Flags RefCnt Use Metric Mask ...` in hex, addresses in host order.
+pub fn default_route_v4(table: &str) -> Option<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (iface, dest, flags, metric, mask) =
+                (fields.first()?, fields.get(1)?, fields.get(3)?, fields.get(6)?, fields.get(7)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let is_default = u32::from_str_radix(dest, 16).ok()? == 0
+                && u32::from_str_radix(mask, 16).ok()? == 0
+                && flags & RTF_UP != 0;
+            is_default.then(|| (metric.parse::<u32>().unwrap_or(u32::MAX), iface.to_string()))
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// Parses `/proc/net/ipv6_route` (net/ipv6/route.c `ipv6_route_native_seq_show`):
+/// `dest plen src plen nexthop metric refcnt use flags iface`, all hex but the name.
+pub fn default_route_v6(table: &str) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 {
+                return None;
+            }
+            let flags = u32::from_str_radix(fields[8], 16).ok()?;
+            let is_default = fields[0].bytes().all(|b| b == b'0')
+                && fields[1] == "00"
+                && flags & RTF_UP != 0
+                && fields[9] != "lo";
+            let metric = u32::from_str_radix(fields[5], 16).unwrap_or(u32::MAX);
+            is_default.then(|| (metric, fields[9].to_owned()))
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// The inode of this process's network namespace: interface names are only unique within one.
+pub fn netns_inode() -> Result<u64> {
+    let path = "/proc/self/ns/net";
+    Ok(std::fs::metadata(path).map_err(Error::path(path))?.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+wlan0\t00000000\t0102A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
+eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+";
+
+    #[test]
+    fn v4_default_route_with_lowest_metric_wins() {
+        assert_eq!(default_route_v4(ROUTE).as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn v4_table_without_default_route_has_none() {
+        let table = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\n";
+        assert_eq!(default_route_v4(table), None);
+        assert_eq!(default_route_v4(""), None);
+    }
+
+    #[test]
+    fn v4_route_that_is_down_is_ignored() {
+        let table = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     eth9\t00000000\t0101A8C0\t0002\t0\t0\t1\t00000000\n";
+        assert_eq!(default_route_v4(table), None);
+    }
+
+    #[test]
+    fn v6_default_route_skips_loopback_unreachable_entry() {
+        let table = "\
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     ens3
+20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     ens3
+";
+        assert_eq!(default_route_v6(table).as_deref(), Some("ens3"));
+    }
+
+    #[test]
+    fn unknown_interface_is_a_clear_error() {
+        let err = index("shaper-no-such-if0").unwrap_err();
+        assert!(err.to_string().contains("'shaper-no-such-if0' does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! shaper: an eBPF per-port traffic observer (and, later, shaper) for Linux tc hooks.
+//!
+//! The library holds everything but argument parsing: loading and attaching the classifier
+//! ([`classifier`], [`attach`]), reading its counters ([`counters`], [`stats`]) and the local
+//! control socket through which the CLI talks to the daemon ([`control`]).
+
+pub mod attach;
+pub mod classifier;
+pub mod control;
+pub mod counters;
+pub mod error;
+pub mod iface;
+pub mod lock;
+mod netlink;
+pub mod privileges;
+pub mod stats;
+
+pub use attach::{AttachMode, Direction};
+pub use classifier::Classifier;
+pub use error::{Error, Result};

@@ -1,0 +1,152 @@
+//! A point-in-time copy of the counters, as `shaper stats` prints it (JSON schema version 1).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The JSON schema version of [`Snapshot`]; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub schema_version: u32,
+    pub interfaces: Vec<InterfaceInfo>,
+    /// Ports that have seen traffic, sorted by interface, direction, protocol, port.
+    pub ports: Vec<PortStats>,
+    /// Packets without a port, by reason; only reasons that have seen traffic.
+    pub unclassified: Vec<UnclassifiedStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    pub ifindex: u32,
+    /// `tcx` or `clsact`.
+    pub attach: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortStats {
+    pub iface: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The local port: destination on ingress, source on egress.
+    pub port: u16,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnclassifiedStats {
+    pub iface: String,
+    pub direction: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Snapshot {
+    /// The counter of one port, if it has seen traffic.
+    pub fn port(&self, iface: &str, direction: &str, proto: &str, port: u16) -> Option<&PortStats> {
+        self.ports.iter().find(|p| {
+            p.iface == iface && p.direction == direction && p.proto == proto && p.port == port
+        })
+    }
+
+    /// The counter of one unclassified reason, if it has seen traffic.
+    pub fn unclassified(&self, iface: &str, direction: &str, reason: &str) -> Option<&UnclassifiedStats> {
+        self.unclassified
+            .iter()
+            .find(|u| u.iface == iface && u.direction == direction && u.reason == reason)
+    }
+
+    /// The human-readable table of `shaper stats`.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        for iface in &self.interfaces {
+            let _ = writeln!(out, "interface {} (ifindex {}, {})", iface.name, iface.ifindex, iface.attach);
+        }
+        if self.ports.is_empty() {
+            out.push_str("\nno port has seen traffic yet\n");
+        } else {
+            let _ = writeln!(out, "\n{:<16} {:<8} {:<5} {:>5} {:>14} {:>16}", "IFACE", "DIR", "PROTO", "PORT", "PACKETS", "BYTES");
+            for p in &self.ports {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<8} {:<5} {:>5} {:>14} {:>16}",
+                    p.iface, p.direction, p.proto, p.port, p.packets, p.bytes
+                );
+            }
+        }
+        if !self.unclassified.is_empty() {
+            let _ = writeln!(out, "\n{:<16} {:<8} {:<14} {:>14} {:>16}", "IFACE", "DIR", "UNCLASSIFIED", "PACKETS", "BYTES");
+            for u in &self.unclassified {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<8} {:<14} {:>14} {:>16}",
+                    u.iface, u.direction, u.reason, u.packets, u.bytes
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            schema_version: SCHEMA_VERSION,
+            interfaces: vec![InterfaceInfo { name: "eth0".into(), ifindex: 2, attach: "tcx".into() }],
+            ports: vec![PortStats {
+                iface: "eth0".into(),
+                direction: "ingress".into(),
+                proto: "tcp".into(),
+                port: 443,
+                packets: 10,
+                bytes: 15_000,
+            }],
+            unclassified: vec![UnclassifiedStats {
+                iface: "eth0".into(),
+                direction: "egress".into(),
+                reason: "non_ip".into(),
+                packets: 1,
+                bytes: 42,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_field_names_are_the_documented_schema() {
+        let json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["interfaces"][0]["attach"], "tcx");
+        let port = &json["ports"][0];
+        for key in ["iface", "direction", "proto", "port", "packets", "bytes"] {
+            assert!(port.get(key).is_some(), "ports[] lacks {key}");
+        }
+        let reason = &json["unclassified"][0];
+        for key in ["iface", "direction", "reason", "packets", "bytes"] {
+            assert!(reason.get(key).is_some(), "unclassified[] lacks {key}");
+        }
+    }
+
+    #[test]
+    fn table_lists_ports_and_reasons() {
+        let table = sample().to_table();
+        assert!(table.contains("interface eth0 (ifindex 2, tcx)"), "{table}");
+        assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["eth0", "ingress", "tcp", "443", "10", "15000"]), "{table}");
+        assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["eth0", "egress", "non_ip", "1", "42"]), "{table}");
+    }
+
+    #[test]
+    fn lookup_finds_one_port() {
+        let s = sample();
+        assert_eq!(s.port("eth0", "ingress", "tcp", 443).map(|p| p.packets), Some(10));
+        assert!(s.port("eth0", "egress", "tcp", 443).is_none());
+    }
+}
