@@ -53,3 +53,23 @@ pub fn linker_root(key: &LinkerKey) -> Option<PathBuf> {
 
 /// The command that builds the missing linker; named in every error about it.
 pub const BOOTSTRAP_COMMAND: &str = "cargo xtask bootstrap";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_comes_from_commit_and_llvm_major() {
+        let text = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\n\
+                    commit-hash: 59807616e1fa2540724bfbac14d7976d7e4a3860\n\
+                    host: x86_64-unknown-linux-gnu\nrelease: 1.95.0\nLLVM version: 22.1.2\n";
+        let key = LinkerKey::from_rustc_verbose_version(text).unwrap();
+        assert_eq!(key.llvm_major, 22);
+        assert_eq!(key.dir_name(), "59807616e1fa-llvm22");
+    }
+
+    #[test]
+    fn output_without_llvm_version_has_no_key() {
+        assert_eq!(LinkerKey::from_rustc_verbose_version("commit-hash: abc\n"), None);
+    }
+}

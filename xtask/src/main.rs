@@ -1,1 +1,99 @@
-fn main(){}
+//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test`.
+
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "shaper's build, run and test jobs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Job,
+}
+
+#[derive(Debug, Subcommand)]
+enum Job {
+    /// Install what the eBPF build needs: the rust-src component and a bpf-linker built against
+    /// this rustc's LLVM (cached; a second run costs nothing).
+    Bootstrap,
+    /// Bootstrap, build the release binary and run `shaper run ARGS` (default: attach to the
+    /// interface of the default route).
+    Run {
+        /// Arguments for `shaper run`, e.g. `-- --iface eth0`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap and run every test: unit tests and the privileged kernel tests (root needed;
+    /// with CI=true a privileged test that cannot run fails instead of skipping).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- classify`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Job::Bootstrap => bootstrap::run().map(|_| ()),
+        Job::Run { args } => run(args),
+        Job::Test { args } => test(args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn check(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    bootstrap::run()?;
+    check(cargo().args(["build", "--release", "--package", "shaper"]))?;
+    let binary = workspace_root().join("target/release/shaper");
+    let mut cmd = Command::new(&binary);
+    cmd.arg("run").args(&args);
+    eprintln!("xtask: {} run {}", binary.display(), args.join(" "));
+    // Let the daemon own SIGINT/SIGTERM handling; report its own exit status.
+    let status = cmd.status().with_context(|| format!("starting {}", binary.display()))?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+fn test(args: Vec<String>) -> anyhow::Result<()> {
+    bootstrap::run()?;
+    // Default members only: the no_std eBPF crate cannot build for the host (the build script
+    // of `shaper` builds it for the BPF target). Kernel tests share kernel state (interface
+    // names, the interface locks), so they run one at a time.
+    let (cargo_args, test_args): (Vec<String>, Vec<String>) = match args.iter().position(|a| a == "--") {
+        Some(split) => (args[..split].to_vec(), args[split + 1..].to_vec()),
+        None => (args, Vec::new()),
+    };
+    check(
+        cargo()
+            .arg("test")
+            .args(&cargo_args)
+            .arg("--")
+            .arg("--test-threads=1")
+            .args(&test_args),
+    )
+}

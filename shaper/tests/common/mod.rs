@@ -1,0 +1,17 @@
+//! Helpers shared by the kernel tests: the root gate, hand-made packets, throwaway namespaces.
+#![allow(dead_code)]
+
+pub mod netns;
+pub mod packet;
+
+/// Kernel tests need root. Outside CI they skip with a message; with CI=true a skip would hide a
+/// broken pipeline, so it fails instead.
+pub fn require_root(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!in_ci, "{test}: needs root, and CI=true forbids skipping");
+    eprintln!("skipping {test}: needs root (BPF_PROG_LOAD, network namespaces)");
+    false
+}
