@@ -17,14 +17,19 @@ fn main() -> anyhow::Result<()> {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = Command::new(&rustc).arg("-vV").output()?;
     let key = LinkerKey::from_rustc_verbose_version(&String::from_utf8_lossy(&version.stdout))
-        .ok_or_else(|| anyhow::anyhow!("cannot read the commit and LLVM version from `{rustc} -vV`"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("cannot read the commit and LLVM version from `{rustc} -vV`")
+        })?;
 
     // Prefer the linker built for exactly this rustc; else any bpf-linker on PATH.
     let mut path = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
     let cached = linker_root(&key).map(|root| root.join("bin"));
     match cached.filter(|bin| bin.join("bpf-linker").is_file()) {
         Some(bin) => {
-            println!("cargo:rerun-if-changed={}", bin.join("bpf-linker").display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                bin.join("bpf-linker").display()
+            );
             path.insert(0, bin);
         }
         None if path.iter().any(|dir| dir.join("bpf-linker").is_file()) => {}
@@ -46,9 +51,15 @@ fn main() -> anyhow::Result<()> {
 
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../shaper-ebpf");
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [Package { name: "shaper-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [Package {
+            name: "shaper-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         Toolchain::Custom(&toolchain),
     )
 }

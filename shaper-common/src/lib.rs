@@ -114,8 +114,14 @@ mod tests {
     #[test]
     fn port_counter_indices_are_dense_and_disjoint() {
         assert_eq!(port_counter_index(0, DIR_INGRESS, PROTO_TCP, 0), 0);
-        assert_eq!(port_counter_index(0, DIR_EGRESS, PROTO_UDP, u16::MAX), PORT_COUNTERS_PER_IFACE - 1);
-        assert_eq!(port_counter_index(1, DIR_INGRESS, PROTO_TCP, 0), PORT_COUNTERS_PER_IFACE);
+        assert_eq!(
+            port_counter_index(0, DIR_EGRESS, PROTO_UDP, u16::MAX),
+            PORT_COUNTERS_PER_IFACE - 1
+        );
+        assert_eq!(
+            port_counter_index(1, DIR_INGRESS, PROTO_TCP, 0),
+            PORT_COUNTERS_PER_IFACE
+        );
         assert_eq!(
             port_counter_index(MAX_IFACES - 1, DIR_EGRESS, PROTO_UDP, u16::MAX),
             MAX_IFACES * PORT_COUNTERS_PER_IFACE - 1

@@ -20,7 +20,11 @@ pub fn observe(ctx: &TcContext, direction: u32) {
 
     match parse::parse(ctx) {
         Ok(flow) => {
-            let port = if direction == DIR_INGRESS { flow.dst_port } else { flow.src_port };
+            let port = if direction == DIR_INGRESS {
+                flow.dst_port
+            } else {
+                flow.src_port
+            };
             // skb->len holds the headers once; every further segment repeats them on the wire.
             // This is qdisc_pkt_len_init()'s rule (net/core/dev.c). __sk_buff.wire_len is not
             // used because on ingress it is set before the L2 header is pushed back and without
@@ -32,7 +36,9 @@ pub fn observe(ctx: &TcContext, direction: u32) {
             }
         }
         Err(reason) => {
-            if let Some(counter) = UNCLASSIFIED.get_ptr_mut(unclassified_index(slot, direction, reason)) {
+            if let Some(counter) =
+                UNCLASSIFIED.get_ptr_mut(unclassified_index(slot, direction, reason))
+            {
                 // Per-CPU slot, and tc programs run with migration disabled: a plain add is safe.
                 unsafe {
                     (*counter).packets += segments;

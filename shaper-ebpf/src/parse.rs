@@ -57,7 +57,11 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
         Err(reason::TRUNCATED) if ctx.len() as usize > ctx.data_end() - ctx.data() => {
             // bpf_skb_pull_data() makes the first `len` bytes linear (include/uapi/linux/bpf.h);
             // it invalidates packet pointers, and parse_linear re-reads data/data_end.
-            let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+            let want = if ctx.len() < PULL_LEN {
+                ctx.len()
+            } else {
+                PULL_LEN
+            };
             if ctx.pull_data(want).is_err() {
                 return Err(reason::TRUNCATED);
             }

@@ -25,7 +25,10 @@ impl LinkerKey {
         };
         let rustc_commit = field("commit-hash:")?.to_owned();
         let llvm_major = field("LLVM version:")?.split('.').next()?.parse().ok()?;
-        Some(Self { rustc_commit, llvm_major })
+        Some(Self {
+            rustc_commit,
+            llvm_major,
+        })
     }
 
     /// The directory name under `bpf-linker/` in the cache.
@@ -70,6 +73,9 @@ mod tests {
 
     #[test]
     fn output_without_llvm_version_has_no_key() {
-        assert_eq!(LinkerKey::from_rustc_verbose_version("commit-hash: abc\n"), None);
+        assert_eq!(
+            LinkerKey::from_rustc_verbose_version("commit-hash: abc\n"),
+            None
+        );
     }
 }

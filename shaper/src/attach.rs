@@ -33,7 +33,11 @@ pub enum AttachMode {
 impl AttachMode {
     /// tcx where the kernel has it, clsact otherwise.
     pub fn auto() -> Self {
-        if tcx_supported() { Self::Tcx } else { Self::Clsact }
+        if tcx_supported() {
+            Self::Tcx
+        } else {
+            Self::Clsact
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -97,11 +101,15 @@ pub struct Attachment {
     _lock: InterfaceLock,
 }
 
-pub(crate) fn program_mut<'a>(ebpf: &'a mut Ebpf, direction: Direction) -> Result<&'a mut SchedClassifier> {
+pub(crate) fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    direction: Direction,
+) -> Result<&'a mut SchedClassifier> {
     let name = direction.program();
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(Error::MissingInObject { kind: "program", name })?;
+    let program = ebpf.program_mut(name).ok_or(Error::MissingInObject {
+        kind: "program",
+        name,
+    })?;
     Ok(program.try_into()?)
 }
 
@@ -122,7 +130,12 @@ pub(crate) fn attach(
         AttachMode::Tcx => false,
         AttachMode::Clsact => prepare_clsact(iface)?,
     };
-    let mut attachment = Attachment { mode, links: Vec::new(), added_clsact, _lock: lock };
+    let mut attachment = Attachment {
+        mode,
+        links: Vec::new(),
+        added_clsact,
+        _lock: lock,
+    };
     for direction in Direction::BOTH {
         let options = match mode {
             AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
@@ -136,7 +149,12 @@ pub(crate) fn attach(
         match attached {
             Ok(link) => attachment.links.push((direction, link)),
             Err(source) => {
-                let error = Error::Attach { iface: iface.to_owned(), direction: direction.name(), mode: mode.name(), source };
+                let error = Error::Attach {
+                    iface: iface.to_owned(),
+                    direction: direction.name(),
+                    mode: mode.name(),
+                    source,
+                };
                 if let Err(cleanup) = detach(ebpf, iface, ifindex, attachment) {
                     warn!("{iface}: undoing a partial attach failed: {cleanup}");
                 }
@@ -154,16 +172,29 @@ fn prepare_clsact(iface: &str) -> Result<bool> {
         Ok(()) => true,
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(TcError::IoError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-        Err(source) => return Err(Error::Clsact { iface: iface.to_owned(), source }),
+        Err(source) => {
+            return Err(Error::Clsact {
+                iface: iface.to_owned(),
+                source,
+            });
+        }
     };
     if !added {
         // The interface lock is ours, so a shaper filter already here was left by a daemon that
         // did not exit cleanly (SIGKILL, crash): cls_bpf filters do not die with their creator.
         for direction in Direction::BOTH {
             match tc::qdisc_detach_program(iface, direction.tc_attach_type(), direction.program()) {
-                Ok(()) => warn!("{iface}: removed a stale shaper filter on {} left by an earlier run", direction.name()),
+                Ok(()) => warn!(
+                    "{iface}: removed a stale shaper filter on {} left by an earlier run",
+                    direction.name()
+                ),
                 Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(Error::Clsact { iface: iface.to_owned(), source }),
+                Err(source) => {
+                    return Err(Error::Clsact {
+                        iface: iface.to_owned(),
+                        source,
+                    });
+                }
             }
         }
     }
@@ -171,8 +202,18 @@ fn prepare_clsact(iface: &str) -> Result<bool> {
 }
 
 /// Detaches both programs from the interface and removes a clsact qdisc that shaper added.
-pub(crate) fn detach(ebpf: &mut Ebpf, iface: &str, ifindex: u32, attachment: Attachment) -> Result<()> {
-    let Attachment { mode, links, added_clsact, _lock } = attachment;
+pub(crate) fn detach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    ifindex: u32,
+    attachment: Attachment,
+) -> Result<()> {
+    let Attachment {
+        mode,
+        links,
+        added_clsact,
+        _lock,
+    } = attachment;
     let mut first_error = None;
     for (direction, link) in links {
         let detached = program_mut(ebpf, direction).and_then(|p| Ok(p.detach(link)?));
@@ -184,7 +225,10 @@ pub(crate) fn detach(ebpf: &mut Ebpf, iface: &str, ifindex: u32, attachment: Att
         if let Err(source) = netlink::delete_clsact(ifindex) {
             // The interface may be gone already (a deleted veth takes its qdiscs with it).
             if source.raw_os_error() != Some(libc::ENODEV) {
-                first_error.get_or_insert(Error::ClsactRemove { iface: iface.to_owned(), source });
+                first_error.get_or_insert(Error::ClsactRemove {
+                    iface: iface.to_owned(),
+                    source,
+                });
             }
         }
     }

@@ -28,7 +28,8 @@ const PROTOCOLS: [(u32, &str); 2] = [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")];
 pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
     let counter = size_of::<Counter>() as u64;
     let ports = u64::from(interfaces) * u64::from(PORT_COUNTERS_PER_IFACE) * counter;
-    let unclassified = u64::from(interfaces) * u64::from(DIRECTIONS * reason::COUNT) * counter * u64::from(cpus);
+    let unclassified =
+        u64::from(interfaces) * u64::from(DIRECTIONS * reason::COUNT) * counter * u64::from(cpus);
     ports + unclassified
 }
 
@@ -53,7 +54,10 @@ impl Classifier {
     /// Loads both programs, with counter maps sized for `interfaces` interfaces.
     pub fn load(interfaces: u32) -> Result<Self> {
         if interfaces == 0 || interfaces > MAX_IFACES {
-            return Err(Error::TooManyInterfaces { requested: interfaces as usize, max: MAX_IFACES });
+            return Err(Error::TooManyInterfaces {
+                requested: interfaces as usize,
+                max: MAX_IFACES,
+            });
         }
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -61,23 +65,37 @@ impl Classifier {
             .map_max_entries(maps::UNCLASSIFIED, interfaces * DIRECTIONS * reason::COUNT)
             .load(OBJECT)?;
         for direction in Direction::BOTH {
-            attach::program_mut(&mut ebpf, direction)?.load().map_err(|e| match e {
-                ProgramError::LoadError { io_error, verifier_log } => Error::Verifier {
-                    program: direction.program(),
-                    source: io_error,
-                    log: verifier_log.to_string(),
-                },
-                other => other.into(),
-            })?;
+            attach::program_mut(&mut ebpf, direction)?
+                .load()
+                .map_err(|e| match e {
+                    ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    } => Error::Verifier {
+                        program: direction.program(),
+                        source: io_error,
+                        log: verifier_log.to_string(),
+                    },
+                    other => other.into(),
+                })?;
         }
         let port_counters = match ebpf.map(maps::PORT_COUNTERS) {
-            Some(Map::Array(data)) => CounterArray::map(
-                data.fd(),
-                (interfaces * PORT_COUNTERS_PER_IFACE) as usize,
-            )?,
-            _ => return Err(Error::MissingInObject { kind: "array map", name: maps::PORT_COUNTERS }),
+            Some(Map::Array(data)) => {
+                CounterArray::map(data.fd(), (interfaces * PORT_COUNTERS_PER_IFACE) as usize)?
+            }
+            _ => {
+                return Err(Error::MissingInObject {
+                    kind: "array map",
+                    name: maps::PORT_COUNTERS,
+                });
+            }
         };
-        Ok(Self { ebpf, port_counters, interfaces: Vec::new(), capacity: interfaces })
+        Ok(Self {
+            ebpf,
+            port_counters,
+            interfaces: Vec::new(),
+            capacity: interfaces,
+        })
     }
 
     /// Gives `iface` a counter slot, so the programs count its packets. [`attach`](Self::attach)
@@ -89,16 +107,25 @@ impl Classifier {
             return Ok(slot as u32);
         }
         if self.interfaces.len() as u32 >= self.capacity {
-            return Err(Error::TooManyInterfaces { requested: self.interfaces.len() + 1, max: self.capacity });
+            return Err(Error::TooManyInterfaces {
+                requested: self.interfaces.len() + 1,
+                max: self.capacity,
+            });
         }
         let slot = self.interfaces.len() as u32;
-        let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::IFACE_SLOTS)
-                .ok_or(Error::MissingInObject { kind: "map", name: maps::IFACE_SLOTS })?,
-        )?;
+        let mut slots: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut(maps::IFACE_SLOTS).ok_or(
+                Error::MissingInObject {
+                    kind: "map",
+                    name: maps::IFACE_SLOTS,
+                },
+            )?)?;
         slots.insert(ifindex, slot, 0)?;
-        self.interfaces.push(Interface { name: name.to_owned(), ifindex, attachment: None });
+        self.interfaces.push(Interface {
+            name: name.to_owned(),
+            ifindex,
+            attachment: None,
+        });
         Ok(slot)
     }
 
@@ -117,7 +144,9 @@ impl Classifier {
         let mut first_error = None;
         for iface in &mut self.interfaces {
             if let Some(attachment) = iface.attachment.take() {
-                if let Err(e) = attach::detach(&mut self.ebpf, &iface.name, iface.ifindex, attachment) {
+                if let Err(e) =
+                    attach::detach(&mut self.ebpf, &iface.name, iface.ifindex, attachment)
+                {
                     first_error.get_or_insert(e);
                 }
             }
@@ -126,7 +155,10 @@ impl Classifier {
     }
 
     /// The program of one direction, for BPF_PROG_TEST_RUN.
-    pub fn program_mut(&mut self, direction: Direction) -> Result<&mut aya::programs::SchedClassifier> {
+    pub fn program_mut(
+        &mut self,
+        direction: Direction,
+    ) -> Result<&mut aya::programs::SchedClassifier> {
         attach::program_mut(&mut self.ebpf, direction)
     }
 
@@ -138,12 +170,19 @@ impl Classifier {
     }
 
     /// The unclassified counter of one (interface slot, direction, reason), summed over CPUs.
-    pub fn unclassified_counter(&self, slot: u32, direction: Direction, reason: u32) -> Result<Counter> {
-        let map: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(
-            self.ebpf
-                .map(maps::UNCLASSIFIED)
-                .ok_or(Error::MissingInObject { kind: "map", name: maps::UNCLASSIFIED })?,
-        )?;
+    pub fn unclassified_counter(
+        &self,
+        slot: u32,
+        direction: Direction,
+        reason: u32,
+    ) -> Result<Counter> {
+        let map: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(maps::UNCLASSIFIED).ok_or(
+                Error::MissingInObject {
+                    kind: "map",
+                    name: maps::UNCLASSIFIED,
+                },
+            )?)?;
         let per_cpu = map.get(&unclassified_index(slot, direction.index(), reason), 0)?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
             packets: sum.packets + c.packets,
@@ -164,7 +203,11 @@ impl Classifier {
             snapshot.interfaces.push(InterfaceInfo {
                 name: iface.name.clone(),
                 ifindex: iface.ifindex,
-                attach: iface.attachment.as_ref().map_or("none", |a| a.mode.name()).to_owned(),
+                attach: iface
+                    .attachment
+                    .as_ref()
+                    .map_or("none", |a| a.mode.name())
+                    .to_owned(),
             });
             for direction in Direction::BOTH {
                 for (proto, proto_name) in PROTOCOLS {
@@ -213,10 +256,16 @@ impl Drop for Classifier {
 /// commit 97306be45fbe "Merge branch 'switch to memcg-based memory accounting'"); the default 8 MiB
 /// is less than one interface's counters.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct passed by reference.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!("raising RLIMIT_MEMLOCK failed: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "raising RLIMIT_MEMLOCK failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

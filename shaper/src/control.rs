@@ -48,10 +48,12 @@ pub enum Response {
 /// Sends one request to the daemon at `path` and waits for its response.
 pub fn request(path: &Path, request: &Request) -> Result<Response> {
     let stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            Error::DaemonNotRunning { path: path.to_owned() }
-        }
-        io::ErrorKind::PermissionDenied => Error::ControlPermission { path: path.to_owned() },
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::DaemonNotRunning {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => Error::ControlPermission {
+            path: path.to_owned(),
+        },
         _ => Error::path(path)(e),
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -82,14 +84,19 @@ impl ControlSocket {
         }
         if path.exists() {
             if StdUnixStream::connect(path).is_ok() {
-                return Err(Error::SocketInUse { path: path.to_owned() });
+                return Err(Error::SocketInUse {
+                    path: path.to_owned(),
+                });
             }
             std::fs::remove_file(path).map_err(Error::path(path))?;
         }
         let listener = UnixListener::bind(path).map_err(Error::path(path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(Error::path(path))?;
-        Ok(Self { listener, path: path.to_owned() })
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -129,7 +136,9 @@ where
         let mut line = Vec::new();
         let read = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            (&mut reader).take(MAX_REQUEST_BYTES + 1).read_until(b'\n', &mut line),
+            (&mut reader)
+                .take(MAX_REQUEST_BYTES + 1)
+                .read_until(b'\n', &mut line),
         )
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
@@ -138,11 +147,15 @@ where
         }
         let too_long = line.len() as u64 > MAX_REQUEST_BYTES;
         let response = if too_long {
-            Response::Error { message: format!("request longer than {MAX_REQUEST_BYTES} bytes") }
+            Response::Error {
+                message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            }
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(request) => handle(request),
-                Err(e) => Response::Error { message: format!("malformed request: {e}") },
+                Err(e) => Response::Error {
+                    message: format!("malformed request: {e}"),
+                },
             }
         };
         let mut reply = serde_json::to_vec(&response).map_err(io::Error::other)?;
@@ -161,8 +174,14 @@ mod tests {
 
     #[test]
     fn request_wire_format_is_an_op_tag() {
-        assert_eq!(serde_json::to_string(&Request::Stats).unwrap(), r#"{"op":"stats"}"#);
-        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"stats"}"#).unwrap(), Request::Stats);
+        assert_eq!(
+            serde_json::to_string(&Request::Stats).unwrap(),
+            r#"{"op":"stats"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"stats"}"#).unwrap(),
+            Request::Stats
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
     }
 
@@ -175,13 +194,16 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn malformed_and_oversized_requests_get_errors_and_the_daemon_keeps_serving() {
-        let path = std::env::temp_dir().join(format!("shaper-control-test-{}.sock", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("shaper-control-test-{}.sock", std::process::id()));
         let socket = ControlSocket::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let server = tokio::spawn(async move {
             let _ = socket
-                .serve(|_| Response::Error { message: "no classifier in this test".into() })
+                .serve(|_| Response::Error {
+                    message: "no classifier in this test".into(),
+                })
                 .await;
         });
         let client_path = path.clone();

@@ -4,7 +4,11 @@
 //! a time costs a syscall each; the map is `BPF_F_MMAPABLE` instead, so a full scan is a read of
 //! shared memory (kernel/bpf/arraymap.c `array_map_mmap`).
 
-use std::{io, os::fd::{AsFd, AsRawFd as _}, ptr::NonNull};
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd as _},
+    ptr::NonNull,
+};
 
 use shaper_common::Counter;
 
@@ -41,7 +45,11 @@ impl CounterArray {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<Counter>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { base, entries, mapped_len })
+        Ok(Self {
+            base,
+            entries,
+            mapped_len,
+        })
     }
 
     pub fn len(&self) -> usize {

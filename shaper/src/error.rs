@@ -23,7 +23,11 @@ pub enum Error {
     AlreadyAttached { iface: String, pid: String },
 
     #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{log}")]
-    Verifier { program: &'static str, source: io::Error, log: String },
+    Verifier {
+        program: &'static str,
+        source: io::Error,
+        log: String,
+    },
 
     #[error("tcx needs Linux >= 6.6 (this is {kernel}); use --attach clsact")]
     TcxUnsupported { kernel: String },
@@ -55,7 +59,10 @@ pub enum Error {
     TooManyInterfaces { requested: usize, max: u32 },
 
     #[error("the eBPF object has no {kind} named {name}; was it built from this source tree?")]
-    MissingInObject { kind: &'static str, name: &'static str },
+    MissingInObject {
+        kind: &'static str,
+        name: &'static str,
+    },
 
     #[error("{path}: {source}")]
     Path {
@@ -72,7 +79,9 @@ pub enum Error {
     #[error("permission denied on {path}: the control socket is root-only; run this as root")]
     ControlPermission { path: PathBuf },
 
-    #[error("another shaper daemon already serves {path}; stop it or give this one another --socket")]
+    #[error(
+        "another shaper daemon already serves {path}; stop it or give this one another --socket"
+    )]
     SocketInUse { path: PathBuf },
 
     #[error("the daemon's reply could not be read: {0}")]

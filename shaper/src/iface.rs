@@ -33,8 +33,13 @@ pub fn default_route_v4(table: &str) -> Option<String> {
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (iface, dest, flags, metric, mask) =
-                (fields.first()?, fields.get(1)?, fields.get(3)?, fields.get(6)?, fields.get(7)?);
+            let (iface, dest, flags, metric, mask) = (
+                fields.first()?,
+                fields.get(1)?,
+                fields.get(3)?,
+                fields.get(6)?,
+                fields.get(7)?,
+            );
             let flags = u32::from_str_radix(flags, 16).ok()?;
             let is_default = u32::from_str_radix(dest, 16).ok()? == 0
                 && u32::from_str_radix(mask, 16).ok()? == 0
@@ -117,6 +122,10 @@ eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
     #[test]
     fn unknown_interface_is_a_clear_error() {
         let err = index("shaper-no-such-if0").unwrap_err();
-        assert!(err.to_string().contains("'shaper-no-such-if0' does not exist"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("'shaper-no-such-if0' does not exist"),
+            "{err}"
+        );
     }
 }

@@ -5,7 +5,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{Read as _, Seek as _, SeekFrom, Write as _},
-    os::{fd::AsRawFd as _, unix::fs::{DirBuilderExt as _, OpenOptionsExt as _}},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -51,7 +54,10 @@ impl InterfaceLock {
                 "" => "unknown".to_owned(),
                 pid => pid.to_owned(),
             };
-            return Err(Error::AlreadyAttached { iface: iface.to_owned(), pid });
+            return Err(Error::AlreadyAttached {
+                iface: iface.to_owned(),
+                pid,
+            });
         }
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
@@ -79,7 +85,10 @@ mod tests {
         let err = InterfaceLock::acquire_in(&dir, "eth0", 1).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("already attached to eth0"), "{message}");
-        assert!(message.contains(&std::process::id().to_string()), "{message}");
+        assert!(
+            message.contains(&std::process::id().to_string()),
+            "{message}"
+        );
         // Other interfaces and namespaces are independent.
         let _other_iface = InterfaceLock::acquire_in(&dir, "eth1", 1).expect("other interface");
         let _other_netns = InterfaceLock::acquire_in(&dir, "eth0", 2).expect("other namespace");

@@ -1,7 +1,11 @@
 //! The one rtnetlink request aya does not offer: deleting the clsact qdisc shaper added, so a
 //! legacy-mode run leaves the interface as it found it.
 
-use std::{io, mem::size_of, os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd}};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 // include/uapi/linux/pkt_sched.h: the clsact qdisc sits at parent TC_H_CLSACT with handle ffff:0.
 const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
@@ -58,7 +62,13 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
     };
 
     // SAFETY: plain socket(2); the fd is owned (and closed) by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -84,17 +94,30 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
     // The ack is an NLMSG_ERROR carrying 0 or a negative errno (include/uapi/linux/netlink.h).
     let mut reply = [0u8; 1024];
     // SAFETY: recv writes at most reply.len() bytes into the buffer.
-    let received = unsafe { libc::recv(socket.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    let received = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            reply.len(),
+            0,
+        )
+    };
     if received < 0 {
         return Err(io::Error::last_os_error());
     }
     let header_len = size_of::<libc::nlmsghdr>();
     if (received as usize) < header_len + 4 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink reply"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short netlink reply",
+        ));
     }
     let kind = u16::from_ne_bytes([reply[4], reply[5]]);
     if kind != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected netlink reply"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected netlink reply",
+        ));
     }
     let errno = i32::from_ne_bytes([
         reply[header_len],

@@ -24,7 +24,10 @@ pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
 
 /// Parses the `CapEff:` line of `/proc/<pid>/status`.
 pub fn effective_capabilities(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -36,7 +39,9 @@ pub fn check() -> Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::NotPrivileged { missing: missing.join(" and ") })
+        Err(Error::NotPrivileged {
+            missing: missing.join(" and "),
+        })
     }
 }
 

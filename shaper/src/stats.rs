@@ -56,7 +56,12 @@ impl Snapshot {
     }
 
     /// The counter of one unclassified reason, if it has seen traffic.
-    pub fn unclassified(&self, iface: &str, direction: &str, reason: &str) -> Option<&UnclassifiedStats> {
+    pub fn unclassified(
+        &self,
+        iface: &str,
+        direction: &str,
+        reason: &str,
+    ) -> Option<&UnclassifiedStats> {
         self.unclassified
             .iter()
             .find(|u| u.iface == iface && u.direction == direction && u.reason == reason)
@@ -66,12 +71,20 @@ impl Snapshot {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         for iface in &self.interfaces {
-            let _ = writeln!(out, "interface {} (ifindex {}, {})", iface.name, iface.ifindex, iface.attach);
+            let _ = writeln!(
+                out,
+                "interface {} (ifindex {}, {})",
+                iface.name, iface.ifindex, iface.attach
+            );
         }
         if self.ports.is_empty() {
             out.push_str("\nno port has seen traffic yet\n");
         } else {
-            let _ = writeln!(out, "\n{:<16} {:<8} {:<5} {:>5} {:>14} {:>16}", "IFACE", "DIR", "PROTO", "PORT", "PACKETS", "BYTES");
+            let _ = writeln!(
+                out,
+                "\n{:<16} {:<8} {:<5} {:>5} {:>14} {:>16}",
+                "IFACE", "DIR", "PROTO", "PORT", "PACKETS", "BYTES"
+            );
             for p in &self.ports {
                 let _ = writeln!(
                     out,
@@ -81,7 +94,11 @@ impl Snapshot {
             }
         }
         if !self.unclassified.is_empty() {
-            let _ = writeln!(out, "\n{:<16} {:<8} {:<14} {:>14} {:>16}", "IFACE", "DIR", "UNCLASSIFIED", "PACKETS", "BYTES");
+            let _ = writeln!(
+                out,
+                "\n{:<16} {:<8} {:<14} {:>14} {:>16}",
+                "IFACE", "DIR", "UNCLASSIFIED", "PACKETS", "BYTES"
+            );
             for u in &self.unclassified {
                 let _ = writeln!(
                     out,
@@ -101,7 +118,11 @@ mod tests {
     fn sample() -> Snapshot {
         Snapshot {
             schema_version: SCHEMA_VERSION,
-            interfaces: vec![InterfaceInfo { name: "eth0".into(), ifindex: 2, attach: "tcx".into() }],
+            interfaces: vec![InterfaceInfo {
+                name: "eth0".into(),
+                ifindex: 2,
+                attach: "tcx".into(),
+            }],
             ports: vec![PortStats {
                 iface: "eth0".into(),
                 direction: "ingress".into(),
@@ -139,14 +160,29 @@ mod tests {
     fn table_lists_ports_and_reasons() {
         let table = sample().to_table();
         assert!(table.contains("interface eth0 (ifindex 2, tcx)"), "{table}");
-        assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["eth0", "ingress", "tcp", "443", "10", "15000"]), "{table}");
-        assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["eth0", "egress", "non_ip", "1", "42"]), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["eth0", "ingress", "tcp", "443", "10", "15000"]),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["eth0", "egress", "non_ip", "1", "42"]),
+            "{table}"
+        );
     }
 
     #[test]
     fn lookup_finds_one_port() {
         let s = sample();
-        assert_eq!(s.port("eth0", "ingress", "tcp", 443).map(|p| p.packets), Some(10));
+        assert_eq!(
+            s.port("eth0", "ingress", "tcp", 443).map(|p| p.packets),
+            Some(10)
+        );
         assert!(s.port("eth0", "egress", "tcp", 443).is_none());
     }
 }

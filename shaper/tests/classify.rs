@@ -14,14 +14,18 @@ type Counts = BTreeMap<String, (u64, u64)>;
 
 fn counts(classifier: &Classifier) -> Counts {
     let snapshot = classifier.snapshot().expect("snapshot");
-    let ports = snapshot
-        .ports
-        .iter()
-        .map(|p| (format!("{}/{}/{}", p.direction, p.proto, p.port), (p.packets, p.bytes)));
-    let reasons = snapshot
-        .unclassified
-        .iter()
-        .map(|u| (format!("{}/{}", u.direction, u.reason), (u.packets, u.bytes)));
+    let ports = snapshot.ports.iter().map(|p| {
+        (
+            format!("{}/{}/{}", p.direction, p.proto, p.port),
+            (p.packets, p.bytes),
+        )
+    });
+    let reasons = snapshot.unclassified.iter().map(|u| {
+        (
+            format!("{}/{}", u.direction, u.reason),
+            (u.packets, u.bytes),
+        )
+    });
     ports.chain(reasons).collect()
 }
 
@@ -33,7 +37,12 @@ fn loaded() -> Classifier {
 }
 
 /// Runs `frame` through the program of `direction` and returns what changed.
-fn run(classifier: &mut Classifier, direction: Direction, frame: &[u8], ctx: Option<&[u8]>) -> Counts {
+fn run(
+    classifier: &mut Classifier,
+    direction: Direction,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+) -> Counts {
     let before = counts(classifier);
     let program = classifier.program_mut(direction).expect("program");
     let mut opts = TestRunOptions::new();
@@ -41,7 +50,10 @@ fn run(classifier: &mut Classifier, direction: Direction, frame: &[u8], ctx: Opt
     opts.ctx_in = ctx;
     let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
     // TC_ACT_UNSPEC: the packet goes on untouched, whatever was parsed.
-    assert_eq!(result.return_value as i32, -1, "classifier must pass every packet");
+    assert_eq!(
+        result.return_value as i32, -1,
+        "classifier must pass every packet"
+    );
     let after = counts(classifier);
     after
         .into_iter()
@@ -70,41 +82,104 @@ macro_rules! kernel_test {
     };
 }
 
-kernel_test!(ipv4_tcp_counts_destination_port_on_ingress_and_source_port_on_egress, |c| {
-    let frame = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_TCP, &tcp(40000, 443, b"hello")));
-    assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/tcp/443", 1, frame.len()));
-    assert_eq!(run(c, Direction::Egress, &frame, None), only("egress/tcp/40000", 1, frame.len()));
-});
+kernel_test!(
+    ipv4_tcp_counts_destination_port_on_ingress_and_source_port_on_egress,
+    |c| {
+        let frame = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(IPPROTO_TCP, &tcp(40000, 443, b"hello")),
+        );
+        assert_eq!(
+            run(c, Direction::Ingress, &frame, None),
+            only("ingress/tcp/443", 1, frame.len())
+        );
+        assert_eq!(
+            run(c, Direction::Egress, &frame, None),
+            only("egress/tcp/40000", 1, frame.len())
+        );
+    }
+);
 
 kernel_test!(ipv4_udp_counts_under_its_port, |c| {
     let frame = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &udp(5353, 53, &[7; 64])));
-    assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/udp/53", 1, frame.len()));
-    assert_eq!(run(c, Direction::Egress, &frame, None), only("egress/udp/5353", 1, frame.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/udp/53", 1, frame.len())
+    );
+    assert_eq!(
+        run(c, Direction::Egress, &frame, None),
+        only("egress/udp/5353", 1, frame.len())
+    );
 });
 
 kernel_test!(ipv4_options_are_skipped_using_ihl, |c| {
     // IHL 15: 40 bytes of options. Reading ports at a fixed offset of 20 would find option bytes.
-    let frame = ethernet(&[], ETH_P_IP, &ipv4_with(15, 0, IPPROTO_UDP, &udp(1111, 2222, b"x")));
-    assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/udp/2222", 1, frame.len()));
+    let frame = ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4_with(15, 0, IPPROTO_UDP, &udp(1111, 2222, b"x")),
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/udp/2222", 1, frame.len())
+    );
 });
 
 kernel_test!(ipv4_ihl_below_five_is_malformed, |c| {
     for ihl in [0, 4] {
-        let frame = ethernet(&[], ETH_P_IP, &ipv4_with(ihl, 0, IPPROTO_UDP, &udp(1, 2, &[0; 40])));
-        assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/malformed", 1, frame.len()), "ihl {ihl}");
+        let frame = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4_with(ihl, 0, IPPROTO_UDP, &udp(1, 2, &[0; 40])),
+        );
+        assert_eq!(
+            run(c, Direction::Ingress, &frame, None),
+            only("ingress/malformed", 1, frame.len()),
+            "ihl {ihl}"
+        );
     }
 });
 
-kernel_test!(ipv4_first_fragment_has_ports_and_later_fragments_do_not, |c| {
-    const MORE_FRAGMENTS: u16 = 0x2000;
-    let first = ethernet(&[], ETH_P_IP, &ipv4_with(5, MORE_FRAGMENTS, IPPROTO_UDP, &udp(1000, 2000, &[0; 64])));
-    assert_eq!(run(c, Direction::Ingress, &first, None), only("ingress/udp/2000", 1, first.len()));
-    // Offset 9 (72 bytes): the payload there happens to look like ports 1000 -> 2000 again.
-    let later = ethernet(&[], ETH_P_IP, &ipv4_with(5, MORE_FRAGMENTS | 9, IPPROTO_UDP, &udp(1000, 2000, &[0; 64])));
-    assert_eq!(run(c, Direction::Ingress, &later, None), only("ingress/fragment", 1, later.len()));
-    let last = ethernet(&[], ETH_P_IP, &ipv4_with(5, 18, IPPROTO_UDP, &udp(1000, 2000, &[0; 8])));
-    assert_eq!(run(c, Direction::Ingress, &last, None), only("ingress/fragment", 1, last.len()));
-});
+kernel_test!(
+    ipv4_first_fragment_has_ports_and_later_fragments_do_not,
+    |c| {
+        const MORE_FRAGMENTS: u16 = 0x2000;
+        let first = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4_with(5, MORE_FRAGMENTS, IPPROTO_UDP, &udp(1000, 2000, &[0; 64])),
+        );
+        assert_eq!(
+            run(c, Direction::Ingress, &first, None),
+            only("ingress/udp/2000", 1, first.len())
+        );
+        // Offset 9 (72 bytes): the payload there happens to look like ports 1000 -> 2000 again.
+        let later = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4_with(
+                5,
+                MORE_FRAGMENTS | 9,
+                IPPROTO_UDP,
+                &udp(1000, 2000, &[0; 64]),
+            ),
+        );
+        assert_eq!(
+            run(c, Direction::Ingress, &later, None),
+            only("ingress/fragment", 1, later.len())
+        );
+        let last = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4_with(5, 18, IPPROTO_UDP, &udp(1000, 2000, &[0; 8])),
+        );
+        assert_eq!(
+            run(c, Direction::Ingress, &last, None),
+            only("ingress/fragment", 1, last.len())
+        );
+    }
+);
 
 kernel_test!(ipv6_extension_header_chain_is_walked_to_tcp, |c| {
     let mut chain = ipv6_ext(IPPROTO_ROUTING, 0); // Hop-by-Hop, 8 bytes
@@ -112,21 +187,36 @@ kernel_test!(ipv6_extension_header_chain_is_walked_to_tcp, |c| {
     chain.extend(ipv6_ext(IPPROTO_TCP, 1)); // Destination Options, 16 bytes
     chain.extend(tcp(50000, 8443, b"payload"));
     let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_HOPOPTS, &chain));
-    assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/tcp/8443", 1, frame.len()));
-    assert_eq!(run(c, Direction::Egress, &frame, None), only("egress/tcp/50000", 1, frame.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/tcp/8443", 1, frame.len())
+    );
+    assert_eq!(
+        run(c, Direction::Egress, &frame, None),
+        only("egress/tcp/50000", 1, frame.len())
+    );
 });
 
-kernel_test!(ipv6_first_fragment_has_ports_and_later_fragments_do_not, |c| {
-    let mut first = ipv6_fragment(IPPROTO_UDP, 0, true);
-    first.extend(udp(3000, 4000, &[0; 48]));
-    let first = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_FRAGMENT, &first));
-    assert_eq!(run(c, Direction::Ingress, &first, None), only("ingress/udp/4000", 1, first.len()));
+kernel_test!(
+    ipv6_first_fragment_has_ports_and_later_fragments_do_not,
+    |c| {
+        let mut first = ipv6_fragment(IPPROTO_UDP, 0, true);
+        first.extend(udp(3000, 4000, &[0; 48]));
+        let first = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_FRAGMENT, &first));
+        assert_eq!(
+            run(c, Direction::Ingress, &first, None),
+            only("ingress/udp/4000", 1, first.len())
+        );
 
-    let mut later = ipv6_fragment(IPPROTO_UDP, 7, false);
-    later.extend(udp(3000, 4000, &[0; 16]));
-    let later = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_FRAGMENT, &later));
-    assert_eq!(run(c, Direction::Ingress, &later, None), only("ingress/fragment", 1, later.len()));
-});
+        let mut later = ipv6_fragment(IPPROTO_UDP, 7, false);
+        later.extend(udp(3000, 4000, &[0; 16]));
+        let later = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_FRAGMENT, &later));
+        assert_eq!(
+            run(c, Direction::Ingress, &later, None),
+            only("ingress/fragment", 1, later.len())
+        );
+    }
+);
 
 kernel_test!(ipv6_chain_longer_than_the_walk_is_counted_as_such, |c| {
     let mut chain = Vec::new();
@@ -137,28 +227,52 @@ kernel_test!(ipv6_chain_longer_than_the_walk_is_counted_as_such, |c| {
     chain[last] = IPPROTO_UDP;
     chain.extend(udp(1, 2, b"x"));
     let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
-    assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/ipv6_ext_limit", 1, frame.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/ipv6_ext_limit", 1, frame.len())
+    );
 });
 
 kernel_test!(vlan_and_qinq_tags_are_skipped, |c| {
     let ip = ipv4(IPPROTO_UDP, &udp(6000, 7000, b"tagged"));
     let dot1q = ethernet(&[(ETH_P_8021Q, 100)], ETH_P_IP, &ip);
-    assert_eq!(run(c, Direction::Ingress, &dot1q, None), only("ingress/udp/7000", 1, dot1q.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &dot1q, None),
+        only("ingress/udp/7000", 1, dot1q.len())
+    );
     let qinq = ethernet(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 100)], ETH_P_IP, &ip);
-    assert_eq!(run(c, Direction::Ingress, &qinq, None), only("ingress/udp/7000", 1, qinq.len()));
-    let qinq6 = ethernet(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 100)], ETH_P_IPV6, &ipv6(IPPROTO_TCP, &tcp(1, 22, b"")));
-    assert_eq!(run(c, Direction::Ingress, &qinq6, None), only("ingress/tcp/22", 1, qinq6.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &qinq, None),
+        only("ingress/udp/7000", 1, qinq.len())
+    );
+    let qinq6 = ethernet(
+        &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 100)],
+        ETH_P_IPV6,
+        &ipv6(IPPROTO_TCP, &tcp(1, 22, b"")),
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &qinq6, None),
+        only("ingress/tcp/22", 1, qinq6.len())
+    );
 });
 
 kernel_test!(packet_cut_at_each_header_boundary_is_truncated, |c| {
     // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, and (for an IPv4/IPv6
     // EtherType) frames too short for the IP header. Behind a VLAN tag the EtherType is 802.1Q,
     // so the kernel hands every cut to the program, as a real receive path can.
-    let v4 = ethernet(&[(ETH_P_8021Q, 5)], ETH_P_IP, &ipv4(IPPROTO_TCP, &tcp(1, 80, b"")));
+    let v4 = ethernet(
+        &[(ETH_P_8021Q, 5)],
+        ETH_P_IP,
+        &ipv4(IPPROTO_TCP, &tcp(1, 80, b"")),
+    );
     let v6 = {
         let mut chain = ipv6_ext(IPPROTO_UDP, 0);
         chain.extend(udp(1, 53, b""));
-        ethernet(&[(ETH_P_8021Q, 6)], ETH_P_IPV6, &ipv6(IPPROTO_HOPOPTS, &chain))
+        ethernet(
+            &[(ETH_P_8021Q, 6)],
+            ETH_P_IPV6,
+            &ipv6(IPPROTO_HOPOPTS, &chain),
+        )
     };
     let cuts = [
         (&v4, 14, "inside the VLAN tag"),
@@ -173,39 +287,75 @@ kernel_test!(packet_cut_at_each_header_boundary_is_truncated, |c| {
     ];
     for (frame, len, place) in cuts {
         let cut = &frame[..len];
-        assert_eq!(run(c, Direction::Ingress, cut, None), only("ingress/truncated", 1, len), "cut {place}");
+        assert_eq!(
+            run(c, Direction::Ingress, cut, None),
+            only("ingress/truncated", 1, len),
+            "cut {place}"
+        );
     }
     // Whole, both are classified.
-    assert_eq!(run(c, Direction::Ingress, &v4, None), only("ingress/tcp/80", 1, v4.len()));
-    assert_eq!(run(c, Direction::Ingress, &v6, None), only("ingress/udp/53", 1, v6.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &v4, None),
+        only("ingress/tcp/80", 1, v4.len())
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &v6, None),
+        only("ingress/udp/53", 1, v6.len())
+    );
 });
 
 kernel_test!(non_ip_is_counted_under_its_reason, |c| {
     let arp = ethernet(&[], ETH_P_ARP, &[0; 28]);
-    assert_eq!(run(c, Direction::Ingress, &arp, None), only("ingress/non_ip", 1, arp.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &arp, None),
+        only("ingress/non_ip", 1, arp.len())
+    );
     let tagged_arp = ethernet(&[(ETH_P_8021Q, 7)], ETH_P_ARP, &[0; 28]);
-    assert_eq!(run(c, Direction::Egress, &tagged_arp, None), only("egress/non_ip", 1, tagged_arp.len()));
+    assert_eq!(
+        run(c, Direction::Egress, &tagged_arp, None),
+        only("egress/non_ip", 1, tagged_arp.len())
+    );
 });
 
 kernel_test!(icmp_and_other_l4_have_no_port, |c| {
     let ping = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_ICMP, &icmp_echo(8)));
-    assert_eq!(run(c, Direction::Ingress, &ping, None), only("ingress/icmp", 1, ping.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &ping, None),
+        only("ingress/icmp", 1, ping.len())
+    );
     let ping6 = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_ICMPV6, &icmp_echo(128)));
-    assert_eq!(run(c, Direction::Egress, &ping6, None), only("egress/icmp", 1, ping6.len()));
+    assert_eq!(
+        run(c, Direction::Egress, &ping6, None),
+        only("egress/icmp", 1, ping6.len())
+    );
     let gre = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_GRE, &[0; 24]));
-    assert_eq!(run(c, Direction::Ingress, &gre, None), only("ingress/other_l4", 1, gre.len()));
+    assert_eq!(
+        run(c, Direction::Ingress, &gre, None),
+        only("ingress/other_l4", 1, gre.len())
+    );
 });
 
 kernel_test!(tcp_data_offset_below_five_is_malformed, |c| {
-    let frame = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_TCP, &tcp_with(1, 80, 4, &[0; 8])));
-    assert_eq!(run(c, Direction::Ingress, &frame, None), only("ingress/malformed", 1, frame.len()));
+    let frame = ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4(IPPROTO_TCP, &tcp_with(1, 80, 4, &[0; 8])),
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/malformed", 1, frame.len())
+    );
 });
 
 kernel_test!(gso_aggregate_counts_its_segments_and_their_headers, |c| {
     // One skb standing for 3 TCP segments of 1000 bytes: on the wire each segment carries its own
     // Ethernet + IPv4 + TCP (with 12 option bytes) headers, 66 bytes. (BPF_PROG_TEST_RUN takes
     // at most about a page of data, so the aggregate is small.)
-    let frame = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_TCP, &tcp_with(40000, 443, 8, &[0; 3000])));
+    let frame = ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4(IPPROTO_TCP, &tcp_with(40000, 443, 8, &[0; 3000])),
+    );
     let ctx = skb_context(3, 1000);
     let headers = 14 + 20 + 32;
     assert_eq!(frame.len(), headers + 3000);
@@ -214,7 +364,11 @@ kernel_test!(gso_aggregate_counts_its_segments_and_their_headers, |c| {
         only("ingress/tcp/443", 3, 3 * headers + 3000)
     );
     // UDP GSO repeats Ethernet + IPv6 + UDP.
-    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_UDP, &udp(9999, 4433, &[0; 3000])));
+    let frame = ethernet(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(IPPROTO_UDP, &udp(9999, 4433, &[0; 3000])),
+    );
     let ctx = skb_context(3, 1000);
     assert_eq!(
         run(c, Direction::Egress, &frame, Some(&ctx)),

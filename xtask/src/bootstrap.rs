@@ -30,7 +30,8 @@ pub fn run() -> anyhow::Result<PathBuf> {
 
     let key = LinkerKey::from_rustc_verbose_version(&rustc_output(&["-vV"])?)
         .ok_or_else(|| anyhow!("cannot read the commit and LLVM version from `rustc -vV`"))?;
-    let root = linker_root(&key).ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?;
+    let root = linker_root(&key)
+        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?;
     let bin = root.join("bin");
     if bin.join("bpf-linker").is_file() {
         return Ok(bin);
@@ -40,9 +41,16 @@ pub fn run() -> anyhow::Result<PathBuf> {
 }
 
 fn rustc_output(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("rustc").args(args).output().context("running rustc")?;
+    let output = Command::new("rustc")
+        .args(args)
+        .output()
+        .context("running rustc")?;
     if !output.status.success() {
-        bail!("rustc {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "rustc {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8(output.stdout)?)
 }
@@ -82,7 +90,9 @@ fn build_bpf_linker(sysroot: &Path, key: &LinkerKey, root: &Path) -> anyhow::Res
     let prefix = root.join("llvm");
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)?;
-    let soname = libllvm.file_name().ok_or_else(|| anyhow!("bad library path"))?;
+    let soname = libllvm
+        .file_name()
+        .ok_or_else(|| anyhow!("bad library path"))?;
     for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(soname)] {
         let _ = fs::remove_file(&link);
         symlink(&libllvm, &link).with_context(|| format!("linking {}", link.display()))?;

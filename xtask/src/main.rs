@@ -47,7 +47,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn cargo() -> Command {
@@ -72,7 +75,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     cmd.arg("run").args(&args);
     eprintln!("xtask: {} run {}", binary.display(), args.join(" "));
     // Let the daemon own SIGINT/SIGTERM handling; report its own exit status.
-    let status = cmd.status().with_context(|| format!("starting {}", binary.display()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", binary.display()))?;
     if !status.success() {
         std::process::exit(status.code().unwrap_or(1));
     }
@@ -84,10 +89,11 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
     // Default members only: the no_std eBPF crate cannot build for the host (the build script
     // of `shaper` builds it for the BPF target). Kernel tests share kernel state (interface
     // names, the interface locks), so they run one at a time.
-    let (cargo_args, test_args): (Vec<String>, Vec<String>) = match args.iter().position(|a| a == "--") {
-        Some(split) => (args[..split].to_vec(), args[split + 1..].to_vec()),
-        None => (args, Vec::new()),
-    };
+    let (cargo_args, test_args): (Vec<String>, Vec<String>) =
+        match args.iter().position(|a| a == "--") {
+            Some(split) => (args[..split].to_vec(), args[split + 1..].to_vec()),
+            None => (args, Vec::new()),
+        };
     check(
         cargo()
             .arg("test")

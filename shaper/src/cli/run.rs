@@ -60,11 +60,16 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     }
     let classifier = Arc::new(Mutex::new(classifier));
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let served = runtime.block_on(serve(Arc::clone(&classifier), socket));
 
     // Detach explicitly so a failure is reported (dropping would only log it).
-    let detached = classifier.lock().map_err(|_| anyhow::anyhow!("classifier lock poisoned"))?.detach_all();
+    let detached = classifier
+        .lock()
+        .map_err(|_| anyhow::anyhow!("classifier lock poisoned"))?
+        .detach_all();
     served?;
     detached.context("detaching on shutdown")?;
     info!("stopped; nothing left attached");
@@ -78,12 +83,16 @@ async fn serve(classifier: Arc<Mutex<Classifier>>, socket: &Path) -> anyhow::Res
     let mut sigint = signal(SignalKind::interrupt())?;
     let handle = move |request: Request| -> Response {
         let Ok(classifier) = classifier.lock() else {
-            return Response::Error { message: "internal error: classifier lock poisoned".into() };
+            return Response::Error {
+                message: "internal error: classifier lock poisoned".into(),
+            };
         };
         match request {
             Request::Stats => match classifier.snapshot() {
                 Ok(snapshot) => Response::Stats(snapshot),
-                Err(e) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
             },
         }
     };

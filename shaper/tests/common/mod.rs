@@ -1,6 +1,7 @@
 //! Helpers shared by the kernel tests: the root gate, hand-made packets, throwaway namespaces.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod netns;
 pub mod packet;
 

@@ -41,6 +41,22 @@ impl Namespace {
         ip(&all)
     }
 
+    /// `tc -n NAME args...`
+    pub fn tc(&self, args: &[&str]) -> String {
+        let output = Command::new("tc")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("run tc(8)");
+        assert!(
+            output.status.success(),
+            "tc {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// A command run inside the namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
@@ -67,14 +83,20 @@ impl Namespace {
     }
 
     pub fn sysctl(&self, setting: &str) {
-        let status = self.command("sysctl").args(["-qw", setting]).status().expect("sysctl");
+        let status = self
+            .command("sysctl")
+            .args(["-qw", setting])
+            .status()
+            .expect("sysctl");
         assert!(status.success(), "sysctl {setting} in {}", self.name);
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -101,8 +123,8 @@ impl VethPair {
         let b_if = format!("sh{id}{tag}b");
         let (a_mac, b_mac) = ("02:00:c6:12:00:01", "02:00:c6:12:00:02");
         ip(&[
-            "link", "add", &a_if, "address", a_mac, "netns", &a.name, "type", "veth", "peer", "name",
-            &b_if, "address", b_mac, "netns", &b.name,
+            "link", "add", &a_if, "address", a_mac, "netns", &a.name, "type", "veth", "peer",
+            "name", &b_if, "address", b_mac, "netns", &b.name,
         ]);
         let pair = Self {
             a,
@@ -119,7 +141,17 @@ impl VethPair {
             ns.sysctl("net.ipv4.tcp_timestamps=0");
             ns.ip(&["addr", "add", addr, "dev", dev]);
             ns.ip(&["link", "set", dev, "up"]);
-            ns.ip(&["neigh", "replace", peer, "lladdr", peer_mac, "dev", dev, "nud", "permanent"]);
+            ns.ip(&[
+                "neigh",
+                "replace",
+                peer,
+                "lladdr",
+                peer_mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
         }
         pair
     }

@@ -1,0 +1,314 @@
+//! The real `shaper run` attached to a veth between two throwaway namespaces, with real UDP and
+//! TCP traffic, once with tcx and once with clsact.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use common::{
+    daemon::Daemon,
+    netns::{Namespace, VethPair},
+};
+use shaper::stats::Snapshot;
+
+const DATAGRAMS: u64 = 200;
+const DATAGRAM_PAYLOAD: usize = 100;
+/// Ethernet + IPv4 + UDP headers.
+const UDP_FRAME_OVERHEAD: u64 = 14 + 20 + 8;
+/// Ethernet + IPv4 + TCP without options (timestamps are off in the test namespaces).
+const TCP_SEGMENT_OVERHEAD: u64 = 14 + 20 + 20;
+/// At most the SYN's (or SYN-ACK's) option bytes come on top of the plain headers.
+const TCP_OPTION_SLACK: u64 = 40;
+const TCP_PAYLOAD: usize = 8 << 20;
+/// MSS on a 1500-byte MTU without TCP options.
+const MSS: u64 = 1460;
+
+const PORT_UDP_IN: u16 = 7001;
+const PORT_UDP_OUT_LOCAL: u16 = 7002;
+const PORT_UDP_OUT_REMOTE: u16 = 7003;
+const PORT_TCP: u16 = 7004;
+
+#[test]
+fn counts_real_udp_and_tcp_exactly_with_tcx() {
+    if common::require_root("counts_real_udp_and_tcp_exactly_with_tcx") {
+        counts_real_traffic("tcx", "t");
+    }
+}
+
+#[test]
+fn counts_real_udp_and_tcp_exactly_with_clsact() {
+    if common::require_root("counts_real_udp_and_tcp_exactly_with_clsact") {
+        counts_real_traffic("clsact", "c");
+    }
+}
+
+fn counts_real_traffic(mode: &str, tag: &str) {
+    let pair = VethPair::create(tag);
+    let daemon = Daemon::start(&pair.a, tag, &["--iface", &pair.a_if, "--attach", mode]);
+    assert_eq!(daemon.stats().interfaces[0].attach, mode);
+    assert_attached(&pair, mode);
+
+    send_udp(&pair);
+    let expected_bytes = DATAGRAMS * (DATAGRAM_PAYLOAD as u64 + UDP_FRAME_OVERHEAD);
+    let stats = daemon.wait_for(Duration::from_secs(5), |s| {
+        udp(s, &pair.a_if, "ingress", PORT_UDP_IN).0 >= DATAGRAMS
+            && udp(s, &pair.a_if, "egress", PORT_UDP_OUT_LOCAL).0 >= DATAGRAMS
+    });
+    assert_eq!(
+        udp(&stats, &pair.a_if, "ingress", PORT_UDP_IN),
+        (DATAGRAMS, expected_bytes),
+        "{stats:#?}"
+    );
+    assert_eq!(
+        udp(&stats, &pair.a_if, "egress", PORT_UDP_OUT_LOCAL),
+        (DATAGRAMS, expected_bytes),
+        "{stats:#?}"
+    );
+    // The remote port of egress traffic is not a local port.
+    assert_eq!(
+        udp(&stats, &pair.a_if, "egress", PORT_UDP_OUT_REMOTE),
+        (0, 0)
+    );
+
+    let skbs_sent_by_b = tx_packets(&pair.b, &pair.b_if);
+    tcp_transfer(&pair);
+    let skbs_sent_by_b = tx_packets(&pair.b, &pair.b_if) - skbs_sent_by_b;
+    let stats = daemon.settled();
+    let (packets, bytes) = tcp(&stats, &pair.a_if, "ingress", PORT_TCP);
+    let min_segments = (TCP_PAYLOAD as u64).div_ceil(MSS);
+    eprintln!(
+        "{mode}: TCP {TCP_PAYLOAD} B in {packets} segments, {bytes} wire bytes; veth carried {skbs_sent_by_b} skbs"
+    );
+    assert!(
+        packets >= min_segments,
+        "{packets} packets for {min_segments}+ segments: GSO aggregates counted as one?"
+    );
+    assert!(
+        packets > skbs_sent_by_b,
+        "the veth carried {skbs_sent_by_b} skbs for {packets} segments: no GSO aggregate was exercised"
+    );
+    // Every segment carries its own headers on the wire, so bytes are exact up to SYN options.
+    let headers = bytes - TCP_PAYLOAD as u64;
+    assert!(
+        (packets * TCP_SEGMENT_OVERHEAD..=packets * TCP_SEGMENT_OVERHEAD + TCP_OPTION_SLACK)
+            .contains(&headers),
+        "{headers} header bytes for {packets} segments"
+    );
+    let (acks, ack_bytes) = tcp(&stats, &pair.a_if, "egress", PORT_TCP);
+    assert!(
+        acks >= 2,
+        "the receiver's ACKs leave through egress with the service's port"
+    );
+    assert!(
+        (acks * TCP_SEGMENT_OVERHEAD..=acks * TCP_SEGMENT_OVERHEAD + TCP_OPTION_SLACK)
+            .contains(&ack_bytes),
+        "{ack_bytes} bytes for {acks} pure ACKs"
+    );
+
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "shaper run exited with {status}:\n{log}");
+    assert_nothing_attached(&pair, mode);
+}
+
+fn udp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
+    s.port(iface, direction, "udp", port)
+        .map_or((0, 0), |p| (p.packets, p.bytes))
+}
+
+fn tcp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
+    s.port(iface, direction, "tcp", port)
+        .map_or((0, 0), |p| (p.packets, p.bytes))
+}
+
+/// DATAGRAMS datagrams into `a` (to PORT_UDP_IN) and out of `a` (from PORT_UDP_OUT_LOCAL).
+fn send_udp(pair: &VethPair) {
+    let a_in = SocketAddr::from((pair.a_addr, PORT_UDP_IN));
+    let b_in = SocketAddr::from((pair.b_addr, PORT_UDP_OUT_REMOTE));
+    // Receivers exist so no ICMP port-unreachable muddies the picture.
+    let _receiver_a = pair.a.enter(|| UdpSocket::bind(a_in).expect("bind in a"));
+    let _receiver_b = pair.b.enter(|| UdpSocket::bind(b_in).expect("bind in b"));
+    let sender_b = pair
+        .b
+        .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind in b"));
+    let sender_a = pair
+        .a
+        .enter(|| UdpSocket::bind((pair.a_addr, PORT_UDP_OUT_LOCAL)).expect("bind in a"));
+    let payload = [0x5a; DATAGRAM_PAYLOAD];
+    for _ in 0..DATAGRAMS {
+        sender_b.send_to(&payload, a_in).expect("send into a");
+        sender_a.send_to(&payload, b_in).expect("send out of a");
+    }
+}
+
+/// TCP_PAYLOAD bytes from `b` to a listener on `a`, bounded by socket timeouts.
+fn tcp_transfer(pair: &VethPair) {
+    let addr = SocketAddr::from((pair.a_addr, PORT_TCP));
+    let listener = pair
+        .a
+        .enter(|| TcpListener::bind(addr).expect("listen in a"));
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut received = Vec::with_capacity(TCP_PAYLOAD);
+        conn.read_to_end(&mut received).expect("read");
+        received.len()
+    });
+    let mut client = pair.b.enter(|| {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect from b")
+    });
+    client
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    client.write_all(&vec![0xa5; TCP_PAYLOAD]).expect("send");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert_eq!(server.join().expect("server"), TCP_PAYLOAD);
+}
+
+/// skbs the interface has transmitted (one per GSO aggregate, not per segment).
+fn tx_packets(ns: &Namespace, dev: &str) -> u64 {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", dev]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    json[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .expect("tx packets")
+}
+
+/// Names of the tcx programs on the ingress and egress hooks of `a_if`.
+fn tcx_programs(pair: &VethPair) -> [Vec<String>; 2] {
+    let iface = pair.a_if.clone();
+    pair.a.enter(|| {
+        [TcAttachType::Ingress, TcAttachType::Egress].map(|hook| {
+            let (_, programs) = SchedClassifier::query_tcx(&iface, hook).expect("query tcx");
+            programs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+    })
+}
+
+/// The programs sit where `mode` puts them, and nowhere else.
+fn assert_attached(pair: &VethPair, mode: &str) {
+    let iface = &pair.a_if;
+    let tcx = tcx_programs(pair);
+    let filters = [
+        pair.a.tc(&["filter", "show", "dev", iface, "ingress"]),
+        pair.a.tc(&["filter", "show", "dev", iface, "egress"]),
+    ];
+    if mode == "tcx" {
+        assert_eq!(
+            tcx,
+            [
+                vec!["shaper_ingress".to_owned()],
+                vec!["shaper_egress".to_owned()]
+            ]
+        );
+        assert!(filters.iter().all(String::is_empty), "{filters:?}");
+    } else {
+        assert_eq!(tcx, [Vec::<String>::new(), Vec::new()]);
+        assert!(
+            filters[0].contains("shaper_ingress") && filters[1].contains("shaper_egress"),
+            "{filters:?}"
+        );
+    }
+}
+
+fn assert_nothing_attached(pair: &VethPair, mode: &str) {
+    let iface = pair.a_if.clone();
+    let tcx = tcx_programs(pair);
+    assert_eq!(
+        tcx,
+        [Vec::<String>::new(), Vec::new()],
+        "tcx programs left on {iface} after {mode} run"
+    );
+    let qdiscs = pair.a.tc(&["qdisc", "show", "dev", &iface]);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "clsact qdisc left on {iface} after {mode} run:\n{qdiscs}"
+    );
+}
+
+#[test]
+fn refuses_a_second_daemon_on_the_same_interface() {
+    if !common::require_root("refuses_a_second_daemon_on_the_same_interface") {
+        return;
+    }
+    let pair = VethPair::create("d");
+    let first = Daemon::start(&pair.a, "d1", &["--iface", &pair.a_if]);
+    let second = pair
+        .a
+        .command(common::daemon::SHAPER)
+        .args([
+            "--socket",
+            "/tmp/shaper-test-second.sock",
+            "run",
+            "--iface",
+            &pair.a_if,
+        ])
+        .output()
+        .expect("run second daemon");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "a second daemon attached:\n{stderr}"
+    );
+    assert!(stderr.contains("already attached to"), "{stderr}");
+    assert!(stderr.contains("pid"), "{stderr}");
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn without_iface_uses_the_default_route_interface() {
+    if !common::require_root("without_iface_uses_the_default_route_interface") {
+        return;
+    }
+    let pair = VethPair::create("r");
+    pair.a.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.2",
+        "dev",
+        &pair.a_if,
+    ]);
+    let daemon = Daemon::start(&pair.a, "r", &[]);
+    assert_eq!(daemon.stats().interfaces[0].name, pair.a_if);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("default route"), "{log}");
+}
+
+#[test]
+fn missing_interface_is_reported_with_the_fix() {
+    if !common::require_root("missing_interface_is_reported_with_the_fix") {
+        return;
+    }
+    let output = Command::new(common::daemon::SHAPER)
+        .args([
+            "--socket",
+            "/tmp/shaper-test-missing.sock",
+            "run",
+            "--iface",
+            "shaper-nosuch0",
+        ])
+        .output()
+        .expect("run shaper");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("interface 'shaper-nosuch0' does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ip -br link"), "{stderr}");
+}
