@@ -8,7 +8,7 @@ use shaper_common::{Counter, DIR_INGRESS, MAX_IFACES, port_counter_index, unclas
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u32) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let slot = match unsafe { IFACE_SLOTS.get(&ifindex) } {
+    let slot = match unsafe { IFACE_SLOTS.get(ifindex) } {
         Some(&slot) if slot < MAX_IFACES => slot,
         // Not an interface this daemon registered (a race at attach time): pass, uncounted.
         _ => return,

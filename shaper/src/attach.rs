@@ -101,10 +101,7 @@ pub struct Attachment {
     _lock: InterfaceLock,
 }
 
-pub(crate) fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    direction: Direction,
-) -> Result<&'a mut SchedClassifier> {
+pub(crate) fn program_mut(ebpf: &mut Ebpf, direction: Direction) -> Result<&mut SchedClassifier> {
     let name = direction.program();
     let program = ebpf.program_mut(name).ok_or(Error::MissingInObject {
         kind: "program",
@@ -153,7 +150,7 @@ pub(crate) fn attach(
                     iface: iface.to_owned(),
                     direction: direction.name(),
                     mode: mode.name(),
-                    source,
+                    source: Box::new(source),
                 };
                 if let Err(cleanup) = detach(ebpf, iface, ifindex, attachment) {
                     warn!("{iface}: undoing a partial attach failed: {cleanup}");
@@ -175,7 +172,7 @@ fn prepare_clsact(iface: &str) -> Result<bool> {
         Err(source) => {
             return Err(Error::Clsact {
                 iface: iface.to_owned(),
-                source,
+                source: Box::new(source),
             });
         }
     };
@@ -192,7 +189,7 @@ fn prepare_clsact(iface: &str) -> Result<bool> {
                 Err(source) => {
                     return Err(Error::Clsact {
                         iface: iface.to_owned(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -221,16 +218,18 @@ pub(crate) fn detach(
             first_error.get_or_insert(e);
         }
     }
-    if mode == AttachMode::Clsact && added_clsact {
-        if let Err(source) = netlink::delete_clsact(ifindex) {
-            // The interface may be gone already (a deleted veth takes its qdiscs with it).
-            if source.raw_os_error() != Some(libc::ENODEV) {
-                first_error.get_or_insert(Error::ClsactRemove {
-                    iface: iface.to_owned(),
-                    source,
-                });
-            }
-        }
+    let removed = match (mode, added_clsact) {
+        (AttachMode::Clsact, true) => netlink::delete_clsact(ifindex),
+        _ => Ok(()),
+    };
+    // The interface may be gone already (a deleted veth takes its qdiscs with it).
+    if let Err(source) = removed
+        && source.raw_os_error() != Some(libc::ENODEV)
+    {
+        first_error.get_or_insert(Error::ClsactRemove {
+            iface: iface.to_owned(),
+            source,
+        });
     }
     match first_error {
         None => {

@@ -143,12 +143,11 @@ impl Classifier {
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first_error = None;
         for iface in &mut self.interfaces {
-            if let Some(attachment) = iface.attachment.take() {
-                if let Err(e) =
-                    attach::detach(&mut self.ebpf, &iface.name, iface.ifindex, attachment)
-                {
-                    first_error.get_or_insert(e);
-                }
+            let Some(attachment) = iface.attachment.take() else {
+                continue;
+            };
+            if let Err(e) = attach::detach(&mut self.ebpf, &iface.name, iface.ifindex, attachment) {
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)

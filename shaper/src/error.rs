@@ -38,14 +38,14 @@ pub enum Error {
         direction: &'static str,
         mode: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error("adding the clsact qdisc to {iface} failed: {source}")]
     Clsact {
         iface: String,
         #[source]
-        source: aya::programs::tc::TcError,
+        source: Box<aya::programs::tc::TcError>,
     },
 
     #[error("removing the clsact qdisc shaper added to {iface} failed: {source}")]
@@ -90,17 +90,36 @@ pub enum Error {
     #[error("the daemon refused the request: {0}")]
     Refused(String),
 
+    // aya's errors are large; boxed so every Result of this crate stays small.
     #[error(transparent)]
-    Ebpf(#[from] aya::EbpfError),
+    Ebpf(Box<aya::EbpfError>),
 
     #[error(transparent)]
-    Program(#[from] aya::programs::ProgramError),
+    Program(Box<aya::programs::ProgramError>),
 
     #[error(transparent)]
-    Map(#[from] aya::maps::MapError),
+    Map(Box<aya::maps::MapError>),
 
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+impl From<aya::EbpfError> for Error {
+    fn from(e: aya::EbpfError) -> Self {
+        Self::Ebpf(Box::new(e))
+    }
+}
+
+impl From<aya::programs::ProgramError> for Error {
+    fn from(e: aya::programs::ProgramError) -> Self {
+        Self::Program(Box::new(e))
+    }
+}
+
+impl From<aya::maps::MapError> for Error {
+    fn from(e: aya::maps::MapError) -> Self {
+        Self::Map(Box::new(e))
+    }
 }
 
 impl Error {
