@@ -312,3 +312,30 @@ fn missing_interface_is_reported_with_the_fix() {
     );
     assert!(stderr.contains("ip -br link"), "{stderr}");
 }
+
+#[test]
+fn clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one() {
+    if !common::require_root("clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one") {
+        return;
+    }
+    let pair = VethPair::create("k");
+    let iface = pair.a_if.as_str();
+    let clsact = ["--iface", iface, "--attach", "clsact"];
+    // Dropping a Daemon SIGKILLs it: no chance to detach, and cls_bpf filters outlive it.
+    drop(Daemon::start(&pair.a, "k1", &clsact));
+    let filters = || pair.a.tc(&["filter", "show", "dev", iface, "ingress"]);
+    let shaper_filters = || {
+        filters()
+            .lines()
+            .filter(|l| l.contains("shaper_ingress"))
+            .count()
+    };
+    assert_eq!(shaper_filters(), 1, "{}", filters());
+
+    let second = Daemon::start(&pair.a, "k2", &clsact);
+    assert_eq!(shaper_filters(), 1, "stale filter kept: {}", filters());
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("removed a stale shaper filter"), "{log}");
+    assert_eq!(filters(), "", "filters left after a clean stop");
+}
