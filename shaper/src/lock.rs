@@ -21,7 +21,8 @@ pub const LOCK_DIR: &str = "/run/shaper/locks";
 /// A claim on one interface, released on drop.
 #[derive(Debug)]
 pub struct InterfaceLock {
-    file: File,
+    /// Held open for the flock; closing it releases the claim.
+    _file: File,
     path: PathBuf,
 }
 
@@ -62,15 +63,15 @@ impl InterfaceLock {
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         write!(file, "{}", std::process::id())?;
-        Ok(Self { file, path })
+        Ok(Self { _file: file, path })
     }
 }
 
 impl Drop for InterfaceLock {
     fn drop(&mut self) {
-        // Unlink while still holding the lock, so nobody can be waiting on this inode.
+        // Unlink while still holding the lock (the file closes, releasing it, right after), so a
+        // daemon that opens the path from now on gets a fresh inode.
         let _ = fs::remove_file(&self.path);
-        let _ = &self.file;
     }
 }
 
