@@ -165,16 +165,15 @@ pub(crate) fn attach(
 
 /// Ensures a clsact qdisc exists and holds no stale shaper filter. Returns whether it was added.
 fn prepare_clsact(iface: &str) -> Result<bool> {
+    let failed = |source| Error::Clsact {
+        iface: iface.to_owned(),
+        source: Box::new(source),
+    };
     let added = match tc::qdisc_add_clsact(iface) {
         Ok(()) => true,
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(TcError::IoError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-        Err(source) => {
-            return Err(Error::Clsact {
-                iface: iface.to_owned(),
-                source: Box::new(source),
-            });
-        }
+        Err(source) => return Err(failed(source)),
     };
     if !added {
         // The interface lock is ours, so a shaper filter already here was left by a daemon that
@@ -186,12 +185,7 @@ fn prepare_clsact(iface: &str) -> Result<bool> {
                     direction.name()
                 ),
                 Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(Error::Clsact {
-                        iface: iface.to_owned(),
-                        source: Box::new(source),
-                    });
-                }
+                Err(source) => return Err(failed(source)),
             }
         }
     }
@@ -206,7 +200,7 @@ pub(crate) fn detach(
     attachment: Attachment,
 ) -> Result<()> {
     let Attachment {
-        mode,
+        mode: _,
         links,
         added_clsact,
         _lock,
@@ -218,9 +212,11 @@ pub(crate) fn detach(
             first_error.get_or_insert(e);
         }
     }
-    let removed = match (mode, added_clsact) {
-        (AttachMode::Clsact, true) => netlink::delete_clsact(ifindex),
-        _ => Ok(()),
+    // Only clsact mode ever adds the qdisc.
+    let removed = if added_clsact {
+        netlink::delete_clsact(ifindex)
+    } else {
+        Ok(())
     };
     // The interface may be gone already (a deleted veth takes its qdiscs with it).
     if let Err(source) = removed

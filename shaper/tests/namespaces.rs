@@ -116,14 +116,18 @@ fn counts_real_traffic(mode: &str, tag: &str) {
     assert_nothing_attached(&pair, mode);
 }
 
-fn udp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
-    s.port(iface, direction, "udp", port)
+/// (packets, bytes) of one port; (0, 0) if it has seen no traffic.
+fn counter(s: &Snapshot, iface: &str, direction: &str, proto: &str, port: u16) -> (u64, u64) {
+    s.port(iface, direction, proto, port)
         .map_or((0, 0), |p| (p.packets, p.bytes))
 }
 
+fn udp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
+    counter(s, iface, direction, "udp", port)
+}
+
 fn tcp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
-    s.port(iface, direction, "tcp", port)
-        .map_or((0, 0), |p| (p.packets, p.bytes))
+    counter(s, iface, direction, "tcp", port)
 }
 
 /// DATAGRAMS datagrams into `a` (to PORT_UDP_IN) and out of `a` (from PORT_UDP_OUT_LOCAL).

@@ -43,7 +43,9 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         info!("no --iface given: using {default}, the interface of the default route");
         ifaces.push(default);
     }
-    ifaces.dedup();
+    // Naming an interface twice means it once; keep the first mention's order.
+    let mut seen = std::collections::HashSet::new();
+    ifaces.retain(|name| seen.insert(name.clone()));
     // Fail on a missing interface before loading anything.
     for name in &ifaces {
         iface::index(name)?;
