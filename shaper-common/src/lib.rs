@@ -14,6 +14,16 @@ pub mod maps {
     pub const UNCLASSIFIED: &str = "UNCLASSIFIED";
     /// `HASH` from ifindex (`u32`) to interface slot (`u32`).
     pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+    /// `ARRAY` of [`PortVerdicts`](crate::PortVerdicts), indexed like `PORT_COUNTERS`.
+    pub const PORT_VERDICTS: &str = "PORT_VERDICTS";
+    /// `ARRAY` of [`RuleIndexRow`](crate::RuleIndexRow), indexed by [`rule_index_row`](crate::rule_index_row).
+    pub const RULE_INDEX: &str = "RULE_INDEX";
+    /// `ARRAY` of [`RuleConfig`](crate::RuleConfig), indexed by rule id.
+    pub const RULES: &str = "RULES";
+    /// `ARRAY` of [`BucketState`](crate::BucketState), indexed by [`bucket_index`](crate::bucket_index).
+    pub const BUCKETS: &str = "BUCKETS";
+    /// `ARRAY` of [`RuleCounters`](crate::RuleCounters), indexed by [`bucket_index`](crate::bucket_index).
+    pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
 }
 
 /// Program names (the `#[classifier]` functions), one per hook direction.
@@ -107,6 +117,170 @@ pub const fn unclassified_index(slot: u32, direction: u32, reason: u32) -> u32 {
 /// Entries `UNCLASSIFIED` needs for `MAX_IFACES` interfaces.
 pub const UNCLASSIFIED_ENTRIES: u32 = MAX_IFACES * DIRECTIONS * reason::COUNT;
 
+/// Which port of a packet a rule matches: the local one (the service on this host) or, with
+/// `--remote`, the remote one.
+pub const SIDE_LOCAL: u32 = 0;
+pub const SIDE_REMOTE: u32 = 1;
+pub const SIDES: u32 = 2;
+
+/// Rule ids are `1..MAX_RULES`; id 0 in the rule index means "no rule".
+pub const MAX_RULES: u32 = 1024;
+pub const NO_RULE: u16 = 0;
+
+/// For one (interface slot, direction, protocol, side): the id of the rule that governs each
+/// port. One 128 KiB map value per row rather than one entry per port, because array elements
+/// are rounded up to 8 bytes (kernel/bpf/arraymap.c `array_map_alloc`) and a `u16` per port
+/// would take four times the memory.
+pub type RuleIndexRow = [u16; PORTS as usize];
+
+/// Rows of the rule index one attached interface owns.
+pub const RULE_INDEX_ROWS_PER_IFACE: u32 = DIRECTIONS * PROTOS * SIDES;
+
+#[inline(always)]
+pub const fn rule_index_row(slot: u32, direction: u32, proto: u32, side: u32) -> u32 {
+    ((slot * DIRECTIONS + direction) * PROTOS + proto) * SIDES + side
+}
+
+/// Each rule has one bucket (and one set of counters) per direction: a rate is a per-direction
+/// rate, like a link's. The ports of a range, the protocols and the interfaces of a rule share it.
+#[inline(always)]
+pub const fn bucket_index(rule: u32, direction: u32) -> u32 {
+    rule * DIRECTIONS + direction
+}
+
+/// What happens to a packet the bucket has no tokens for.
+pub const ACTION_DROP: u32 = 1;
+/// Pass it, and count it as a would-drop: a dry run of the same rule.
+pub const ACTION_OBSERVE: u32 = 2;
+
+/// A rule's limit as the classifier reads it. Written by userspace as a whole; the program
+/// treats a rule whose `rate_bps` is 0 or whose action is unknown as absent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleConfig {
+    /// Bits per second.
+    pub rate_bps: u64,
+    /// Bucket depth in nanobits ([`bucket::NANOBITS_PER_BYTE`] per byte).
+    pub burst_nanobits: u64,
+    /// Nanoseconds to refill an empty bucket, [`bucket::fill_ns`]: the cap on the elapsed time
+    /// one refill credits, computed once by userspace so the program never divides.
+    pub fill_ns: u64,
+    /// [`ACTION_DROP`] or [`ACTION_OBSERVE`].
+    pub action: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RuleConfig>() == 32);
+
+/// A bucket's state, updated by the classifier only (with atomics: every CPU shares it). All
+/// zero is a full bucket: the first packet finds `stamp_ns` 0, and its refill, capped at
+/// `fill_ns`, fills the bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketState {
+    /// Tokens in nanobits. May exceed the burst by at most one refill between a refill and the
+    /// next take, which clamps it (see `bucket::take`).
+    pub tokens: u64,
+    /// The `bpf_ktime_get_ns()` up to which time has been credited.
+    pub stamp_ns: u64,
+}
+const _: () = assert!(size_of::<BucketState>() == 16);
+
+/// Verdict counters of one rule in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    pub passed: Counter,
+    pub dropped: Counter,
+    /// Packets an `observe` rule passed that `drop` would have dropped.
+    pub would_drop: Counter,
+}
+const _: () = assert!(size_of::<RuleCounters>() == 48);
+
+/// Verdict counters of one port (indexed like `PORT_COUNTERS`); passed is seen minus dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortVerdicts {
+    pub dropped: Counter,
+    pub would_drop: Counter,
+}
+const _: () = assert!(size_of::<PortVerdicts>() == 32);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RuleConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BucketState {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RuleCounters {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortVerdicts {}
+
+/// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
+/// (which computes `fill_ns` and tests the arithmetic on the host).
+///
+/// Tokens are counted in nanobits: a rate in bits per second times elapsed nanoseconds is a
+/// whole number of nanobits, so a refill is one multiplication with no remainder to lose, and no
+/// fraction of a byte is lost per packet at any rate.
+pub mod bucket {
+    pub const NANOBITS_PER_BYTE: u64 = 8_000_000_000;
+
+    /// The largest burst a rule may have. Tokens can briefly reach twice the burst (see
+    /// [`BucketState::tokens`](crate::BucketState::tokens)); 2 × 1 GiB × 8e9 = 1.7e19 nanobits
+    /// still fits a `u64` (1.8e19).
+    pub const MAX_BURST_BYTES: u64 = 1 << 30;
+    /// The largest rate a rule may have, 1 Tbit/s: refills stay far below `u64::MAX`.
+    pub const MAX_RATE_BPS: u64 = 1_000_000_000_000;
+
+    /// Packets are charged at most this many bytes: more than any burst, so a capped packet still
+    /// never conforms, and small enough that its cost fits a `u64`.
+    pub const COST_CAP_BYTES: u64 = 2 * MAX_BURST_BYTES;
+
+    /// The nanobits a packet of `bytes` wire bytes costs. (Capped rather than `saturating_mul`:
+    /// that lowers to a 128-bit multiply, which the BPF backend cannot return.)
+    #[inline(always)]
+    pub const fn cost(bytes: u64) -> u64 {
+        let bytes = if bytes < COST_CAP_BYTES {
+            bytes
+        } else {
+            COST_CAP_BYTES
+        };
+        bytes * NANOBITS_PER_BYTE
+    }
+
+    /// Nanoseconds for `rate_bps` to fill `burst_nanobits`, rounded up; 0 for a zero rate.
+    pub const fn fill_ns(burst_nanobits: u64, rate_bps: u64) -> u64 {
+        if rate_bps == 0 {
+            return 0;
+        }
+        burst_nanobits.div_ceil(rate_bps)
+    }
+
+    /// Nanobits credited for `elapsed_ns`. Elapsed time beyond `fill_ns` is worth no more than a
+    /// full bucket, so it is clamped first: after a long idle time (or a first packet, whose
+    /// stamp is 0) the product is at most `burst + rate` (as `fill_ns` comes from [`fill_ns`]),
+    /// far from overflowing for any burst and rate within the maxima above.
+    #[inline(always)]
+    pub const fn refill(elapsed_ns: u64, fill_ns: u64, rate_bps: u64) -> u64 {
+        let elapsed = if elapsed_ns < fill_ns {
+            elapsed_ns
+        } else {
+            fill_ns
+        };
+        elapsed * rate_bps
+    }
+
+    /// Takes `cost` from a bucket holding `tokens` (clamped to `burst` first): the tokens left,
+    /// or `None` when the packet does not conform and must not be charged.
+    #[inline(always)]
+    pub const fn take(tokens: u64, burst: u64, cost: u64) -> Option<u64> {
+        let available = if tokens < burst { tokens } else { burst };
+        if available >= cost {
+            Some(available - cost)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +300,107 @@ mod tests {
             port_counter_index(MAX_IFACES - 1, DIR_EGRESS, PROTO_UDP, u16::MAX),
             MAX_IFACES * PORT_COUNTERS_PER_IFACE - 1
         );
+    }
+
+    #[test]
+    fn rule_index_rows_and_buckets_are_dense() {
+        assert_eq!(rule_index_row(0, DIR_INGRESS, PROTO_TCP, SIDE_LOCAL), 0);
+        assert_eq!(
+            rule_index_row(0, DIR_EGRESS, PROTO_UDP, SIDE_REMOTE),
+            RULE_INDEX_ROWS_PER_IFACE - 1
+        );
+        assert_eq!(
+            rule_index_row(1, DIR_INGRESS, PROTO_TCP, SIDE_LOCAL),
+            RULE_INDEX_ROWS_PER_IFACE
+        );
+        assert_eq!(
+            bucket_index(MAX_RULES - 1, DIR_EGRESS),
+            MAX_RULES * DIRECTIONS - 1
+        );
+    }
+
+    mod bucket_arithmetic {
+        use crate::bucket::*;
+
+        const RATE: u64 = 10_000_000; // 10 Mbit/s
+        const BURST: u64 = 128 * 1024 * NANOBITS_PER_BYTE;
+
+        #[test]
+        fn refill_is_exact_to_the_nanobit() {
+            // 1 ns at 10 Mbit/s is 10_000_000 nanobits = 1.25 millibytes: nothing is rounded.
+            assert_eq!(refill(1, fill_ns(BURST, RATE), RATE), 10_000_000);
+            // A thousand 1 ns refills equal one 1 µs refill.
+            let fill = fill_ns(BURST, RATE);
+            assert_eq!(
+                (0..1000).map(|_| refill(1, fill, RATE)).sum::<u64>(),
+                refill(1000, fill, RATE)
+            );
+        }
+
+        #[test]
+        fn refill_after_long_idle_is_clamped_to_one_bucket() {
+            let fill = fill_ns(BURST, RATE);
+            // 128 KiB at 10 Mbit/s takes 104.8576 ms.
+            assert_eq!(fill, 104_857_600);
+            assert_eq!(refill(u64::MAX, fill, RATE), fill * RATE);
+            assert!(refill(u64::MAX, fill, RATE) >= BURST);
+            assert!(refill(u64::MAX, fill, RATE) < BURST + RATE);
+        }
+
+        #[test]
+        fn fill_time_rounds_up_and_guards_zero_rate() {
+            assert_eq!(fill_ns(10, 3), 4);
+            assert_eq!(fill_ns(BURST, 0), 0);
+        }
+
+        #[test]
+        fn largest_burst_and_rate_do_not_overflow() {
+            let burst = MAX_BURST_BYTES * NANOBITS_PER_BYTE;
+            let fill = fill_ns(burst, MAX_RATE_BPS);
+            let most_tokens = burst.checked_add(refill(u64::MAX, fill, MAX_RATE_BPS));
+            assert!(most_tokens.is_some());
+            let slowest = fill_ns(burst, 1);
+            assert!(refill(u64::MAX, slowest, 1) < u64::MAX);
+        }
+
+        #[test]
+        fn take_charges_conforming_packets_and_leaves_others_uncharged() {
+            let full = BURST;
+            let packet = cost(1500);
+            assert_eq!(take(full, BURST, packet), Some(BURST - packet));
+            assert_eq!(take(packet - 1, BURST, packet), None);
+            assert_eq!(take(packet, BURST, packet), Some(0));
+        }
+
+        #[test]
+        fn oversized_packets_cost_more_than_any_burst_without_overflow() {
+            assert_eq!(cost(u64::MAX), COST_CAP_BYTES * NANOBITS_PER_BYTE);
+            let burst = MAX_BURST_BYTES * NANOBITS_PER_BYTE;
+            assert_eq!(take(2 * burst, burst, cost(u64::MAX)), None);
+        }
+
+        #[test]
+        fn take_clamps_an_overfull_bucket_to_the_burst() {
+            assert_eq!(take(2 * BURST, BURST, 0), Some(BURST));
+            assert_eq!(take(2 * BURST, BURST, BURST + 1), None);
+        }
+
+        #[test]
+        fn burst_then_refill_passes_the_configured_rate() {
+            // Offered 1500-byte packets back to back every 100 µs (120 Mbit/s) for one second
+            // against 10 Mbit/s: what passes is one burst plus one second of rate, to a packet.
+            let fill = fill_ns(BURST, RATE);
+            let (mut tokens, mut passed) = (refill(u64::MAX, fill, RATE), 0u64);
+            for _ in 0..10_000 {
+                tokens += refill(100_000, fill, RATE);
+                if let Some(left) = take(tokens, BURST, cost(1500)) {
+                    tokens = left;
+                    passed += 1500;
+                }
+            }
+            let expected = 128 * 1024 + RATE / 8;
+            assert!(passed.abs_diff(expected) <= 1500, "{passed} vs {expected}");
+        }
     }
 
     #[test]

@@ -5,13 +5,28 @@ use aya_ebpf::programs::TcContext;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use shaper_common::{Counter, DIR_INGRESS, MAX_IFACES, port_counter_index, unclassified_index};
 
+/// A packet with ports, as counted: what the limiter needs to find and charge its rule.
+pub struct Packet {
+    pub slot: u32,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Index of the local port's counters (`PORT_COUNTERS`, `PORT_VERDICTS`).
+    pub counter_index: u32,
+    pub segments: u64,
+    /// Wire bytes of every segment.
+    pub bytes: u64,
+}
+
+/// Counts the packet; returns it when it has ports (only those can match a rule).
 #[inline(always)]
-pub fn observe(ctx: &TcContext, direction: u32) {
+pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let slot = match unsafe { IFACE_SLOTS.get(ifindex) } {
         Some(&slot) if slot < MAX_IFACES => slot,
         // Not an interface this daemon registered (a race at attach time): pass, uncounted.
-        _ => return,
+        _ => return None,
     };
     // A GSO/GRO aggregate is one skb for many wire packets; gso_segs is 0 for a plain skb.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
@@ -20,20 +35,29 @@ pub fn observe(ctx: &TcContext, direction: u32) {
 
     match parse::parse(ctx) {
         Ok(flow) => {
-            let port = if direction == DIR_INGRESS {
-                flow.dst_port
+            let (local_port, remote_port) = if direction == DIR_INGRESS {
+                (flow.dst_port, flow.src_port)
             } else {
-                flow.src_port
+                (flow.src_port, flow.dst_port)
             };
             // skb->len holds the headers once; every further segment repeats them on the wire.
             // This is qdisc_pkt_len_init()'s rule (net/core/dev.c). __sk_buff.wire_len is not
             // used because on ingress it is set before the L2 header is pushed back and without
             // the GSO correction (sch_handle_ingress() sets pkt_len = skb->len).
             let bytes = len + (segments - 1) * flow.header_len as u64;
-            let index = port_counter_index(slot, direction, flow.proto, port);
-            if let Some(counter) = PORT_COUNTERS.get_ptr_mut(index) {
+            let counter_index = port_counter_index(slot, direction, flow.proto, local_port);
+            if let Some(counter) = PORT_COUNTERS.get_ptr_mut(counter_index) {
                 add_shared(counter, segments, bytes);
             }
+            Some(Packet {
+                slot,
+                proto: flow.proto,
+                local_port,
+                remote_port,
+                counter_index,
+                segments,
+                bytes,
+            })
         }
         Err(reason) => {
             if let Some(counter) =
@@ -45,6 +69,7 @@ pub fn observe(ctx: &TcContext, direction: u32) {
                     (*counter).bytes += len;
                 }
             }
+            None
         }
     }
 }
@@ -56,7 +81,7 @@ pub fn observe(ctx: &TcContext, direction: u32) {
 /// there; the intrinsic lowers to the same instruction. The eBPF crate is built with
 /// RUSTC_BOOTSTRAP already (for `-Z build-std`), which also admits `core_intrinsics`.
 #[inline(always)]
-fn add_shared(counter: *mut Counter, packets: u64, bytes: u64) {
+pub fn add_shared(counter: *mut Counter, packets: u64, bytes: u64) {
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).packets, packets);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).bytes, bytes);

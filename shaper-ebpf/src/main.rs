@@ -1,26 +1,30 @@
 //! shaper's tc classifier: one program per hook direction, sharing the maps below.
 //!
-//! Every packet is parsed to (L4 protocol, ports) by [`parse`] and counted by [`count`]. The
-//! programs never alter a packet and fail open: whatever cannot be parsed passes untouched and is
-//! counted under its reason.
+//! Every packet is parsed to (L4 protocol, ports) by [`parse`], counted by [`count`] and, when a
+//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`]. The programs
+//! never alter a packet and fail open: whatever cannot be parsed, or has no rule, passes
+//! untouched; only a packet its rule's bucket has no tokens for is dropped.
 #![no_std]
 #![no_main]
-// Atomic adds on shared counters; see count::add_shared.
+// Atomic adds and compare-and-swap on shared state; see count::add_shared and bucket.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod bucket;
 mod count;
+mod limit;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
 use shaper_common::{
-    Counter, DIR_EGRESS, DIR_INGRESS, MAX_IFACES, PORT_COUNTERS_PER_IFACE, PortCounter,
-    UNCLASSIFIED_ENTRIES,
+    BucketState, Counter, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, MAX_IFACES, MAX_RULES,
+    PORT_COUNTERS_PER_IFACE, PortCounter, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig,
+    RuleCounters, RuleIndexRow, UNCLASSIFIED_ENTRIES,
 };
 
 /// Per-port counters of every attached interface, shared by all CPUs and updated with atomic
@@ -41,21 +45,58 @@ static UNCLASSIFIED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNCLAS
 #[map]
 static IFACE_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
+/// Dropped and would-drop counters per port, indexed like `PORT_COUNTERS` and sized with it.
+#[map]
+static PORT_VERDICTS: Array<PortVerdicts> =
+    Array::with_max_entries(PORT_COUNTERS_PER_IFACE, BPF_F_MMAPABLE);
+
+/// Per (interface, direction, protocol, side): the rule id governing each port. Userspace paints
+/// it through mmap, with overlapping rules already resolved, so the program does two lookups
+/// and no search however many rules there are.
+#[map]
+static RULE_INDEX: Array<RuleIndexRow> =
+    Array::with_max_entries(RULE_INDEX_ROWS_PER_IFACE, BPF_F_MMAPABLE);
+
+/// Rate, burst and action of each rule id.
+#[map]
+static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Token-bucket state per (rule, direction).
+#[map]
+static BUCKETS: Array<BucketState> = Array::with_max_entries(MAX_RULES * DIRECTIONS, 0);
+
+/// Passed, dropped and would-drop counters per (rule, direction); read by userspace via mmap.
+#[map]
+static RULE_COUNTERS: Array<RuleCounters> =
+    Array::with_max_entries(MAX_RULES * DIRECTIONS, BPF_F_MMAPABLE);
+
 /// `TC_ACT_UNSPEC` hands the packet on unchanged: for tcx it is `TCX_NEXT` (run the next program,
 /// pass if none; include/uapi/linux/bpf.h `enum tcx_action_base`), for a direct-action cls_bpf
 /// filter it continues with the next filter. Either way shaper composes with other programs.
 const PASS: i32 = TC_ACT_UNSPEC;
+/// `TC_ACT_SHOT` frees the packet; for tcx it is `TCX_DROP`. On egress the sending socket sees
+/// NET_XMIT_DROP (TCP then treats it as local congestion, tcp_enter_cwr()).
+const DROP: i32 = TC_ACT_SHOT as i32;
 
 #[classifier]
 pub fn shaper_ingress(ctx: TcContext) -> i32 {
-    count::observe(&ctx, DIR_INGRESS);
-    PASS
+    handle(&ctx, DIR_INGRESS)
 }
 
 #[classifier]
 pub fn shaper_egress(ctx: TcContext) -> i32 {
-    count::observe(&ctx, DIR_EGRESS);
-    PASS
+    handle(&ctx, DIR_EGRESS)
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, direction: u32) -> i32 {
+    let Some(packet) = count::observe(ctx, direction) else {
+        return PASS;
+    };
+    match limit::apply(&packet, direction) {
+        limit::Verdict::Pass => PASS,
+        limit::Verdict::Drop => DROP,
+    }
 }
 
 #[cfg(not(test))]

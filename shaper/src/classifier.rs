@@ -1,18 +1,21 @@
 //! The loaded classifier: the eBPF object, its maps, and the interfaces it is attached to.
 
+use std::{os::fd::AsFd as _, sync::atomic::Ordering};
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::ProgramError,
 };
 use shaper_common::{
-    Counter, DIRECTIONS, MAX_IFACES, PORT_COUNTERS_PER_IFACE, PORTS, PROTO_TCP, PROTO_UDP, maps,
-    port_counter_index, reason, unclassified_index,
+    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE, PORTS,
+    PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
+    RuleIndexRow, bucket_index, maps, port_counter_index, reason, unclassified_index,
 };
 
 use crate::{
     attach::{self, AttachMode, Attachment, Direction},
-    counters::CounterArray,
+    counters::SharedArray,
     error::{Error, Result},
     iface,
     stats::{InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats},
@@ -23,14 +26,24 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 const PROTOCOLS: [(u32, &str); 2] = [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")];
 
-/// Bytes of BPF map memory that counting takes for `interfaces` interfaces on `cpus` CPUs
-/// (values only; the kernel adds a page or so of bookkeeping per map).
+/// Bytes of BPF map memory the classifier takes for `interfaces` interfaces on `cpus` CPUs
+/// (values only; the kernel adds a page or so of bookkeeping per map): per interface 4 MiB of
+/// port counters, 8 MiB of per-port verdict counters and 1 MiB of rule index, plus the per-CPU
+/// unclassified counters and the fixed-size rule maps.
 pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
+    let interfaces = u64::from(interfaces);
     let counter = size_of::<Counter>() as u64;
-    let ports = u64::from(interfaces) * u64::from(PORT_COUNTERS_PER_IFACE) * counter;
+    let port_entries = interfaces * u64::from(PORT_COUNTERS_PER_IFACE);
+    let ports = port_entries * (counter + size_of::<PortVerdicts>() as u64);
+    let index =
+        interfaces * u64::from(RULE_INDEX_ROWS_PER_IFACE) * size_of::<RuleIndexRow>() as u64;
     let unclassified =
-        u64::from(interfaces) * u64::from(DIRECTIONS * reason::COUNT) * counter * u64::from(cpus);
-    ports + unclassified
+        interfaces * u64::from(DIRECTIONS * reason::COUNT) * counter * u64::from(cpus);
+    let rules = u64::from(MAX_RULES)
+        * (size_of::<RuleConfig>() as u64
+            + u64::from(DIRECTIONS)
+                * (size_of::<BucketState>() + size_of::<RuleCounters>()) as u64);
+    ports + index + unclassified + rules
 }
 
 #[derive(Debug)]
@@ -44,7 +57,11 @@ struct Interface {
 /// [`Classifier::attach`]. Dropping it detaches everything it attached.
 pub struct Classifier {
     ebpf: Ebpf,
-    port_counters: CounterArray,
+    port_counters: SharedArray,
+    port_verdicts: SharedArray,
+    rule_counters: SharedArray,
+    /// Written by userspace, read by the programs: see [`Classifier::paint_rule_index`].
+    rule_index: SharedArray,
     /// Interface slots, in slot order: the slot is the index into this vector.
     interfaces: Vec<Interface>,
     capacity: u32,
@@ -60,8 +77,12 @@ impl Classifier {
             });
         }
         raise_memlock_limit();
+        let port_entries = interfaces * PORT_COUNTERS_PER_IFACE;
+        let index_rows = interfaces * RULE_INDEX_ROWS_PER_IFACE;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::PORT_COUNTERS, interfaces * PORT_COUNTERS_PER_IFACE)
+            .map_max_entries(maps::PORT_COUNTERS, port_entries)
+            .map_max_entries(maps::PORT_VERDICTS, port_entries)
+            .map_max_entries(maps::RULE_INDEX, index_rows)
             .map_max_entries(maps::UNCLASSIFIED, interfaces * DIRECTIONS * reason::COUNT)
             .load(OBJECT)?;
         for direction in Direction::BOTH {
@@ -79,20 +100,28 @@ impl Classifier {
                     other => other.into(),
                 })?;
         }
-        let port_counters = match ebpf.map(maps::PORT_COUNTERS) {
-            Some(Map::Array(data)) => {
-                CounterArray::map(data.fd(), (interfaces * PORT_COUNTERS_PER_IFACE) as usize)?
-            }
-            _ => {
-                return Err(Error::MissingInObject {
-                    kind: "array map",
-                    name: maps::PORT_COUNTERS,
-                });
-            }
-        };
+        let port_entries = port_entries as usize;
+        let port_counters = map_shared(&ebpf, maps::PORT_COUNTERS, |fd| {
+            SharedArray::read_only(fd, port_entries * size_of::<Counter>())
+        })?;
+        let port_verdicts = map_shared(&ebpf, maps::PORT_VERDICTS, |fd| {
+            SharedArray::read_only(fd, port_entries * size_of::<PortVerdicts>())
+        })?;
+        let rule_counters = map_shared(&ebpf, maps::RULE_COUNTERS, |fd| {
+            SharedArray::read_only(
+                fd,
+                (MAX_RULES * DIRECTIONS) as usize * size_of::<RuleCounters>(),
+            )
+        })?;
+        let rule_index = map_shared(&ebpf, maps::RULE_INDEX, |fd| {
+            SharedArray::read_write(fd, index_rows as usize * size_of::<RuleIndexRow>())
+        })?;
         Ok(Self {
             ebpf,
             port_counters,
+            port_verdicts,
+            rule_counters,
+            rule_index,
             interfaces: Vec::new(),
             capacity: interfaces,
         })
@@ -161,11 +190,105 @@ impl Classifier {
         attach::program_mut(&mut self.ebpf, direction)
     }
 
+    /// Names of the registered interfaces, in slot order.
+    pub fn interface_names(&self) -> Vec<String> {
+        self.interfaces.iter().map(|i| i.name.clone()).collect()
+    }
+
     /// The counter of one (interface slot, direction, protocol, port).
     pub fn port_counter(&self, slot: u32, direction: Direction, proto: u32, port: u16) -> Counter {
+        let index = port_counter_index(slot, direction.index(), proto, port) as usize;
         self.port_counters
-            .get(port_counter_index(slot, direction.index(), proto, port) as usize)
+            .counter(index * COUNTER_WORDS)
             .unwrap_or_default()
+    }
+
+    /// The dropped and would-drop counters of one (interface slot, direction, protocol, port).
+    pub fn port_verdicts(
+        &self,
+        slot: u32,
+        direction: Direction,
+        proto: u32,
+        port: u16,
+    ) -> PortVerdicts {
+        let index = port_counter_index(slot, direction.index(), proto, port) as usize;
+        let word = index * size_of::<PortVerdicts>() / 8;
+        PortVerdicts {
+            dropped: self.port_verdicts.counter(word).unwrap_or_default(),
+            would_drop: self
+                .port_verdicts
+                .counter(word + COUNTER_WORDS)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The verdict counters of rule `id` in one direction.
+    pub fn rule_counters(&self, id: u16, direction: Direction) -> RuleCounters {
+        let word = bucket_index(u32::from(id), direction.index()) as usize
+            * (size_of::<RuleCounters>() / 8);
+        let at = |offset| {
+            self.rule_counters
+                .counter(word + offset * COUNTER_WORDS)
+                .unwrap_or_default()
+        };
+        RuleCounters {
+            passed: at(0),
+            dropped: at(1),
+            would_drop: at(2),
+        }
+    }
+
+    /// Writes the limit of rule `id`. For a `fresh` id (a new rule) its buckets and counters are
+    /// zeroed first — a full bucket, see [`BucketState`] — so nothing of an earlier rule with the
+    /// same id carries over; replacing a rule's limit keeps both. The program picks the new
+    /// limit up on its next packet.
+    pub fn write_rule(&mut self, id: u16, config: &RuleConfig, fresh: bool) -> Result<()> {
+        let id = u32::from(id);
+        if fresh {
+            let mut buckets: Array<&mut MapData, BucketState> =
+                Array::try_from(map_mut(&mut self.ebpf, maps::BUCKETS)?)?;
+            for direction in Direction::BOTH {
+                buckets.set(
+                    bucket_index(id, direction.index()),
+                    BucketState::default(),
+                    0,
+                )?;
+            }
+            let mut counters: Array<&mut MapData, RuleCounters> =
+                Array::try_from(map_mut(&mut self.ebpf, maps::RULE_COUNTERS)?)?;
+            for direction in Direction::BOTH {
+                counters.set(
+                    bucket_index(id, direction.index()),
+                    RuleCounters::default(),
+                    0,
+                )?;
+            }
+        }
+        let mut rules: Array<&mut MapData, RuleConfig> =
+            Array::try_from(map_mut(&mut self.ebpf, maps::RULES)?)?;
+        rules.set(id, *config, 0)?;
+        Ok(())
+    }
+
+    /// Clears rule `id`'s limit: a packet that still finds the id passes uncharged.
+    pub fn clear_rule(&mut self, id: u16) -> Result<()> {
+        self.write_rule(id, &RuleConfig::default(), false)
+    }
+
+    /// Makes the rule index equal to `index` (as [`crate::rules::RuleTable::resolve`] builds it
+    /// for [`interface_names`](Self::interface_names)), writing only the ports that change.
+    /// Each port's cell is one aligned 16-bit store, so the program sees either the old or the
+    /// new rule for a port, never a torn id. Returns the number of ports written.
+    pub fn paint_rule_index(&self, index: &[u16]) -> usize {
+        let cells = self.rule_index.halfwords();
+        let mut written = 0;
+        for (cell, &id) in cells.iter().zip(index) {
+            if cell.load(Ordering::Relaxed) != id {
+                cell.store(id, Ordering::Relaxed);
+                written += 1;
+            }
+        }
+        written
     }
 
     /// The unclassified counter of one (interface slot, direction, reason), summed over CPUs.
@@ -214,6 +337,7 @@ impl Classifier {
                         let port = port as u16;
                         let counter = self.port_counter(slot, direction, proto, port);
                         if counter.packets != 0 {
+                            let verdicts = self.port_verdicts(slot, direction, proto, port);
                             snapshot.ports.push(PortStats {
                                 iface: iface.name.clone(),
                                 direction: direction.name().to_owned(),
@@ -221,6 +345,10 @@ impl Classifier {
                                 port,
                                 packets: counter.packets,
                                 bytes: counter.bytes,
+                                dropped_packets: verdicts.dropped.packets,
+                                dropped_bytes: verdicts.dropped.bytes,
+                                would_drop_packets: verdicts.would_drop.packets,
+                                would_drop_bytes: verdicts.would_drop.bytes,
                             });
                         }
                     }
@@ -251,6 +379,29 @@ impl Drop for Classifier {
     }
 }
 
+/// 64-bit words in one [`Counter`].
+const COUNTER_WORDS: usize = size_of::<Counter>() / 8;
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .ok_or(Error::MissingInObject { kind: "map", name })
+}
+
+/// Maps the mmapable array `name` of the loaded object with `map`.
+fn map_shared(
+    ebpf: &Ebpf,
+    name: &'static str,
+    map: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<SharedArray>,
+) -> Result<SharedArray> {
+    match ebpf.map(name) {
+        Some(Map::Array(data)) => Ok(map(data.fd().as_fd())?),
+        _ => Err(Error::MissingInObject {
+            kind: "array map",
+            name,
+        }),
+    }
+}
+
 /// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK (memcg accounting replaced it in
 /// commit 97306be45fbe "Merge branch 'switch to memcg-based memory accounting'"); the default 8 MiB
 /// is less than one interface's counters.
@@ -273,9 +424,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn map_memory_is_four_mib_per_interface_plus_a_little_per_cpu() {
-        assert_eq!(map_memory_bytes(1, 1), 4 * 1024 * 1024 + 14 * 16);
+    fn map_memory_is_thirteen_mib_per_interface_plus_a_little_per_cpu() {
+        let rules = 1024 * (32 + 2 * (16 + 48));
+        assert_eq!(map_memory_bytes(1, 1), 13 * 1024 * 1024 + 14 * 16 + rules);
         // Two interfaces on a 128-CPU host stay far below 64 MiB.
-        assert!(map_memory_bytes(2, 128) < 9 * 1024 * 1024);
+        assert!(map_memory_bytes(2, 128) < 27 * 1024 * 1024);
     }
 }

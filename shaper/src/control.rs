@@ -19,6 +19,8 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
+    limits::RuleView,
+    rules::{RuleKey, RuleSpec},
     stats::Snapshot,
 };
 
@@ -36,13 +38,33 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     /// Every counter that has seen traffic.
     Stats,
+    /// Add a rule, or replace the limit of the rule with the same key.
+    LimitSet { rule: RuleSpec },
+    /// Remove the rule with exactly this key.
+    LimitRm { rule: RuleKey },
+    /// Every rule with its counters.
+    LimitLs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Stats(Snapshot),
-    Error { message: String },
+    /// The rule as set; `replaced` when it existed (its counters are kept).
+    RuleSet {
+        rule: RuleView,
+        replaced: bool,
+    },
+    /// The removed rule with its final counters.
+    RuleRemoved {
+        rule: RuleView,
+    },
+    Rules {
+        rules: Vec<RuleView>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Sends one request to the daemon at `path` and waits for its response.

@@ -1,41 +1,54 @@
-//! Reading the classifier's counters from userspace.
+//! The classifier's mmapable maps, seen from userspace as shared memory.
 //!
 //! `PORT_COUNTERS` holds 262,144 entries per interface. Reading them one `BPF_MAP_LOOKUP_ELEM` at
-//! a time costs a syscall each; the map is `BPF_F_MMAPABLE` instead, so a full scan is a read of
-//! shared memory (kernel/bpf/arraymap.c `array_map_mmap`).
+//! a time costs a syscall each; the counter maps are `BPF_F_MMAPABLE` instead, so a full scan is
+//! a read of shared memory (kernel/bpf/arraymap.c `array_map_mmap`). The rule index is mapped
+//! writable the same way, so repainting 65,536 ports of a range is a memory write, not 65,536
+//! `BPF_MAP_UPDATE_ELEM` calls.
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd as _},
     ptr::NonNull,
+    sync::atomic::{AtomicU16, AtomicU64, Ordering},
 };
 
 use shaper_common::Counter;
 
-/// A read-only mapping of an mmapable array of [`Counter`].
+/// A shared mapping of the first `len` bytes of an mmapable array map.
 #[derive(Debug)]
-pub struct CounterArray {
-    base: NonNull<Counter>,
-    entries: usize,
+pub struct SharedArray {
+    base: NonNull<u8>,
+    len: usize,
     mapped_len: usize,
 }
 
-// SAFETY: the mapping is shared, read-only memory; every read goes through atomic loads.
-unsafe impl Send for CounterArray {}
-unsafe impl Sync for CounterArray {}
+// SAFETY: the mapping is shared memory that every access reads or writes with atomics.
+unsafe impl Send for SharedArray {}
+unsafe impl Sync for SharedArray {}
 
-impl CounterArray {
-    /// Maps the first `entries` values of the array map behind `fd`.
-    pub fn map(fd: impl AsFd, entries: usize) -> io::Result<Self> {
+impl SharedArray {
+    /// Maps `len` bytes of the array behind `fd` for reading.
+    pub fn read_only(fd: impl AsFd, len: usize) -> io::Result<Self> {
+        Self::map(fd, len, libc::PROT_READ)
+    }
+
+    /// Maps `len` bytes of the array behind `fd` for reading and writing. The kernel refuses
+    /// (EPERM) for a map the program may only read (`BPF_F_RDONLY_PROG`) — not our case.
+    pub fn read_write(fd: impl AsFd, len: usize) -> io::Result<Self> {
+        Self::map(fd, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    fn map(fd: impl AsFd, len: usize, protection: libc::c_int) -> io::Result<Self> {
         let page = 4096usize.max(unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize);
-        let mapped_len = (entries * size_of::<Counter>()).div_ceil(page) * page;
-        // SAFETY: a fresh shared read-only mapping of a BPF map fd; the kernel checks that the
-        // length fits the map and that it was created mmapable.
+        let mapped_len = len.div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks that the length fits
+        // the map and that it was created mmapable.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 mapped_len,
-                libc::PROT_READ,
+                protection,
                 libc::MAP_SHARED,
                 fd.as_fd().as_raw_fd(),
                 0,
@@ -44,43 +57,40 @@ impl CounterArray {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(ptr.cast::<Counter>()).ok_or_else(io::Error::last_os_error)?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         Ok(Self {
             base,
-            entries,
+            len,
             mapped_len,
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.entries
+    /// The mapping as 64-bit words. The kernel updates counters with BPF atomic adds, so
+    /// atomic loads of these naturally aligned words see whole values.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned, `len` bytes long and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len / 8) }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries == 0
+    /// The mapping as 16-bit cells (the rule index).
+    pub fn halfwords(&self) -> &[AtomicU16] {
+        // SAFETY: as for `words`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len / 2) }
     }
 
-    /// The counter at `index`. Each field is read atomically; the pair is not a single snapshot
-    /// (a packet may land between the two loads), which no consumer of monotonic counters needs.
-    pub fn get(&self, index: usize) -> Option<Counter> {
-        if index >= self.entries {
-            return None;
-        }
-        // SAFETY: index is in bounds of the mapping; the kernel writes these u64s with atomic
-        // instructions, so atomic loads of naturally aligned u64s see whole values.
-        unsafe {
-            let entry = self.base.as_ptr().add(index);
-            let packets = std::sync::atomic::AtomicU64::from_ptr(&raw mut (*entry).packets);
-            let bytes = std::sync::atomic::AtomicU64::from_ptr(&raw mut (*entry).bytes);
-            Some(Counter {
-                packets: packets.load(std::sync::atomic::Ordering::Relaxed),
-                bytes: bytes.load(std::sync::atomic::Ordering::Relaxed),
-            })
-        }
+    /// The [`Counter`] starting at 64-bit word `word`. Each field is read atomically; the pair
+    /// is not a single snapshot (a packet may land between the two loads), which no consumer of
+    /// monotonic counters needs.
+    pub fn counter(&self, word: usize) -> Option<Counter> {
+        let words = self.words();
+        Some(Counter {
+            packets: words.get(word)?.load(Ordering::Relaxed),
+            bytes: words.get(word + 1)?.load(Ordering::Relaxed),
+        })
     }
 }
 
-impl Drop for CounterArray {
+impl Drop for SharedArray {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };

@@ -90,6 +90,22 @@ pub enum Error {
     #[error("the daemon refused the request: {0}")]
     Refused(String),
 
+    #[error(transparent)]
+    Limit(#[from] crate::rules::LimitError),
+
+    #[error("config rule {rule}: {source}")]
+    ConfigRule {
+        rule: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    #[error("no rule {key}{others}")]
+    NoSuchRule { key: String, others: String },
+
+    #[error("state file {path}: {reason}; move it away to start from the config file's rules")]
+    State { path: PathBuf, reason: String },
+
     // aya's errors are large; boxed so every Result of this crate stays small.
     #[error(transparent)]
     Ebpf(Box<aya::EbpfError>),

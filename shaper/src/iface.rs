@@ -14,6 +14,35 @@ pub fn index(name: &str) -> Result<u32> {
     }
 }
 
+/// What every kernel allows at least: GSO_LEGACY_MAX_SIZE (include/linux/netdevice.h), the
+/// GSO_MAX_SIZE of kernels before BIG TCP and the default of every gso/gro max size since.
+const GSO_LEGACY_MAX_SIZE: u32 = 65536;
+
+/// The largest aggregate (GSO or GRO skb) the tc hooks of `name` can see, in bytes: the largest of the
+/// interface's gso/gro max sizes, and never less than 64 KiB (GSO_LEGACY_MAX_SIZE, 65536 — what kernels before the
+/// attributes existed allowed).
+///
+/// A gso_max_size below 64 KiB (a driver with a small TSO limit) does not lower the floor: a
+/// forwarded skb reaches the egress hook as GRO built it on the ingress interface, and
+/// net/core/dev.c `validate_xmit_skb`, which segments what the device cannot take, runs after the
+/// hook. The sizes bound the skb from its network header on; the wire bytes of an aggregate add
+/// the L2 header and the headers of every further segment.
+pub fn max_aggregate_bytes(name: &str) -> Result<u32> {
+    let ifindex = index(name)?;
+    let limits = crate::netlink::link_aggregate_limits(ifindex).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            // Removed between the name lookup and the request.
+            Error::InterfaceNotFound(name.to_owned())
+        } else {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("reading the GSO/GRO size limits of {name} (RTM_GETLINK): {e}"),
+            ))
+        }
+    })?;
+    Ok(limits.largest().unwrap_or(0).max(GSO_LEGACY_MAX_SIZE))
+}
+
 /// The interface of the default route: IPv4 first, then IPv6; the lowest metric wins.
 pub fn default_route_interface() -> Result<String> {
     let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
@@ -117,6 +146,19 @@ eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
 20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     ens3
 ";
         assert_eq!(default_route_v6(table).as_deref(), Some("ens3"));
+    }
+
+    #[test]
+    fn loopback_aggregates_are_at_least_64_kib() {
+        // Unprivileged: RTM_GETLINK needs no capability.
+        let bytes = max_aggregate_bytes("lo").unwrap();
+        assert!(bytes >= GSO_LEGACY_MAX_SIZE, "{bytes}");
+    }
+
+    #[test]
+    fn max_aggregate_of_unknown_interface_is_a_clear_error() {
+        let err = max_aggregate_bytes("shaper-no-such-if0").unwrap_err();
+        assert!(matches!(err, Error::InterfaceNotFound(_)), "{err}");
     }
 
     #[test]

@@ -6,14 +6,18 @@
 
 pub mod attach;
 pub mod classifier;
+pub mod config;
 pub mod control;
 pub mod counters;
 pub mod error;
 pub mod iface;
+pub mod limits;
 pub mod lock;
 mod netlink;
 pub mod privileges;
+pub mod rules;
 pub mod stats;
+pub mod units;
 
 pub use attach::{AttachMode, Direction};
 pub use classifier::Classifier;

@@ -34,8 +34,19 @@ pub struct PortStats {
     pub proto: String,
     /// The local port: destination on ingress, source on egress.
     pub port: u16,
+    /// Everything the hook saw on this port, passed or not.
     pub packets: u64,
     pub bytes: u64,
+    /// Dropped by a `drop` rule (included in `packets`/`bytes`).
+    #[serde(default)]
+    pub dropped_packets: u64,
+    #[serde(default)]
+    pub dropped_bytes: u64,
+    /// Passed by an `observe` rule that `drop` would have dropped.
+    #[serde(default)]
+    pub would_drop_packets: u64,
+    #[serde(default)]
+    pub would_drop_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,14 +93,21 @@ impl Snapshot {
         } else {
             let _ = writeln!(
                 out,
-                "\n{:<16} {:<8} {:<5} {:>5} {:>14} {:>16}",
-                "IFACE", "DIR", "PROTO", "PORT", "PACKETS", "BYTES"
+                "\n{:<16} {:<8} {:<5} {:>5} {:>14} {:>16} {:>12} {:>12}",
+                "IFACE", "DIR", "PROTO", "PORT", "PACKETS", "BYTES", "DROPPED", "WOULD-DROP"
             );
             for p in &self.ports {
                 let _ = writeln!(
                     out,
-                    "{:<16} {:<8} {:<5} {:>5} {:>14} {:>16}",
-                    p.iface, p.direction, p.proto, p.port, p.packets, p.bytes
+                    "{:<16} {:<8} {:<5} {:>5} {:>14} {:>16} {:>12} {:>12}",
+                    p.iface,
+                    p.direction,
+                    p.proto,
+                    p.port,
+                    p.packets,
+                    p.bytes,
+                    p.dropped_packets,
+                    p.would_drop_packets
                 );
             }
         }
@@ -130,6 +148,10 @@ mod tests {
                 port: 443,
                 packets: 10,
                 bytes: 15_000,
+                dropped_packets: 2,
+                dropped_bytes: 3_000,
+                would_drop_packets: 0,
+                would_drop_bytes: 0,
             }],
             unclassified: vec![UnclassifiedStats {
                 iface: "eth0".into(),
@@ -147,7 +169,18 @@ mod tests {
         assert_eq!(json["schema_version"], 1);
         assert_eq!(json["interfaces"][0]["attach"], "tcx");
         let port = &json["ports"][0];
-        for key in ["iface", "direction", "proto", "port", "packets", "bytes"] {
+        for key in [
+            "iface",
+            "direction",
+            "proto",
+            "port",
+            "packets",
+            "bytes",
+            "dropped_packets",
+            "dropped_bytes",
+            "would_drop_packets",
+            "would_drop_bytes",
+        ] {
             assert!(port.get(key).is_some(), "ports[] lacks {key}");
         }
         let reason = &json["unclassified"][0];
@@ -164,7 +197,7 @@ mod tests {
             table
                 .lines()
                 .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                    == ["eth0", "ingress", "tcp", "443", "10", "15000"]),
+                    == ["eth0", "ingress", "tcp", "443", "10", "15000", "2", "0"]),
             "{table}"
         );
         assert!(

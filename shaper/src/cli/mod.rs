@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+mod limit;
 mod run;
 mod stats;
 
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use shaper::control::DEFAULT_SOCKET;
 
-/// eBPF per-port traffic observer for Linux tc hooks.
+/// eBPF per-port traffic shaper and observer for Linux tc hooks.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
@@ -28,6 +29,9 @@ enum Command {
     Run(run::RunArgs),
     /// Print the per-port counters of the running daemon.
     Stats(stats::StatsArgs),
+    /// Set, remove or list the running daemon's per-port limits.
+    #[command(subcommand)]
+    Limit(limit::LimitCommand),
 }
 
 impl Cli {
@@ -35,6 +39,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(args, &self.socket),
             Command::Stats(args) => stats::stats(args, &self.socket),
+            Command::Limit(command) => limit::limit(command, &self.socket),
         }
     }
 }

@@ -1,0 +1,64 @@
+//! The token bucket, shared by every CPU that sees a rule's packets, kept consistent with BPF
+//! atomics alone (aya-ebpf has no `bpf_spin_lock`, and a lock would serialise the hot path).
+//!
+//! Two words of state: the tokens, and the time up to which refills have been credited. The two
+//! steps never lose an update:
+//! - refill: a CPU that moves `stamp_ns` forward with a compare-and-swap owns the interval
+//!   between the old and the new stamp and credits it with an atomic add. Intervals claimed by
+//!   different CPUs are disjoint, so time is credited exactly once; a CPU that loses the race
+//!   skips the refill, because the winner's interval ends at (about) the same time.
+//! - take: a compare-and-swap loop on the tokens, so two CPUs can never both spend the same
+//!   tokens. The loop is bounded for the verifier; a packet that loses every attempt to other
+//!   CPUs is treated as non-conforming, so contention can only under-shoot the rate, never
+//!   overshoot it.
+//!
+//! LLVM selects BPF_CMPXCHG for 64-bit compare-and-swap even for the generic (v1) CPU bpf-linker
+//! targets; the kernel verifies BPF_ATOMIC instructions since 5.12.
+//!
+//! The arithmetic itself lives in `shaper_common::bucket`, where host tests cover it.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use shaper_common::{BucketState, RuleConfig, bucket};
+
+/// Compare-and-swap attempts to take tokens. Each failed attempt means another CPU took tokens
+/// in between, so with a handful of CPUs on one rule a few attempts always suffice.
+const TAKE_ATTEMPTS: u32 = 8;
+
+/// Charges `cost` nanobits to the bucket at `now` (`bpf_ktime_get_ns`). True when the packet
+/// conforms; a non-conforming packet is not charged.
+#[inline(always)]
+pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u64) -> bool {
+    let stamp_ptr = unsafe { &raw mut (*state).stamp_ns };
+    let tokens_ptr = unsafe { &raw mut (*state).tokens };
+
+    let stamp = unsafe { core::ptr::read_volatile(stamp_ptr) };
+    if now > stamp {
+        let (_, claimed) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                stamp_ptr, stamp, now,
+            )
+        };
+        if claimed {
+            let credit = bucket::refill(now - stamp, config.fill_ns, config.rate_bps);
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tokens_ptr, credit);
+            }
+        }
+    }
+
+    for _ in 0..TAKE_ATTEMPTS {
+        let tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
+        let Some(left) = bucket::take(tokens, config.burst_nanobits, cost) else {
+            return false;
+        };
+        let (_, taken) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                tokens_ptr, tokens, left,
+            )
+        };
+        if taken {
+            return true;
+        }
+    }
+    false
+}

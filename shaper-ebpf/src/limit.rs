@@ -1,0 +1,90 @@
+//! Limits: find the rule that governs a packet, ask its bucket, count the verdict.
+
+use crate::{BUCKETS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, bucket, count};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use shaper_common::{
+    ACTION_DROP, ACTION_OBSERVE, MAX_RULES, NO_RULE, SIDE_LOCAL, SIDE_REMOTE, bucket::cost,
+    bucket_index, rule_index_row,
+};
+
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// The verdict for a counted packet. Userspace resolves overlapping rules into the rule index,
+/// so the program only looks up the winner: the local port's rule, else the remote port's.
+#[inline(always)]
+pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
+    let mut rule = rule_for(packet, direction, SIDE_LOCAL, packet.local_port);
+    if rule == NO_RULE {
+        rule = rule_for(packet, direction, SIDE_REMOTE, packet.remote_port);
+    }
+    if rule == NO_RULE || rule as u32 >= MAX_RULES {
+        return Verdict::Pass;
+    }
+    let Some(config) = RULES.get(rule as u32) else {
+        return Verdict::Pass;
+    };
+    // A rule id userspace is still writing (or has just removed) has no rate yet: pass.
+    if config.rate_bps == 0 {
+        return Verdict::Pass;
+    }
+    let index = bucket_index(rule as u32, direction);
+    let (Some(state), Some(counters)) =
+        (BUCKETS.get_ptr_mut(index), RULE_COUNTERS.get_ptr_mut(index))
+    else {
+        return Verdict::Pass;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if bucket::conforms(state, config, now, cost(packet.bytes)) {
+        count::add_shared(
+            unsafe { &raw mut (*counters).passed },
+            packet.segments,
+            packet.bytes,
+        );
+        return Verdict::Pass;
+    }
+    let port = PORT_VERDICTS.get_ptr_mut(packet.counter_index);
+    match config.action {
+        ACTION_DROP => {
+            count::add_shared(
+                unsafe { &raw mut (*counters).dropped },
+                packet.segments,
+                packet.bytes,
+            );
+            if let Some(port) = port {
+                count::add_shared(
+                    unsafe { &raw mut (*port).dropped },
+                    packet.segments,
+                    packet.bytes,
+                );
+            }
+            Verdict::Drop
+        }
+        ACTION_OBSERVE => {
+            count::add_shared(
+                unsafe { &raw mut (*counters).would_drop },
+                packet.segments,
+                packet.bytes,
+            );
+            if let Some(port) = port {
+                count::add_shared(
+                    unsafe { &raw mut (*port).would_drop },
+                    packet.segments,
+                    packet.bytes,
+                );
+            }
+            Verdict::Pass
+        }
+        _ => Verdict::Pass,
+    }
+}
+
+#[inline(always)]
+fn rule_for(packet: &count::Packet, direction: u32, side: u32, port: u16) -> u16 {
+    match RULE_INDEX.get(rule_index_row(packet.slot, direction, packet.proto, side)) {
+        Some(row) => row[port as usize],
+        None => NO_RULE,
+    }
+}

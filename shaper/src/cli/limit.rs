@@ -1,0 +1,232 @@
+//! `shaper limit set|rm|ls`: change and list the running daemon's rules.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use shaper::{
+    control::{self, Request, Response},
+    limits::RuleView,
+    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+    units,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum LimitCommand {
+    /// Limit a port or port range; setting the same rule again replaces its limit and keeps
+    /// its counters.
+    Set(SetArgs),
+    /// Remove the rule with exactly these ports, --dir, --proto, --iface and --remote.
+    Rm(KeyArgs),
+    /// List the rules with their passed, dropped and would-drop counters.
+    Ls(LsArgs),
+}
+
+/// What names a rule.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// A port (9090) or an inclusive range (8000-8099) sharing one bucket.
+    #[arg(value_name = "PORTS", value_parser = parse_ports)]
+    ports: PortRange,
+
+    /// The hook direction(s); each direction has its own bucket.
+    #[arg(long, value_enum, default_value_t = DirSel::Both)]
+    dir: DirSel,
+
+    #[arg(long, value_enum, default_value_t = ProtoSel::Any)]
+    proto: ProtoSel,
+
+    /// One interface the daemon is attached to; default: all of them.
+    #[arg(long, value_name = "IFACE")]
+    iface: Option<String>,
+
+    /// The ports are the remote port (what this host sends to, or receives from, a remote
+    /// service), not the local one.
+    #[arg(long)]
+    remote: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+
+    /// Rate: kbit, mbit, gbit (bits/s) or B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s; a bare
+    /// number is bytes per second.
+    #[arg(long, value_parser = parse_rate)]
+    rate: u64,
+
+    /// Bucket depth: B, KB, KiB, MB, MiB, GB, GiB. Default: 100 ms of the rate, and at least
+    /// twice the largest GSO/GRO aggregate of the interfaces (128 KiB for 64 KiB aggregates).
+    #[arg(long, value_parser = parse_size)]
+    burst: Option<u64>,
+
+    /// drop: police; observe: pass everything and count what drop would have dropped.
+    #[arg(long, value_enum, default_value_t = Action::Drop)]
+    action: Action,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON (schema in the README) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_ports(text: &str) -> Result<PortRange, String> {
+    text.parse()
+        .map_err(|e: shaper::rules::PortRangeError| e.to_string())
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    units::parse_rate(text).map_err(|e| e.to_string())
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    units::parse_size(text).map_err(|e| e.to_string())
+}
+
+impl KeyArgs {
+    fn key(self) -> RuleKey {
+        RuleKey {
+            ports: self.ports,
+            side: if self.remote {
+                Side::Remote
+            } else {
+                Side::Local
+            },
+            dir: self.dir,
+            proto: self.proto,
+            iface: self.iface,
+        }
+    }
+}
+
+pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
+    match command {
+        LimitCommand::Set(args) => {
+            let rule = RuleSpec {
+                key: args.key.key(),
+                rate_bps: args.rate,
+                burst_bytes: args.burst,
+                action: args.action,
+            };
+            match control::request(socket, &Request::LimitSet { rule })? {
+                Response::RuleSet { rule, replaced } => {
+                    let what = if replaced {
+                        "replaced (counters kept)"
+                    } else {
+                        "added"
+                    };
+                    println!("rule {} {what}: {}", rule.id, describe(&rule));
+                }
+                other => bail!("unexpected reply from the daemon: {other:?}"),
+            }
+        }
+        LimitCommand::Rm(args) => {
+            match control::request(socket, &Request::LimitRm { rule: args.key() })? {
+                Response::RuleRemoved { rule } => {
+                    println!(
+                        "rule {} removed: {} (passed {} packets, dropped {})",
+                        rule.id,
+                        describe(&rule),
+                        rule.passed_packets,
+                        rule.dropped_packets
+                    );
+                }
+                other => bail!("unexpected reply from the daemon: {other:?}"),
+            }
+        }
+        LimitCommand::Ls(args) => match control::request(socket, &Request::LimitLs)? {
+            Response::Rules { rules } => {
+                if args.json {
+                    let listing = serde_json::json!({ "schema_version": 1, "rules": rules });
+                    println!("{}", serde_json::to_string_pretty(&listing)?);
+                } else {
+                    print!("{}", table(&rules));
+                }
+            }
+            other => bail!("unexpected reply from the daemon: {other:?}"),
+        },
+    }
+    Ok(())
+}
+
+fn describe(rule: &RuleView) -> String {
+    format!(
+        "{}{} dir {} proto {} iface {}: rate {} burst {} {}",
+        if rule.side == "remote" { "remote " } else { "" },
+        rule.ports,
+        rule.dir,
+        rule.proto,
+        rule.iface.as_deref().unwrap_or("all"),
+        rule.rate,
+        rule.burst,
+        rule.action
+    )
+}
+
+fn table(rules: &[RuleView]) -> String {
+    if rules.is_empty() {
+        return "no rules; add one with `shaper limit set PORT --rate RATE`\n".into();
+    }
+    let mut out = String::new();
+    let row = |out: &mut String, cells: [&str; 13]| {
+        let _ = writeln!(
+            out,
+            "{:>4} {:<11} {:<6} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10],
+            cells[11],
+            cells[12]
+        );
+    };
+    row(
+        &mut out,
+        [
+            "ID",
+            "PORTS",
+            "SIDE",
+            "DIR",
+            "PROTO",
+            "IFACE",
+            "RATE",
+            "BURST",
+            "ACTION",
+            "PASSED",
+            "DROPPED",
+            "WOULD-DROP",
+            "PASSED-BYTES",
+        ],
+    );
+    for r in rules {
+        row(
+            &mut out,
+            [
+                &r.id.to_string(),
+                &r.ports,
+                &r.side,
+                &r.dir,
+                &r.proto,
+                r.iface.as_deref().unwrap_or("all"),
+                &r.rate,
+                &r.burst,
+                &r.action,
+                &r.passed_packets.to_string(),
+                &r.dropped_packets.to_string(),
+                &r.would_drop_packets.to_string(),
+                &r.passed_bytes.to_string(),
+            ],
+        );
+    }
+    out
+}

@@ -1,0 +1,364 @@
+//! The daemon's rules in force: the [`RuleTable`], its image in the classifier's maps, and the
+//! state file that brings them back after a restart.
+//!
+//! Every change is validated completely, then written to the state file, then applied to the
+//! maps; a change that fails validation or cannot be saved leaves the rules, the maps and every
+//! counter exactly as they were. Applying never reloads or detaches anything: a new limit is a
+//! map write the program reads on its next packet, a new or removed rule a repaint of the ports
+//! whose winning rule changes.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shaper_common::Counter;
+
+use crate::{
+    Direction,
+    classifier::Classifier,
+    error::{Error, Result},
+    iface,
+    rules::{Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, make_limit},
+    units,
+};
+
+/// Where the daemon keeps its rules unless told otherwise (`--state`).
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/shaper/state.json";
+
+const STATE_VERSION: u32 = 1;
+
+/// The state file: the rules in force, and the config-file rules they grew from.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    /// The `[[limit]]` rules of the config file the daemon started with. A restart with the
+    /// same config rules resumes `rules`; a changed config starts over from the config.
+    config_rules: Vec<RuleSpec>,
+    rules: Vec<Rule>,
+}
+
+/// A rule with its counters, as `shaper limit ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub id: u16,
+    pub ports: String,
+    /// `local` or `remote`.
+    pub side: String,
+    pub dir: String,
+    pub proto: String,
+    /// The interface, or `null` for all.
+    pub iface: Option<String>,
+    pub rate_bps: u64,
+    /// The rate in the shortest exact unit, e.g. `10mbit`.
+    pub rate: String,
+    pub burst_bytes: u64,
+    pub burst: String,
+    pub action: String,
+    /// Both directions together.
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    pub would_drop_packets: u64,
+    pub would_drop_bytes: u64,
+}
+
+/// The rules in force and where they are saved.
+#[derive(Debug)]
+pub struct Limits {
+    table: RuleTable,
+    config_rules: Vec<RuleSpec>,
+    state_file: PathBuf,
+}
+
+impl Limits {
+    /// Installs the rules to start with: the state file's when it was saved from the same config
+    /// rules (runtime changes survive a restart), otherwise `config_rules`, which are then saved.
+    pub fn start(
+        classifier: &mut Classifier,
+        config_rules: Vec<RuleSpec>,
+        state_file: &Path,
+    ) -> Result<Self> {
+        let mut limits = Self {
+            table: RuleTable::new(),
+            config_rules,
+            state_file: state_file.to_owned(),
+        };
+        match read_state(state_file)? {
+            Some(state) if state.config_rules == limits.config_rules => {
+                limits.restore(classifier, state.rules)?;
+                log::info!(
+                    "restored {} rule(s) from {}",
+                    limits.table.len(),
+                    state_file.display()
+                );
+            }
+            saved => {
+                if saved.is_some() {
+                    log::warn!(
+                        "the config file's rules changed since {} was saved: starting from the \
+                         config file (earlier runtime changes are discarded)",
+                        state_file.display()
+                    );
+                }
+                for spec in limits.config_rules.clone() {
+                    let key = spec.key.to_string();
+                    limits
+                        .set(classifier, spec)
+                        .map_err(|e| Error::ConfigRule {
+                            rule: key,
+                            source: Box::new(e),
+                        })?;
+                }
+                limits.save(&limits.table)?;
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Adds a rule, or replaces the limit of the rule with the same key (keeping its counters).
+    /// Returns the rule and whether it replaced one.
+    pub fn set(&mut self, classifier: &mut Classifier, spec: RuleSpec) -> Result<(RuleView, bool)> {
+        let limit = validate(classifier, &spec)?;
+        let mut next = self.table.clone();
+        let outcome = next.set(spec.key.clone(), limit)?;
+        self.save(&next)?;
+        let (id, fresh) = match outcome {
+            SetOutcome::Added(id) => (id, true),
+            SetOutcome::Replaced(id) => (id, false),
+        };
+        classifier.write_rule(id, &limit.config(), fresh)?;
+        classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
+        self.table = next;
+        let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
+            key: spec.key.to_string(),
+            others: String::new(),
+        })?;
+        Ok((view(classifier, rule), !fresh))
+    }
+
+    /// Removes the rule with exactly this key; returns it with its final counters.
+    pub fn remove(&mut self, classifier: &mut Classifier, key: &RuleKey) -> Result<RuleView> {
+        let mut next = self.table.clone();
+        let Some(rule) = next.remove(key) else {
+            let same_ports: Vec<String> = self
+                .table
+                .rules()
+                .filter(|r| r.key.ports == key.ports && r.key.side == key.side)
+                .map(|r| r.key.to_string())
+                .collect();
+            return Err(Error::NoSuchRule {
+                key: key.to_string(),
+                others: if same_ports.is_empty() {
+                    " (`shaper limit ls` lists the rules)".into()
+                } else {
+                    format!("; rules on these ports: {}", same_ports.join("; "))
+                },
+            });
+        };
+        self.save(&next)?;
+        // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
+        classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
+        let removed = view(classifier, &rule);
+        classifier.clear_rule(rule.id)?;
+        self.table = next;
+        Ok(removed)
+    }
+
+    /// Every rule in force with its counters, by port.
+    pub fn list(&self, classifier: &Classifier) -> Vec<RuleView> {
+        let mut rules: Vec<&Rule> = self.table.rules().collect();
+        rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));
+        rules
+            .into_iter()
+            .map(|rule| view(classifier, rule))
+            .collect()
+    }
+
+    fn restore(&mut self, classifier: &mut Classifier, rules: Vec<Rule>) -> Result<()> {
+        for rule in rules {
+            let spec = RuleSpec {
+                key: rule.key.clone(),
+                rate_bps: rule.limit.rate_bps,
+                burst_bytes: Some(rule.limit.burst_bytes),
+                action: rule.limit.action,
+            };
+            // The interfaces may differ from the last run: a rule that no longer fits is
+            // skipped, loudly, rather than keeping the daemon from starting.
+            match validate(classifier, &spec) {
+                Ok(limit)
+                    if self.table.restore(Rule {
+                        limit,
+                        ..rule.clone()
+                    }) =>
+                {
+                    classifier.write_rule(rule.id, &limit.config(), true)?;
+                }
+                Ok(_) => log::warn!("state file: duplicate rule {} skipped", rule.key),
+                Err(e) => log::warn!("state file: rule {} skipped: {e}", rule.key),
+            }
+        }
+        classifier.paint_rule_index(&self.table.resolve(&classifier.interface_names()));
+        Ok(())
+    }
+
+    fn save(&self, table: &RuleTable) -> Result<()> {
+        let state = State {
+            version: STATE_VERSION,
+            config_rules: self.config_rules.clone(),
+            rules: table.rules().cloned().collect(),
+        };
+        let text = serde_json::to_string_pretty(&state).map_err(std::io::Error::other)?;
+        write_atomically(&self.state_file, text.as_bytes())
+    }
+}
+
+/// Checks a requested rule against the attached interfaces and turns it into a limit.
+///
+/// The burst minimum comes from the largest aggregate of *every* attached interface, even for a
+/// rule on one interface: a forwarded aggregate reaches the egress hook as it was built on the
+/// interface it arrived on (GRO there, before any segmentation for this device), so a BIG TCP
+/// interface can hand a large aggregate to another interface's hook.
+fn validate(classifier: &Classifier, spec: &RuleSpec) -> Result<crate::rules::Limit> {
+    let attached = classifier.interface_names();
+    if let Some(name) = &spec.key.iface
+        && !attached.contains(name)
+    {
+        return Err(crate::rules::LimitError::NotAttached {
+            iface: name.clone(),
+            attached: attached.join(", "),
+        }
+        .into());
+    }
+    let mut aggregate = 0u64;
+    let mut largest_on = String::new();
+    for name in &attached {
+        let bytes = u64::from(iface::max_aggregate_bytes(name)?);
+        if bytes > aggregate {
+            aggregate = bytes;
+            largest_on = format!(" on {name}");
+        }
+    }
+    Ok(make_limit(
+        spec.rate_bps,
+        spec.burst_bytes,
+        spec.action,
+        aggregate,
+        &largest_on,
+    )?)
+}
+
+fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
+    let mut passed = Counter::default();
+    let mut dropped = Counter::default();
+    let mut would_drop = Counter::default();
+    for direction in Direction::BOTH {
+        let c = classifier.rule_counters(rule.id, direction);
+        for (sum, add) in [
+            (&mut passed, c.passed),
+            (&mut dropped, c.dropped),
+            (&mut would_drop, c.would_drop),
+        ] {
+            sum.packets += add.packets;
+            sum.bytes += add.bytes;
+        }
+    }
+    RuleView {
+        id: rule.id,
+        ports: rule.key.ports.to_string(),
+        side: rule.key.side.name().to_owned(),
+        dir: rule.key.dir.name().to_owned(),
+        proto: rule.key.proto.name().to_owned(),
+        iface: rule.key.iface.clone(),
+        rate_bps: rule.limit.rate_bps,
+        rate: units::format_rate(rule.limit.rate_bps),
+        burst_bytes: rule.limit.burst_bytes,
+        burst: units::format_size(rule.limit.burst_bytes),
+        action: rule.limit.action.name().to_owned(),
+        passed_packets: passed.packets,
+        passed_bytes: passed.bytes,
+        dropped_packets: dropped.packets,
+        dropped_bytes: dropped.bytes,
+        would_drop_packets: would_drop.packets,
+        would_drop_bytes: would_drop.bytes,
+    }
+}
+
+fn read_state(path: &Path) -> Result<Option<State>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path(path)(e)),
+    };
+    let state: State = serde_json::from_str(&text).map_err(|e| Error::State {
+        path: path.to_owned(),
+        reason: format!("not a shaper state file: {e}"),
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(Error::State {
+            path: path.to_owned(),
+            reason: format!(
+                "version {} (this shaper reads version {STATE_VERSION})",
+                state.version
+            ),
+        });
+    }
+    Ok(Some(state))
+}
+
+/// Replaces `path` with `contents` so that a crash leaves either the old or the new file:
+/// written to a temporary file in the same directory, synced, then renamed over the target.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::path(dir))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::path(&tmp))?;
+    file.write_all(contents).map_err(Error::path(&tmp))?;
+    file.sync_all().map_err(Error::path(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::path(path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_are_replaced_whole_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("shaper-state-test-{}", std::process::id()));
+        let path = dir.join("state.json");
+        let state = State {
+            version: STATE_VERSION,
+            config_rules: Vec::new(),
+            rules: Vec::new(),
+        };
+        write_atomically(&path, serde_json::to_string(&state).unwrap().as_bytes()).unwrap();
+        assert!(read_state(&path).unwrap().is_some());
+        assert!(!path.with_extension("json.tmp").exists());
+        std::fs::write(
+            &path,
+            "{\"version\": 99, \"config_rules\": [], \"rules\": []}",
+        )
+        .unwrap();
+        let err = read_state(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("version 99") && err.contains("move it away"),
+            "{err}"
+        );
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(
+            read_state(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a shaper state file")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(read_state(&path).unwrap().is_none());
+    }
+}

@@ -1,0 +1,393 @@
+//! The token bucket in the real classifier, driven with BPF_PROG_TEST_RUN: each packet's verdict
+//! is the program's return value, and the counters must agree with the verdicts to the packet.
+//!
+//! Rules are set through [`Limits`], the daemon's own path (validation, state file, map writes).
+//! The rate is 128 B/s, so the time the test itself takes refills a negligible amount and the
+//! burst and refill are exact packet counts.
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use common::packet::*;
+use shaper::{
+    Classifier, Direction,
+    limits::{Limits, RuleView},
+    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+};
+
+/// TC_ACT_UNSPEC (pass on) and TC_ACT_SHOT.
+const PASS: i32 = -1;
+const DROP: i32 = 2;
+
+const RATE_BPS: u64 = 1024; // 128 bytes per second
+const BURST: u64 = 128 * 1024;
+const FRAME_LEN: usize = 128;
+
+struct Setup {
+    classifier: Classifier,
+    limits: Limits,
+    state: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state.parent().expect("state dir"));
+    }
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    if !common::require_root(test) {
+        return None;
+    }
+    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
+    classifier.register("lo").expect("register lo");
+    let state = std::env::temp_dir()
+        .join(format!("shaper-{test}-{}", std::process::id()))
+        .join("state.json");
+    let limits = Limits::start(&mut classifier, Vec::new(), &state).expect("start limits");
+    Some(Setup {
+        classifier,
+        limits,
+        state,
+    })
+}
+
+fn key(ports: &str) -> RuleKey {
+    RuleKey {
+        ports: ports.parse::<PortRange>().unwrap(),
+        side: Side::Local,
+        dir: DirSel::Both,
+        proto: ProtoSel::Any,
+        iface: None,
+    }
+}
+
+fn spec(key: RuleKey, action: Action) -> RuleSpec {
+    RuleSpec {
+        key,
+        rate_bps: RATE_BPS,
+        burst_bytes: Some(BURST),
+        action,
+    }
+}
+
+/// A UDP frame of exactly `FRAME_LEN` bytes from `src` to `dst`.
+fn udp_frame(src: u16, dst: u16) -> Vec<u8> {
+    let payload = vec![0u8; FRAME_LEN - ETH_HLEN - 20 - 8];
+    let frame = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &udp(src, dst, &payload)));
+    assert_eq!(frame.len(), FRAME_LEN);
+    frame
+}
+
+fn verdict(classifier: &mut Classifier, direction: Direction, frame: &[u8]) -> i32 {
+    let program = classifier.program_mut(direction).expect("program");
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    program
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value as i32
+}
+
+/// Runs `frame` until the first packet that does not get `PASS` (at most `limit` runs); returns
+/// how many passed and the verdict that ended the run.
+fn passes_until_limited(
+    classifier: &mut Classifier,
+    direction: Direction,
+    frame: &[u8],
+    limit: usize,
+) -> (u64, i32) {
+    for passed in 0..limit {
+        let v = verdict(classifier, direction, frame);
+        if v != PASS {
+            return (passed as u64, v);
+        }
+    }
+    (limit as u64, PASS)
+}
+
+fn rule(setup: &Setup, id: u16) -> RuleView {
+    setup
+        .limits
+        .list(&setup.classifier)
+        .into_iter()
+        .find(|r| r.id == id)
+        .expect("rule listed")
+}
+
+fn port_dropped(setup: &Setup, direction: Direction, port: u16) -> (u64, u64) {
+    let v = setup
+        .classifier
+        .port_verdicts(0, direction, shaper_common::PROTO_UDP, port);
+    (v.dropped.packets, v.would_drop.packets)
+}
+
+const PACKETS_PER_BURST: u64 = BURST / FRAME_LEN as u64;
+
+#[test]
+fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
+    let Some(mut s) = setup("burst_then_drop") else {
+        return;
+    };
+    let (rule_view, _) = s
+        .limits
+        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .expect("set");
+    let frame = udp_frame(40000, 9090);
+    let (passed, ended) = passes_until_limited(
+        &mut s.classifier,
+        Direction::Ingress,
+        &frame,
+        PACKETS_PER_BURST as usize + 10,
+    );
+    assert_eq!(passed, PACKETS_PER_BURST, "exactly one burst passes");
+    assert_eq!(ended, DROP);
+    let r = rule(&s, rule_view.id);
+    assert_eq!(
+        (
+            r.passed_packets,
+            r.passed_bytes,
+            r.dropped_packets,
+            r.dropped_bytes
+        ),
+        (PACKETS_PER_BURST, BURST, 1, FRAME_LEN as u64)
+    );
+    assert_eq!(r.would_drop_packets, 0);
+    assert_eq!(port_dropped(&s, Direction::Ingress, 9090), (1, 0));
+    // The other direction has its own bucket: egress from local port 9090 still passes.
+    let reply = udp_frame(9090, 40000);
+    assert_eq!(verdict(&mut s.classifier, Direction::Egress, &reply), PASS);
+    // Another port has no rule.
+    assert_eq!(
+        verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9091)),
+        PASS
+    );
+}
+
+#[test]
+fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
+    let Some(mut s) = setup("refill") else {
+        return;
+    };
+    s.limits
+        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .expect("set");
+    let frame = udp_frame(40000, 9090);
+    let (passed, _) = passes_until_limited(
+        &mut s.classifier,
+        Direction::Ingress,
+        &frame,
+        PACKETS_PER_BURST as usize + 10,
+    );
+    assert_eq!(passed, PACKETS_PER_BURST);
+    // 2.5 s at 128 B/s refills 320 bytes: two 128-byte frames, with half a frame of slack for
+    // the time the test itself takes.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (passed, ended) = passes_until_limited(&mut s.classifier, Direction::Ingress, &frame, 10);
+    assert_eq!((passed, ended), (2, DROP));
+}
+
+#[test]
+fn an_observe_rule_passes_everything_and_counts_would_drops() {
+    let Some(mut s) = setup("observe") else {
+        return;
+    };
+    let (rule_view, _) = s
+        .limits
+        .set(&mut s.classifier, spec(key("9090"), Action::Observe))
+        .expect("set");
+    let frame = udp_frame(40000, 9090);
+    let extra = 5;
+    for _ in 0..PACKETS_PER_BURST + extra {
+        assert_eq!(verdict(&mut s.classifier, Direction::Ingress, &frame), PASS);
+    }
+    let r = rule(&s, rule_view.id);
+    assert_eq!(
+        (
+            r.passed_packets,
+            r.dropped_packets,
+            r.would_drop_packets,
+            r.would_drop_bytes
+        ),
+        (PACKETS_PER_BURST, 0, extra, extra * FRAME_LEN as u64)
+    );
+    assert_eq!(port_dropped(&s, Direction::Ingress, 9090), (0, extra));
+}
+
+#[test]
+fn a_single_port_rule_governs_its_port_inside_a_range_rule() {
+    let Some(mut s) = setup("precedence") else {
+        return;
+    };
+    let (range, _) = s
+        .limits
+        .set(&mut s.classifier, spec(key("9000-9999"), Action::Drop))
+        .expect("set range");
+    let (single, _) = s
+        .limits
+        .set(&mut s.classifier, spec(key("9090"), Action::Observe))
+        .expect("set single");
+    assert_eq!(
+        verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9090)),
+        PASS
+    );
+    assert_eq!(
+        verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9091)),
+        PASS
+    );
+    assert_eq!(
+        verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9999)),
+        PASS
+    );
+    assert_eq!(rule(&s, single.id).passed_packets, 1);
+    assert_eq!(
+        rule(&s, range.id).passed_packets,
+        2,
+        "9091 and 9999 share the range's bucket"
+    );
+}
+
+#[test]
+fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
+    let Some(mut s) = setup("remote") else {
+        return;
+    };
+    let remote = RuleKey {
+        side: Side::Remote,
+        dir: DirSel::Egress,
+        ..key("443")
+    };
+    let (remote_rule, _) = s
+        .limits
+        .set(&mut s.classifier, spec(remote, Action::Drop))
+        .expect("set remote");
+    // Egress from local 40000 to remote 443: the remote rule.
+    assert_eq!(
+        verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443)),
+        PASS
+    );
+    assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
+    // Ingress *to* local 443 is not the remote port 443.
+    assert_eq!(
+        verdict(
+            &mut s.classifier,
+            Direction::Ingress,
+            &udp_frame(40000, 443)
+        ),
+        PASS
+    );
+    assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
+    // A rule on the local port wins over the remote one.
+    let (local, _) = s
+        .limits
+        .set(&mut s.classifier, spec(key("40000"), Action::Drop))
+        .expect("set local");
+    verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443));
+    assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
+    assert_eq!(rule(&s, local.id).passed_packets, 1);
+}
+
+#[test]
+fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
+    let Some(mut s) = setup("replace_rm") else {
+        return;
+    };
+    let (first, replaced) = s
+        .limits
+        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .expect("set");
+    assert!(!replaced);
+    let frame = udp_frame(40000, 9090);
+    let (passed, _) = passes_until_limited(
+        &mut s.classifier,
+        Direction::Ingress,
+        &frame,
+        PACKETS_PER_BURST as usize + 10,
+    );
+    assert_eq!(passed, PACKETS_PER_BURST);
+    let (second, replaced) = s
+        .limits
+        .set(
+            &mut s.classifier,
+            RuleSpec {
+                rate_bps: 2 * RATE_BPS,
+                ..spec(key("9090"), Action::Drop)
+            },
+        )
+        .expect("replace");
+    assert!(replaced);
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.rate_bps, 2 * RATE_BPS);
+    assert_eq!(
+        (second.passed_packets, second.dropped_packets),
+        (PACKETS_PER_BURST, 1),
+        "replacing keeps the counters"
+    );
+    // The bucket is kept too: still empty, so the next packet is dropped.
+    assert_eq!(verdict(&mut s.classifier, Direction::Ingress, &frame), DROP);
+
+    let removed = s
+        .limits
+        .remove(&mut s.classifier, &key("9090"))
+        .expect("rm");
+    assert_eq!(removed.dropped_packets, 2);
+    for _ in 0..10 {
+        assert_eq!(verdict(&mut s.classifier, Direction::Ingress, &frame), PASS);
+    }
+    // The port's own counters never went backwards and still hold the drops.
+    assert_eq!(port_dropped(&s, Direction::Ingress, 9090), (2, 0));
+    assert!(s.limits.list(&s.classifier).is_empty());
+    let missing = s
+        .limits
+        .remove(&mut s.classifier, &key("9090"))
+        .unwrap_err();
+    assert!(missing.to_string().contains("no rule 9090"), "{missing}");
+}
+
+#[test]
+fn a_refused_rule_changes_nothing() {
+    let Some(mut s) = setup("refused") else {
+        return;
+    };
+    let (kept, _) = s
+        .limits
+        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .expect("set");
+    let before = s.limits.list(&s.classifier);
+    let saved = std::fs::read_to_string(&s.state).expect("state file");
+    // lo hands the hooks 64 KiB aggregates, so 64 KiB is below the 128 KiB minimum.
+    let too_small = RuleSpec {
+        burst_bytes: Some(64 * 1024),
+        ..spec(key("9090"), Action::Observe)
+    };
+    let err = s
+        .limits
+        .set(&mut s.classifier, too_small)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("burst 64KiB") && err.contains("128KiB"),
+        "{err}"
+    );
+    let other_iface = RuleKey {
+        iface: Some("eth-not-attached".into()),
+        ..key("9090")
+    };
+    let err = s
+        .limits
+        .set(&mut s.classifier, spec(other_iface, Action::Drop))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("eth-not-attached") && err.contains("lo"),
+        "{err}"
+    );
+    assert_eq!(s.limits.list(&s.classifier), before);
+    assert_eq!(
+        std::fs::read_to_string(&s.state).expect("state file"),
+        saved
+    );
+    assert_eq!(rule(&s, kept.id).action, "drop");
+}
