@@ -1,13 +1,14 @@
 //! The real `shaper run` binary as a child process inside a test namespace.
 
 use std::{
-    path::PathBuf,
-    process::{Child, ExitStatus, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use shaper::{
     control::{self, Request, Response},
+    limits::RuleView,
     stats::Snapshot,
 };
 
@@ -25,9 +26,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `shaper run ARGS` in `ns` and waits until its control socket answers.
+    /// Starts `shaper run ARGS` in `ns` and waits until its control socket answers. Its state
+    /// file lives in the daemon's own directory.
     pub fn start(ns: &Namespace, tag: &str, args: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("shaper-test-{}-{tag}", std::process::id()));
+        let dir = Self::dir(tag);
+        let state = dir.join("state.json");
+        Self::start_with_state(ns, tag, args, &state)
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("shaper-test-{}-{tag}", std::process::id()))
+    }
+
+    /// As [`start`](Self::start), with the state file at `state` (which outlives the daemon).
+    pub fn start_with_state(ns: &Namespace, tag: &str, args: &[&str], state: &Path) -> Self {
+        let dir = Self::dir(tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let socket = dir.join("shaper.sock");
@@ -38,6 +51,8 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("run")
+            .arg("--state")
+            .arg(state)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -68,6 +83,38 @@ impl Daemon {
                 daemon.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the CLI, `shaper --socket SOCKET ARGS`, against this daemon (from the test's own
+    /// namespace: the control socket is a file, not bound to a network namespace).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(SHAPER)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run the shaper CLI")
+    }
+
+    /// Runs the CLI and asserts it succeeded; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "shaper {}: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The rules in force, from the control socket.
+    pub fn rules(&self) -> Vec<RuleView> {
+        match control::request(&self.socket, &Request::LimitLs) {
+            Ok(Response::Rules { rules }) => rules,
+            other => panic!("limit ls: {other:?}\n{}", self.log()),
         }
     }
 

@@ -1,0 +1,661 @@
+//! Limits on real traffic: the real daemon attached to a veth between two throwaway
+//! namespaces, rules set with the real CLI, UDP and TCP sent through the limit.
+//!
+//! Traffic flows from namespace `b` to the daemon's namespace `a` (ingress on `a`'s veth, where
+//! the local port is the destination port) unless a test says otherwise. Rates are compared in
+//! wire bytes — what the bucket charges — so a datagram of `PAYLOAD` bytes counts as
+//! `WIRE` bytes. Measured figures are printed (run with `--show-output` to see them).
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{daemon::Daemon, netns::VethPair};
+use shaper::stats::Snapshot;
+
+/// UDP payload that makes a 1000-byte frame (Ethernet 14 + IPv4 20 + UDP 8 = 42 bytes of
+/// headers), so wire bytes per second are datagrams per second × 1000.
+const PAYLOAD: usize = 958;
+const WIRE: u64 = 1000;
+
+/// The limit of the UDP tests: 8 Mbit/s = 1,000,000 wire bytes/s = 1000 datagrams/s.
+const LIMIT: &str = "8mbit";
+const LIMIT_BYTES_PER_SEC: f64 = 1_000_000.0;
+/// Offered load: 5.5 times the limit.
+const OFFERED_BYTES_PER_SEC: u64 = 5_500_000;
+
+/// Time for the burst to drain and the rate to settle before measuring; the measuring window.
+const WARMUP: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(5);
+
+const TOLERANCE: f64 = 0.05;
+
+/// Counts the datagrams arriving on a socket until dropped.
+struct Receiver {
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(socket: UdpSocket) -> Self {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if socket.recv(&mut buf).is_ok() {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Self {
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `PAYLOAD`-byte datagrams to `to` at `bytes_per_sec` wire bytes for `duration` (or
+/// until `stop`), from a thread pinned to `cpu` if given. Returns the thread; it yields the
+/// number of datagrams sent.
+fn send_paced(
+    socket: UdpSocket,
+    to: SocketAddr,
+    bytes_per_sec: u64,
+    duration: Duration,
+    cpu: Option<usize>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        if let Some(cpu) = cpu {
+            pin_to_cpu(cpu);
+        }
+        let payload = [0x5au8; PAYLOAD];
+        let per_sec = (bytes_per_sec / WIRE) as f64;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let elapsed = start.elapsed();
+            if elapsed >= duration {
+                break;
+            }
+            let due = (elapsed.as_secs_f64() * per_sec) as u64;
+            while sent < due {
+                // A full socket buffer (ENOBUFS/EAGAIN) just means this datagram is not sent.
+                if socket.send_to(&payload, to).is_ok() {
+                    sent += 1;
+                } else {
+                    break;
+                }
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+        sent
+    })
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_setaffinity(0) pins the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn online_cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Wire bytes per second received between `WARMUP` and `WARMUP + WINDOW` after `start`.
+fn measured_rate(receiver: &Receiver, start: Instant) -> f64 {
+    sleep_until(start + WARMUP);
+    let (first, t0) = (receiver.count(), Instant::now());
+    sleep_until(start + WARMUP + WINDOW);
+    let (last, t1) = (receiver.count(), Instant::now());
+    ((last - first) * WIRE) as f64 / (t1 - t0).as_secs_f64()
+}
+
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        thread::sleep(deadline - now);
+    }
+}
+
+fn udp_port(s: &Snapshot, iface: &str, port: u16) -> shaper::stats::PortStats {
+    s.port(iface, "ingress", "udp", port)
+        .cloned()
+        .unwrap_or_else(|| panic!("no counters for udp/{port}: {s:#?}"))
+}
+
+fn assert_within(what: &str, achieved: f64, configured: f64) {
+    let ratio = achieved / configured;
+    println!(
+        "{what}: achieved {achieved:.0} B/s, configured {configured:.0} B/s, ratio {ratio:.4}"
+    );
+    assert!(
+        (ratio - 1.0).abs() <= TOLERANCE,
+        "{what}: achieved/configured = {ratio:.4}, outside ±{TOLERANCE}"
+    );
+}
+
+const PORT_LIMITED: u16 = 7101;
+const PORT_FREE: u16 = 7102;
+
+#[test]
+fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_untouched() {
+    if !common::require_root("udp_limit") {
+        return;
+    }
+    let pair = VethPair::create("u");
+    let daemon = Daemon::start(&pair.a, "u", &["--iface", &pair.a_if]);
+    let limited_port = PORT_LIMITED.to_string();
+    daemon.cli_ok(&[
+        "limit",
+        "set",
+        &limited_port,
+        "--rate",
+        LIMIT,
+        "--proto",
+        "udp",
+    ]);
+
+    let limited = Receiver::start(
+        pair.a
+            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+    );
+    let free = Receiver::start(
+        pair.a
+            .enter(|| UdpSocket::bind((pair.a_addr, PORT_FREE)).expect("bind")),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = WARMUP + WINDOW + Duration::from_millis(200);
+    let start = Instant::now();
+    let limited_sender = send_paced(
+        pair.b
+            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+        SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+        OFFERED_BYTES_PER_SEC,
+        duration,
+        None,
+        Arc::clone(&stop),
+    );
+    // The unlimited port gets a steady 1 MB/s alongside.
+    let free_sender = send_paced(
+        pair.b
+            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+        SocketAddr::from((pair.a_addr, PORT_FREE)),
+        1_000_000,
+        duration,
+        None,
+        Arc::clone(&stop),
+    );
+    let achieved = measured_rate(&limited, start);
+    let offered = limited_sender.join().expect("sender");
+    let free_sent = free_sender.join().expect("sender");
+    let stats = daemon.settled();
+    assert_within("udp single sender", achieved, LIMIT_BYTES_PER_SEC);
+
+    let limited_stats = udp_port(&stats, &pair.a_if, PORT_LIMITED);
+    assert_eq!(
+        limited_stats.packets, offered,
+        "the hook saw every offered datagram"
+    );
+    assert!(
+        limited_stats.dropped_packets * 2 > offered,
+        "most of a 5.5x overload is dropped: {limited_stats:?}"
+    );
+    assert_eq!(
+        limited.count(),
+        offered - limited_stats.dropped_packets,
+        "what was not dropped arrived"
+    );
+    let free_stats = udp_port(&stats, &pair.a_if, PORT_FREE);
+    assert_eq!(free_stats.packets, free_sent);
+    assert_eq!(free_stats.dropped_packets, 0);
+    assert_eq!(free.count(), free_sent, "the unlimited port lost nothing");
+    let rules = daemon.rules();
+    assert_eq!(rules[0].dropped_packets, limited_stats.dropped_packets);
+    assert_eq!(rules[0].passed_packets, limited.count());
+}
+
+#[test]
+fn two_senders_on_different_cpus_share_one_limit() {
+    if !common::require_root("two_senders") {
+        return;
+    }
+    let cpus = online_cpus();
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs, the machine has {cpus}"
+    );
+    let pair = VethPair::create("m");
+    let daemon = Daemon::start(&pair.a, "m", &["--iface", &pair.a_if]);
+    daemon.cli_ok(&["limit", "set", &PORT_LIMITED.to_string(), "--rate", LIMIT]);
+    let receiver = Receiver::start(
+        pair.a
+            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = WARMUP + WINDOW + Duration::from_millis(200);
+    let start = Instant::now();
+    // veth delivers a packet to the peer on the sending CPU (veth_xmit -> __netif_rx onto that
+    // CPU's backlog), so each sender's packets meet the bucket on its own CPU.
+    let senders: Vec<_> = (0..2)
+        .map(|cpu| {
+            send_paced(
+                pair.b
+                    .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+                SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+                OFFERED_BYTES_PER_SEC / 2,
+                duration,
+                Some(cpu),
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    let achieved = measured_rate(&receiver, start);
+    let offered: u64 = senders.into_iter().map(|s| s.join().expect("sender")).sum();
+    let stats = daemon.settled();
+    assert_within(
+        "udp two senders on CPUs 0 and 1",
+        achieved,
+        LIMIT_BYTES_PER_SEC,
+    );
+    let port = udp_port(&stats, &pair.a_if, PORT_LIMITED);
+    assert_eq!(port.packets, offered);
+    assert_eq!(receiver.count(), offered - port.dropped_packets);
+}
+
+#[test]
+fn a_single_tcp_stream_through_a_limit_gets_close_to_the_rate() {
+    if !common::require_root("tcp_limit") {
+        return;
+    }
+    let pair = VethPair::create("p");
+    let daemon = Daemon::start(&pair.a, "p", &["--iface", &pair.a_if]);
+    // A service in `a` sends a bulk stream from its port; the limit is on its egress.
+    let rate = "20mbit";
+    let configured = 2_500_000.0;
+    daemon.cli_ok(&[
+        "limit",
+        "set",
+        &PORT_LIMITED.to_string(),
+        "--rate",
+        rate,
+        "--dir",
+        "egress",
+        "--proto",
+        "tcp",
+    ]);
+    let listener = pair
+        .a
+        .enter(|| TcpListener::bind((pair.a_addr, PORT_LIMITED)).expect("listen"));
+    let duration = WARMUP + WINDOW + Duration::from_millis(500);
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let chunk = vec![0x5au8; 64 * 1024];
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            if stream.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut client = pair.b.enter(|| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+            Duration::from_secs(5),
+        )
+        .expect("connect")
+    });
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    let mut at_warmup = None;
+    while let Ok(n) = client.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if at_warmup.is_none() && start.elapsed() >= WARMUP {
+            at_warmup = Some((total, Instant::now()));
+        }
+        if start.elapsed() >= WARMUP + WINDOW {
+            break;
+        }
+    }
+    let (first, t0) = at_warmup.expect("data flowed past the warm-up");
+    let goodput = (total - first) as f64 / t0.elapsed().as_secs_f64();
+    drop(client);
+    server.join().expect("server");
+    let rules = daemon.rules();
+    // Goodput is payload; the limit counts wire bytes (54 bytes of headers per 1460-byte
+    // segment, so at most 96.4% of the rate can be payload).
+    println!(
+        "tcp single stream at {rate}: goodput {goodput:.0} B/s, configured {configured:.0} B/s, \
+         ratio {:.4}; rule passed {} dropped {} packets",
+        goodput / configured,
+        rules[0].passed_packets,
+        rules[0].dropped_packets
+    );
+    assert!(
+        goodput <= configured * (1.0 + TOLERANCE),
+        "goodput above the limit"
+    );
+    assert!(goodput >= configured * 0.5, "goodput below half the limit");
+}
+
+#[test]
+fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_rate() {
+    if !common::require_root("limit_change") {
+        return;
+    }
+    let pair = VethPair::create("x");
+    let daemon = Daemon::start(&pair.a, "x", &["--iface", &pair.a_if]);
+    let receiver = Receiver::start(
+        pair.a
+            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let phase = Duration::from_millis(2500);
+    let sender = send_paced(
+        pair.b
+            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+        SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+        OFFERED_BYTES_PER_SEC,
+        Duration::from_secs(20),
+        None,
+        Arc::clone(&stop),
+    );
+    let rate_over = |window: Duration| {
+        let (c0, t0) = (receiver.count(), Instant::now());
+        thread::sleep(window);
+        ((receiver.count() - c0) * WIRE) as f64 / t0.elapsed().as_secs_f64()
+    };
+    let mut history: Vec<Snapshot> = vec![daemon.stats()];
+
+    thread::sleep(Duration::from_millis(500));
+    let unlimited = rate_over(Duration::from_secs(1));
+    history.push(daemon.stats());
+
+    // The change: time from running the CLI to the first packet the rule charges.
+    let port = PORT_LIMITED.to_string();
+    let t_set = Instant::now();
+    daemon.cli_ok(&["limit", "set", &port, "--rate", LIMIT]);
+    let cli_done = t_set.elapsed();
+    let in_force = loop {
+        let rules = daemon.rules();
+        if rules[0].passed_packets + rules[0].dropped_packets > 0 {
+            break t_set.elapsed();
+        }
+        assert!(
+            t_set.elapsed() < Duration::from_secs(2),
+            "the rule never charged a packet"
+        );
+        thread::sleep(Duration::from_millis(1));
+    };
+    let first_drop = loop {
+        if daemon.rules()[0].dropped_packets > 0 {
+            break t_set.elapsed();
+        }
+        assert!(
+            t_set.elapsed() < Duration::from_secs(2),
+            "the rule never dropped"
+        );
+        thread::sleep(Duration::from_millis(1));
+    };
+    println!(
+        "limit set: CLI returned after {cli_done:?}, rule charging packets after {in_force:?}, \
+         first drop after {first_drop:?} (the 128 KiB burst drains first)"
+    );
+    assert!(
+        in_force < Duration::from_millis(100),
+        "change took {in_force:?}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    history.push(daemon.stats());
+    let limited = rate_over(phase - Duration::from_millis(500));
+    history.push(daemon.stats());
+
+    // Replacing the limit keeps the counters.
+    let before = daemon.rules()[0].clone();
+    daemon.cli_ok(&["limit", "set", &port, "--rate", "4mbit"]);
+    let after = daemon.rules()[0].clone();
+    assert_eq!(after.id, before.id);
+    assert!(after.passed_packets >= before.passed_packets);
+    assert!(after.dropped_packets >= before.dropped_packets);
+    thread::sleep(Duration::from_millis(500));
+    let halved = rate_over(Duration::from_millis(1500));
+    history.push(daemon.stats());
+
+    daemon.cli_ok(&["limit", "rm", &port]);
+    thread::sleep(Duration::from_millis(300));
+    let restored = rate_over(Duration::from_secs(1));
+    history.push(daemon.stats());
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    history.push(daemon.settled());
+
+    println!(
+        "rates: unlimited {unlimited:.0} B/s, at 8mbit {limited:.0} B/s, at 4mbit {halved:.0} \
+         B/s, after rm {restored:.0} B/s"
+    );
+    let offered = OFFERED_BYTES_PER_SEC as f64;
+    assert!(
+        (unlimited / offered - 1.0).abs() < 0.1,
+        "unlimited {unlimited}"
+    );
+    assert!(
+        (limited / LIMIT_BYTES_PER_SEC - 1.0).abs() < 0.1,
+        "limited {limited}"
+    );
+    assert!(
+        (halved / (LIMIT_BYTES_PER_SEC / 2.0) - 1.0).abs() < 0.1,
+        "4mbit {halved}"
+    );
+    assert!(
+        (restored / offered - 1.0).abs() < 0.1,
+        "restored {restored}"
+    );
+    assert!(daemon.rules().is_empty());
+
+    // No counter ever went backwards.
+    for pair_of in history.windows(2) {
+        let (earlier, later) = (&pair_of[0], &pair_of[1]);
+        for p in &earlier.ports {
+            let now = later
+                .port(&p.iface, &p.direction, &p.proto, p.port)
+                .unwrap_or_else(|| panic!("port {} vanished", p.port));
+            assert!(
+                now.packets >= p.packets
+                    && now.bytes >= p.bytes
+                    && now.dropped_packets >= p.dropped_packets
+                    && now.dropped_bytes >= p.dropped_bytes,
+                "counter went backwards: {p:?} -> {now:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
+    if !common::require_root("restart") {
+        return;
+    }
+    let pair = VethPair::create("r");
+    let state_dir = tempdir("restart");
+    let state = state_dir.path.join("state.json");
+    let args = ["--iface", pair.a_if.as_str()];
+    let first = Daemon::start_with_state(&pair.a, "r1", &args, &state);
+    first.cli_ok(&["limit", "set", "7101", "--rate", "8mbit", "--proto", "udp"]);
+    first.cli_ok(&[
+        "limit",
+        "set",
+        "8000-8099",
+        "--rate",
+        "50MB/s",
+        "--burst",
+        "1MiB",
+        "--action",
+        "observe",
+    ]);
+    first.cli_ok(&[
+        "limit", "set", "443", "--rate", "1gbit", "--remote", "--dir", "egress", "--iface",
+        &pair.a_if,
+    ]);
+    let before = first.rules();
+    assert_eq!(before.len(), 3);
+
+    // Invalid changes are refused with a message naming the field and value, and change
+    // nothing.
+    let saved = std::fs::read_to_string(&state).expect("state");
+    for (args, expect) in [
+        (&["limit", "set", "7101", "--rate", "10mbps"][..], "10mbps"),
+        (&["limit", "set", "7101", "--rate", "0"][..], "--rate"),
+        (&["limit", "set", "70000", "--rate", "1mbit"][..], "70000"),
+        (
+            &["limit", "set", "7101", "--rate", "1mbit", "--burst", "1KiB"][..],
+            "burst 1KiB",
+        ),
+        (
+            &["limit", "set", "7101", "--rate", "1mbit", "--dir", "up"][..],
+            "--dir",
+        ),
+        (
+            &[
+                "limit", "set", "7101", "--rate", "1mbit", "--iface", "nope0",
+            ][..],
+            "nope0",
+        ),
+        (&["limit", "rm", "7102"][..], "no rule 7102"),
+    ] {
+        let output = first.cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+    assert_eq!(first.rules(), before);
+    assert_eq!(std::fs::read_to_string(&state).expect("state"), saved);
+
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    let second = Daemon::start_with_state(&pair.a, "r2", &args, &state);
+    let after = second.rules();
+    let without_counters = |rules: &[shaper::limits::RuleView]| -> Vec<String> {
+        rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {} {:?} {} {} {}",
+                    r.id,
+                    r.ports,
+                    r.side,
+                    r.dir,
+                    r.proto,
+                    r.iface,
+                    r.rate_bps,
+                    r.burst_bytes,
+                    r.action
+                )
+            })
+            .collect()
+    };
+    assert_eq!(without_counters(&after), without_counters(&before));
+
+    // And it enforces them: a short overload on 7101 is policed.
+    let receiver = Receiver::start(
+        pair.a
+            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+    );
+    let sender = send_paced(
+        pair.b
+            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+        SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+        OFFERED_BYTES_PER_SEC,
+        Duration::from_millis(500),
+        None,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let sent = sender.join().expect("sender");
+    second.settled();
+    let rule = second
+        .rules()
+        .into_iter()
+        .find(|r| r.ports == "7101")
+        .expect("rule 7101");
+    assert!(rule.dropped_packets > 0, "{rule:?}");
+    assert_eq!(receiver.count() + rule.dropped_packets, sent);
+}
+
+#[test]
+fn the_cli_says_when_the_daemon_is_not_running_and_how_to_start_it() {
+    let output = std::process::Command::new(common::daemon::SHAPER)
+        .args(["--socket", "/nonexistent/shaper.sock", "limit", "ls"])
+        .output()
+        .expect("run shaper");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("not running") && stderr.contains("shaper run"),
+        "{stderr}"
+    );
+}
+
+/// A temporary directory removed on drop.
+struct TempDir {
+    path: std::path::PathBuf,
+}
+
+fn tempdir(tag: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("shaper-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).expect("temp dir");
+    TempDir { path }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
