@@ -282,10 +282,14 @@ impl Limit {
     }
 }
 
-/// How long the default burst lets the rate run ahead: enough that TCP through the limit keeps
-/// close to the rate (a policer with a bucket much smaller than what TCP sends per round trip
-/// cuts its window on every few packets).
-pub const DEFAULT_BURST_MS: u64 = 100;
+/// How long the default burst lets the rate run ahead. A policer's drops can leave TCP waiting
+/// for its retransmission timer (at least 200 ms, TCP_RTO_MIN) — and a locally generated
+/// stream dropped on egress always waits for a timer, because the drop is reported to the
+/// socket (NET_XMIT_DROP) instead of looking like loss. Tokens that arrive while the bucket is
+/// full are lost, so a bucket holding less than that wait's worth of rate caps TCP well below
+/// the rate: measured through a veth at 20 Mbit/s, 100 ms of burst gave 37% of the rate as
+/// goodput on egress, 300 ms gave 96% (the most possible is 96.4%, the rest is headers).
+pub const DEFAULT_BURST_MS: u64 = 300;
 
 /// The smallest burst a rule may have where the largest aggregate the hooks see is `aggregate`
 /// bytes: twice it. A GSO aggregate is charged its wire bytes (one set of headers per segment,
@@ -295,8 +299,8 @@ pub fn min_burst(aggregate: u64) -> u64 {
     2 * aggregate
 }
 
-/// The burst used when none is given: `DEFAULT_BURST_MS` of the rate, and at least
-/// [`min_burst`].
+/// The burst used when none is given: `DEFAULT_BURST_MS` of the rate, at least [`min_burst`],
+/// at most the largest burst a rule may have.
 pub fn default_burst(rate_bps: u64, aggregate: u64) -> u64 {
     let of_rate = (rate_bps / 8).saturating_mul(DEFAULT_BURST_MS) / 1000;
     of_rate
@@ -759,10 +763,11 @@ mod tests {
     }
 
     #[test]
-    fn default_burst_is_a_tenth_of_a_second_of_rate_but_never_below_the_minimum() {
+    fn default_burst_is_300_ms_of_rate_but_never_below_the_minimum() {
         let aggregate = 65536;
-        assert_eq!(default_burst(10_000_000, aggregate), 131_072);
-        assert_eq!(default_burst(1_000_000_000, aggregate), 12_500_000);
+        assert_eq!(default_burst(1_000_000, aggregate), 131_072);
+        assert_eq!(default_burst(10_000_000, aggregate), 375_000);
+        assert_eq!(default_burst(1_000_000_000, aggregate), 37_500_000);
         assert_eq!(
             default_burst(bucket::MAX_RATE_BPS, aggregate),
             bucket::MAX_BURST_BYTES

@@ -88,7 +88,8 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
     bootstrap::run()?;
     // Default members only: the no_std eBPF crate cannot build for the host (the build script
     // of `shaper` builds it for the BPF target). Kernel tests share kernel state (interface
-    // names, the interface locks), so they run one at a time.
+    // names, the interface locks), so they run one at a time; the traffic tests print what they
+    // measured (achieved/configured rates), which `--show-output` keeps in the log.
     let (cargo_args, test_args): (Vec<String>, Vec<String>) =
         match args.iter().position(|a| a == "--") {
             Some(split) => (args[..split].to_vec(), args[split + 1..].to_vec()),
@@ -100,6 +101,7 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
             .args(&cargo_args)
             .arg("--")
             .arg("--test-threads=1")
+            .arg("--show-output")
             .args(&test_args),
     )
 }

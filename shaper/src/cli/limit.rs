@@ -56,7 +56,7 @@ pub struct SetArgs {
     #[arg(long, value_parser = parse_rate)]
     rate: u64,
 
-    /// Bucket depth: B, KB, KiB, MB, MiB, GB, GiB. Default: 100 ms of the rate, and at least
+    /// Bucket depth: B, KB, KiB, MB, MiB, GB, GiB. Default: 300 ms of the rate, and at least
     /// twice the largest GSO/GRO aggregate of the interfaces (128 KiB for 64 KiB aggregates).
     #[arg(long, value_parser = parse_size)]
     burst: Option<u64>,
