@@ -76,7 +76,7 @@ static RULE_COUNTERS: Array<RuleCounters> =
 const PASS: i32 = TC_ACT_UNSPEC;
 /// `TC_ACT_SHOT` frees the packet; for tcx it is `TCX_DROP`. On egress the sending socket sees
 /// NET_XMIT_DROP (TCP then treats it as local congestion, tcp_enter_cwr()).
-const DROP: i32 = TC_ACT_SHOT as i32;
+const DROP: i32 = TC_ACT_SHOT;
 
 #[classifier]
 pub fn shaper_ingress(ctx: TcContext) -> i32 {

@@ -13,8 +13,8 @@
 //!   are bytes. `mbps`, `kbps`, `bps` and bare `k`, `m`, `g` are rejected as ambiguous: operators
 //!   usually mean megabits by "mbps", but tc(8) reads it as megabytes per second, a factor of 8
 //!   apart. For a size, `k` is 1000 or 1024 bytes depending on the tool, so it is rejected too.
-//!   Matching is case-insensitive (as the issue asks), so `mb/s` is megabytes per second.
-//! - **A bare number is bytes** (per second, for a rate), as the issue specifies. Beware that tc(8)
+//!   Matching is case-insensitive, so `mb/s` is megabytes per second.
+//! - **A bare number is bytes** (per second, for a rate). Beware that tc(8)
 //!   reads a bare rate as bits per second: a number copied from a tc command needs its unit.
 //! - **Numbers are plain decimals:** ASCII digits with at most one decimal point and digits on both
 //!   sides of it ("0.5", not ".5" or "5."); no sign, exponent or digit separators, so that every
