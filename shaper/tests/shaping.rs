@@ -672,3 +672,53 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+#[test]
+fn the_example_config_starts_a_daemon_with_its_rules() {
+    if !common::require_root("example_config") {
+        return;
+    }
+    let pair = VethPair::create("e");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../shaper.toml");
+    let daemon = Daemon::start(&pair.a, "e", &["--iface", &pair.a_if, "--config", example]);
+    let rules = daemon.rules();
+    let summary: Vec<(String, String, String, String)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.ports.clone(),
+                r.side.clone(),
+                r.rate.clone(),
+                r.action.clone(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("443", "remote", "100mbit", "observe"),
+        ("8000-8099", "local", "400mbit", "observe"),
+        ("9090", "local", "10mbit", "drop"),
+    ]
+    .map(|(p, s, r, a)| (p.to_owned(), s.to_owned(), r.to_owned(), a.to_owned()));
+    assert_eq!(summary, expected);
+}
+
+#[test]
+fn a_bad_config_file_stops_the_daemon_with_the_field_and_value() {
+    let dir = tempdir("bad-config");
+    let config = dir.path.join("shaper.toml");
+    std::fs::write(
+        &config,
+        "[[limit]]\nport = 9090\nrate = \"10mbit\"\n\n[[limit]]\nport = 80\nrate = \"10 mbps\"\n",
+    )
+    .expect("write config");
+    let output = std::process::Command::new(common::daemon::SHAPER)
+        .args(["--socket", "/nonexistent/shaper.sock", "run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run shaper");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    for part in ["limit #2", "port 80", "rate", "10 mbps", "mbit"] {
+        assert!(stderr.contains(part), "missing {part:?} in: {stderr}");
+    }
+}
