@@ -154,7 +154,8 @@ pub const ACTION_DROP: u32 = 1;
 pub const ACTION_OBSERVE: u32 = 2;
 
 /// A rule's limit as the classifier reads it. Written by userspace as a whole; the program
-/// treats a rule whose `rate_bps` is 0 or whose action is unknown as absent.
+/// passes the packets of a rule whose `rate_bps` is 0 uncharged (a removed rule), and passes
+/// without dropping or counting a would-drop when the action is unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleConfig {
@@ -177,8 +178,8 @@ const _: () = assert!(size_of::<RuleConfig>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketState {
-    /// Tokens in nanobits. May exceed the burst by at most one refill between a refill and the
-    /// next take, which clamps it (see `bucket::take`).
+    /// Tokens in nanobits. Credits are added unclamped, so this may exceed the burst by the
+    /// credits of packets in flight; every take (and every refused one) clamps it back.
     pub tokens: u64,
     /// The `bpf_ktime_get_ns()` up to which time has been credited.
     pub stamp_ns: u64,
@@ -223,9 +224,10 @@ unsafe impl aya::Pod for PortVerdicts {}
 pub mod bucket {
     pub const NANOBITS_PER_BYTE: u64 = 8_000_000_000;
 
-    /// The largest burst a rule may have. Tokens can briefly reach twice the burst (see
-    /// [`BucketState::tokens`](crate::BucketState::tokens)); 2 × 1 GiB × 8e9 = 1.7e19 nanobits
-    /// still fits a `u64` (1.8e19).
+    /// The largest burst a rule may have. Tokens briefly exceed the burst by the credits of the
+    /// packets in flight (see [`BucketState::tokens`](crate::BucketState::tokens)); elapsed time
+    /// is credited once, so those add up to about one more burst, and 2 × 1 GiB × 8e9 = 1.7e19
+    /// nanobits still fits a `u64` (1.8e19).
     pub const MAX_BURST_BYTES: u64 = 1 << 30;
     /// The largest rate a rule may have, 1 Tbit/s: refills stay far below `u64::MAX`.
     pub const MAX_RATE_BPS: u64 = 1_000_000_000_000;

@@ -49,6 +49,20 @@ pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u6
     for _ in 0..TAKE_ATTEMPTS {
         let tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
         let Some(left) = bucket::take(tokens, config.burst_nanobits, cost) else {
+            // Credits are added without a clamp; a successful take clamps, and so does a
+            // refused one here, so tokens stay within a burst plus the credits of the packets
+            // in flight even when no packet conforms for a long time (say, aggregates larger
+            // than the burst). One attempt is enough: losing it means another CPU just wrote a
+            // value that is itself clamped or about to be.
+            if tokens > config.burst_nanobits {
+                unsafe {
+                    atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                        tokens_ptr,
+                        tokens,
+                        config.burst_nanobits,
+                    );
+                }
+            }
             return false;
         };
         let (_, taken) = unsafe {

@@ -23,7 +23,11 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
     if rule == NO_RULE || rule as u32 >= MAX_RULES {
         return Verdict::Pass;
     }
-    let Some(config) = RULES.get(rule as u32) else {
+    // One copy per packet, so its checks and its bucket use the same limit. Userspace rewrites a
+    // limit with a plain map update (not atomic against this copy): a packet racing a change
+    // can mix old and new fields once, which at worst grants or withholds one burst; the take
+    // clamps to the burst either way.
+    let Some(&config) = RULES.get(rule as u32) else {
         return Verdict::Pass;
     };
     // A rule id userspace is still writing (or has just removed) has no rate yet: pass.
@@ -37,7 +41,7 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
         return Verdict::Pass;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if bucket::conforms(state, config, now, cost(packet.bytes)) {
+    if bucket::conforms(state, &config, now, cost(packet.bytes)) {
         count::add_shared(
             unsafe { &raw mut (*counters).passed },
             packet.segments,

@@ -16,7 +16,7 @@ use log::{info, warn};
 
 use crate::{
     error::{Error, Result},
-    lock::InterfaceLock,
+    lock::PidLock,
     netlink,
 };
 
@@ -98,7 +98,7 @@ pub struct Attachment {
     pub mode: AttachMode,
     links: Vec<(Direction, SchedClassifierLinkId)>,
     added_clsact: bool,
-    _lock: InterfaceLock,
+    _lock: PidLock,
 }
 
 pub(crate) fn program_mut(ebpf: &mut Ebpf, direction: Direction) -> Result<&mut SchedClassifier> {
@@ -122,7 +122,7 @@ pub(crate) fn attach(
         let kernel = KernelVersion::current().map_or_else(|e| e.to_string(), |v| format!("{v:?}"));
         return Err(Error::TcxUnsupported { kernel });
     }
-    let lock = InterfaceLock::acquire(iface, netns)?;
+    let lock = PidLock::acquire(iface, netns)?;
     let added_clsact = match mode {
         AttachMode::Tcx => false,
         AttachMode::Clsact => prepare_clsact(iface)?,

@@ -208,6 +208,27 @@ mod tests {
     }
 
     #[test]
+    fn limit_requests_refuse_unknown_fields_and_bad_ports() {
+        let ok = r#"{"op":"limit_set","rule":{"key":{"ports":"8000-8099","dir":"egress"},"rate_bps":8000000}}"#;
+        match serde_json::from_str::<Request>(ok).unwrap() {
+            Request::LimitSet { rule } => {
+                assert_eq!(rule.key.ports.to_string(), "8000-8099");
+                assert_eq!(rule.burst_bytes, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            // A misspelt burst must not silently become the default burst.
+            r#"{"op":"limit_set","rule":{"key":{"ports":"80"},"rate_bps":8000000,"burts_bytes":1}}"#,
+            r#"{"op":"limit_rm","rule":{"ports":"80","rate_bps":1}}"#,
+            r#"{"op":"limit_rm","rule":{"ports":"90-80"}}"#,
+            r#"{"op":"limit_rm","rule":{"ports":"80","dir":"up"}}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn missing_socket_says_the_daemon_is_not_running() {
         let err = request(Path::new("/nonexistent/shaper.sock"), &Request::Stats).unwrap_err();
         assert!(err.to_string().contains("daemon is not running"), "{err}");

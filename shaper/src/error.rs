@@ -103,6 +103,9 @@ pub enum Error {
     #[error("no rule {key}{others}")]
     NoSuchRule { key: String, others: String },
 
+    #[error("another shaper (pid {pid}) uses the state file {path}; give this one its own --state")]
+    StateInUse { path: PathBuf, pid: String },
+
     #[error("state file {path}: {reason}; move it away to start from the config file's rules")]
     State { path: PathBuf, reason: String },
 

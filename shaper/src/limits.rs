@@ -100,15 +100,20 @@ impl Limits {
                         state_file.display()
                     );
                 }
-                for spec in limits.config_rules.clone() {
-                    let key = spec.key.to_string();
-                    limits
-                        .set(classifier, spec)
-                        .map_err(|e| Error::ConfigRule {
-                            rule: key,
-                            source: Box::new(e),
-                        })?;
+                // Every config rule is checked before any is installed or saved: a bad one stops
+                // the daemon with nothing changed, and the next start tries the config again.
+                let mut table = RuleTable::new();
+                for spec in &limits.config_rules {
+                    let refused = |e: Error| Error::ConfigRule {
+                        rule: spec.key.to_string(),
+                        source: Box::new(e),
+                    };
+                    let limit = validate(classifier, spec).map_err(refused)?;
+                    table
+                        .set(spec.key.clone(), limit)
+                        .map_err(|e| refused(e.into()))?;
                 }
+                limits.install(classifier, table)?;
                 limits.save(&limits.table)?;
             }
         }
@@ -126,7 +131,16 @@ impl Limits {
             SetOutcome::Added(id) => (id, true),
             SetOutcome::Replaced(id) => (id, false),
         };
-        classifier.write_rule(id, &limit.config(), fresh)?;
+        if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
+            // Nothing reached the rule index; put the saved state back as it was.
+            if let Err(undo) = self.save(&self.table) {
+                log::error!(
+                    "restoring {} after a failed change: {undo}",
+                    self.state_file.display()
+                );
+            }
+            return Err(e);
+        }
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
@@ -159,8 +173,11 @@ impl Limits {
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         let removed = view(classifier, &rule);
-        classifier.clear_rule(rule.id)?;
         self.table = next;
+        // The rule is already out of the index: a stale limit left behind is never read.
+        if let Err(e) = classifier.clear_rule(rule.id) {
+            log::warn!("clearing the limit of removed rule {}: {e}", rule.id);
+        }
         Ok(removed)
     }
 
@@ -175,6 +192,7 @@ impl Limits {
     }
 
     fn restore(&mut self, classifier: &mut Classifier, rules: Vec<Rule>) -> Result<()> {
+        let mut table = RuleTable::new();
         for rule in rules {
             let spec = RuleSpec {
                 key: rule.key.clone(),
@@ -186,18 +204,25 @@ impl Limits {
             // skipped, loudly, rather than keeping the daemon from starting.
             match validate(classifier, &spec) {
                 Ok(limit)
-                    if self.table.restore(Rule {
+                    if table.restore(Rule {
                         limit,
                         ..rule.clone()
-                    }) =>
-                {
-                    classifier.write_rule(rule.id, &limit.config(), true)?;
-                }
+                    }) => {}
                 Ok(_) => log::warn!("state file: duplicate rule {} skipped", rule.key),
                 Err(e) => log::warn!("state file: rule {} skipped: {e}", rule.key),
             }
         }
-        classifier.paint_rule_index(&self.table.resolve(&classifier.interface_names()));
+        self.install(classifier, table)
+    }
+
+    /// Writes every rule of `table` (as new rules: full buckets, zero counters) and the rule
+    /// index, and makes `table` the rules in force. Only used before the programs are attached.
+    fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
+        for rule in table.rules() {
+            classifier.write_rule(rule.id, &rule.limit.config(), true)?;
+        }
+        classifier.paint_rule_index(&table.resolve(&classifier.interface_names()));
+        self.table = table;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! One shaper per interface: a second daemon on the same hook would count every packet twice (and
-//! later police it twice). Each attached interface is claimed with an flock(2) that the kernel
-//! releases when the holder exits, however it exits.
+//! police it twice). Each attached interface is claimed with an flock(2) that the kernel
+//! releases when the holder exits, however it exits. A daemon's state file is claimed the same
+//! way, so two daemons never save over each other's rules.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -18,18 +19,37 @@ use crate::error::{Error, Result};
 /// to see each other.
 pub const LOCK_DIR: &str = "/run/shaper/locks";
 
-/// A claim on one interface, released on drop.
+/// A claim on one interface (or one state file), released on drop.
 #[derive(Debug)]
-pub struct InterfaceLock {
+pub struct PidLock {
     /// Held open for the flock; closing it releases the claim.
     _file: File,
     path: PathBuf,
 }
 
-impl InterfaceLock {
+/// Who holds a claim: a pid, or "unknown".
+struct HeldBy(String);
+
+impl PidLock {
     /// Claims `iface` in network namespace `netns` (names repeat across namespaces).
     pub fn acquire(iface: &str, netns: u64) -> Result<Self> {
         Self::acquire_in(Path::new(LOCK_DIR), iface, netns)
+    }
+
+    /// Claims the state file `state` for this daemon's lifetime, with a lock file beside it.
+    pub fn acquire_state(state: &Path) -> Result<Self> {
+        let dir = state.parent().unwrap_or(Path::new("."));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(Error::path(dir))?;
+        let mut name = state.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        Self::claim(dir.join(name))?.map_err(|HeldBy(pid)| Error::StateInUse {
+            path: state.to_owned(),
+            pid,
+        })
     }
 
     fn acquire_in(dir: &Path, iface: &str, netns: u64) -> Result<Self> {
@@ -39,6 +59,14 @@ impl InterfaceLock {
             .create(dir)
             .map_err(Error::path(dir))?;
         let path = dir.join(format!("net{netns}-{iface}.lock"));
+        Self::claim(path)?.map_err(|HeldBy(pid)| Error::AlreadyAttached {
+            iface: iface.to_owned(),
+            pid,
+        })
+    }
+
+    /// Takes the flock on `path` (created if needed) and writes our pid into it.
+    fn claim(path: PathBuf) -> Result<std::result::Result<Self, HeldBy>> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -55,19 +83,16 @@ impl InterfaceLock {
                 "" => "unknown".to_owned(),
                 pid => pid.to_owned(),
             };
-            return Err(Error::AlreadyAttached {
-                iface: iface.to_owned(),
-                pid,
-            });
+            return Ok(Err(HeldBy(pid)));
         }
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         write!(file, "{}", std::process::id())?;
-        Ok(Self { _file: file, path })
+        Ok(Ok(Self { _file: file, path }))
     }
 }
 
-impl Drop for InterfaceLock {
+impl Drop for PidLock {
     fn drop(&mut self) {
         // Unlink while still holding the lock (the file closes, releasing it, right after), so a
         // daemon that opens the path from now on gets a fresh inode.
@@ -82,8 +107,8 @@ mod tests {
     #[test]
     fn second_claim_on_an_interface_names_the_holder() {
         let dir = std::env::temp_dir().join(format!("shaper-lock-test-{}", std::process::id()));
-        let first = InterfaceLock::acquire_in(&dir, "eth0", 1).expect("first claim");
-        let err = InterfaceLock::acquire_in(&dir, "eth0", 1).unwrap_err();
+        let first = PidLock::acquire_in(&dir, "eth0", 1).expect("first claim");
+        let err = PidLock::acquire_in(&dir, "eth0", 1).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("already attached to eth0"), "{message}");
         assert!(
@@ -91,10 +116,25 @@ mod tests {
             "{message}"
         );
         // Other interfaces and namespaces are independent.
-        let _other_iface = InterfaceLock::acquire_in(&dir, "eth1", 1).expect("other interface");
-        let _other_netns = InterfaceLock::acquire_in(&dir, "eth0", 2).expect("other namespace");
+        let _other_iface = PidLock::acquire_in(&dir, "eth1", 1).expect("other interface");
+        let _other_netns = PidLock::acquire_in(&dir, "eth0", 2).expect("other namespace");
         drop(first);
-        let _again = InterfaceLock::acquire_in(&dir, "eth0", 1).expect("claim after release");
+        let _again = PidLock::acquire_in(&dir, "eth0", 1).expect("claim after release");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_file_has_one_daemon_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("shaper-state-lock-{}", std::process::id()));
+        let state = dir.join("state.json");
+        let first = PidLock::acquire_state(&state).expect("first claim");
+        let message = PidLock::acquire_state(&state).unwrap_err().to_string();
+        assert!(
+            message.contains("state.json") && message.contains("--state"),
+            "{message}"
+        );
+        drop(first);
+        let _again = PidLock::acquire_state(&state).expect("claim after release");
         let _ = fs::remove_dir_all(&dir);
     }
 }

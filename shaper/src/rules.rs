@@ -202,6 +202,7 @@ impl Action {
 
 /// What identifies a rule: setting a rule with the same key replaces it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleKey {
     pub ports: PortRange,
     #[serde(default)]
@@ -250,8 +251,8 @@ impl fmt::Display for RuleKey {
 /// A rule as the operator asks for it (CLI, config file, control request): the burst is
 /// optional and nothing is validated against the interfaces yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
-    #[serde(flatten)]
     pub key: RuleKey,
     pub rate_bps: u64,
     #[serde(default)]
@@ -292,11 +293,13 @@ impl Limit {
 pub const DEFAULT_BURST_MS: u64 = 300;
 
 /// The smallest burst a rule may have where the largest aggregate the hooks see is `aggregate`
-/// bytes: twice it. A GSO aggregate is charged its wire bytes (one set of headers per segment,
-/// up to as much again as the payload at the smallest MSS); a bucket smaller than that could
-/// never pass it, and TCP would stall.
+/// bytes: three times it. A GSO aggregate is charged its wire bytes, one set of headers per
+/// segment, and a bucket smaller than that could never pass it (TCP would stall). The worst case
+/// is the smallest MSS Linux sends, 48 bytes (net.ipv4.tcp_min_snd_mss): a 64 KiB aggregate is
+/// then 1,366 segments, each with 86 bytes of Ethernet, IPv6 and TCP headers — 183 KB on the
+/// wire, 2.8 times the aggregate.
 pub fn min_burst(aggregate: u64) -> u64 {
-    2 * aggregate
+    3 * aggregate
 }
 
 /// The burst used when none is given: `DEFAULT_BURST_MS` of the rate, at least [`min_burst`],
@@ -319,7 +322,8 @@ pub enum LimitError {
     #[error(
         "burst {value}: below the minimum {min} for this rule: the hooks can see aggregates \
          (GSO/GRO) of {aggregate} bytes{on}, charged with one set of headers per segment, and a \
-         bucket smaller than twice that could never pass one; give --burst {min} or more, or leave it out"
+         bucket smaller than three times that could never pass one; give a burst of {min} or \
+         more, or none for the default"
     )]
     BurstTooSmall {
         value: String,
@@ -765,15 +769,15 @@ mod tests {
     #[test]
     fn default_burst_is_300_ms_of_rate_but_never_below_the_minimum() {
         let aggregate = 65536;
-        assert_eq!(default_burst(1_000_000, aggregate), 131_072);
+        assert_eq!(default_burst(1_000_000, aggregate), 196_608);
         assert_eq!(default_burst(10_000_000, aggregate), 375_000);
         assert_eq!(default_burst(1_000_000_000, aggregate), 37_500_000);
         assert_eq!(
             default_burst(bucket::MAX_RATE_BPS, aggregate),
             bucket::MAX_BURST_BYTES
         );
-        // BIG TCP: 512 KiB aggregates need a 1 MiB bucket.
-        assert_eq!(default_burst(1_000_000, 512 * 1024), 1 << 20);
+        // BIG TCP: 512 KiB aggregates need a 1.5 MiB bucket.
+        assert_eq!(default_burst(1_000_000, 512 * 1024), 1536 * 1024);
     }
 
     #[test]
@@ -783,7 +787,7 @@ mod tests {
         assert!(matches!(err, LimitError::BurstTooSmall { .. }));
         let text = err.to_string();
         assert!(
-            text.contains("64KiB") && text.contains("128KiB") && text.contains("eth0"),
+            text.contains("64KiB") && text.contains("192KiB") && text.contains("eth0"),
             "{text}"
         );
         assert!(matches!(

@@ -22,7 +22,7 @@ const PASS: i32 = -1;
 const DROP: i32 = 2;
 
 const RATE_BPS: u64 = 1024; // 128 bytes per second
-const BURST: u64 = 128 * 1024;
+const BURST: u64 = 192 * 1024;
 const FRAME_LEN: usize = 128;
 
 struct Setup {
@@ -357,7 +357,7 @@ fn a_refused_rule_changes_nothing() {
         .expect("set");
     let before = s.limits.list(&s.classifier);
     let saved = std::fs::read_to_string(&s.state).expect("state file");
-    // lo hands the hooks 64 KiB aggregates, so 64 KiB is below the 128 KiB minimum.
+    // lo hands the hooks 64 KiB aggregates, so 64 KiB is below the 192 KiB minimum.
     let too_small = RuleSpec {
         burst_bytes: Some(64 * 1024),
         ..spec(key("9090"), Action::Observe)
@@ -368,7 +368,7 @@ fn a_refused_rule_changes_nothing() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("burst 64KiB") && err.contains("128KiB"),
+        err.contains("burst 64KiB") && err.contains("192KiB"),
         "{err}"
     );
     let other_iface = RuleKey {

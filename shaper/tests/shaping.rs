@@ -460,7 +460,7 @@ fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_
     };
     println!(
         "limit set: CLI returned after {cli_done:?}, rule charging packets after {in_force:?}, \
-         first drop after {first_drop:?} (the 128 KiB burst drains first)"
+         first drop after {first_drop:?} (the 300 ms burst drains first)"
     );
     assert!(
         in_force < Duration::from_millis(100),

@@ -57,7 +57,7 @@ pub struct SetArgs {
     rate: u64,
 
     /// Bucket depth: B, KB, KiB, MB, MiB, GB, GiB. Default: 300 ms of the rate, and at least
-    /// twice the largest GSO/GRO aggregate of the interfaces (128 KiB for 64 KiB aggregates).
+    /// three times the largest GSO/GRO aggregate of the interfaces (192 KiB for 64 KiB ones).
     #[arg(long, value_parser = parse_size)]
     burst: Option<u64>,
 
@@ -127,11 +127,12 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
             match control::request(socket, &Request::LimitRm { rule: args.key() })? {
                 Response::RuleRemoved { rule } => {
                     println!(
-                        "rule {} removed: {} (passed {} packets, dropped {})",
+                        "rule {} removed: {} (passed {} packets, dropped {}, would-drop {})",
                         rule.id,
                         describe(&rule),
                         rule.passed_packets,
-                        rule.dropped_packets
+                        rule.dropped_packets,
+                        rule.would_drop_packets
                     );
                 }
                 other => bail!("unexpected reply from the daemon: {other:?}"),

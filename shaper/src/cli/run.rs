@@ -86,6 +86,8 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         AttachArg::Clsact => AttachMode::Clsact,
     };
 
+    // Claimed before anything is read from or written to it, for the daemon's whole life.
+    let _state_lock = shaper::lock::PidLock::acquire_state(&args.state)?;
     let mut classifier = Classifier::load(ifaces.len() as u32)?;
     // Register every interface and install the rules before attaching, so the first packet
     // the programs see is already policed.
