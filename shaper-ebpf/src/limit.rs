@@ -49,40 +49,30 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
         );
         return Verdict::Pass;
     }
+    // The same two counters move for either action: the rule's and the port's.
     let port = PORT_VERDICTS.get_ptr_mut(packet.counter_index);
-    match config.action {
-        ACTION_DROP => {
-            count::add_shared(
-                unsafe { &raw mut (*counters).dropped },
-                packet.segments,
-                packet.bytes,
-            );
-            if let Some(port) = port {
-                count::add_shared(
-                    unsafe { &raw mut (*port).dropped },
-                    packet.segments,
-                    packet.bytes,
-                );
-            }
-            Verdict::Drop
-        }
-        ACTION_OBSERVE => {
-            count::add_shared(
-                unsafe { &raw mut (*counters).would_drop },
-                packet.segments,
-                packet.bytes,
-            );
-            if let Some(port) = port {
-                count::add_shared(
-                    unsafe { &raw mut (*port).would_drop },
-                    packet.segments,
-                    packet.bytes,
-                );
-            }
-            Verdict::Pass
-        }
-        _ => Verdict::Pass,
+    let (rule_counter, port_counter, verdict) = match config.action {
+        ACTION_DROP => unsafe {
+            (
+                &raw mut (*counters).dropped,
+                port.map(|p| &raw mut (*p).dropped),
+                Verdict::Drop,
+            )
+        },
+        ACTION_OBSERVE => unsafe {
+            (
+                &raw mut (*counters).would_drop,
+                port.map(|p| &raw mut (*p).would_drop),
+                Verdict::Pass,
+            )
+        },
+        _ => return Verdict::Pass,
+    };
+    count::add_shared(rule_counter, packet.segments, packet.bytes);
+    if let Some(port_counter) = port_counter {
+        count::add_shared(port_counter, packet.segments, packet.bytes);
     }
+    verdict
 }
 
 #[inline(always)]

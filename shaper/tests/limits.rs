@@ -108,6 +108,16 @@ fn passes_until_limited(
     (limit as u64, PASS)
 }
 
+/// Sends `frame` on ingress until the bucket refuses one (at most a burst and a few more).
+fn drain_burst(classifier: &mut Classifier, frame: &[u8]) -> (u64, i32) {
+    passes_until_limited(
+        classifier,
+        Direction::Ingress,
+        frame,
+        PACKETS_PER_BURST as usize + 10,
+    )
+}
+
 fn rule(setup: &Setup, id: u16) -> RuleView {
     setup
         .limits
@@ -136,12 +146,7 @@ fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
         .set(&mut s.classifier, spec(key("9090"), Action::Drop))
         .expect("set");
     let frame = udp_frame(40000, 9090);
-    let (passed, ended) = passes_until_limited(
-        &mut s.classifier,
-        Direction::Ingress,
-        &frame,
-        PACKETS_PER_BURST as usize + 10,
-    );
+    let (passed, ended) = drain_burst(&mut s.classifier, &frame);
     assert_eq!(passed, PACKETS_PER_BURST, "exactly one burst passes");
     assert_eq!(ended, DROP);
     let r = rule(&s, rule_view.id);
@@ -175,12 +180,7 @@ fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
         .set(&mut s.classifier, spec(key("9090"), Action::Drop))
         .expect("set");
     let frame = udp_frame(40000, 9090);
-    let (passed, _) = passes_until_limited(
-        &mut s.classifier,
-        Direction::Ingress,
-        &frame,
-        PACKETS_PER_BURST as usize + 10,
-    );
+    let (passed, _) = drain_burst(&mut s.classifier, &frame);
     assert_eq!(passed, PACKETS_PER_BURST);
     // 2.5 s at 128 B/s refills 320 bytes: two 128-byte frames, with half a frame of slack for
     // the time the test itself takes.
@@ -300,12 +300,7 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
         .expect("set");
     assert!(!replaced);
     let frame = udp_frame(40000, 9090);
-    let (passed, _) = passes_until_limited(
-        &mut s.classifier,
-        Direction::Ingress,
-        &frame,
-        PACKETS_PER_BURST as usize + 10,
-    );
+    let (passed, _) = drain_burst(&mut s.classifier, &frame);
     assert_eq!(passed, PACKETS_PER_BURST);
     let (second, replaced) = s
         .limits
