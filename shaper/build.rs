@@ -16,6 +16,14 @@ fn main() -> anyhow::Result<()> {
 
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = Command::new(&rustc).arg("-vV").output()?;
+    // For shaper_build_info: "rustc 1.95.0 (59807616e 2026-04-14)" -> "1.95.0".
+    let rustc_version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or("unknown")
+        .to_owned();
+    println!("cargo:rustc-env=SHAPER_RUSTC_VERSION={rustc_version}");
     let key = LinkerKey::from_rustc_verbose_version(&String::from_utf8_lossy(&version.stdout))
         .ok_or_else(|| {
             anyhow::anyhow!("cannot read the commit and LLVM version from `{rustc} -vV`")

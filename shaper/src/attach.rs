@@ -235,3 +235,43 @@ pub(crate) fn detach(
         Some(e) => Err(e),
     }
 }
+
+/// Whether `direction`'s program of this object is attached to the interface right now, as the
+/// kernel reports it, not as the daemon remembers it: `tc filter del` or `tc qdisc del ... clsact`
+/// by someone else, or a deleted interface, must show. tcx links are listed with BPF_PROG_QUERY
+/// (kernel/bpf/tcx.c `tcx_prog_query`); legacy cls_bpf filters only over rtnetlink.
+pub(crate) fn attached_now(
+    ebpf: &Ebpf,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+    direction: Direction,
+) -> Result<bool> {
+    let name = direction.program();
+    let program: &SchedClassifier = ebpf
+        .program(name)
+        .ok_or(Error::MissingInObject {
+            kind: "program",
+            name,
+        })?
+        .try_into()?;
+    let ours = program.info()?.id();
+    match mode {
+        AttachMode::Tcx => match SchedClassifier::query_tcx(iface, direction.tc_attach_type()) {
+            Ok((_revision, programs)) => Ok(programs.iter().any(|p| p.id() == ours)),
+            // The interface is gone (or renamed): nothing of ours can be attached to it.
+            Err(_) if crate::iface::index(iface).is_err() => Ok(false),
+            Err(e) => Err(e.into()),
+        },
+        AttachMode::Clsact => {
+            match netlink::clsact_bpf_program_ids(ifindex, direction == Direction::Ingress) {
+                Ok(ids) => Ok(ids.contains(&ours)),
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+                Err(source) => Err(Error::AttachQuery {
+                    iface: iface.to_owned(),
+                    source,
+                }),
+            }
+        }
+    }
+}

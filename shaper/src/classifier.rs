@@ -8,14 +8,14 @@ use aya::{
     programs::ProgramError,
 };
 use shaper_common::{
-    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE, PORTS,
+    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE,
     PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
-    RuleIndexRow, bucket_index, maps, port_counter_index, reason, unclassified_index,
+    RuleIndexRow, bucket_index, maps, reason, unclassified_index,
 };
 
 use crate::{
     attach::{self, AttachMode, Attachment, Direction},
-    counters::SharedArray,
+    counters::{COUNTER_WORDS, PortCounters, SharedArray},
     error::{Error, Result},
     iface,
     stats::{InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats},
@@ -24,7 +24,19 @@ use crate::{
 /// The eBPF object built from `shaper-ebpf` by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper"));
 
-const PROTOCOLS: [(u32, &str); 2] = [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")];
+/// The protocols counted per port, with their names in stats and metrics.
+pub const PROTOCOLS: [(u32, &str); 2] = [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")];
+
+/// A registered interface, and whether the programs are on it as the kernel reports now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceState {
+    pub slot: u32,
+    pub name: String,
+    /// How the daemon attached it; `None` when it is only registered (tests).
+    pub mode: Option<AttachMode>,
+    /// Per direction, whether the program is attached there now.
+    pub attached: Vec<(Direction, bool)>,
+}
 
 /// Bytes of BPF map memory the classifier takes for `interfaces` interfaces on `cpus` CPUs
 /// (values only; the kernel adds a page or so of bookkeeping per map): per interface 4 MiB of
@@ -57,8 +69,7 @@ struct Interface {
 /// [`Classifier::attach`]. Dropping it detaches everything it attached.
 pub struct Classifier {
     ebpf: Ebpf,
-    port_counters: SharedArray,
-    port_verdicts: SharedArray,
+    ports: PortCounters,
     rule_counters: SharedArray,
     /// Written by userspace, read by the programs: see [`Classifier::paint_rule_index`].
     rule_index: SharedArray,
@@ -118,8 +129,7 @@ impl Classifier {
         })?;
         Ok(Self {
             ebpf,
-            port_counters,
-            port_verdicts,
+            ports: PortCounters::new(port_counters, port_verdicts),
             rule_counters,
             rule_index,
             interfaces: Vec::new(),
@@ -195,12 +205,14 @@ impl Classifier {
         self.interfaces.iter().map(|i| i.name.clone()).collect()
     }
 
+    /// The per-port counters, shared with whoever reads them (the metrics endpoint).
+    pub fn port_counters(&self) -> PortCounters {
+        self.ports.clone()
+    }
+
     /// The counter of one (interface slot, direction, protocol, port).
     pub fn port_counter(&self, slot: u32, direction: Direction, proto: u32, port: u16) -> Counter {
-        let index = port_counter_index(slot, direction.index(), proto, port) as usize;
-        self.port_counters
-            .counter(index * COUNTER_WORDS)
-            .unwrap_or_default()
+        self.ports.read(slot, direction.index(), proto, port).seen
     }
 
     /// The dropped and would-drop counters of one (interface slot, direction, protocol, port).
@@ -211,14 +223,10 @@ impl Classifier {
         proto: u32,
         port: u16,
     ) -> PortVerdicts {
-        let index = port_counter_index(slot, direction.index(), proto, port) as usize;
-        let word = index * size_of::<PortVerdicts>() / 8;
+        let reading = self.ports.read(slot, direction.index(), proto, port);
         PortVerdicts {
-            dropped: self.port_verdicts.counter(word).unwrap_or_default(),
-            would_drop: self
-                .port_verdicts
-                .counter(word + COUNTER_WORDS)
-                .unwrap_or_default(),
+            dropped: reading.dropped,
+            would_drop: reading.would_drop,
         }
     }
 
@@ -291,6 +299,43 @@ impl Classifier {
         written
     }
 
+    /// Every registered interface, with its attachment checked against the kernel. A check
+    /// that fails (the kernel refuses the query) is logged and reported as not attached: a
+    /// program that cannot be seen cannot be vouched for.
+    pub fn interface_states(&self) -> Vec<InterfaceState> {
+        let mut states = Vec::with_capacity(self.interfaces.len());
+        for (slot, iface) in self.interfaces.iter().enumerate() {
+            let mode = iface.attachment.as_ref().map(|a| a.mode);
+            let attached = Direction::BOTH
+                .into_iter()
+                .map(|direction| {
+                    let Some(mode) = mode else {
+                        return (direction, false);
+                    };
+                    let now = attach::attached_now(
+                        &self.ebpf,
+                        &iface.name,
+                        iface.ifindex,
+                        mode,
+                        direction,
+                    )
+                    .unwrap_or_else(|e| {
+                        log::warn!("{} {}: {e}", iface.name, direction.name());
+                        false
+                    });
+                    (direction, now)
+                })
+                .collect();
+            states.push(InterfaceState {
+                slot: slot as u32,
+                name: iface.name.clone(),
+                mode,
+                attached,
+            });
+        }
+        states
+    }
+
     /// The unclassified counter of one (interface slot, direction, reason), summed over CPUs.
     pub fn unclassified_counter(
         &self,
@@ -333,25 +378,21 @@ impl Classifier {
             });
             for direction in Direction::BOTH {
                 for (proto, proto_name) in PROTOCOLS {
-                    for port in 0..PORTS {
-                        let port = port as u16;
-                        let counter = self.port_counter(slot, direction, proto, port);
-                        if counter.packets != 0 {
-                            let verdicts = self.port_verdicts(slot, direction, proto, port);
+                    self.ports
+                        .for_each_active(slot, direction.index(), proto, |port, reading| {
                             snapshot.ports.push(PortStats {
                                 iface: iface.name.clone(),
                                 direction: direction.name().to_owned(),
                                 proto: proto_name.to_owned(),
                                 port,
-                                packets: counter.packets,
-                                bytes: counter.bytes,
-                                dropped_packets: verdicts.dropped.packets,
-                                dropped_bytes: verdicts.dropped.bytes,
-                                would_drop_packets: verdicts.would_drop.packets,
-                                would_drop_bytes: verdicts.would_drop.bytes,
+                                packets: reading.seen.packets,
+                                bytes: reading.seen.bytes,
+                                dropped_packets: reading.dropped.packets,
+                                dropped_bytes: reading.dropped.bytes,
+                                would_drop_packets: reading.would_drop.packets,
+                                would_drop_bytes: reading.would_drop.bytes,
                             });
-                        }
-                    }
+                        });
                 }
                 for (reason, reason_name) in reason::NAMES.iter().enumerate() {
                     let counter = self.unclassified_counter(slot, direction, reason as u32)?;
@@ -378,9 +419,6 @@ impl Drop for Classifier {
         }
     }
 }
-
-/// 64-bit words in one [`Counter`].
-const COUNTER_WORDS: usize = size_of::<Counter>() / 8;
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
     ebpf.map_mut(name)

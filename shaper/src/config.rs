@@ -43,6 +43,7 @@ use serde::Deserialize;
 use toml::Value;
 
 use crate::{
+    metrics::MetricsAddr,
     rules::{
         Action, DirSel, PORT_FORMS, PortRange, PortRangeError, ProtoSel, RuleKey, RuleSpec, Side,
     },
@@ -59,6 +60,10 @@ pub struct Config {
     pub attach: Option<AttachSel>,
     /// Rules in file order; no two have the same key.
     pub limits: Vec<RuleSpec>,
+    /// Where to serve metrics, if given.
+    pub metrics_addr: Option<MetricsAddr>,
+    /// How many busiest ports get their own metrics series, if given.
+    pub metrics_top_ports: Option<usize>,
 }
 
 /// The `attach` setting as written; the daemon resolves `auto` against the running kernel.
@@ -231,6 +236,24 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 .map_err(|problem| top("attach", value, problem))?,
         );
     }
+    if let Some(value) = &raw.metrics_addr {
+        let addr = match value {
+            Value::String(text) => text.parse::<MetricsAddr>(),
+            _ => Err("expected a string: \"ADDR:PORT\" or \"off\"".to_owned()),
+        };
+        config.metrics_addr = Some(addr.map_err(|problem| top("metrics_addr", value, problem))?);
+    }
+    if let Some(value) = &raw.metrics_top_ports {
+        let top_ports = match value {
+            Value::Integer(n) => usize::try_from(*n).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            let problem = "expected a whole number >= 0 (0: only pinned ports get a series)";
+            top("metrics_top_ports", value, problem.to_owned())
+        })?;
+        config.metrics_top_ports = Some(top_ports);
+    }
 
     for (i, rule) in raw.limit.iter().enumerate() {
         let spec = rule.validate(i + 1, origin)?;
@@ -252,6 +275,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 struct RawConfig {
     interfaces: Option<Value>,
     attach: Option<Value>,
+    metrics_addr: Option<Value>,
+    metrics_top_ports: Option<Value>,
     #[serde(default)]
     limit: Vec<RawLimit>,
 }
@@ -511,6 +536,8 @@ mod tests {
         let text = r#"
             interfaces = ["eth0", "eth1"]
             attach = "clsact"
+            metrics_addr = "0.0.0.0:19350"
+            metrics_top_ports = 20
 
             [[limit]]
             port = 9090
@@ -538,6 +565,8 @@ mod tests {
         let expected = Config {
             interfaces: vec!["eth0".to_owned(), "eth1".to_owned()],
             attach: Some(AttachSel::Clsact),
+            metrics_addr: Some(MetricsAddr::At("0.0.0.0:19350".parse().unwrap())),
+            metrics_top_ports: Some(20),
             limits: vec![
                 RuleSpec {
                     key: RuleKey {
@@ -774,6 +803,22 @@ mod tests {
             let head = format!("test.toml: interfaces {value}: ");
             assert!(message.starts_with(&head), "{text}: {message}");
         }
+    }
+
+    #[test]
+    fn bad_metrics_settings_are_named() {
+        for (text, field, value) in [
+            ("metrics_addr = \"localhost\"", "metrics_addr", "'localhost'"),
+            ("metrics_addr = 19350", "metrics_addr", "19350"),
+            ("metrics_top_ports = -1", "metrics_top_ports", "-1"),
+            ("metrics_top_ports = \"all\"", "metrics_top_ports", "'all'"),
+        ] {
+            let message = error(text);
+            let head = format!("test.toml: {field} {value}: ");
+            assert!(message.starts_with(&head), "{text}: {message}");
+        }
+        let off = parse("metrics_addr = \"off\"", "test.toml").unwrap();
+        assert_eq!(off.metrics_addr, Some(MetricsAddr::Off));
     }
 
     #[test]

@@ -10,10 +10,13 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic::{AtomicU16, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU16, AtomicU64, Ordering},
+    },
 };
 
-use shaper_common::Counter;
+use shaper_common::{Counter, PORTS, PortVerdicts, port_counter_index};
 
 /// A shared mapping of the first `len` bytes of an mmapable array map.
 #[derive(Debug)]
@@ -94,5 +97,82 @@ impl Drop for SharedArray {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
+    }
+}
+
+/// 64-bit words in one [`Counter`].
+pub(crate) const COUNTER_WORDS: usize = size_of::<Counter>() / 8;
+const VERDICT_WORDS: usize = size_of::<PortVerdicts>() / 8;
+
+/// What the hook counted for one (interface, direction, protocol, port).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortReading {
+    /// Every packet seen, passed or not.
+    pub seen: Counter,
+    /// The part of `seen` a `drop` rule dropped.
+    pub dropped: Counter,
+    /// The part of `seen` an `observe` rule passed but would have dropped.
+    pub would_drop: Counter,
+}
+
+/// The per-port counter maps (`PORT_COUNTERS`, `PORT_VERDICTS`), shared: a clone reads the same
+/// memory, so the metrics endpoint scans them without taking the daemon's lock.
+#[derive(Debug, Clone)]
+pub struct PortCounters {
+    seen: Arc<SharedArray>,
+    verdicts: Arc<SharedArray>,
+}
+
+impl PortCounters {
+    pub(crate) fn new(seen: SharedArray, verdicts: SharedArray) -> Self {
+        Self {
+            seen: Arc::new(seen),
+            verdicts: Arc::new(verdicts),
+        }
+    }
+
+    /// The counters of one (interface slot, direction index, protocol, port); zero outside the
+    /// maps.
+    pub fn read(&self, slot: u32, direction: u32, proto: u32, port: u16) -> PortReading {
+        let index = port_counter_index(slot, direction, proto, port) as usize;
+        self.read_index(index)
+    }
+
+    fn read_index(&self, index: usize) -> PortReading {
+        let verdict = index * VERDICT_WORDS;
+        PortReading {
+            seen: self
+                .seen
+                .counter(index * COUNTER_WORDS)
+                .unwrap_or_default(),
+            dropped: self.verdicts.counter(verdict).unwrap_or_default(),
+            would_drop: self
+                .verdicts
+                .counter(verdict + COUNTER_WORDS)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Calls `visit(port, reading)` for every port of (slot, direction, protocol) that has seen a
+    /// packet, in port order. One pass over 65,536 packet counters in shared memory; the
+    /// verdicts are read only for ports that have traffic.
+    pub fn for_each_active(
+        &self,
+        slot: u32,
+        direction: u32,
+        proto: u32,
+        mut visit: impl FnMut(u16, PortReading),
+    ) {
+        let first = port_counter_index(slot, direction, proto, 0) as usize;
+        let words = self.seen.words();
+        for port in 0..PORTS as usize {
+            let index = first + port;
+            let packets = words
+                .get(index * COUNTER_WORDS)
+                .map_or(0, |w| w.load(Ordering::Relaxed));
+            if packets != 0 {
+                visit(port as u16, self.read_index(index));
+            }
+        }
     }
 }

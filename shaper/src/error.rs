@@ -48,6 +48,13 @@ pub enum Error {
         source: Box<aya::programs::tc::TcError>,
     },
 
+    #[error("asking the kernel what is attached to {iface} failed: {source}")]
+    AttachQuery {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("removing the clsact qdisc shaper added to {iface} failed: {source}")]
     ClsactRemove {
         iface: String,

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod error;
 pub mod iface;
 pub mod limits;
+pub mod metrics;
 pub mod lock;
 mod netlink;
 pub mod privileges;

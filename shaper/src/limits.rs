@@ -182,6 +182,13 @@ impl Limits {
     }
 
     /// Every rule in force with its counters, by port.
+    /// The rules in force, in `limit ls` order.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self.table.rules().cloned().collect();
+        rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));
+        rules
+    }
+
     pub fn list(&self, classifier: &Classifier) -> Vec<RuleView> {
         let mut rules: Vec<&Rule> = self.table.rules().collect();
         rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));

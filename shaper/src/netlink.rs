@@ -1,6 +1,7 @@
 //! The rtnetlink requests aya does not offer: deleting the clsact qdisc shaper added, so a
-//! legacy-mode run leaves the interface as it found it, and reading an interface's GSO/GRO size
-//! limits, which bound the largest skb its tc hooks can see.
+//! legacy-mode run leaves the interface as it found it; listing the BPF programs attached under
+//! clsact, so the daemon can tell whether its own is still there; and reading an interface's
+//! GSO/GRO size limits, which bound the largest skb its tc hooks can see.
 
 use std::{
     io,
@@ -296,28 +297,223 @@ fn parse_link_reply(reply: &[u8]) -> io::Result<AggregateLimits> {
 /// Walks the rtattrs of an RTM_NEWLINK and picks the GSO/GRO size limits. Never panics: the walk
 /// stops at an attribute whose length is impossible, and a size attribute that is not exactly a
 /// u32 counts as absent.
-pub(crate) fn parse_link_attributes(mut attributes: &[u8]) -> AggregateLimits {
+pub(crate) fn parse_link_attributes(attributes: &[u8]) -> AggregateLimits {
     let mut limits = AggregateLimits::default();
-    while let (Some(len), Some(kind)) = (read_u16(attributes, 0), read_u16(attributes, 2)) {
-        let len = usize::from(len);
-        if len < ATTRIBUTE_HEADER_LEN || len > attributes.len() {
-            break;
-        }
-        let value = &attributes[ATTRIBUTE_HEADER_LEN..len];
-        let value = <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes);
-        match kind & NLA_TYPE_MASK {
+    for (kind, value) in walk_attributes(attributes) {
+        let value = u32_value(value);
+        match kind {
             IFLA_GSO_MAX_SIZE => limits.gso_max_size = value,
             IFLA_GRO_MAX_SIZE => limits.gro_max_size = value,
             IFLA_GSO_IPV4_MAX_SIZE => limits.gso_ipv4_max_size = value,
             IFLA_GRO_IPV4_MAX_SIZE => limits.gro_ipv4_max_size = value,
             _ => {}
         }
-        // The last attribute may lack its alignment padding: nla_ok (include/net/netlink.h)
-        // checks only the unpadded length against what remains.
-        let next = len.next_multiple_of(ATTRIBUTE_ALIGN).min(attributes.len());
-        attributes = &attributes[next..];
     }
     limits
+}
+
+/// The attributes (struct nlattr, which rtattr shares) packed in `bytes`, as their type without
+/// the flag bits and their value. Never panics: the walk ends at the first attribute whose length
+/// is impossible, as nla_ok (include/net/netlink.h) would.
+fn walk_attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let (len, kind) = (usize::from(read_u16(bytes, 0)?), read_u16(bytes, 2)?);
+        if len < ATTRIBUTE_HEADER_LEN || len > bytes.len() {
+            bytes = &[];
+            return None;
+        }
+        let value = &bytes[ATTRIBUTE_HEADER_LEN..len];
+        // The last attribute may lack its alignment padding: nla_ok checks only the unpadded
+        // length against what remains.
+        let next = len.next_multiple_of(ATTRIBUTE_ALIGN).min(bytes.len());
+        bytes = &bytes[next..];
+        Some((kind & NLA_TYPE_MASK, value))
+    })
+}
+
+/// An attribute value that is exactly a u32 (nla_put_u32), `None` for any other length.
+fn u32_value(value: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
+}
+
+// include/uapi/linux/pkt_sched.h: clsact's two hooks are the minor numbers of its parent handle,
+// as `tc filter add dev X ingress|egress` spells them (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_*)).
+const TC_H_MIN_INGRESS: u32 = 0xFFF2;
+const TC_H_MIN_EGRESS: u32 = 0xFFF3;
+const TC_H_MAJ_MASK: u32 = 0xFFFF_0000;
+// include/uapi/linux/rtnetlink.h: the tcm_ifindex of a filter in a shared block, whose tcm_parent
+// then holds the block's index (tcm_block_index).
+const TCM_IFINDEX_MAGIC_BLOCK: u32 = 0xFFFF_FFFF;
+// include/uapi/linux/rtnetlink.h, the TCA_* enum.
+const TCA_OPTIONS: u16 = 2;
+// include/uapi/linux/pkt_cls.h, the TCA_BPF_* enum: the id of an eBPF (not classic BPF) program,
+// put by net/sched/cls_bpf.c `cls_bpf_dump_ebpf_info` inside TCA_OPTIONS. Not to be confused
+// with TCA_CHAIN, also 11, which every filter message has at the top level.
+const TCA_BPF_ID: u16 = 11;
+// include/uapi/linux/netlink.h NLMSG_ALIGNTO.
+const MESSAGE_ALIGN: usize = 4;
+
+#[repr(C)]
+struct FilterDumpRequest {
+    header: libc::nlmsghdr,
+    tc: TcMsg,
+}
+
+/// The ids of the BPF programs attached as tc filters (cls_bpf) under the clsact qdisc of
+/// `ifindex` on the `ingress` (true) or egress hook, in the order the kernel lists them.
+///
+/// Empty when the interface has no clsact qdisc or no bpf filter on that hook: the kernel's dump
+/// (net/sched/cls_api.c `tc_dump_tfilter`) is a lone NLMSG_DONE without an error in both cases,
+/// so they cannot be told apart here (for a detach check they mean the same). The dump is just
+/// as empty for an ifindex with no device, so an empty one is followed by an RTM_GETLINK, which
+/// makes a missing interface `ENODEV`, as is an index no device can have (0, above INT_MAX).
+/// Classic BPF filters (`tc filter ... bpf bytecode`) have no program id and are left out; so
+/// are filters the kernel reports under the other hook (see `bpf_program_id`).
+///
+/// Listing filters needs no privilege (RTM_GETTFILTER is a "get", which net/core/rtnetlink.c
+/// `rtnetlink_rcv_msg` lets through without CAP_NET_ADMIN).
+pub fn clsact_bpf_program_ids(ifindex: u32, ingress: bool) -> io::Result<Vec<u32>> {
+    let hook = if ingress {
+        TC_H_MIN_INGRESS
+    } else {
+        TC_H_MIN_EGRESS
+    };
+    let parent = (TC_H_CLSACT & TC_H_MAJ_MASK) | hook;
+    // net/core/dev.c `dev_index_reserve` hands out indexes in 1..=INT_MAX. Outside it a request
+    // would mislead: tcm_ifindex -1 is TCM_IFINDEX_MAGIC_BLOCK, and RTM_GETLINK takes index 0
+    // as "look up by name" and answers EINVAL.
+    let ifindex = i32::try_from(ifindex)
+        .ok()
+        .filter(|&index| index > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+    let request = FilterDumpRequest {
+        header: libc::nlmsghdr {
+            nlmsg_len: size_of::<FilterDumpRequest>() as u32,
+            nlmsg_type: libc::RTM_GETTFILTER,
+            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        tc: TcMsg {
+            family: libc::AF_UNSPEC as u8,
+            pad1: 0,
+            pad2: 0,
+            ifindex,
+            handle: 0,
+            parent,
+            // Every priority and protocol: `tcf_chain_dump` filters on a half of tcm_info only
+            // when it is non-zero.
+            info: 0,
+        },
+    };
+    let socket = send(&request)?;
+    let mut ids = Vec::new();
+    // A dump arrives as several datagrams: the kernel fills the next one each time the reader
+    // drains the socket (net/netlink/af_netlink.c `netlink_recvmsg` calls `netlink_dump`).
+    while parse_filter_dump(&receive(&socket)?, parent, &mut ids)? == Dump::More {}
+    if ids.is_empty() {
+        // tc_dump_tfilter ends the dump quietly, not with ENODEV, when `__dev_get_by_index`
+        // finds no device. RTM_GETLINK says ENODEV; its answer is otherwise not needed.
+        link_aggregate_limits(ifindex as u32)?;
+    }
+    Ok(ids)
+}
+
+/// Whether a filter dump goes on after the datagram just parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dump {
+    More,
+    Done,
+}
+
+/// Parses one datagram of the reply to an RTM_GETTFILTER dump of `parent` and appends to `ids`
+/// the program id of each bpf filter in it. A datagram holds RTM_NEWTFILTER messages (nlmsghdr,
+/// tcmsg, attributes), the last one NLMSG_DONE; a request refused before any dumping comes back
+/// as NLMSG_ERROR instead. Never panics: a malformed datagram is `InvalidData`.
+fn parse_filter_dump(mut datagram: &[u8], parent: u32, ids: &mut Vec<u32>) -> io::Result<Dump> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let header_len = size_of::<libc::nlmsghdr>();
+    if datagram.is_empty() {
+        // Every datagram of a dump holds a message; waiting for NLMSG_DONE after an empty one
+        // could wait forever.
+        return Err(invalid("empty netlink datagram"));
+    }
+    while !datagram.is_empty() {
+        let (Some(len), Some(kind)) = (read_u32(datagram, 0), read_u16(datagram, 4)) else {
+            return Err(invalid("short netlink message"));
+        };
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len >= header_len && len <= datagram.len())
+            .ok_or_else(|| invalid("netlink message with a bad length"))?;
+        let payload = &datagram[header_len..len];
+        match kind {
+            libc::RTM_NEWTFILTER => ids.extend(bpf_program_id(payload, parent)),
+            kind if kind == libc::NLMSG_DONE as u16 => {
+                // net/netlink/af_netlink.c `netlink_dump_done` puts the dump callback's return
+                // value here: negative if tc_dump_tfilter failed, e.g. EMSGSIZE for a filter
+                // too big for any datagram.
+                return match read_u32(payload, 0).map(|errno| errno as i32) {
+                    Some(errno) if errno < 0 => {
+                        Err(io::Error::from_raw_os_error(errno.wrapping_neg()))
+                    }
+                    _ => Ok(Dump::Done),
+                };
+            }
+            kind if kind == libc::NLMSG_ERROR as u16 => {
+                return match read_u32(payload, 0).map(|errno| errno as i32) {
+                    Some(0) => Err(invalid("netlink ack where a filter dump was expected")),
+                    Some(errno) => Err(io::Error::from_raw_os_error(errno.wrapping_neg())),
+                    None => Err(invalid("short netlink error")),
+                };
+            }
+            kind if kind == libc::NLMSG_NOOP as u16 => {}
+            _ => return Err(invalid("unexpected netlink message in a filter dump")),
+        }
+        let next = len.next_multiple_of(MESSAGE_ALIGN).min(datagram.len());
+        datagram = &datagram[next..];
+    }
+    Ok(Dump::More)
+}
+
+/// The program id of one RTM_NEWTFILTER (its payload: tcmsg, then attributes) from a dump of
+/// `parent`, `None` unless it is a cls_bpf filter with an eBPF program under that hook.
+///
+/// Ahead of each priority's filters the dump sends a message for the priority itself
+/// (`tcf_chain_dump` calls `tcf_fill_node` without a filter handle): it has TCA_KIND but no
+/// TCA_OPTIONS. Classic BPF filters have options but TCA_BPF_OPS rather than an id
+/// (net/sched/cls_bpf.c `cls_bpf_dump`).
+///
+/// The reply's tcm_parent is the block's classid, the parent its filters were added with
+/// (net/sched/cls_api.c `tc_new_tfilter`, `tc_dump_tfilter`); clsact has a block per hook
+/// (net/sched/sch_ingress.c `clsact_tcf_block`), so it always matches. It tells apart a plain
+/// `ingress` qdisc in clsact's place, which hands its one block to either minor
+/// (`ingress_find`, `ingress_tcf_block`) and would otherwise show its filters under egress too.
+/// A shared block (`tc qdisc add ... ingress_block N clsact`) is reported by its index instead
+/// (`tcf_fill_node`); the dump reached it through the hook asked for, so it counts.
+fn bpf_program_id(payload: &[u8], parent: u32) -> Option<u32> {
+    // struct tcmsg: family, padding, ifindex at 4, handle at 8, parent at 12, info at 16.
+    let (ifindex, reported_parent) = (read_u32(payload, 4)?, read_u32(payload, 12)?);
+    if ifindex != TCM_IFINDEX_MAGIC_BLOCK && reported_parent != parent {
+        return None;
+    }
+    // NLMSG_ALIGN(sizeof(struct tcmsg)) is 20: the attributes follow it directly.
+    let attributes = payload.get(size_of::<TcMsg>()..)?;
+    let mut is_bpf = false;
+    let mut id = None;
+    for (kind, value) in walk_attributes(attributes) {
+        match kind {
+            // nla_put_string puts the name with its NUL.
+            TCA_KIND => is_bpf = value.strip_suffix(b"\0").unwrap_or(value) == b"bpf",
+            TCA_OPTIONS => {
+                id = walk_attributes(value)
+                    .find(|&(kind, _)| kind == TCA_BPF_ID)
+                    .and_then(|(_, value)| u32_value(value));
+            }
+            _ => {}
+        }
+    }
+    id.filter(|_| is_bpf)
 }
 
 fn read_u16(bytes: &[u8], at: usize) -> Option<u16> {
@@ -530,5 +726,239 @@ mod tests {
         // ifindex is an int; the largest one is never handed out on a test machine.
         let err = link_aggregate_limits(i32::MAX as u32).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+    }
+
+    // include/uapi/linux/rtnetlink.h and pkt_cls.h: attributes the kernel puts around the id.
+    const TCA_CHAIN: u16 = 11;
+    const TCA_BPF_OPS_LEN: u16 = 4;
+    const TCA_BPF_OPS: u16 = 5;
+    const TCA_BPF_NAME: u16 = 7;
+    const TCA_BPF_FLAGS: u16 = 8;
+    const TCA_BPF_FLAGS_GEN: u16 = 9;
+    const TCA_BPF_TAG: u16 = 10;
+    const INGRESS: u32 = 0xFFFF_FFF2;
+    const EGRESS: u32 = 0xFFFF_FFF3;
+
+    /// An RTM_NEWTFILTER as tcf_fill_node builds it: tcmsg, TCA_KIND, TCA_CHAIN, then
+    /// TCA_OPTIONS when `options` is given (a filter, not a priority's header message).
+    fn filter_message(ifindex: u32, parent: u32, kind: &[u8], options: Option<&[u8]>) -> Vec<u8> {
+        let tcmsg = [
+            &[0u8; 4][..],
+            &ifindex.to_ne_bytes(),
+            &1u32.to_ne_bytes(),
+            &parent.to_ne_bytes(),
+            &0xC000_0300u32.to_ne_bytes(),
+        ]
+        .concat();
+        let mut payload = [
+            tcmsg,
+            attribute(TCA_KIND, kind),
+            u32_attribute(TCA_CHAIN, 0),
+        ]
+        .concat();
+        if let Some(options) = options {
+            // With NLA_F_NESTED, which the walk must ignore (cls_bpf puts it without).
+            payload.extend(attribute(TCA_OPTIONS | 0x8000, options));
+        }
+        message(libc::RTM_NEWTFILTER, &payload)
+    }
+
+    /// TCA_OPTIONS of an eBPF cls_bpf filter, laid out as cls_bpf_dump puts it.
+    fn bpf_options(id: u32) -> Vec<u8> {
+        [
+            attribute(TCA_BPF_NAME, b"shaper_ingress\0"),
+            u32_attribute(TCA_BPF_ID, id),
+            attribute(TCA_BPF_TAG, &[0x3e; 8]),
+            u32_attribute(TCA_BPF_FLAGS, 1),
+            u32_attribute(TCA_BPF_FLAGS_GEN, 8),
+        ]
+        .concat()
+    }
+
+    fn bpf_filter(parent: u32, id: u32) -> Vec<u8> {
+        filter_message(3, parent, b"bpf\0", Some(&bpf_options(id)))
+    }
+
+    fn priority_header(parent: u32, kind: &[u8]) -> Vec<u8> {
+        filter_message(3, parent, kind, None)
+    }
+
+    fn done(errno: i32) -> Vec<u8> {
+        message(libc::NLMSG_DONE as u16, &errno.to_ne_bytes())
+    }
+
+    fn dump(datagram: &[u8], parent: u32) -> io::Result<(Dump, Vec<u32>)> {
+        let mut ids = Vec::new();
+        parse_filter_dump(datagram, parent, &mut ids).map(|dump| (dump, ids))
+    }
+
+    #[test]
+    fn filter_dump_lists_bpf_ids_in_order_and_skips_other_messages() {
+        let u32_options = [u32_attribute(1, 0x800), attribute(2, &[0; 20])].concat();
+        let datagram = [
+            priority_header(INGRESS, b"bpf\0"),
+            bpf_filter(INGRESS, 1727),
+            bpf_filter(INGRESS, 1800),
+            priority_header(INGRESS, b"u32\0"),
+            filter_message(3, INGRESS, b"u32\0", Some(&u32_options)),
+            priority_header(INGRESS, b"bpf\0"),
+            bpf_filter(INGRESS, 12),
+        ]
+        .concat();
+        assert_eq!(
+            dump(&datagram, INGRESS).unwrap(),
+            (Dump::More, vec![1727, 1800, 12])
+        );
+        assert_eq!(dump(&done(0), INGRESS).unwrap(), (Dump::Done, vec![]));
+    }
+
+    #[test]
+    fn done_after_filters_in_one_datagram_ends_the_dump() {
+        let datagram = [bpf_filter(EGRESS, 7), done(0)].concat();
+        assert_eq!(dump(&datagram, EGRESS).unwrap(), (Dump::Done, vec![7]));
+    }
+
+    #[test]
+    fn classic_bpf_and_other_kinds_have_no_program_id() {
+        let classic = [
+            u32_attribute(TCA_BPF_OPS_LEN, 1),
+            attribute(TCA_BPF_OPS, &[6, 0, 0, 0, 0, 0, 0, 0]),
+            u32_attribute(TCA_BPF_FLAGS_GEN, 8),
+        ]
+        .concat();
+        // Attribute 11 is TCA_BPF_ID only inside a bpf filter's options.
+        let not_bpf = u32_attribute(TCA_BPF_ID, 99);
+        let datagram = [
+            filter_message(3, INGRESS, b"bpf\0", Some(&classic)),
+            filter_message(3, INGRESS, b"bpfx\0", Some(&not_bpf)),
+            filter_message(3, INGRESS, b"flower\0", Some(&not_bpf)),
+            filter_message(3, INGRESS, b"bpf\0", Some(&attribute(TCA_BPF_ID, &[1, 0]))),
+        ]
+        .concat();
+        assert_eq!(dump(&datagram, INGRESS).unwrap(), (Dump::More, vec![]));
+    }
+
+    #[test]
+    fn kind_without_its_nul_is_still_bpf() {
+        let datagram = filter_message(3, INGRESS, b"bpf", Some(&bpf_options(5)));
+        assert_eq!(dump(&datagram, INGRESS).unwrap().1, vec![5]);
+    }
+
+    #[test]
+    fn filters_reported_under_the_other_hook_are_not_listed() {
+        // A plain ingress qdisc answers an egress dump with its ingress block (classid fff2).
+        let datagram = [bpf_filter(INGRESS, 1), bpf_filter(EGRESS, 2)].concat();
+        assert_eq!(dump(&datagram, EGRESS).unwrap().1, vec![2]);
+        assert_eq!(dump(&datagram, INGRESS).unwrap().1, vec![1]);
+    }
+
+    #[test]
+    fn filters_of_a_shared_block_are_listed() {
+        // tcm_ifindex TCM_IFINDEX_MAGIC_BLOCK, tcm_parent the block index (22).
+        let options = bpf_options(1727);
+        let datagram = filter_message(TCM_IFINDEX_MAGIC_BLOCK, 22, b"bpf\0", Some(&options));
+        assert_eq!(dump(&datagram, INGRESS).unwrap().1, vec![1727]);
+    }
+
+    #[test]
+    fn dump_errors_are_the_kernels_errno() {
+        let err = dump(&done(-libc::EMSGSIZE), INGRESS).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+        let refused = message(libc::NLMSG_ERROR as u16, &(-libc::EPERM).to_ne_bytes());
+        let err = dump(&[bpf_filter(INGRESS, 1), refused].concat(), INGRESS).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        // An NLMSG_DONE without its int is taken as the end, not as an error.
+        assert_eq!(
+            dump(&message(libc::NLMSG_DONE as u16, &[]), INGRESS)
+                .unwrap()
+                .0,
+            Dump::Done
+        );
+    }
+
+    #[test]
+    fn noop_messages_are_skipped() {
+        let datagram = [
+            message(libc::NLMSG_NOOP as u16, &[]),
+            bpf_filter(INGRESS, 3),
+        ]
+        .concat();
+        assert_eq!(dump(&datagram, INGRESS).unwrap(), (Dump::More, vec![3]));
+    }
+
+    #[test]
+    fn malformed_filter_dumps_are_errors_not_panics() {
+        let parts = [
+            priority_header(INGRESS, b"bpf\0"),
+            bpf_filter(INGRESS, 1727),
+            done(0),
+        ];
+        let whole = parts.concat();
+        let first = parts[0].len();
+        // Every prefix: one that ends between messages is a dump still going on, any other cuts a
+        // message and is an error (an empty one too: it would never reach NLMSG_DONE).
+        for cut in 0..whole.len() {
+            let boundary = cut == first || cut == first + parts[1].len();
+            assert_eq!(
+                dump(&whole[..cut], INGRESS).is_ok(),
+                boundary,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(dump(&whole, INGRESS).unwrap(), (Dump::Done, vec![1727]));
+        let mut lying = whole.clone();
+        lying[..4].copy_from_slice(&10_000u32.to_ne_bytes());
+        assert!(dump(&lying, INGRESS).is_err());
+        lying[..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert!(dump(&lying, INGRESS).is_err());
+        let ack = message(libc::NLMSG_ERROR as u16, &0i32.to_ne_bytes());
+        assert!(dump(&ack, INGRESS).is_err());
+        assert!(dump(&message(libc::NLMSG_ERROR as u16, &[]), INGRESS).is_err());
+        assert!(dump(&message(libc::RTM_NEWLINK, &[0; 16]), INGRESS).is_err());
+    }
+
+    #[test]
+    fn truncated_filter_messages_yield_no_id() {
+        // A message whose own length cuts its tcmsg or its options short has no id (TCA_OPTIONS
+        // comes last, so any cut reaches it); the messages after it still read.
+        let filter = bpf_filter(INGRESS, 9);
+        let header_len = size_of::<libc::nlmsghdr>();
+        for len in header_len..filter.len() {
+            let mut cut = filter[..len].to_vec();
+            cut[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+            cut.resize(len.next_multiple_of(MESSAGE_ALIGN), 0);
+            let datagram = [cut, bpf_filter(INGRESS, 10)].concat();
+            assert_eq!(dump(&datagram, INGRESS).unwrap().1, [10], "cut at {len}");
+        }
+        // Options whose first attribute claims more than it has.
+        let broken = [
+            [200u16.to_ne_bytes(), TCA_BPF_ID.to_ne_bytes()].concat(),
+            5u32.to_ne_bytes().to_vec(),
+        ]
+        .concat();
+        let datagram = filter_message(3, INGRESS, b"bpf\0", Some(&broken));
+        assert_eq!(dump(&datagram, INGRESS).unwrap().1, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn filter_dump_of_loopback_is_read_to_its_end() {
+        // Unprivileged: RTM_GETTFILTER needs no capability. Whatever lo has attached, the real
+        // kernel reply must parse.
+        // SAFETY: if_nametoindex reads a NUL-terminated string and touches nothing else.
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert_ne!(lo, 0, "no lo in this network namespace");
+        for ingress in [true, false] {
+            clsact_bpf_program_ids(lo, ingress).unwrap();
+        }
+    }
+
+    #[test]
+    fn filter_dump_of_a_missing_interface_is_enodev() {
+        // tc_dump_tfilter itself answers an empty dump; the RTM_GETLINK after it says ENODEV.
+        // 0 and u32::MAX (TCM_IFINDEX_MAGIC_BLOCK as an int) are refused before any request.
+        for ifindex in [i32::MAX as u32, 0, i32::MAX as u32 + 1, u32::MAX] {
+            let err = clsact_bpf_program_ids(ifindex, true).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{ifindex}: {err}");
+        }
     }
 }

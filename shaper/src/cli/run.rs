@@ -14,6 +14,7 @@ use shaper::{
     control::{ControlSocket, Request, Response},
     iface,
     limits::{DEFAULT_STATE_FILE, Limits},
+    metrics::{self, Exporter, Format, Inventory, MetricsAddr},
     privileges,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,6 +38,18 @@ pub struct RunArgs {
     /// Where the rules in force are saved, so a restarted daemon resumes them.
     #[arg(long, value_name = "FILE", env = "SHAPER_STATE", default_value = DEFAULT_STATE_FILE)]
     state: PathBuf,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, or `off`. Default: the config
+    /// file's `metrics_addr`, else 127.0.0.1:19350 (loopback only; use 0.0.0.0:19350 or
+    /// [::]:19350 for a Prometheus on another host).
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    metrics_addr: Option<MetricsAddr>,
+
+    /// Ports, beyond those named by a single-port rule or listened on, that get their own
+    /// metrics series: the busiest by bytes. The rest are summed under port="other". Default:
+    /// the config file's `metrics_top_ports`, else 100.
+    #[arg(long, value_name = "N")]
+    metrics_top_ports: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +99,14 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         AttachArg::Clsact => AttachMode::Clsact,
     };
 
+    let metrics_addr = args
+        .metrics_addr
+        .or(config.metrics_addr)
+        .unwrap_or(MetricsAddr::At(metrics::DEFAULT_ADDR));
+    let top_ports = args
+        .metrics_top_ports
+        .or(config.metrics_top_ports)
+        .unwrap_or(metrics::DEFAULT_TOP_PORTS);
     // Claimed before anything is read from or written to it, for the daemon's whole life.
     let _state_lock = shaper::lock::PidLock::acquire_state(&args.state)?;
     let mut classifier = Classifier::load(ifaces.len() as u32)?;
@@ -98,12 +119,40 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     for name in &ifaces {
         classifier.attach(name, mode)?;
     }
+    // Bound after attaching, so that a second daemon on the same interface is told that (with
+    // the holder's pid) rather than that the port is taken; if the port is taken, returning
+    // drops the classifier, which detaches again.
+    let metrics_listener = match metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::At(addr) => {
+            let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another shaper daemon in this network namespace? give each its own \
+                     --metrics-addr, or --metrics-addr off)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("cannot serve metrics on {addr}: {e}{hint}")
+            })?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+    };
+    let exporter = Exporter::new(classifier.port_counters(), top_ports);
     let daemon = Arc::new(Mutex::new(Daemon { classifier, limits }));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let served = runtime.block_on(serve(Arc::clone(&daemon), socket));
+    let metrics = match metrics_listener {
+        None => None,
+        Some(listener) => {
+            let listener = runtime.block_on(async { tokio::net::TcpListener::from_std(listener) })?;
+            info!("metrics at http://{}/metrics", listener.local_addr()?);
+            Some((listener, scrape_fn(Arc::clone(&daemon), exporter)))
+        }
+    };
+    let served = runtime.block_on(serve(Arc::clone(&daemon), socket, metrics));
 
     // Detach explicitly so a failure is reported (dropping would only log it).
     let detached = daemon
@@ -117,7 +166,25 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(daemon: Arc<Mutex<Daemon>>, socket: &Path) -> anyhow::Result<()> {
+/// One scrape: the inventory under the daemon's lock, the port scan without it.
+fn scrape_fn(daemon: Arc<Mutex<Daemon>>, exporter: Exporter) -> Arc<metrics::ScrapeFn> {
+    Arc::new(move |format: Format| {
+        let started = std::time::Instant::now();
+        let inventory = {
+            let daemon = daemon
+                .lock()
+                .map_err(|_| "internal error: daemon lock poisoned".to_owned())?;
+            Inventory::gather(&daemon.classifier, &daemon.limits).map_err(|e| e.to_string())?
+        };
+        Ok(exporter.render(inventory, started, format))
+    })
+}
+
+async fn serve(
+    daemon: Arc<Mutex<Daemon>>,
+    socket: &Path,
+    metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
+) -> anyhow::Result<()> {
     let control = ControlSocket::bind(socket)?;
     info!("control socket {}", control.path().display());
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -132,8 +199,15 @@ async fn serve(daemon: Arc<Mutex<Daemon>>, socket: &Path) -> anyhow::Result<()> 
             message: e.to_string(),
         })
     };
+    let metrics = async move {
+        match metrics {
+            Some((listener, scrape)) => metrics::serve(listener, scrape).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         served = control.serve(handle) => served?,
+        served = metrics => served.context("metrics endpoint")?,
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 

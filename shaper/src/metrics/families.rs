@@ -1,0 +1,270 @@
+//! The metric families, their names, labels and help, written with prometheus-client.
+//!
+//! Names and labels are the interface operators build dashboards and alerts on: see the
+//! README's metrics table before changing any.
+
+use std::time::Instant;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use shaper_common::{DIR_INGRESS, reason};
+
+use super::{Format, Scrape, exposition, selection::Totals};
+use crate::classifier::PROTOCOLS;
+
+/// The port counter families: (name, help, index into [`Totals`]).
+const PORT_FAMILIES: [(&str, &str, usize); 6] = [
+    (
+        "shaper_packets",
+        "Packets the tc hook saw on a local port, passed or not.",
+        0,
+    ),
+    (
+        "shaper_bytes",
+        "Bytes the tc hook saw on a local port (whole frames, link-layer header included).",
+        1,
+    ),
+    (
+        "shaper_dropped_packets",
+        "Packets a drop rule dropped (included in shaper_packets_total).",
+        2,
+    ),
+    (
+        "shaper_dropped_bytes",
+        "Bytes a drop rule dropped (included in shaper_bytes_total).",
+        3,
+    ),
+    (
+        "shaper_would_drop_packets",
+        "Packets an observe rule passed that a drop rule would have dropped.",
+        4,
+    ),
+    (
+        "shaper_would_drop_bytes",
+        "Bytes an observe rule passed that a drop rule would have dropped.",
+        5,
+    ),
+];
+
+/// Encodes one scrape in `format`.
+pub fn encode(scrape: Scrape, format: Format) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ScrapeCollector(scrape)));
+    let mut openmetrics = String::new();
+    // Writing into a String cannot fail, and no label value here is unencodable.
+    if prometheus_client::encoding::text::encode(&mut openmetrics, &registry).is_err() {
+        log::error!("encoding the metrics failed");
+    }
+    match format {
+        Format::OpenMetrics => openmetrics,
+        Format::PrometheusText => exposition::to_prometheus_text(&openmetrics),
+    }
+}
+
+#[derive(Debug)]
+struct ScrapeCollector(Scrape);
+
+fn direction_name(direction: u32) -> &'static str {
+    if direction == DIR_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
+}
+
+fn proto_name(proto: u32) -> &'static str {
+    PROTOCOLS
+        .iter()
+        .find(|(p, _)| *p == proto)
+        .map_or("unknown", |(_, name)| name)
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let scrape = &self.0;
+        let iface_name = |slot: u32| {
+            scrape
+                .inventory
+                .interfaces
+                .iter()
+                .find(|i| i.slot == slot)
+                .map_or("unknown", |i| i.name.as_str())
+        };
+
+        // Per-port traffic: shown ports, then `other` per group.
+        let ports: Vec<([(&str, &str); 3], String, &Totals)> = scrape
+            .selection
+            .shown
+            .iter()
+            .map(|(key, totals)| {
+                (
+                    [
+                        ("iface", iface_name(key.slot)),
+                        ("direction", direction_name(key.direction)),
+                        ("proto", proto_name(key.proto)),
+                    ],
+                    key.port.to_string(),
+                    totals,
+                )
+            })
+            .chain(scrape.selection.other.iter().map(|(group, totals)| {
+                (
+                    [
+                        ("iface", iface_name(group.slot)),
+                        ("direction", direction_name(group.direction)),
+                        ("proto", proto_name(group.proto)),
+                    ],
+                    "other".to_owned(),
+                    totals,
+                )
+            }))
+            .collect();
+        for (name, help, field) in PORT_FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, port, totals) in &ports {
+                let labels = [labels[0], labels[1], labels[2], ("port", port.as_str())];
+                ConstCounter::new(totals[field]).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        for (name, help, packets) in [
+            (
+                "shaper_unclassified_packets",
+                "Packets without a port, by reason (non-ip, truncated, malformed, fragment, icmp, other-l4, ...).",
+                true,
+            ),
+            (
+                "shaper_unclassified_bytes",
+                "Bytes of packets without a port, by reason.",
+                false,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for &(slot, direction, reason, counter) in &scrape.inventory.unclassified {
+                let labels = [
+                    ("iface", iface_name(slot)),
+                    ("direction", direction_name(direction)),
+                    (
+                        "reason",
+                        reason::NAMES.get(reason as usize).copied().unwrap_or("unknown"),
+                    ),
+                ];
+                let value = if packets { counter.packets } else { counter.bytes };
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let rules: Vec<([(&str, String); 6], &crate::rules::Rule)> = scrape
+            .inventory
+            .rules
+            .iter()
+            .map(|rule| {
+                let key = &rule.key;
+                (
+                    [
+                        ("iface", key.iface.clone().unwrap_or_else(|| "any".to_owned())),
+                        ("direction", key.dir.name().to_owned()),
+                        ("proto", key.proto.name().to_owned()),
+                        ("ports", key.ports.to_string()),
+                        ("side", key.side.name().to_owned()),
+                        ("action", rule.limit.action.name().to_owned()),
+                    ],
+                    rule,
+                )
+            })
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "shaper_limit_rate_bytes_per_second",
+            "The rate a limit rule allows, in bytes per second (each direction has its own bucket).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, rule) in &rules {
+            let rate = rule.limit.rate_bps as f64 / 8.0;
+            ConstGauge::new(rate).encode(family.encode_family(labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "shaper_limit_burst_bytes",
+            "The burst of a limit rule: the bytes its bucket holds when full.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, rule) in &rules {
+            ConstGauge::new(rule.limit.burst_bytes).encode(family.encode_family(labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "shaper_port_listening",
+            "1 for each local port a TCP socket listens on or a UDP socket is bound to, with the owning process (comm).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for listener in &scrape.listeners {
+            let port = listener.port.to_string();
+            let labels = [
+                ("proto", listener.proto),
+                ("port", port.as_str()),
+                ("process", listener.process.as_str()),
+            ];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "shaper_program_attached",
+            "1 while the shaper program is attached to the interface hook, as the kernel reports it; 0 when it is not.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for iface in &scrape.inventory.interfaces {
+            let mode = iface.mode.map_or("none", |m| m.name());
+            for (direction, attached) in &iface.attached {
+                let labels = [
+                    ("iface", iface.name.as_str()),
+                    ("direction", direction.name()),
+                    ("mode", mode),
+                ];
+                ConstGauge::new(i64::from(*attached)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "shaper_build_info",
+            "1, labelled with the shaper version and the rustc it was built with.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("rustc", env!("SHAPER_RUSTC_VERSION")),
+        ];
+        ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+
+        let mut family = encoder.encode_descriptor(
+            "shaper_metrics_series",
+            "Per-port series in this scrape: ports shown on their own, and other groups.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, count) in [
+            ("port", scrape.selection.shown.len()),
+            ("other", scrape.selection.other.len()),
+        ] {
+            ConstGauge::new(count as i64).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+
+        // Last, so it covers reading, selecting and encoding everything above.
+        let family = encoder.encode_descriptor(
+            "shaper_scrape_duration_seconds",
+            "Time this scrape took to read the counters and write the families before this one.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let seconds = Instant::now().duration_since(scrape.started).as_secs_f64();
+        ConstGauge::new(seconds).encode(family)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! The local ports that something listens on, and which process it is.
+//!
+//! Read from procfs in the daemon's own network namespace (`/proc/net/{tcp,tcp6,udp,udp6}`
+//! are the reading process's namespace's tables), the same namespace as the interfaces it
+//! shapes. A TCP socket counts in state LISTEN; a UDP socket when it is bound and not connected
+//! (state TCP_CLOSE in the table, as `ss -uln` shows "UNCONN"): a connected UDP socket is a
+//! client's ephemeral port, not a service. The owner is found by matching the socket's inode
+//! against every process's `/proc/PID/fd` links; its name is the kernel's `comm` (at most 15
+//! characters). A socket whose owner cannot be seen (a kernel socket, or a process that exited
+//! meanwhile) is reported with process `unknown`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use procfs::{
+    net::{TcpState, UdpState},
+    process::FDTarget,
+};
+
+/// A listening socket's protocol, port and owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listener {
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    pub port: u16,
+    pub process: String,
+}
+
+/// The process name used when a socket's owner cannot be found.
+pub const UNKNOWN_PROCESS: &str = "unknown";
+
+/// Every listening socket, one entry per (protocol, port, process), sorted. A table that
+/// cannot be read (IPv6 disabled, say) contributes nothing.
+pub fn listeners() -> Vec<Listener> {
+    let mut sockets: Vec<(&'static str, u16, u64)> = Vec::new();
+    let tcp = procfs::net::tcp()
+        .into_iter()
+        .chain(procfs::net::tcp6())
+        .flatten();
+    for entry in tcp {
+        if entry.state == TcpState::Listen {
+            sockets.push(("tcp", entry.local_address.port(), entry.inode));
+        }
+    }
+    let udp = procfs::net::udp()
+        .into_iter()
+        .chain(procfs::net::udp6())
+        .flatten();
+    for entry in udp {
+        if entry.state == UdpState::Close && entry.local_address.port() != 0 {
+            sockets.push(("udp", entry.local_address.port(), entry.inode));
+        }
+    }
+    let owners = socket_owners();
+    let unique: BTreeSet<Listener> = sockets
+        .into_iter()
+        .map(|(proto, port, inode)| Listener {
+            proto,
+            port,
+            process: owners
+                .get(&inode)
+                .cloned()
+                .unwrap_or_else(|| UNKNOWN_PROCESS.to_owned()),
+        })
+        .collect();
+    unique.into_iter().collect()
+}
+
+/// Socket inode to the name of a process holding it. Processes come and go during the walk;
+/// one that vanishes or hides its fds is skipped.
+fn socket_owners() -> HashMap<u64, String> {
+    let mut owners = HashMap::new();
+    let Ok(processes) = procfs::process::all_processes() else {
+        return owners;
+    };
+    for process in processes.flatten() {
+        let Ok(fds) = process.fd() else { continue };
+        let mut name = None;
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target {
+                let name = match &name {
+                    Some(name) => name,
+                    None => match process.stat() {
+                        Ok(stat) => name.insert(stat.comm),
+                        Err(_) => break,
+                    },
+                };
+                owners.entry(inode).or_insert_with(|| name.clone());
+            }
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_tcp_socket_and_a_bound_udp_socket_are_found_with_their_owner() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+        client
+            .connect(udp.local_addr().expect("addr"))
+            .expect("connect");
+        let me = procfs::process::Process::myself()
+            .and_then(|p| p.stat())
+            .expect("own stat")
+            .comm;
+        let found = listeners();
+        let has = |proto, port| {
+            found
+                .iter()
+                .any(|l| l.proto == proto && l.port == port && l.process == me)
+        };
+        assert!(has("tcp", tcp.local_addr().expect("addr").port()), "{found:?}");
+        assert!(has("udp", udp.local_addr().expect("addr").port()), "{found:?}");
+        // A connected UDP socket is a client, not a listener.
+        let client_port = client.local_addr().expect("addr").port();
+        assert!(!found.iter().any(|l| l.proto == "udp" && l.port == client_port));
+    }
+}

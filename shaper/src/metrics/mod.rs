@@ -1,0 +1,216 @@
+//! Prometheus metrics: what a scrape reads, which series it shows, and the `/metrics` endpoint.
+//!
+//! A scrape copies the little it needs from the daemon under its lock ([`Inventory`]: the
+//! interfaces and whether the programs are on them, the rules, the unclassified counters), then
+//! reads the per-port counters from shared memory without it ([`PortCounters`]), so a scrape
+//! never holds up `shaper limit set` for the length of a 65,536-port scan.
+
+mod exposition;
+mod families;
+mod http;
+mod listening;
+mod selection;
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    str::FromStr,
+    sync::Mutex,
+    time::Instant,
+};
+
+pub use exposition::Format;
+pub use http::{ScrapeFn, serve};
+pub use listening::{Listener, UNKNOWN_PROCESS, listeners};
+use shaper_common::{Counter, reason};
+pub use selection::{Group, PortKey, Selection, Selector, Totals};
+
+use crate::{
+    Classifier, Direction,
+    classifier::{InterfaceState, PROTOCOLS},
+    counters::PortCounters,
+    limits::Limits,
+    rules::{Rule, Side},
+};
+
+/// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
+/// node does not publish its ports and process names to the world by default. 19350 is outside
+/// the 9100-9999 range of the Prometheus exporter port registry, which is fully allocated.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 19350));
+
+/// How many ports, beyond the pinned ones, get a series of their own by default.
+pub const DEFAULT_TOP_PORTS: usize = 100;
+
+/// `--metrics-addr`: an address to serve `/metrics` on, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    At(SocketAddr),
+}
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self::Off);
+        }
+        text.parse().map(Self::At).map_err(|_| {
+            format!(
+                "'{text}' is not ADDR:PORT (e.g. 127.0.0.1:19350, 0.0.0.0:19350, [::]:19350) \
+                 or off"
+            )
+        })
+    }
+}
+
+impl fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::At(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// What a scrape needs from the daemon's state, copied while holding its lock.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub interfaces: Vec<InterfaceState>,
+    pub rules: Vec<Rule>,
+    /// (interface slot, direction index, reason, counter) for every reason.
+    pub unclassified: Vec<(u32, u32, u32, Counter)>,
+}
+
+impl Inventory {
+    pub fn gather(classifier: &Classifier, limits: &Limits) -> crate::Result<Self> {
+        let interfaces = classifier.interface_states();
+        let mut unclassified = Vec::new();
+        for iface in &interfaces {
+            for direction in Direction::BOTH {
+                for reason in 0..reason::COUNT {
+                    let counter = classifier.unclassified_counter(iface.slot, direction, reason)?;
+                    unclassified.push((iface.slot, direction.index(), reason, counter));
+                }
+            }
+        }
+        Ok(Self {
+            interfaces,
+            rules: limits.rules(),
+            unclassified,
+        })
+    }
+
+    /// The ports a single-port rule on the local side names, for every interface, direction
+    /// and protocol the rule covers. A range rule pins nothing: one rule over 30000-32767 would
+    /// otherwise be up to 11,072 series per interface; its busiest ports compete for the top N.
+    fn rule_ports(&self) -> HashSet<PortKey> {
+        let mut pinned = HashSet::new();
+        for rule in &self.rules {
+            if rule.key.side != Side::Local || rule.key.ports.width() != 0 {
+                continue;
+            }
+            for iface in &self.interfaces {
+                if rule.key.iface.as_ref().is_some_and(|name| *name != iface.name) {
+                    continue;
+                }
+                for &direction in rule.key.dir.directions() {
+                    for &proto in rule.key.proto.protos() {
+                        pinned.insert(PortKey {
+                            slot: iface.slot,
+                            direction,
+                            proto,
+                            port: rule.key.ports.lo,
+                        });
+                    }
+                }
+            }
+        }
+        pinned
+    }
+}
+
+/// The metrics side of the daemon: the counters to scan and the selection's memory.
+#[derive(Debug)]
+pub struct Exporter {
+    counters: PortCounters,
+    top_ports: usize,
+    selector: Mutex<Selector>,
+}
+
+/// One scrape's data, ready to encode.
+#[derive(Debug)]
+pub struct Scrape {
+    pub inventory: Inventory,
+    pub listeners: Vec<Listener>,
+    pub selection: Selection,
+    /// When the scrape began (before the daemon's lock was taken).
+    pub started: Instant,
+}
+
+impl Exporter {
+    pub fn new(counters: PortCounters, top_ports: usize) -> Self {
+        Self {
+            counters,
+            top_ports,
+            selector: Mutex::new(Selector::default()),
+        }
+    }
+
+    /// Scans every port's counters and selects the series. Scrapes are serialized: the
+    /// selection of one depends on the one before.
+    pub fn collect(&self, inventory: Inventory, started: Instant) -> Scrape {
+        let mut selector = self
+            .selector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listeners = listeners();
+        let mut pinned = inventory.rule_ports();
+        let listening: HashSet<(u32, u16)> = listeners
+            .iter()
+            .filter_map(|l| {
+                let proto = PROTOCOLS.iter().find(|(_, name)| *name == l.proto)?.0;
+                Some((proto, l.port))
+            })
+            .collect();
+        let mut active = Vec::new();
+        for iface in &inventory.interfaces {
+            for direction in Direction::BOTH {
+                for (proto, _) in PROTOCOLS {
+                    self.counters.for_each_active(
+                        iface.slot,
+                        direction.index(),
+                        proto,
+                        |port, reading| {
+                            let key = PortKey {
+                                slot: iface.slot,
+                                direction: direction.index(),
+                                proto,
+                                port,
+                            };
+                            if listening.contains(&(proto, port)) {
+                                pinned.insert(key);
+                            }
+                            active.push((key, selection::totals(&reading)));
+                        },
+                    );
+                }
+            }
+        }
+        let selection = selector.select(active, |key| pinned.contains(key), self.top_ports);
+        Scrape {
+            inventory,
+            listeners,
+            selection,
+            started,
+        }
+    }
+
+    /// Collects and encodes one scrape in `format`.
+    pub fn render(&self, inventory: Inventory, started: Instant, format: Format) -> String {
+        let scrape = self.collect(inventory, started);
+        families::encode(scrape, format)
+    }
+}

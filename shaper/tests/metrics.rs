@@ -1,0 +1,578 @@
+//! `/metrics` for real: the daemon attached to a veth between throwaway namespaces, scraped over
+//! HTTP inside its namespace, checked by `promtool` and by a real Prometheus server; and the
+//! full 65,536-port scrape on the real classifier driven with BPF_PROG_TEST_RUN.
+//!
+//! UDP datagrams of `PAYLOAD` bytes make `WIRE`-byte frames, and the namespaces carry no other
+//! UDP, so per-port counters are exact and asserted exactly.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use common::{
+    daemon::Daemon,
+    metrics::{Samples, get, label, samples, series},
+    netns::{Namespace, VethPair},
+    packet::*,
+};
+use shaper::{
+    Classifier, Direction,
+    limits::Limits,
+    metrics::{Exporter, Format, Inventory},
+};
+
+const PAYLOAD: usize = 958;
+const WIRE: u64 = 1000;
+
+/// Where the daemon serves metrics by default, inside its namespace.
+fn metrics_addr() -> SocketAddr {
+    "127.0.0.1:19350".parse().unwrap()
+}
+
+fn scrape(pair: &VethPair) -> Samples {
+    let response = get(&pair.a, metrics_addr(), "/metrics", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    samples(&response.body)
+}
+
+/// Sends `count` datagrams from namespace `b` to `port` on `a`, one at a time.
+fn send(pair: &VethPair, port: u16, count: u64) {
+    let socket = pair
+        .b
+        .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+    let payload = [0u8; PAYLOAD];
+    for _ in 0..count {
+        socket
+            .send_to(&payload, (pair.a_addr, port))
+            .expect("send");
+    }
+}
+
+/// `promtool`, which the Debian package `prometheus` installs (.ci/run does). Outside CI a
+/// machine without it skips the check; with CI=true its absence fails the test.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = which(name);
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        found.is_some() || !in_ci,
+        "{name} not found, and CI=true forbids skipping (apt-get install prometheus)"
+    );
+    if found.is_none() {
+        eprintln!("skipping the {name} part: {name} is not installed");
+    }
+    found
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The test process's own name as the kernel keeps it (`comm`), which the daemon reports as
+/// the owner of the sockets this test binds.
+fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("read comm")
+        .trim_end()
+        .to_owned()
+}
+
+#[test]
+fn a_scrape_counts_exactly_and_passes_promtool() {
+    if !common::require_root("a_scrape_counts_exactly_and_passes_promtool") {
+        return;
+    }
+    let pair = VethPair::create("ma");
+    let daemon = Daemon::start(&pair.a, "ma", &["--iface", &pair.a_if]);
+    daemon.cli_ok(&["limit", "set", "9311", "--rate", "10mbit", "--proto", "udp"]);
+    daemon.cli_ok(&["limit", "set", "30000-30010", "--rate", "1MB/s", "--action", "observe"]);
+    let _listener = pair
+        .a
+        .enter(|| UdpSocket::bind((pair.a_addr, 9311)).expect("bind"));
+    send(&pair, 9311, 50);
+    daemon.settled();
+
+    let response = get(&pair.a, metrics_addr(), "/metrics", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        response.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let body = response.body;
+    let got = samples(&body);
+    let iface = pair.a_if.as_str();
+    let port = [
+        ("iface", iface),
+        ("direction", "ingress"),
+        ("proto", "udp"),
+        ("port", "9311"),
+    ];
+    assert_eq!(got[&series("shaper_packets_total", &port)], 50.0, "{body}");
+    assert_eq!(got[&series("shaper_bytes_total", &port)], (50 * WIRE) as f64);
+    assert_eq!(got[&series("shaper_dropped_packets_total", &port)], 0.0);
+    assert_eq!(got[&series("shaper_would_drop_bytes_total", &port)], 0.0);
+
+    let rules = daemon.rules();
+    for (ports, proto, action, rate) in [
+        ("9311", "udp", "drop", 1_250_000.0),
+        ("30000-30010", "any", "observe", 1_000_000.0),
+    ] {
+        let labels = [
+            ("iface", "any"),
+            ("direction", "both"),
+            ("proto", proto),
+            ("ports", ports),
+            ("side", "local"),
+            ("action", action),
+        ];
+        let burst = rules.iter().find(|r| r.ports == ports).expect("rule").burst_bytes;
+        assert_eq!(
+            got[&series("shaper_limit_rate_bytes_per_second", &labels)],
+            rate
+        );
+        assert_eq!(
+            got[&series("shaper_limit_burst_bytes", &labels)],
+            burst as f64
+        );
+    }
+
+    let comm = own_comm();
+    let listening = [("proto", "udp"), ("port", "9311"), ("process", comm.as_str())];
+    assert_eq!(
+        got.get(&series("shaper_port_listening", &listening)),
+        Some(&1.0),
+        "{body}"
+    );
+    for direction in ["ingress", "egress"] {
+        let labels = [("iface", iface), ("direction", direction), ("mode", "tcx")];
+        assert_eq!(got[&series("shaper_program_attached", &labels)], 1.0);
+    }
+    // Every reason has a series, traffic or not, so a rate() over it never starts absent.
+    let unclassified = got
+        .keys()
+        .filter(|s| s.starts_with("shaper_unclassified_packets_total{"))
+        .count();
+    assert_eq!(unclassified, 2 * shaper_common::reason::COUNT as usize);
+    assert!(got.keys().any(|s| s.starts_with("shaper_build_info{version=")));
+    assert!(got.contains_key("shaper_scrape_duration_seconds"));
+
+    if let Some(promtool) = tool("promtool") {
+        let checked = run_with_stdin(&promtool, &["check", "metrics"], &body);
+        assert!(checked.0, "promtool check metrics:\n{}\n{body}", checked.1);
+        println!("promtool check metrics: ok ({} series)", got.len());
+    }
+
+    // Prometheus asks for OpenMetrics first; it gets it, terminated by # EOF.
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,\
+        application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let response = get(&pair.a, metrics_addr(), "/metrics", Some(prometheus_accept));
+    assert_eq!(
+        response.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(response.body.ends_with("# EOF\n"), "{}", response.body);
+    assert!(response.body.contains("# TYPE shaper_bytes counter\n"));
+    assert_eq!(get(&pair.a, metrics_addr(), "/nothing", None).status, 404);
+
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// Runs `program args` with `input` on stdin; returns success and stdout+stderr.
+fn run_with_stdin(program: &Path, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("wait");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
+    if !common::require_root("a_filter_deleted_behind_the_daemons_back_shows_as_detached") {
+        return;
+    }
+    let pair = VethPair::create("mc");
+    let iface = pair.a_if.as_str();
+    let daemon = Daemon::start(&pair.a, "mc", &["--iface", iface, "--attach", "clsact"]);
+    let attached = |got: &Samples, direction| {
+        let labels = [("iface", iface), ("direction", direction), ("mode", "clsact")];
+        got[&series("shaper_program_attached", &labels)]
+    };
+    let got = scrape(&pair);
+    assert_eq!(
+        (attached(&got, "ingress"), attached(&got, "egress")),
+        (1.0, 1.0)
+    );
+    pair.a.tc(&["filter", "del", "dev", iface, "ingress"]);
+    let got = scrape(&pair);
+    assert_eq!(
+        (attached(&got, "ingress"), attached(&got, "egress")),
+        (0.0, 1.0)
+    );
+    drop(daemon);
+}
+
+/// Per-port series and `other` of (iface, ingress, udp) in one scrape: bytes by port label.
+fn udp_ingress_bytes(got: &Samples, iface: &str) -> BTreeMap<String, f64> {
+    got.iter()
+        .filter(|(s, _)| s.starts_with("shaper_bytes_total{"))
+        .filter(|(s, _)| {
+            label(s, "iface") == Some(iface)
+                && label(s, "direction") == Some("ingress")
+                && label(s, "proto") == Some("udp")
+        })
+        .map(|(s, v)| (label(s, "port").expect("port").to_owned(), *v))
+        .collect()
+}
+
+#[test]
+fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
+    if !common::require_root("counters_stay_monotonic_across_top_n_churn_and_rule_changes") {
+        return;
+    }
+    let pair = VethPair::create("mm");
+    let iface = pair.a_if.as_str();
+    let daemon = Daemon::start(
+        &pair.a,
+        "mm",
+        &["--iface", iface, "--metrics-top-ports", "2"],
+    );
+    // Phases of (datagrams per port), then the rule change made before the next scrape.
+    // Nothing listens on these ports, so only the top 2 by bytes and ruled ports are shown.
+    let phases: [(&[(u16, u64)], Option<&[&str]>); 4] = [
+        (&[(9401, 30), (9402, 20), (9403, 10), (9404, 5)], None),
+        // 9403 and 9404 overtake 9401 and 9402.
+        (&[(9403, 100), (9404, 60)], None),
+        // A rule pins 9401; 9402 climbs back into the top 2.
+        (
+            &[(9402, 200)],
+            Some(&["limit", "set", "9401", "--rate", "100mbit"]),
+        ),
+        // The rule goes: 9401 falls back into other (with some traffic of its own on the way);
+        // 9405 arrives on top.
+        (&[(9405, 500), (9401, 7)], Some(&["limit", "rm", "9401"])),
+    ];
+    let expected_shown: [&[&str]; 4] = [
+        &["9401", "9402"],
+        &["9403", "9404"],
+        &["9401", "9402", "9403"],
+        &["9402", "9405"],
+    ];
+    let mut previous_samples = Samples::new();
+    let mut previous: BTreeMap<String, f64> = BTreeMap::new();
+    for (phase, ((traffic, change), expected)) in phases.iter().zip(expected_shown).enumerate() {
+        if let Some(change) = change {
+            daemon.cli_ok(change);
+        }
+        for &(port, count) in *traffic {
+            send(&pair, port, count);
+        }
+        daemon.settled();
+        let got = scrape(&pair);
+        for (series, value) in &previous_samples {
+            if series.contains("_total{")
+                && let Some(now) = got.get(series)
+            {
+                assert!(now >= value, "phase {phase}: {series} fell {value} -> {now}");
+            }
+        }
+        let bytes = udp_ingress_bytes(&got, iface);
+        let shown: Vec<&str> = bytes
+            .keys()
+            .map(String::as_str)
+            .filter(|p| *p != "other")
+            .collect();
+        assert_eq!(shown, expected, "phase {phase}: {bytes:?}");
+        // `other` grows by exactly the traffic, during this phase, of the ports not shown at both
+        // scrapes: so every datagram is in exactly one series' increase.
+        let other_now = bytes.get("other").copied().unwrap_or(0.0);
+        let other_before = previous.get("other").copied().unwrap_or(0.0);
+        let grew: u64 = traffic
+            .iter()
+            .filter(|(port, _)| {
+                let port = port.to_string();
+                !(previous.contains_key(&port) && bytes.contains_key(&port))
+            })
+            .map(|(_, count)| count * WIRE)
+            .sum();
+        let expected_other = if phase == 0 {
+            // First scrape: everything not shown.
+            (15 * WIRE) as f64
+        } else {
+            other_before + grew as f64
+        };
+        assert_eq!(other_now, expected_other, "phase {phase}: {bytes:?}");
+        println!("phase {phase}: udp ingress bytes by series {bytes:?}");
+        previous = bytes;
+        previous_samples = got;
+    }
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A Prometheus server on loopback inside a namespace, killed and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(ns: &Namespace, binary: &Path, target: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("shaper-test-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: shaper\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let addr: SocketAddr = "127.0.0.1:19390".parse().unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+        let child = ns
+            .command(binary.to_str().expect("utf-8 path"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        Self { child, dir, addr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// Runs an instant query through the HTTP API; returns the result vector as JSON.
+    fn query(&self, ns: &Namespace, promql: &str) -> Vec<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let response = get(ns, self.addr, &path, None);
+        let json: serde_json::Value = serde_json::from_str(&response.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", response.body));
+        assert_eq!(json["status"], "success", "{json}");
+        json["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_rates_and_limits() {
+    if !common::require_root("a_real_prometheus_scrapes_rates_and_limits") {
+        return;
+    }
+    let Some(binary) = tool("prometheus") else {
+        return;
+    };
+    let pair = VethPair::create("mp");
+    let daemon = Daemon::start(&pair.a, "mp", &["--iface", &pair.a_if]);
+    daemon.cli_ok(&["limit", "set", "9321", "--rate", "100mbit", "--action", "observe"]);
+    let prometheus = Prometheus::start(&pair.a, &binary, metrics_addr());
+
+    // Background traffic to 9321: 200 datagrams/s, for at most 60 s, until the test is done.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let socket = pair
+            .b
+            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+        let (stop, to) = (Arc::clone(&stop), SocketAddr::from((pair.a_addr, 9321)));
+        thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let _ = socket.send_to(&[0u8; PAYLOAD], to);
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    let rate_query = "rate(shaper_bytes_total{port=\"9321\",direction=\"ingress\"}[5s]) > 0";
+    let limit_query = "shaper_limit_rate_bytes_per_second{ports=\"9321\"}";
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut rates = Vec::new();
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        // Until Prometheus is up, its port refuses: keep polling.
+        let up = pair.a.enter(|| {
+            std::net::TcpStream::connect_timeout(&prometheus.addr, Duration::from_secs(1)).is_ok()
+        });
+        if !up {
+            continue;
+        }
+        rates = prometheus.query(&pair.a, rate_query);
+        if !rates.is_empty() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    assert!(
+        !rates.is_empty(),
+        "Prometheus never saw traffic on 9321:\n{}",
+        prometheus.log()
+    );
+    let rate: f64 = rates[0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("rate value");
+    println!("Prometheus: {rate_query} = {rate:.0} B/s (sent about 200 kB/s)");
+    let limits = prometheus.query(&pair.a, limit_query);
+    assert_eq!(limits.len(), 1, "{limits:?}");
+    assert_eq!(limits[0]["value"][1], "12500000", "{limits:?}");
+    assert_eq!(limits[0]["metric"]["action"], "observe");
+    let burst = prometheus.query(&pair.a, "shaper_limit_burst_bytes{ports=\"9321\"}");
+    assert_eq!(burst.len(), 1, "{burst:?}");
+    drop(prometheus);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_scrape_of_all_65536_ports_in_both_directions_is_exact() {
+    if !common::require_root("a_scrape_of_all_65536_ports_in_both_directions_is_exact") {
+        return;
+    }
+    let mut classifier = Classifier::load(1).expect("load the classifier");
+    classifier.register("lo").expect("register lo");
+    let state = std::env::temp_dir()
+        .join(format!("shaper-test-scrape-{}", std::process::id()))
+        .join("state.json");
+    let limits = Limits::start(&mut classifier, Vec::new(), &state).expect("limits");
+
+    // One frame per (direction, protocol, port), the local port being `port`: the destination
+    // on ingress, the source on egress.
+    let started = Instant::now();
+    let mut frames = 0u64;
+    let mut bytes = 0u64;
+    for direction in Direction::BOTH {
+        for is_tcp in [false, true] {
+            for port in 0..=u16::MAX {
+                let (src, dst) = match direction {
+                    Direction::Ingress => (40_000, port),
+                    Direction::Egress => (port, 40_000),
+                };
+                let l4 = if is_tcp {
+                    ipv4(IPPROTO_TCP, &tcp(src, dst, &[]))
+                } else {
+                    ipv4(IPPROTO_UDP, &udp(src, dst, &[0; 18]))
+                };
+                let frame = ethernet(&[], ETH_P_IP, &l4);
+                let program = classifier.program_mut(direction).expect("program");
+                let mut options = TestRunOptions::new();
+                options.data_in = Some(&frame);
+                program.test_run(options).expect("BPF_PROG_TEST_RUN");
+                frames += 1;
+                bytes += frame.len() as u64;
+            }
+        }
+    }
+    println!(
+        "ran {frames} frames through the classifier in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let exporter = Exporter::new(classifier.port_counters(), 100);
+    let mut timings = Vec::new();
+    let mut body = String::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let inventory = Inventory::gather(&classifier, &limits).expect("inventory");
+        body = exporter.render(inventory, started, Format::PrometheusText);
+        timings.push(started.elapsed());
+    }
+    println!(
+        "scrape of {frames} active port counters: first {:.1} ms, then {:.1} ms and {:.1} ms \
+         ({} bytes of exposition)",
+        timings[0].as_secs_f64() * 1e3,
+        timings[1].as_secs_f64() * 1e3,
+        timings[2].as_secs_f64() * 1e3,
+        body.len()
+    );
+
+    // Nothing lost, nothing counted twice: over the shown ports and `other`, every frame once.
+    let got = samples(&body);
+    let sum = |name: &str| -> f64 {
+        got.iter()
+            .filter(|(s, _)| s.starts_with(&format!("{name}{{")) && label(s, "iface") == Some("lo"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(sum("shaper_packets_total"), frames as f64);
+    assert_eq!(sum("shaper_bytes_total"), bytes as f64);
+    let ports: BTreeSet<(String, String, String)> = got
+        .keys()
+        .filter(|s| s.starts_with("shaper_packets_total{"))
+        .map(|s| {
+            (
+                label(s, "direction").unwrap_or_default().to_owned(),
+                label(s, "proto").unwrap_or_default().to_owned(),
+                label(s, "port").unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let own: Vec<_> = ports.iter().filter(|(_, _, p)| p != "other").collect();
+    // The top 100, plus the ports something listens on in this namespace.
+    assert!(own.len() >= 100, "{} ports shown", own.len());
+    assert!(own.len() < 100 + 4 * 1024, "{} ports shown", own.len());
+    assert_eq!(ports.len() - own.len(), 4, "one other per direction and protocol");
+    drop(limits);
+    let _ = std::fs::remove_dir_all(state.parent().expect("dir"));
+}
+
