@@ -8,9 +8,9 @@ use aya::{
     programs::ProgramError,
 };
 use shaper_common::{
-    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE,
-    PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
-    RuleIndexRow, bucket_index, maps, reason, unclassified_index,
+    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE, PROTO_TCP,
+    PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters, RuleIndexRow,
+    bucket_index, maps, reason, unclassified_index,
 };
 
 use crate::{

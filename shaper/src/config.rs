@@ -808,7 +808,11 @@ mod tests {
     #[test]
     fn bad_metrics_settings_are_named() {
         for (text, field, value) in [
-            ("metrics_addr = \"localhost\"", "metrics_addr", "'localhost'"),
+            (
+                "metrics_addr = \"localhost\"",
+                "metrics_addr",
+                "'localhost'",
+            ),
             ("metrics_addr = 19350", "metrics_addr", "19350"),
             ("metrics_top_ports = -1", "metrics_top_ports", "-1"),
             ("metrics_top_ports = \"all\"", "metrics_top_ports", "'all'"),

@@ -141,10 +141,7 @@ impl PortCounters {
     fn read_index(&self, index: usize) -> PortReading {
         let verdict = index * VERDICT_WORDS;
         PortReading {
-            seen: self
-                .seen
-                .counter(index * COUNTER_WORDS)
-                .unwrap_or_default(),
+            seen: self.seen.counter(index * COUNTER_WORDS).unwrap_or_default(),
             dropped: self.verdicts.counter(verdict).unwrap_or_default(),
             would_drop: self
                 .verdicts

@@ -54,9 +54,7 @@ fn send(pair: &VethPair, port: u16, count: u64) {
         .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
     let payload = [0u8; PAYLOAD];
     for _ in 0..count {
-        socket
-            .send_to(&payload, (pair.a_addr, port))
-            .expect("send");
+        socket.send_to(&payload, (pair.a_addr, port)).expect("send");
     }
 }
 
@@ -101,7 +99,15 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     let pair = VethPair::create("ma");
     let daemon = Daemon::start(&pair.a, "ma", &["--iface", &pair.a_if]);
     daemon.cli_ok(&["limit", "set", "9311", "--rate", "10mbit", "--proto", "udp"]);
-    daemon.cli_ok(&["limit", "set", "30000-30010", "--rate", "1MB/s", "--action", "observe"]);
+    daemon.cli_ok(&[
+        "limit",
+        "set",
+        "30000-30010",
+        "--rate",
+        "1MB/s",
+        "--action",
+        "observe",
+    ]);
     let _listener = pair
         .a
         .enter(|| UdpSocket::bind((pair.a_addr, 9311)).expect("bind"));
@@ -124,7 +130,10 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
         ("port", "9311"),
     ];
     assert_eq!(got[&series("shaper_packets_total", &port)], 50.0, "{body}");
-    assert_eq!(got[&series("shaper_bytes_total", &port)], (50 * WIRE) as f64);
+    assert_eq!(
+        got[&series("shaper_bytes_total", &port)],
+        (50 * WIRE) as f64
+    );
     assert_eq!(got[&series("shaper_dropped_packets_total", &port)], 0.0);
     assert_eq!(got[&series("shaper_would_drop_bytes_total", &port)], 0.0);
 
@@ -141,7 +150,11 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
             ("side", "local"),
             ("action", action),
         ];
-        let burst = rules.iter().find(|r| r.ports == ports).expect("rule").burst_bytes;
+        let burst = rules
+            .iter()
+            .find(|r| r.ports == ports)
+            .expect("rule")
+            .burst_bytes;
         assert_eq!(
             got[&series("shaper_limit_rate_bytes_per_second", &labels)],
             rate
@@ -153,7 +166,11 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     }
 
     let comm = own_comm();
-    let listening = [("proto", "udp"), ("port", "9311"), ("process", comm.as_str())];
+    let listening = [
+        ("proto", "udp"),
+        ("port", "9311"),
+        ("process", comm.as_str()),
+    ];
     assert_eq!(
         got.get(&series("shaper_port_listening", &listening)),
         Some(&1.0),
@@ -169,7 +186,10 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
         .filter(|s| s.starts_with("shaper_unclassified_packets_total{"))
         .count();
     assert_eq!(unclassified, 2 * shaper_common::reason::COUNT as usize);
-    assert!(got.keys().any(|s| s.starts_with("shaper_build_info{version=")));
+    assert!(
+        got.keys()
+            .any(|s| s.starts_with("shaper_build_info{version="))
+    );
     assert!(got.contains_key("shaper_scrape_duration_seconds"));
 
     if let Some(promtool) = tool("promtool") {
@@ -228,7 +248,11 @@ fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
     let iface = pair.a_if.as_str();
     let daemon = Daemon::start(&pair.a, "mc", &["--iface", iface, "--attach", "clsact"]);
     let attached = |got: &Samples, direction| {
-        let labels = [("iface", iface), ("direction", direction), ("mode", "clsact")];
+        let labels = [
+            ("iface", iface),
+            ("direction", direction),
+            ("mode", "clsact"),
+        ];
         got[&series("shaper_program_attached", &labels)]
     };
     let got = scrape(&pair);
@@ -258,6 +282,14 @@ fn udp_ingress_bytes(got: &Samples, iface: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// One step of the churn test: a CLI change, then datagrams per port, then the ports expected to
+/// have their own series.
+struct Phase {
+    change: Option<&'static [&'static str]>,
+    traffic: &'static [(u16, u64)],
+    shown: &'static [&'static str],
+}
+
 #[test]
 fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
     if !common::require_root("counters_stay_monotonic_across_top_n_churn_and_rule_changes") {
@@ -272,32 +304,47 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
     );
     // Phases of (datagrams per port), then the rule change made before the next scrape.
     // Nothing listens on these ports, so only the top 2 by bytes and ruled ports are shown.
-    let phases: [(&[(u16, u64)], Option<&[&str]>); 4] = [
-        (&[(9401, 30), (9402, 20), (9403, 10), (9404, 5)], None),
+    let phases = [
+        Phase {
+            change: None,
+            traffic: &[(9401, 30), (9402, 20), (9403, 10), (9404, 5)],
+            shown: &["9401", "9402"],
+        },
         // 9403 and 9404 overtake 9401 and 9402.
-        (&[(9403, 100), (9404, 60)], None),
+        Phase {
+            change: None,
+            traffic: &[(9403, 100), (9404, 60)],
+            shown: &["9403", "9404"],
+        },
         // A rule pins 9401; 9402 climbs back into the top 2.
-        (
-            &[(9402, 200)],
-            Some(&["limit", "set", "9401", "--rate", "100mbit"]),
-        ),
+        Phase {
+            change: Some(&["limit", "set", "9401", "--rate", "100mbit"]),
+            traffic: &[(9402, 200)],
+            shown: &["9401", "9402", "9403"],
+        },
         // The rule goes: 9401 falls back into other (with some traffic of its own on the way);
         // 9405 arrives on top.
-        (&[(9405, 500), (9401, 7)], Some(&["limit", "rm", "9401"])),
-    ];
-    let expected_shown: [&[&str]; 4] = [
-        &["9401", "9402"],
-        &["9403", "9404"],
-        &["9401", "9402", "9403"],
-        &["9402", "9405"],
+        Phase {
+            change: Some(&["limit", "rm", "9401"]),
+            traffic: &[(9405, 500), (9401, 7)],
+            shown: &["9402", "9405"],
+        },
     ];
     let mut previous_samples = Samples::new();
     let mut previous: BTreeMap<String, f64> = BTreeMap::new();
-    for (phase, ((traffic, change), expected)) in phases.iter().zip(expected_shown).enumerate() {
+    for (
+        phase,
+        Phase {
+            change,
+            traffic,
+            shown: expected,
+        },
+    ) in phases.into_iter().enumerate()
+    {
         if let Some(change) = change {
             daemon.cli_ok(change);
         }
-        for &(port, count) in *traffic {
+        for &(port, count) in traffic {
             send(&pair, port, count);
         }
         daemon.settled();
@@ -306,7 +353,10 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
             if series.contains("_total{")
                 && let Some(now) = got.get(series)
             {
-                assert!(now >= value, "phase {phase}: {series} fell {value} -> {now}");
+                assert!(
+                    now >= value,
+                    "phase {phase}: {series} fell {value} -> {now}"
+                );
             }
         }
         let bytes = udp_ingress_bytes(&got, iface);
@@ -352,7 +402,8 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(ns: &Namespace, binary: &Path, target: SocketAddr) -> Self {
-        let dir = std::env::temp_dir().join(format!("shaper-test-prometheus-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shaper-test-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("prometheus dir");
         let config = dir.join("prometheus.yml");
@@ -370,7 +421,10 @@ impl Prometheus {
         let child = ns
             .command(binary.to_str().expect("utf-8 path"))
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -390,7 +444,10 @@ impl Prometheus {
         let json: serde_json::Value = serde_json::from_str(&response.body)
             .unwrap_or_else(|e| panic!("{e}: {}", response.body));
         assert_eq!(json["status"], "success", "{json}");
-        json["data"]["result"].as_array().cloned().unwrap_or_default()
+        json["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -424,10 +481,13 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     };
     let pair = VethPair::create("mp");
     let daemon = Daemon::start(&pair.a, "mp", &["--iface", &pair.a_if]);
-    daemon.cli_ok(&["limit", "set", "9321", "--rate", "100mbit", "--action", "observe"]);
+    daemon.cli_ok(&[
+        "limit", "set", "9321", "--rate", "100mbit", "--action", "observe",
+    ]);
     let prometheus = Prometheus::start(&pair.a, &binary, metrics_addr());
 
-    // Background traffic to 9321: 200 datagrams/s, for at most 60 s, until the test is done.
+    // Background traffic to 9321: a datagram every 5 ms or so, for at most 60 s, until the
+    // test is done.
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let socket = pair
@@ -436,10 +496,14 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
         let (stop, to) = (Arc::clone(&stop), SocketAddr::from((pair.a_addr, 9321)));
         thread::spawn(move || {
             let started = Instant::now();
+            let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                let _ = socket.send_to(&[0u8; PAYLOAD], to);
+                if socket.send_to(&[0u8; PAYLOAD], to).is_ok() {
+                    sent += 1;
+                }
                 thread::sleep(Duration::from_millis(5));
             }
+            (sent * WIRE) as f64 / started.elapsed().as_secs_f64()
         })
     };
 
@@ -462,7 +526,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    sender.join().expect("sender");
+    let sent_rate = sender.join().expect("sender");
     assert!(
         !rates.is_empty(),
         "Prometheus never saw traffic on 9321:\n{}",
@@ -472,16 +536,66 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
         .as_str()
         .and_then(|v| v.parse().ok())
         .expect("rate value");
-    println!("Prometheus: {rate_query} = {rate:.0} B/s (sent about 200 kB/s)");
+    println!("Prometheus: {rate_query} = {rate:.0} B/s (sent {sent_rate:.0} B/s on average)");
     let limits = prometheus.query(&pair.a, limit_query);
     assert_eq!(limits.len(), 1, "{limits:?}");
     assert_eq!(limits[0]["value"][1], "12500000", "{limits:?}");
     assert_eq!(limits[0]["metric"]["action"], "observe");
     let burst = prometheus.query(&pair.a, "shaper_limit_burst_bytes{ports=\"9321\"}");
     assert_eq!(burst.len(), 1, "{burst:?}");
+    // The README's example queries run (`query` asserts the API's "success") and the
+    // per-port throughput one finds the traffic.
+    let examples = readme_queries();
+    assert!(examples.len() >= 4, "{examples:?}");
+    for promql in &examples {
+        let result = prometheus.query(&pair.a, promql);
+        println!("README query {promql}: {} series", result.len());
+    }
+    assert!(!prometheus.query(&pair.a, &examples[0]).is_empty());
     drop(prometheus);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
+}
+
+const README: &str = include_str!("../../README.md");
+const ALERTS: &str = include_str!("../../examples/prometheus/shaper-alerts.yml");
+
+/// The queries of the README's ```promql block, one per line, comments left out.
+fn readme_queries() -> Vec<String> {
+    let block = README
+        .split("```promql\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a promql block in the README");
+    block
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_readme_shows_the_alert_rules_and_promtool_accepts_them() {
+    assert!(
+        README.contains(&format!("```yaml\n{ALERTS}```")),
+        "README and examples/prometheus/shaper-alerts.yml differ"
+    );
+    if let Some(promtool) = tool("promtool") {
+        let rules = std::env::temp_dir().join(format!("shaper-alerts-{}.yml", std::process::id()));
+        std::fs::write(&rules, ALERTS).expect("write rules");
+        let output = Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&rules)
+            .output()
+            .expect("run promtool");
+        let _ = std::fs::remove_file(&rules);
+        assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 #[test]
@@ -571,8 +685,11 @@ fn a_scrape_of_all_65536_ports_in_both_directions_is_exact() {
     // The top 100, plus the ports something listens on in this namespace.
     assert!(own.len() >= 100, "{} ports shown", own.len());
     assert!(own.len() < 100 + 4 * 1024, "{} ports shown", own.len());
-    assert_eq!(ports.len() - own.len(), 4, "one other per direction and protocol");
+    assert_eq!(
+        ports.len() - own.len(),
+        4,
+        "one other per direction and protocol"
+    );
     drop(limits);
     let _ = std::fs::remove_dir_all(state.parent().expect("dir"));
 }
-

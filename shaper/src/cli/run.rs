@@ -147,7 +147,8 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     let metrics = match metrics_listener {
         None => None,
         Some(listener) => {
-            let listener = runtime.block_on(async { tokio::net::TcpListener::from_std(listener) })?;
+            let listener =
+                runtime.block_on(async { tokio::net::TcpListener::from_std(listener) })?;
             info!("metrics at http://{}/metrics", listener.local_addr()?);
             Some((listener, scrape_fn(Arc::clone(&daemon), exporter)))
         }

@@ -51,7 +51,9 @@ impl Format {
             match media.as_str() {
                 // Only the versions this encoder writes; 0.0.1 is the pre-1.0 name of the same text.
                 "application/openmetrics-text"
-                    if version.as_deref().is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
+                    if version
+                        .as_deref()
+                        .is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
                 {
                     openmetrics = openmetrics.max(quality);
                 }
@@ -139,7 +141,10 @@ mod tests {
         // A version this encoder does not write is not chosen.
         let future = "application/openmetrics-text;version=2.0.0";
         assert_eq!(Format::negotiate(Some(future)), Format::PrometheusText);
-        assert_eq!(Format::negotiate(Some("garbage;;;=,")), Format::PrometheusText);
+        assert_eq!(
+            Format::negotiate(Some("garbage;;;=,")),
+            Format::PrometheusText
+        );
     }
 
     #[test]

@@ -68,6 +68,15 @@ pub fn encode(scrape: Scrape, format: Format) -> String {
 #[derive(Debug)]
 struct ScrapeCollector(Scrape);
 
+/// One per-port series' labels and counters: a shown port, or a group's `other`.
+struct PortSeries<'a> {
+    iface: &'a str,
+    direction: &'static str,
+    proto: &'static str,
+    port: String,
+    totals: &'a Totals,
+}
+
 fn direction_name(direction: u32) -> &'static str {
     if direction == DIR_INGRESS {
         "ingress"
@@ -96,38 +105,41 @@ impl Collector for ScrapeCollector {
         };
 
         // Per-port traffic: shown ports, then `other` per group.
-        let ports: Vec<([(&str, &str); 3], String, &Totals)> = scrape
+        let ports: Vec<PortSeries> = scrape
             .selection
             .shown
             .iter()
-            .map(|(key, totals)| {
-                (
-                    [
-                        ("iface", iface_name(key.slot)),
-                        ("direction", direction_name(key.direction)),
-                        ("proto", proto_name(key.proto)),
-                    ],
-                    key.port.to_string(),
-                    totals,
-                )
+            .map(|(key, totals)| PortSeries {
+                iface: iface_name(key.slot),
+                direction: direction_name(key.direction),
+                proto: proto_name(key.proto),
+                port: key.port.to_string(),
+                totals,
             })
-            .chain(scrape.selection.other.iter().map(|(group, totals)| {
-                (
-                    [
-                        ("iface", iface_name(group.slot)),
-                        ("direction", direction_name(group.direction)),
-                        ("proto", proto_name(group.proto)),
-                    ],
-                    "other".to_owned(),
-                    totals,
-                )
-            }))
+            .chain(
+                scrape
+                    .selection
+                    .other
+                    .iter()
+                    .map(|(group, totals)| PortSeries {
+                        iface: iface_name(group.slot),
+                        direction: direction_name(group.direction),
+                        proto: proto_name(group.proto),
+                        port: "other".to_owned(),
+                        totals,
+                    }),
+            )
             .collect();
         for (name, help, field) in PORT_FAMILIES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, port, totals) in &ports {
-                let labels = [labels[0], labels[1], labels[2], ("port", port.as_str())];
-                ConstCounter::new(totals[field]).encode(family.encode_family(&labels)?)?;
+            for series in &ports {
+                let labels = [
+                    ("iface", series.iface),
+                    ("direction", series.direction),
+                    ("proto", series.proto),
+                    ("port", series.port.as_str()),
+                ];
+                ConstCounter::new(series.totals[field]).encode(family.encode_family(&labels)?)?;
             }
         }
 
@@ -150,10 +162,17 @@ impl Collector for ScrapeCollector {
                     ("direction", direction_name(direction)),
                     (
                         "reason",
-                        reason::NAMES.get(reason as usize).copied().unwrap_or("unknown"),
+                        reason::NAMES
+                            .get(reason as usize)
+                            .copied()
+                            .unwrap_or("unknown"),
                     ),
                 ];
-                let value = if packets { counter.packets } else { counter.bytes };
+                let value = if packets {
+                    counter.packets
+                } else {
+                    counter.bytes
+                };
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -166,7 +185,10 @@ impl Collector for ScrapeCollector {
                 let key = &rule.key;
                 (
                     [
-                        ("iface", key.iface.clone().unwrap_or_else(|| "any".to_owned())),
+                        (
+                            "iface",
+                            key.iface.clone().unwrap_or_else(|| "any".to_owned()),
+                        ),
                         ("direction", key.dir.name().to_owned()),
                         ("proto", key.proto.name().to_owned()),
                         ("ports", key.ports.to_string()),

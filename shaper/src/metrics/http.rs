@@ -27,7 +27,9 @@ pub async fn serve(listener: TcpListener, scrape: Arc<ScrapeFn>) -> std::io::Res
                 .and_then(|value| value.to_str().ok());
             let format = Format::negotiate(accept);
             match tokio::task::spawn_blocking(move || scrape(format)).await {
-                Ok(Ok(body)) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+                Ok(Ok(body)) => {
+                    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+                }
                 Ok(Err(message)) => internal_error(message),
                 Err(join) => internal_error(format!("the scrape failed: {join}")),
             }

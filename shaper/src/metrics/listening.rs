@@ -113,10 +113,20 @@ mod tests {
                 .iter()
                 .any(|l| l.proto == proto && l.port == port && l.process == me)
         };
-        assert!(has("tcp", tcp.local_addr().expect("addr").port()), "{found:?}");
-        assert!(has("udp", udp.local_addr().expect("addr").port()), "{found:?}");
+        assert!(
+            has("tcp", tcp.local_addr().expect("addr").port()),
+            "{found:?}"
+        );
+        assert!(
+            has("udp", udp.local_addr().expect("addr").port()),
+            "{found:?}"
+        );
         // A connected UDP socket is a client, not a listener.
         let client_port = client.local_addr().expect("addr").port();
-        assert!(!found.iter().any(|l| l.proto == "udp" && l.port == client_port));
+        assert!(
+            !found
+                .iter()
+                .any(|l| l.proto == "udp" && l.port == client_port)
+        );
     }
 }

@@ -23,8 +23,8 @@ use std::{
 pub use exposition::Format;
 pub use http::{ScrapeFn, serve};
 pub use listening::{Listener, UNKNOWN_PROCESS, listeners};
-use shaper_common::{Counter, reason};
 pub use selection::{Group, PortKey, Selection, Selector, Totals};
+use shaper_common::{Counter, reason};
 
 use crate::{
     Classifier, Direction,
@@ -37,8 +37,7 @@ use crate::{
 /// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
 /// node does not publish its ports and process names to the world by default. 19350 is outside
 /// the 9100-9999 range of the Prometheus exporter port registry, which is fully allocated.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 19350));
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 19350));
 
 /// How many ports, beyond the pinned ones, get a series of their own by default.
 pub const DEFAULT_TOP_PORTS: usize = 100;
@@ -113,7 +112,12 @@ impl Inventory {
                 continue;
             }
             for iface in &self.interfaces {
-                if rule.key.iface.as_ref().is_some_and(|name| *name != iface.name) {
+                if rule
+                    .key
+                    .iface
+                    .as_ref()
+                    .is_some_and(|name| *name != iface.name)
+                {
                     continue;
                 }
                 for &direction in rule.key.dir.directions() {

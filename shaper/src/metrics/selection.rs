@@ -204,17 +204,29 @@ mod tests {
     fn other_stays_monotonic_when_ports_change_places() {
         let mut selector = Selector::default();
         // Scrape 1: 80 is top, 81 in other.
-        let s1 = selector.select(vec![(key(80), bytes(1_000)), (key(81), bytes(500))], |_| false, 1);
+        let s1 = selector.select(
+            vec![(key(80), bytes(1_000)), (key(81), bytes(500))],
+            |_| false,
+            1,
+        );
         assert_eq!(shown_ports(&s1), [80]);
         assert_eq!(other_bytes(&s1), 500);
         // Scrape 2: 81 overtakes 80 (81 +1000, 80 +100): 81 promoted, 80 demoted. Both
         // changed places, so both increases go to other: 81's series starts at 1500 and 80's
         // has no sample now.
-        let s2 = selector.select(vec![(key(80), bytes(1_100)), (key(81), bytes(1_500))], |_| false, 1);
+        let s2 = selector.select(
+            vec![(key(80), bytes(1_100)), (key(81), bytes(1_500))],
+            |_| false,
+            1,
+        );
         assert_eq!(shown_ports(&s2), [81]);
         assert_eq!(other_bytes(&s2), 1_600);
         // Scrape 3: 80 sends 50 more while in other.
-        let s3 = selector.select(vec![(key(80), bytes(1_150)), (key(81), bytes(1_600))], |_| false, 1);
+        let s3 = selector.select(
+            vec![(key(80), bytes(1_150)), (key(81), bytes(1_600))],
+            |_| false,
+            1,
+        );
         assert_eq!(other_bytes(&s3), 1_650);
         // Scrape 4: 80 becomes pinned (a rule names it): back to its own series; its 50 since
         // scrape 3 still land in other.
@@ -288,7 +300,10 @@ mod tests {
             }
             previous = now;
         }
-        assert!(churn > 10, "the test must actually move ports around ({churn})");
+        assert!(
+            churn > 10,
+            "the test must actually move ports around ({churn})"
+        );
     }
 
     #[test]
@@ -298,7 +313,11 @@ mod tests {
             direction: 1,
             ..key(80)
         };
-        let selection = selector.select(vec![(key(80), bytes(10)), (egress, bytes(20))], |_| false, 0);
+        let selection = selector.select(
+            vec![(key(80), bytes(10)), (egress, bytes(20))],
+            |_| false,
+            0,
+        );
         assert_eq!(selection.other.len(), 2);
         assert_eq!(selection.other[0].1[1], 10);
         assert_eq!(selection.other[1].1[1], 20);
