@@ -200,7 +200,7 @@ pub(crate) fn detach(
     attachment: Attachment,
 ) -> Result<()> {
     let Attachment {
-        mode: _,
+        mode,
         links,
         added_clsact,
         _lock,
@@ -209,7 +209,19 @@ pub(crate) fn detach(
     for (direction, link) in links {
         let detached = program_mut(ebpf, direction).and_then(|p| Ok(p.detach(link)?));
         if let Err(e) = detached {
-            first_error.get_or_insert(e);
+            // Someone removed it already (`tc filter del`, `tc qdisc del ... clsact`, a deleted
+            // interface): what detaching is for has happened; say so instead of failing.
+            if matches!(
+                attached_now(ebpf, iface, ifindex, mode, direction),
+                Ok(false)
+            ) {
+                warn!(
+                    "{iface}: the {} program was already detached by someone else ({e})",
+                    direction.name()
+                );
+            } else {
+                first_error.get_or_insert(e);
+            }
         }
     }
     // Only clsact mode ever adds the qdisc.
@@ -218,9 +230,15 @@ pub(crate) fn detach(
     } else {
         Ok(())
     };
-    // The interface may be gone already (a deleted veth takes its qdiscs with it).
+    // The interface may be gone already (a deleted veth takes its qdiscs with it: ENODEV), or
+    // someone deleted the qdisc (`tc qdisc del ... clsact`): the kernel then finds no clsact at
+    // that parent and refuses the named delete with EINVAL (net/sched/sch_api.c `tc_get_qdisc`),
+    // ENOENT on kernels that report the missing qdisc itself.
     if let Err(source) = removed
-        && source.raw_os_error() != Some(libc::ENODEV)
+        && !matches!(
+            source.raw_os_error(),
+            Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)
+        )
     {
         first_error.get_or_insert(Error::ClsactRemove {
             iface: iface.to_owned(),

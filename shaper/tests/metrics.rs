@@ -266,7 +266,17 @@ fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
         (attached(&got, "ingress"), attached(&got, "egress")),
         (0.0, 1.0)
     );
-    drop(daemon);
+    // Removing the qdisc takes the other filter with it.
+    pair.a.tc(&["qdisc", "del", "dev", iface, "clsact"]);
+    let got = scrape(&pair);
+    assert_eq!(
+        (attached(&got, "ingress"), attached(&got, "egress")),
+        (0.0, 0.0)
+    );
+    // Stopping is not an error for what someone else removed already.
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("already detached by someone else"), "{log}");
 }
 
 /// Per-port series and `other` of (iface, ingress, udp) in one scrape: bytes by port label.
