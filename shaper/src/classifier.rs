@@ -10,7 +10,7 @@ use aya::{
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE, PROTO_TCP,
     PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters, RuleIndexRow,
-    bucket_index, maps, reason, unclassified_index,
+    NO_RULE, PORTS, SIDE_LOCAL, bucket_index, maps, reason, rule_index_row, unclassified_index,
 };
 
 use crate::{
@@ -299,6 +299,24 @@ impl Classifier {
         written
     }
 
+    /// The id of the rule in force on local port `port` of (slot, direction, protocol), from the
+    /// rule index the programs read.
+    pub fn local_rule(&self, slot: u32, direction: Direction, proto: u32, port: u16) -> Option<u16> {
+        let row = rule_index_row(slot, direction.index(), proto, SIDE_LOCAL) as usize;
+        let cell = self.rule_index.halfwords().get(row * PORTS as usize + usize::from(port))?;
+        Some(cell.load(Ordering::Relaxed)).filter(|&id| id != NO_RULE)
+    }
+
+    /// The bucket of rule `id` in one direction, as the programs last left it.
+    pub fn bucket(&self, id: u16, direction: Direction) -> Result<BucketState> {
+        let buckets: Array<&MapData, BucketState> =
+            Array::try_from(self.ebpf.map(maps::BUCKETS).ok_or(Error::MissingInObject {
+                kind: "map",
+                name: maps::BUCKETS,
+            })?)?;
+        Ok(buckets.get(&bucket_index(u32::from(id), direction.index()), 0)?)
+    }
+
     /// Every registered interface, with its attachment checked against the kernel. A check
     /// that fails (the kernel refuses the query) is logged and reported as not attached: a
     /// program that cannot be seen cannot be vouched for.
@@ -364,6 +382,7 @@ impl Classifier {
             interfaces: Vec::new(),
             ports: Vec::new(),
             unclassified: Vec::new(),
+            listening: Vec::new(),
         };
         for (slot, iface) in self.interfaces.iter().enumerate() {
             let slot = slot as u32;
@@ -391,6 +410,7 @@ impl Classifier {
                                 dropped_bytes: reading.dropped.bytes,
                                 would_drop_packets: reading.would_drop.packets,
                                 would_drop_bytes: reading.would_drop.bytes,
+                                rule: self.local_rule(slot, direction, proto, port),
                             });
                         });
                 }

@@ -12,12 +12,14 @@ pub mod counters;
 pub mod error;
 pub mod iface;
 pub mod limits;
+pub mod listening;
 pub mod lock;
 pub mod metrics;
 mod netlink;
 pub mod privileges;
 pub mod rules;
 pub mod stats;
+pub mod top;
 pub mod units;
 
 pub use attach::{AttachMode, Direction};

@@ -60,6 +60,12 @@ pub struct RuleView {
     pub dropped_bytes: u64,
     pub would_drop_packets: u64,
     pub would_drop_bytes: u64,
+    /// Bytes each direction's bucket holds now (at most `burst_bytes`): how much could pass at
+    /// once before the rate applies.
+    #[serde(default)]
+    pub ingress_bucket_bytes: u64,
+    #[serde(default)]
+    pub egress_bucket_bytes: u64,
 }
 
 /// The rules in force and where they are saved.
@@ -279,7 +285,38 @@ fn validate(classifier: &Classifier, spec: &RuleSpec) -> Result<crate::rules::Li
     )?)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, which stamps the buckets
+/// (kernel/bpf/helpers.c: `ktime_get_mono_fast_ns`).
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec passed by reference; CLOCK_MONOTONIC exists on
+    // every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
+}
+
+/// Bytes rule's bucket holds at `now_ns`: what the programs left plus what time has credited
+/// since — they refill lazily, on the next packet — capped at the burst. A bucket that cannot be
+/// read counts as full, as a fresh one is.
+fn bucket_bytes_now(classifier: &Classifier, rule: &Rule, direction: Direction, now_ns: u64) -> u64 {
+    let config = rule.limit.config();
+    let Ok(state) = classifier.bucket(rule.id, direction) else {
+        return rule.limit.burst_bytes;
+    };
+    let elapsed = now_ns.saturating_sub(state.stamp_ns);
+    let credit = shaper_common::bucket::refill(elapsed, config.fill_ns, config.rate_bps);
+    let tokens = state
+        .tokens
+        .saturating_add(credit)
+        .min(config.burst_nanobits);
+    tokens / shaper_common::bucket::NANOBITS_PER_BYTE
+}
+
 fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
+    let now_ns = monotonic_ns();
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
     let mut would_drop = Counter::default();
@@ -312,6 +349,8 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
         dropped_bytes: dropped.bytes,
         would_drop_packets: would_drop.packets,
         would_drop_bytes: would_drop.bytes,
+        ingress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Ingress, now_ns),
+        egress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Egress, now_ns),
     }
 }
 

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::listening::Listener;
+
 /// The JSON schema version of [`Snapshot`]; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -15,6 +17,10 @@ pub struct Snapshot {
     pub ports: Vec<PortStats>,
     /// Packets without a port, by reason; only reasons that have seen traffic.
     pub unclassified: Vec<UnclassifiedStats>,
+    /// Local TCP sockets listening and UDP sockets bound, with their owners, in the daemon's
+    /// network namespace.
+    #[serde(default)]
+    pub listening: Vec<Listener>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,6 +53,9 @@ pub struct PortStats {
     pub would_drop_packets: u64,
     #[serde(default)]
     pub would_drop_bytes: u64,
+    /// The id of the rule in force on this local port (as `shaper limit ls` lists it), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,6 +161,7 @@ mod tests {
                 dropped_bytes: 3_000,
                 would_drop_packets: 0,
                 would_drop_bytes: 0,
+                rule: Some(4),
             }],
             unclassified: vec![UnclassifiedStats {
                 iface: "eth0".into(),
@@ -159,6 +169,11 @@ mod tests {
                 reason: "non_ip".into(),
                 packets: 1,
                 bytes: 42,
+            }],
+            listening: vec![Listener {
+                proto: "tcp".into(),
+                port: 443,
+                process: "nginx".into(),
             }],
         }
     }
@@ -180,8 +195,13 @@ mod tests {
             "dropped_bytes",
             "would_drop_packets",
             "would_drop_bytes",
+            "rule",
         ] {
             assert!(port.get(key).is_some(), "ports[] lacks {key}");
+        }
+        let listening = &json["listening"][0];
+        for key in ["proto", "port", "process"] {
+            assert!(listening.get(key).is_some(), "listening[] lacks {key}");
         }
         let reason = &json["unclassified"][0];
         for key in ["iface", "direction", "reason", "packets", "bytes"] {

@@ -1,10 +1,12 @@
-//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test`.
+//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | demo`.
 
 mod bootstrap;
+mod demo;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -36,13 +38,38 @@ enum Job {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A one-minute tour (root needed): two throwaway network namespaces, the daemon on one
+    /// end, UDP traffic to ports 8080 and 9090, `shaper top`, and after 10 s a 4 Mbit/s limit
+    /// on 9090. Everything is removed afterwards.
+    Demo {
+        /// No TUI: measure both ports before and after the limit with `shaper top --once
+        /// --json`, print the table and fail unless 9090 holds the limit (±10%) and 8080 keeps
+        /// its rate.
+        #[arg(long)]
+        ci: bool,
+        /// End after this many seconds if `q` did not end it first.
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 120,
+            value_parser = clap::value_parser!(u64).range(demo::MIN_DURATION_SECS..=MAX_DEMO_SECS),
+        )]
+        duration: u64,
+    },
 }
+
+/// The longest `cargo xtask demo --duration`: the demo is a tour, not a service.
+const MAX_DEMO_SECS: u64 = 3600;
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Job::Bootstrap => bootstrap::run().map(|_| ()),
         Job::Run { args } => run(args),
         Job::Test { args } => test(args),
+        Job::Demo { ci, duration } => demo::run(&demo::Options {
+            ci,
+            duration: Duration::from_secs(duration),
+        }),
     }
 }
 

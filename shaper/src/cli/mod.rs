@@ -3,6 +3,7 @@
 mod limit;
 mod run;
 mod stats;
+mod top;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ enum Command {
     /// Set, remove or list the running daemon's per-port limits.
     #[command(subcommand)]
     Limit(limit::LimitCommand),
+    /// Live per-port rates, drops and limits of the running daemon (q quits).
+    Top(top::TopArgs),
 }
 
 impl Cli {
@@ -40,6 +43,7 @@ impl Cli {
             Command::Run(args) => run::run(args, &self.socket),
             Command::Stats(args) => stats::stats(args, &self.socket),
             Command::Limit(command) => limit::limit(command, &self.socket),
+            Command::Top(args) => top::top(args, &self.socket),
         }
     }
 }

@@ -219,7 +219,11 @@ impl Daemon {
     fn handle(&mut self, request: Request) -> shaper::Result<Response> {
         let Self { classifier, limits } = self;
         Ok(match request {
-            Request::Stats => Response::Stats(classifier.snapshot()?),
+            Request::Stats => {
+                let mut snapshot = classifier.snapshot()?;
+                snapshot.listening = shaper::listening::listeners();
+                Response::Stats(snapshot)
+            }
             Request::LimitSet { rule } => {
                 let key = rule.key.to_string();
                 let (rule, replaced) = limits.set(classifier, rule)?;

@@ -228,7 +228,7 @@ impl Collector for ScrapeCollector {
         for listener in &scrape.listeners {
             let port = listener.port.to_string();
             let labels = [
-                ("proto", listener.proto),
+                ("proto", listener.proto.as_str()),
                 ("port", port.as_str()),
                 ("process", listener.process.as_str()),
             ];

@@ -8,7 +8,6 @@
 mod exposition;
 mod families;
 mod http;
-mod listening;
 mod selection;
 
 use std::{
@@ -22,7 +21,6 @@ use std::{
 
 pub use exposition::Format;
 pub use http::{ScrapeFn, serve};
-pub use listening::{Listener, UNKNOWN_PROCESS, listeners};
 pub use selection::{Group, PortKey, Selection, Selector, Totals};
 use shaper_common::{Counter, reason};
 
@@ -31,6 +29,7 @@ use crate::{
     classifier::{InterfaceState, PROTOCOLS},
     counters::PortCounters,
     limits::Limits,
+    listening::{Listener, listeners},
     rules::{Rule, Side},
 };
 

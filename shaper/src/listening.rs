@@ -11,16 +11,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use serde::{Deserialize, Serialize};
 use procfs::{
     net::{TcpState, UdpState},
     process::FDTarget,
 };
 
 /// A listening socket's protocol, port and owner.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Listener {
     /// `tcp` or `udp`.
-    pub proto: &'static str,
+    pub proto: String,
     pub port: u16,
     pub process: String,
 }
@@ -54,7 +55,7 @@ pub fn listeners() -> Vec<Listener> {
     let unique: BTreeSet<Listener> = sockets
         .into_iter()
         .map(|(proto, port, inode)| Listener {
-            proto,
+            proto: proto.to_owned(),
             port,
             process: owners
                 .get(&inode)

@@ -1,0 +1,505 @@
+//! The model behind `shaper top`: two samples of the daemon's counters make one view of rates.
+//!
+//! Rates are counter deltas divided by the real time between the two samples, measured here
+//! (each sample is stamped half-way through its request to the daemon), never by the interval
+//! asked for: a slow reply or a busy machine stretches the interval, not the rates.
+
+use std::{collections::HashMap, time::Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{limits::RuleView, stats::Snapshot};
+
+/// The JSON schema version of [`View`] (`shaper top --once --json`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One sample: the counters, the rules and when they were read.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub taken: Instant,
+    pub snapshot: Snapshot,
+    pub rules: Vec<RuleView>,
+}
+
+/// What `shaper top` shows for one interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub schema_version: u32,
+    /// Seconds between the two samples.
+    pub interval_seconds: f64,
+    /// Every port of every interface together.
+    pub totals: Totals,
+    /// Packets without a port, every reason together.
+    pub unclassified: Unclassified,
+    /// One row per (interface, direction, protocol, port) with traffic in the interval, busiest
+    /// first.
+    pub rows: Vec<Row>,
+}
+
+/// Sums over every port; the fields mean what they mean in a [`Row`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub bytes_per_second: f64,
+    pub bits_per_second: f64,
+    pub packets_per_second: f64,
+    pub seen_bytes_per_second: f64,
+    pub seen_packets_per_second: f64,
+    pub dropped_packets_per_second: f64,
+    pub would_drop_packets_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Unclassified {
+    pub bytes_per_second: f64,
+    pub packets_per_second: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub iface: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The local port.
+    pub port: u16,
+    /// What passed the hook (seen minus dropped), in wire bytes (whole frames, as the tc hook
+    /// sees them): under a drop rule, what the limit lets through.
+    pub bytes_per_second: f64,
+    pub bits_per_second: f64,
+    pub packets_per_second: f64,
+    /// Everything the hook saw, dropped packets included: the offered load.
+    pub seen_bytes_per_second: f64,
+    pub seen_packets_per_second: f64,
+    pub dropped_packets_per_second: f64,
+    pub would_drop_packets_per_second: f64,
+    /// The rule in force on this port, if any.
+    pub rule: Option<RuleInForce>,
+    /// The processes listening on this port (comma-separated), if any.
+    pub process: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleInForce {
+    pub id: u16,
+    /// `9090` or `8000-8099`.
+    pub ports: String,
+    pub rate_bps: u64,
+    pub burst_bytes: u64,
+    /// `drop` or `observe`.
+    pub action: String,
+    /// How full this direction's bucket is, 0.0 (empty: the rate applies) to 1.0 (a whole burst
+    /// could pass at once).
+    pub bucket_fill: f64,
+}
+
+/// The rates between `before` and `after`. A port absent from `before` counts from zero.
+pub fn view(before: &Sample, after: &Sample) -> View {
+    let seconds = after
+        .taken
+        .saturating_duration_since(before.taken)
+        .as_secs_f64();
+    let per_second = |delta: u64| {
+        if seconds > 0.0 {
+            delta as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let earlier: HashMap<(&str, &str, &str, u16), &crate::stats::PortStats> = before
+        .snapshot
+        .ports
+        .iter()
+        .map(|p| ((p.iface.as_str(), p.direction.as_str(), p.proto.as_str(), p.port), p))
+        .collect();
+    let rules: HashMap<u16, &RuleView> = after.rules.iter().map(|r| (r.id, r)).collect();
+    let mut processes: HashMap<(&str, u16), Vec<&str>> = HashMap::new();
+    for listener in &after.snapshot.listening {
+        let names = processes
+            .entry((listener.proto.as_str(), listener.port))
+            .or_default();
+        if !names.contains(&listener.process.as_str()) {
+            names.push(&listener.process);
+        }
+    }
+
+    let mut totals = Totals::default();
+    let mut rows = Vec::new();
+    for now in &after.snapshot.ports {
+        let key = (
+            now.iface.as_str(),
+            now.direction.as_str(),
+            now.proto.as_str(),
+            now.port,
+        );
+        let then = earlier.get(&key);
+        // Counters only grow while a daemon runs; a smaller value means a restarted daemon,
+        // whose counters started again from zero.
+        let delta = |now: u64, then: Option<u64>| match then {
+            Some(then) if then <= now => now - then,
+            _ => now,
+        };
+        let seen_packets = delta(now.packets, then.map(|t| t.packets));
+        if seen_packets == 0 {
+            continue;
+        }
+        let seen_bytes = delta(now.bytes, then.map(|t| t.bytes));
+        let dropped_packets = delta(now.dropped_packets, then.map(|t| t.dropped_packets));
+        let dropped_bytes = delta(now.dropped_bytes, then.map(|t| t.dropped_bytes));
+        let bytes = per_second(seen_bytes.saturating_sub(dropped_bytes));
+        let row = Row {
+            iface: now.iface.clone(),
+            direction: now.direction.clone(),
+            proto: now.proto.clone(),
+            port: now.port,
+            bytes_per_second: bytes,
+            bits_per_second: bytes * 8.0,
+            packets_per_second: per_second(seen_packets.saturating_sub(dropped_packets)),
+            seen_bytes_per_second: per_second(seen_bytes),
+            seen_packets_per_second: per_second(seen_packets),
+            dropped_packets_per_second: per_second(dropped_packets),
+            would_drop_packets_per_second: per_second(delta(
+                now.would_drop_packets,
+                then.map(|t| t.would_drop_packets),
+            )),
+            rule: now
+                .rule
+                .and_then(|id| rules.get(&id))
+                .map(|rule| rule_in_force(rule, &now.direction)),
+            process: processes
+                .get(&(now.proto.as_str(), now.port))
+                .map(|names| names.join(",")),
+        };
+        totals.bytes_per_second += row.bytes_per_second;
+        totals.packets_per_second += row.packets_per_second;
+        totals.seen_bytes_per_second += row.seen_bytes_per_second;
+        totals.seen_packets_per_second += row.seen_packets_per_second;
+        totals.dropped_packets_per_second += row.dropped_packets_per_second;
+        totals.would_drop_packets_per_second += row.would_drop_packets_per_second;
+        rows.push(row);
+    }
+    totals.bits_per_second = totals.bytes_per_second * 8.0;
+
+    let mut unclassified = Unclassified::default();
+    for now in &after.snapshot.unclassified {
+        let then = before.snapshot.unclassified.iter().find(|u| {
+            u.iface == now.iface && u.direction == now.direction && u.reason == now.reason
+        });
+        let (packets, bytes) = match then {
+            Some(t) if t.packets <= now.packets && t.bytes <= now.bytes => {
+                (now.packets - t.packets, now.bytes - t.bytes)
+            }
+            _ => (now.packets, now.bytes),
+        };
+        unclassified.packets_per_second += per_second(packets);
+        unclassified.bytes_per_second += per_second(bytes);
+    }
+
+    let mut view = View {
+        schema_version: SCHEMA_VERSION,
+        interval_seconds: seconds,
+        totals,
+        unclassified,
+        rows,
+    };
+    sort(&mut view.rows, Column::Rate, true);
+    view
+}
+
+fn rule_in_force(rule: &RuleView, direction: &str) -> RuleInForce {
+    let bucket = if direction == "ingress" {
+        rule.ingress_bucket_bytes
+    } else {
+        rule.egress_bucket_bytes
+    };
+    RuleInForce {
+        id: rule.id,
+        ports: rule.ports.clone(),
+        rate_bps: rule.rate_bps,
+        burst_bytes: rule.burst_bytes,
+        action: rule.action.clone(),
+        bucket_fill: if rule.burst_bytes == 0 {
+            0.0
+        } else {
+            (bucket as f64 / rule.burst_bytes as f64).min(1.0)
+        },
+    }
+}
+
+/// The columns of the view, in display order; each can be sorted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Column {
+    Iface,
+    Direction,
+    Proto,
+    Port,
+    Rate,
+    Packets,
+    Drops,
+    WouldDrops,
+    Rule,
+    Bucket,
+    Process,
+}
+
+impl Column {
+    pub const ALL: [Self; 11] = [
+        Self::Iface,
+        Self::Direction,
+        Self::Proto,
+        Self::Port,
+        Self::Rate,
+        Self::Packets,
+        Self::Drops,
+        Self::WouldDrops,
+        Self::Rule,
+        Self::Bucket,
+        Self::Process,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Iface => "IFACE",
+            Self::Direction => "DIR",
+            Self::Proto => "PROTO",
+            Self::Port => "PORT",
+            Self::Rate => "RATE",
+            Self::Packets => "PKT/S",
+            Self::Drops => "DROP/S",
+            Self::WouldDrops => "WDROP/S",
+            Self::Rule => "RULE",
+            Self::Bucket => "BUCKET",
+            Self::Process => "PROCESS",
+        }
+    }
+
+    /// The next column in display order, wrapping around.
+    pub fn next(self) -> Self {
+        let at = Self::ALL.iter().position(|&c| c == self).unwrap_or(0);
+        Self::ALL[(at + 1) % Self::ALL.len()]
+    }
+
+    pub fn previous(self) -> Self {
+        let at = Self::ALL.iter().position(|&c| c == self).unwrap_or(0);
+        Self::ALL[(at + Self::ALL.len() - 1) % Self::ALL.len()]
+    }
+
+    /// Numbers are right-aligned in tables.
+    pub fn right_aligned(self) -> bool {
+        matches!(
+            self,
+            Self::Port | Self::Rate | Self::Packets | Self::Drops | Self::WouldDrops | Self::Bucket
+        )
+    }
+
+    /// Whether a fresh sort on this column starts with the largest value (numbers) or the
+    /// smallest (names).
+    pub fn descending_first(self) -> bool {
+        matches!(
+            self,
+            Self::Rate | Self::Packets | Self::Drops | Self::WouldDrops | Self::Rule | Self::Bucket
+        )
+    }
+}
+
+/// Sorts rows on `column`; ties keep the (interface, direction, protocol, port) order.
+pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
+    let identity = |r: &Row| (r.iface.clone(), r.direction.clone(), r.proto.clone(), r.port);
+    rows.sort_by(|a, b| {
+        let ordering = match column {
+            Column::Iface => a.iface.cmp(&b.iface),
+            Column::Direction => a.direction.cmp(&b.direction),
+            Column::Proto => a.proto.cmp(&b.proto),
+            Column::Port => a.port.cmp(&b.port),
+            Column::Rate => a.bytes_per_second.total_cmp(&b.bytes_per_second),
+            Column::Packets => a.packets_per_second.total_cmp(&b.packets_per_second),
+            Column::Drops => a
+                .dropped_packets_per_second
+                .total_cmp(&b.dropped_packets_per_second),
+            Column::WouldDrops => a
+                .would_drop_packets_per_second
+                .total_cmp(&b.would_drop_packets_per_second),
+            Column::Rule => rule_rate(a).cmp(&rule_rate(b)),
+            Column::Bucket => bucket_fill(a).total_cmp(&bucket_fill(b)),
+            Column::Process => a.process.cmp(&b.process),
+        };
+        let ordering = if descending {
+            ordering.reverse()
+        } else {
+            ordering
+        };
+        ordering.then_with(|| identity(a).cmp(&identity(b)))
+    });
+}
+
+fn rule_rate(row: &Row) -> Option<u64> {
+    row.rule.as_ref().map(|r| r.rate_bps)
+}
+
+fn bucket_fill(row: &Row) -> f64 {
+    row.rule.as_ref().map_or(-1.0, |r| r.bucket_fill)
+}
+
+/// Whether `row` matches a filter typed by the operator: a port number matches that port
+/// exactly; any other text matches an interface or process name containing it. Empty matches
+/// everything.
+pub fn matches(row: &Row, filter: &str) -> bool {
+    let filter = filter.trim();
+    if filter.is_empty() {
+        return true;
+    }
+    if let Ok(port) = filter.parse::<u16>() {
+        return row.port == port;
+    }
+    row.iface.contains(filter) || row.process.as_deref().is_some_and(|p| p.contains(filter))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        listening::Listener,
+        stats::{PortStats, SCHEMA_VERSION as STATS_SCHEMA, UnclassifiedStats},
+    };
+
+    fn port(port: u16, packets: u64, bytes: u64, rule: Option<u16>) -> PortStats {
+        PortStats {
+            iface: "eth0".into(),
+            direction: "ingress".into(),
+            proto: "udp".into(),
+            port,
+            packets,
+            bytes,
+            dropped_packets: packets / 2,
+            dropped_bytes: bytes / 2,
+            would_drop_packets: 0,
+            would_drop_bytes: 0,
+            rule,
+        }
+    }
+
+    fn sample(at: Instant, ports: Vec<PortStats>, unclassified: u64) -> Sample {
+        Sample {
+            taken: at,
+            snapshot: Snapshot {
+                schema_version: STATS_SCHEMA,
+                interfaces: Vec::new(),
+                ports,
+                unclassified: vec![UnclassifiedStats {
+                    iface: "eth0".into(),
+                    direction: "ingress".into(),
+                    reason: "icmp".into(),
+                    packets: unclassified,
+                    bytes: unclassified * 100,
+                }],
+                listening: vec![
+                    Listener {
+                        proto: "udp".into(),
+                        port: 9090,
+                        process: "nginx".into(),
+                    },
+                    Listener {
+                        proto: "udp".into(),
+                        port: 9090,
+                        process: "worker".into(),
+                    },
+                ],
+            },
+            rules: vec![RuleView {
+                id: 3,
+                ports: "9090".into(),
+                side: "local".into(),
+                dir: "both".into(),
+                proto: "any".into(),
+                iface: None,
+                rate_bps: 8_000_000,
+                rate: "8mbit".into(),
+                burst_bytes: 300_000,
+                burst: "300KB".into(),
+                action: "drop".into(),
+                passed_packets: 0,
+                passed_bytes: 0,
+                dropped_packets: 0,
+                dropped_bytes: 0,
+                would_drop_packets: 0,
+                would_drop_bytes: 0,
+                ingress_bucket_bytes: 75_000,
+                egress_bucket_bytes: 300_000,
+            }],
+        }
+    }
+
+    #[test]
+    fn rates_are_deltas_over_the_real_elapsed_time() {
+        let t0 = Instant::now();
+        let before = sample(t0, vec![port(9090, 100, 100_000, Some(3)), port(22, 5, 500, None)], 10);
+        // 2.5 s later, not the "1 s" anybody asked for.
+        let after = sample(
+            t0 + Duration::from_millis(2500),
+            vec![
+                port(9090, 600, 600_000, Some(3)),
+                port(22, 5, 500, None),
+                port(53, 25, 2_500, None),
+            ],
+            20,
+        );
+        let view = view(&before, &after);
+        assert_eq!(view.interval_seconds, 2.5);
+        // Port 22 did nothing: no row. Busiest first.
+        let ports: Vec<u16> = view.rows.iter().map(|r| r.port).collect();
+        assert_eq!(ports, [9090, 53]);
+        // Half of everything is dropped in these samples: 200 kB/s seen, 100 kB/s passed.
+        let top = &view.rows[0];
+        assert_eq!(top.seen_bytes_per_second, 200_000.0);
+        assert_eq!(top.bytes_per_second, 100_000.0);
+        assert_eq!(top.bits_per_second, 800_000.0);
+        assert_eq!(top.seen_packets_per_second, 200.0);
+        assert_eq!(top.packets_per_second, 100.0);
+        assert_eq!(top.dropped_packets_per_second, 100.0);
+        assert_eq!(top.process.as_deref(), Some("nginx,worker"));
+        let rule = top.rule.as_ref().expect("rule");
+        assert_eq!((rule.id, rule.bucket_fill), (3, 0.25));
+        // A port first seen in `after` counts from zero.
+        assert_eq!(view.rows[1].seen_packets_per_second, 10.0);
+        assert_eq!(view.totals.seen_bytes_per_second, 201_000.0);
+        assert_eq!(view.totals.bytes_per_second, 100_500.0);
+        assert_eq!(view.unclassified.packets_per_second, 4.0);
+    }
+
+    #[test]
+    fn a_restarted_daemon_counts_from_zero_not_negative() {
+        let t0 = Instant::now();
+        let before = sample(t0, vec![port(80, 1_000, 1_000_000, None)], 0);
+        let after = sample(t0 + Duration::from_secs(1), vec![port(80, 10, 1_000, None)], 0);
+        let view = view(&before, &after);
+        assert_eq!(view.rows[0].seen_packets_per_second, 10.0);
+    }
+
+    #[test]
+    fn sorting_and_filtering() {
+        let t0 = Instant::now();
+        let before = sample(t0, Vec::new(), 0);
+        let after = sample(
+            t0 + Duration::from_secs(1),
+            vec![port(9090, 1, 50, Some(3)), port(80, 2, 900, None), port(443, 3, 300, None)],
+            0,
+        );
+        let mut rows = view(&before, &after).rows;
+        let ports = |rows: &[Row]| rows.iter().map(|r| r.port).collect::<Vec<_>>();
+        assert_eq!(ports(&rows), [80, 443, 9090]);
+        sort(&mut rows, Column::Port, false);
+        assert_eq!(ports(&rows), [80, 443, 9090]);
+        sort(&mut rows, Column::Packets, true);
+        assert_eq!(ports(&rows), [443, 80, 9090]);
+        sort(&mut rows, Column::Rule, true);
+        assert_eq!(ports(&rows)[0], 9090);
+        assert!(matches(&rows[0], "9090") && !matches(&rows[0], "909"));
+        assert!(matches(&rows[0], "ngin") && matches(&rows[0], "eth"));
+        assert!(!matches(&rows[1], "nginx"));
+        assert!(matches(&rows[1], " "));
+        assert_eq!(Column::Process.next(), Column::Iface);
+        assert_eq!(Column::Iface.previous(), Column::Process);
+    }
+}
