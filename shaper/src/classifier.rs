@@ -8,9 +8,9 @@ use aya::{
     programs::ProgramError,
 };
 use shaper_common::{
-    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, PORT_COUNTERS_PER_IFACE, PROTO_TCP,
-    PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters, RuleIndexRow,
-    NO_RULE, PORTS, SIDE_LOCAL, bucket_index, maps, reason, rule_index_row, unclassified_index,
+    BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
+    PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
+    RuleIndexRow, SIDE_LOCAL, bucket_index, maps, reason, rule_index_row, unclassified_index,
 };
 
 use crate::{
@@ -301,9 +301,18 @@ impl Classifier {
 
     /// The id of the rule in force on local port `port` of (slot, direction, protocol), from the
     /// rule index the programs read.
-    pub fn local_rule(&self, slot: u32, direction: Direction, proto: u32, port: u16) -> Option<u16> {
+    pub fn local_rule(
+        &self,
+        slot: u32,
+        direction: Direction,
+        proto: u32,
+        port: u16,
+    ) -> Option<u16> {
         let row = rule_index_row(slot, direction.index(), proto, SIDE_LOCAL) as usize;
-        let cell = self.rule_index.halfwords().get(row * PORTS as usize + usize::from(port))?;
+        let cell = self
+            .rule_index
+            .halfwords()
+            .get(row * PORTS as usize + usize::from(port))?;
         Some(cell.load(Ordering::Relaxed)).filter(|&id| id != NO_RULE)
     }
 

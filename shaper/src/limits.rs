@@ -301,7 +301,12 @@ fn monotonic_ns() -> u64 {
 /// Bytes rule's bucket holds at `now_ns`: what the programs left plus what time has credited
 /// since — they refill lazily, on the next packet — capped at the burst. A bucket that cannot be
 /// read counts as full, as a fresh one is.
-fn bucket_bytes_now(classifier: &Classifier, rule: &Rule, direction: Direction, now_ns: u64) -> u64 {
+fn bucket_bytes_now(
+    classifier: &Classifier,
+    rule: &Rule,
+    direction: Direction,
+    now_ns: u64,
+) -> u64 {
     let config = rule.limit.config();
     let Ok(state) = classifier.bucket(rule.id, direction) else {
         return rule.limit.burst_bytes;

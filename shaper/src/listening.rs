@@ -11,11 +11,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
 use procfs::{
     net::{TcpState, UdpState},
     process::FDTarget,
 };
+use serde::{Deserialize, Serialize};
 
 /// A listening socket's protocol, port and owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

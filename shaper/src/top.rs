@@ -110,7 +110,17 @@ pub fn view(before: &Sample, after: &Sample) -> View {
         .snapshot
         .ports
         .iter()
-        .map(|p| ((p.iface.as_str(), p.direction.as_str(), p.proto.as_str(), p.port), p))
+        .map(|p| {
+            (
+                (
+                    p.iface.as_str(),
+                    p.direction.as_str(),
+                    p.proto.as_str(),
+                    p.port,
+                ),
+                p,
+            )
+        })
         .collect();
     let rules: HashMap<u16, &RuleView> = after.rules.iter().map(|r| (r.id, r)).collect();
     let mut processes: HashMap<(&str, u16), Vec<&str>> = HashMap::new();
@@ -304,7 +314,14 @@ impl Column {
 
 /// Sorts rows on `column`; ties keep the (interface, direction, protocol, port) order.
 pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
-    let identity = |r: &Row| (r.iface.clone(), r.direction.clone(), r.proto.clone(), r.port);
+    let identity = |r: &Row| {
+        (
+            r.iface.clone(),
+            r.direction.clone(),
+            r.proto.clone(),
+            r.port,
+        )
+    };
     rows.sort_by(|a, b| {
         let ordering = match column {
             Column::Iface => a.iface.cmp(&b.iface),
@@ -434,7 +451,11 @@ mod tests {
     #[test]
     fn rates_are_deltas_over_the_real_elapsed_time() {
         let t0 = Instant::now();
-        let before = sample(t0, vec![port(9090, 100, 100_000, Some(3)), port(22, 5, 500, None)], 10);
+        let before = sample(
+            t0,
+            vec![port(9090, 100, 100_000, Some(3)), port(22, 5, 500, None)],
+            10,
+        );
         // 2.5 s later, not the "1 s" anybody asked for.
         let after = sample(
             t0 + Duration::from_millis(2500),
@@ -472,7 +493,11 @@ mod tests {
     fn a_restarted_daemon_counts_from_zero_not_negative() {
         let t0 = Instant::now();
         let before = sample(t0, vec![port(80, 1_000, 1_000_000, None)], 0);
-        let after = sample(t0 + Duration::from_secs(1), vec![port(80, 10, 1_000, None)], 0);
+        let after = sample(
+            t0 + Duration::from_secs(1),
+            vec![port(80, 10, 1_000, None)],
+            0,
+        );
         let view = view(&before, &after);
         assert_eq!(view.rows[0].seen_packets_per_second, 10.0);
     }
@@ -483,7 +508,11 @@ mod tests {
         let before = sample(t0, Vec::new(), 0);
         let after = sample(
             t0 + Duration::from_secs(1),
-            vec![port(9090, 1, 50, Some(3)), port(80, 2, 900, None), port(443, 3, 300, None)],
+            vec![
+                port(9090, 1, 50, Some(3)),
+                port(80, 2, 900, None),
+                port(443, 3, 300, None),
+            ],
             0,
         );
         let mut rows = view(&before, &after).rows;

@@ -34,7 +34,8 @@ use traffic::Traffic;
 const NS_PREFIX: &str = "shaper-demo-";
 const SERVER_NS: &str = "shaper-demo-server";
 const CLIENT_NS: &str = "shaper-demo-client";
-const SERVER_IF: &str = "demo-server";
+/// At most 10 characters: the width of top's interface column.
+const SERVER_IF: &str = "demo-srv";
 const CLIENT_IF: &str = "demo-client";
 
 /// The port that keeps its rate and the port that gets the limit.
@@ -492,10 +493,10 @@ impl Measured {
     }
 }
 
-/// `2000000 B/s (16.00 Mbit/s)`
+/// `16.00 Mbit/s (2000000 B/s)`
 fn rate(bytes_per_sec: f64) -> String {
     format!(
-        "{bytes_per_sec:.0} B/s ({:.2} Mbit/s)",
+        "{:.2} Mbit/s ({bytes_per_sec:.0} B/s)",
         bytes_per_sec * 8.0 / 1e6
     )
 }

@@ -49,8 +49,10 @@ pub struct TopArgs {
 
 fn parse_interval(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.1 && seconds <= 3600.0 => Ok(seconds),
-        _ => Err(format!("'{text}' is not a number of seconds from 0.1 to 3600")),
+        Ok(seconds) if (0.1..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "'{text}' is not a number of seconds from 0.1 to 3600"
+        )),
     }
 }
 
@@ -164,7 +166,10 @@ fn plain_table(view: &View, bits: bool, filter: &str) -> String {
     out.push('\n');
     for row in view.rows.iter().filter(|r| top::matches(r, filter)) {
         out.push_str(&cells(
-            Column::ALL.iter().map(|&c| cell_text(row, c, bits)).collect(),
+            Column::ALL
+                .iter()
+                .map(|&c| cell_text(row, c, bits))
+                .collect(),
         ));
         out.push('\n');
     }
@@ -419,7 +424,10 @@ impl Tui {
         ])
         .areas(area);
         let mut lines: Vec<Line> = match &self.view {
-            Some(view) => header(view, self.bits).into_iter().map(Line::from).collect(),
+            Some(view) => header(view, self.bits)
+                .into_iter()
+                .map(Line::from)
+                .collect(),
             None => vec![Line::from("waiting for the first interval...")],
         };
         let status = match (&self.editing, &self.error) {
@@ -508,7 +516,10 @@ mod tests {
             Column::Bucket,
             Column::Process,
         ] {
-            assert!(at_80.contains(&column), "{column:?} missing at 80: {at_80:?}");
+            assert!(
+                at_80.contains(&column),
+                "{column:?} missing at 80: {at_80:?}"
+            );
         }
         let used: usize =
             at_80.iter().map(|&c| width(c)).sum::<usize>() + at_80.len().saturating_sub(1);
