@@ -127,7 +127,7 @@ fn catch_signals() -> anyhow::Result<()> {
 
 fn check_interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted; everything the demo created is being removed");
+        bail!("interrupted by a signal");
     }
     Ok(())
 }
@@ -309,6 +309,10 @@ fn show(setup: &Setup, duration: Duration) -> anyhow::Result<()> {
     );
     println!("Opening shaper top in {} s...", READ_PAUSE.as_secs());
     sleep(READ_PAUSE)?;
+    // Keys typed during the build (a `q`, an Enter) would reach top as its first keys and could
+    // quit it at once: discard them. Not a terminal (EBADF/ENOTTY): nothing to discard.
+    // SAFETY: tcflush only acts on the fd; stdin stays open.
+    unsafe { libc::tcflush(libc::STDIN_FILENO, libc::TCIFLUSH) };
 
     let opened = Instant::now();
     // top gets the terminal; on SIGTERM it restores it before exiting.
@@ -351,7 +355,7 @@ fn show(setup: &Setup, duration: Duration) -> anyhow::Result<()> {
             "The demo's time bound of {} s is reached.",
             duration.as_secs()
         ),
-        Ending::Interrupted => println!("Interrupted."),
+        Ending::Interrupted => {}
         Ending::LimitFailed(_) => {}
     }
     match &applied {
@@ -370,10 +374,11 @@ fn show(setup: &Setup, duration: Duration) -> anyhow::Result<()> {
             LIMIT_AFTER.as_secs()
         ),
     }
-    if let Ending::LimitFailed(e) = ending {
-        return Err(e.context("setting the demo's limit"));
+    match ending {
+        Ending::LimitFailed(e) => Err(e.context("setting the demo's limit")),
+        Ending::Interrupted => stopped.and_then(|()| check_interrupted()),
+        Ending::Quit | Ending::TimeBound => stopped,
     }
-    stopped
 }
 
 /// Both ports' rows before and after the limit (`--ci`).
@@ -415,8 +420,8 @@ impl Measured {
 
         println!();
         println!(
-            "UDP into {SERVER_IF}, wire bytes per second from `shaper top --once --json` \
-             (samples of {:.2} s and {:.2} s; limit set between them: {})",
+            "UDP into {SERVER_IF}, wire rates from `shaper top --once --json`, sampled over \
+             {:.2} s before and {:.2} s after\n  {}",
             self.before.interval_seconds, self.after.interval_seconds, self.limit_command
         );
         println!(

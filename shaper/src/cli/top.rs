@@ -315,12 +315,12 @@ impl Tui {
     fn run(mut self, socket: &Path, interval: Duration) -> anyhow::Result<()> {
         // Fail before touching the terminal if there is no daemon to ask.
         let mut before = sample(socket)?;
-        // SIGTERM (the demo's time bound, a closing session) must restore the terminal too;
-        // raw mode turns Ctrl-C into a key, handled below.
+        // SIGTERM (the demo's time bound, `kill`) must restore the terminal too; raw mode turns
+        // Ctrl-C into a key, handled below. SIGHUP keeps its default action, ending the process:
+        // after a hangup there is no terminal left to restore, and crossterm would spin reading
+        // end-of-file from the dead tty instead of returning to this loop.
         let terminated = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-            signal_hook::flag::register(signal, Arc::clone(&terminated))?;
-        }
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminated))?;
         let mut terminal = ratatui::try_init().context("setting up the terminal")?;
         let outcome = (|| -> anyhow::Result<()> {
             let mut next_sample = Instant::now() + interval;
