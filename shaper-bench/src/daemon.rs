@@ -61,7 +61,9 @@ impl Daemon {
         let deadline = started + Duration::from_secs(120);
         loop {
             check_interrupt()?;
-            if control::request(&daemon.socket, &Request::LimitLs).is_ok() {
+            // `stats`, not `limit ls`: with 65,535 rules the listing is a 25 MB reply whose
+            // buffers would stay in the daemon's RSS and inflate the memory figure.
+            if control::request(&daemon.socket, &Request::Stats).is_ok() {
                 daemon.start_time = started.elapsed();
                 return Ok(daemon);
             }

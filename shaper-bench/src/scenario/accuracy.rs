@@ -29,6 +29,7 @@ const UDP_FRAME_BYTES: f64 = 1514.0;
 const UDP_IP_BYTES: f64 = 1500.0;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(usize)]
 enum Limiter {
     ShaperBurstB,
     NftBurstB,
@@ -68,6 +69,25 @@ impl Traffic {
             Self::Tcp(1) => "tcp_1_stream".into(),
             Self::Tcp(n) => format!("tcp_{n}_streams"),
         }
+    }
+}
+
+/// What the issue aims for: the shaper's UDP within 2% of the rate, its TCP goodput at the
+/// default burst within 90%..102%. nftables and the shaper at burst B are there to compare with.
+fn target(traffic: Traffic, limiter: Limiter) -> Option<(&'static str, f64, f64)> {
+    match (traffic, limiter) {
+        (_, Limiter::NftBurstB) | (Traffic::Tcp(_), Limiter::ShaperBurstB) => None,
+        (Traffic::Udp, _) => Some(("within 2% of rate", 0.98, 1.02)),
+        (Traffic::Tcp(_), Limiter::ShaperDefault) => Some(("90%..102% of rate", 0.90, 1.02)),
+    }
+}
+
+/// The bytes a figure counts.
+fn accounting(traffic: Traffic, limiter: Limiter) -> &'static str {
+    match (traffic, limiter) {
+        (Traffic::Tcp(_), _) => "goodput: TCP payload bytes",
+        (Traffic::Udp, Limiter::NftBurstB) => "IP bytes (1500 per datagram)",
+        (Traffic::Udp, _) => "frame bytes (1514 per datagram)",
     }
 }
 
@@ -164,13 +184,13 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
         let default_burst = shaper::rules::default_burst(rate * 8, aggregate);
         let rate_name = format!("{}MB/s", rate / 1_000_000);
         for traffic in [Traffic::Udp, Traffic::Tcp(1), Traffic::Tcp(4)] {
-            let mut offered = Vec::new();
+            let mut offered = [Vec::new(), Vec::new(), Vec::new()];
             let samples = alternate(plan.reps, &Limiter::ALL, |&limiter| {
                 let _limit = install(limiter, &daemon, &pair, rate, burst)?;
                 Ok(match traffic {
                     Traffic::Udp => {
                         let (received, sent) = udp(&pair, rate, &plan)?;
-                        offered.push(sent * UDP_FRAME_BYTES / 1e6);
+                        offered[limiter as usize].push(sent * UDP_FRAME_BYTES / 1e6);
                         received * limiter.udp_bytes() / rate as f64
                     }
                     Traffic::Tcp(streams) => tcp(&pair, streams, &plan)? / rate as f64,
@@ -178,50 +198,31 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
             })?;
             for (i, limiter) in Limiter::ALL.iter().enumerate() {
                 let name = format!("{rate_name}/{}/{}", traffic.name(), limiter.name());
+                let burst = match limiter {
+                    Limiter::ShaperDefault => default_burst,
+                    _ => burst,
+                };
                 let mut figure = Figure::new("accuracy", name, "x rate", samples[i].clone())?
-                    .detail(
-                        "burst_bytes",
-                        if *limiter == Limiter::ShaperDefault {
-                            default_burst
-                        } else {
-                            burst
-                        },
-                    );
-                figure = match (traffic, limiter) {
-                    (Traffic::Udp, _) => figure
-                        .detail(
-                            "accounting",
-                            if *limiter == Limiter::NftBurstB {
-                                "IP bytes (1500 per datagram)"
-                            } else {
-                                "frame bytes (1514 per datagram)"
-                            },
-                        )
-                        .detail("offered_MB_per_s_frame_bytes_all_runs", &offered),
-                    (Traffic::Tcp(_), _) => {
-                        figure.detail("accounting", "goodput: TCP payload bytes")
-                    }
-                };
-                figure = match (traffic, limiter) {
-                    (Traffic::Udp, Limiter::NftBurstB) | (Traffic::Tcp(_), Limiter::NftBurstB) => {
-                        figure
-                    }
-                    (Traffic::Udp, _) => {
-                        figure.target("within 2% of rate", false, Some(0.98), Some(1.02))
-                    }
-                    (Traffic::Tcp(_), Limiter::ShaperDefault) => {
-                        figure.target("90%..102% of rate", false, Some(0.90), Some(1.02))
-                    }
-                    (Traffic::Tcp(_), Limiter::ShaperBurstB) => figure,
-                };
+                    .detail("burst_bytes", burst)
+                    .detail("accounting", accounting(traffic, *limiter));
+                if let Traffic::Udp = traffic {
+                    figure = figure.detail("offered_MB_per_s_frame_bytes", &offered[i]);
+                }
+                if let Some((text, min, max)) = target(traffic, *limiter) {
+                    figure = figure.target(text, false, Some(min), Some(max));
+                }
                 cx.add(figure);
             }
             if let Traffic::Udp = traffic {
-                let median = crate::stats::Summary::of(offered.clone()).map_or(0.0, |s| s.median);
+                let all = offered.concat();
+                let median = crate::stats::Summary::of(all).map_or(0.0, |s| s.median);
                 if median < 9.5 * rate as f64 / 1e6 {
                     cx.note(format!(
-                        "accuracy {rate_name}: UDP offered {median:.0} MB/s (frame bytes), less than \
-                         the 10x asked for: one sender thread's limit on this machine"
+                        "accuracy {rate_name}: UDP offered {median:.0} MB/s (frame bytes, median), less \
+                         than the 10x asked for: one sender thread's limit on this machine. \
+                         nftables' bucket starts with a second of rate plus the burst, which takes \
+                         rate/(offered - rate) seconds to spend: what it has not spent by the end of \
+                         the warm-up shows as received above the rate"
                     ));
                 }
             }
