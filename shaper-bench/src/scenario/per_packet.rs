@@ -144,7 +144,7 @@ const VARIANTS: [Variant; 4] = [
 pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
     if jit.trim() == "0" {
-        // The figures are meaningless interpreted; turn the JIT on as the issue requires.
+        // Interpreted, the figures would measure the interpreter, not the shaper.
         std::fs::write("/proc/sys/net/core/bpf_jit_enable", "1")
             .context("turning the BPF JIT on (/proc/sys/net/core/bpf_jit_enable)")?;
         cx.note("per_packet: the BPF JIT was off; the bench turned it on");
@@ -169,7 +169,9 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     for (frame_name, make, variant_count) in frames {
         let variants = &VARIANTS[..variant_count];
         let mut wall_ns = vec![Vec::new(); variants.len()];
-        let samples = alternate(cx.plan.test_run_reps, variants, |v| {
+        let indices: Vec<usize> = (0..variants.len()).collect();
+        let samples = alternate(cx.plan.test_run_reps, &indices, |&i| {
+            let v = &variants[i];
             let frame = make(v.port);
             let program = if v.floor { floor } else { shaper };
             let (verdict, kernel, wall) = test_run(program, &frame, repeat)?;
@@ -180,7 +182,6 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
                     v.verdict
                 );
             }
-            let i = variants.iter().position(|x| x.name == v.name).unwrap_or(0);
             wall_ns[i].push(wall);
             Ok(kernel)
         })?;
