@@ -123,8 +123,11 @@ pub const SIDE_LOCAL: u32 = 0;
 pub const SIDE_REMOTE: u32 = 1;
 pub const SIDES: u32 = 2;
 
-/// Rule ids are `1..MAX_RULES`; id 0 in the rule index means "no rule".
-pub const MAX_RULES: u32 = 1024;
+/// Rule ids are `1..MAX_RULES`; id 0 in the rule index means "no rule". 65,536 is every id a
+/// `u16` cell of the rule index can name: enough for one rule on every port but one, and the
+/// rule maps it sizes take 10 MiB (see the README's memory section).
+pub const MAX_RULES: u32 = 1 << 16;
+const _: () = assert!(MAX_RULES - 1 <= u16::MAX as u32, "rule ids are u16 cells");
 pub const NO_RULE: u16 = 0;
 
 /// For one (interface slot, direction, protocol, side): the id of the rule that governs each

@@ -255,16 +255,20 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         config.metrics_top_ports = Some(top_ports);
     }
 
+    // Rule numbers by key: a config may hold tens of thousands of rules, too many to compare
+    // each with all the others.
+    let mut seen = std::collections::HashMap::new();
     for (i, rule) in raw.limit.iter().enumerate() {
         let spec = rule.validate(i + 1, origin)?;
-        if let Some(first) = config.limits.iter().position(|other| other.key == spec.key) {
+        if let Some(&first) = seen.get(&spec.key) {
             return Err(ConfigError::Duplicate {
                 origin: origin.to_owned(),
-                first: label(first + 1, &spec.key),
+                first: label(first, &spec.key),
                 second: label(i + 1, &spec.key),
                 key: spec.key,
             });
         }
+        seen.insert(spec.key.clone(), i + 1);
         config.limits.push(spec);
     }
     Ok(config)

@@ -109,12 +109,13 @@ impl Limits {
                 // Every config rule is checked before any is installed or saved: a bad one stops
                 // the daemon with nothing changed, and the next start tries the config again.
                 let mut table = RuleTable::new();
+                let attached = Attached::read(classifier)?;
                 for spec in &limits.config_rules {
                     let refused = |e: Error| Error::ConfigRule {
                         rule: spec.key.to_string(),
                         source: Box::new(e),
                     };
-                    let limit = validate(classifier, spec).map_err(refused)?;
+                    let limit = attached.validate(spec).map_err(refused)?;
                     table
                         .set(spec.key.clone(), limit)
                         .map_err(|e| refused(e.into()))?;
@@ -129,7 +130,7 @@ impl Limits {
     /// Adds a rule, or replaces the limit of the rule with the same key (keeping its counters).
     /// Returns the rule and whether it replaced one.
     pub fn set(&mut self, classifier: &mut Classifier, spec: RuleSpec) -> Result<(RuleView, bool)> {
-        let limit = validate(classifier, &spec)?;
+        let limit = Attached::read(classifier)?.validate(&spec)?;
         let mut next = self.table.clone();
         let outcome = next.set(spec.key.clone(), limit)?;
         self.save(&next)?;
@@ -206,6 +207,7 @@ impl Limits {
 
     fn restore(&mut self, classifier: &mut Classifier, rules: Vec<Rule>) -> Result<()> {
         let mut table = RuleTable::new();
+        let attached = Attached::read(classifier)?;
         for rule in rules {
             let spec = RuleSpec {
                 key: rule.key.clone(),
@@ -215,7 +217,7 @@ impl Limits {
             };
             // The interfaces may differ from the last run: a rule that no longer fits is
             // skipped, loudly, rather than keeping the daemon from starting.
-            match validate(classifier, &spec) {
+            match attached.validate(&spec) {
                 Ok(limit)
                     if table.restore(Rule {
                         limit,
@@ -240,49 +242,90 @@ impl Limits {
     }
 
     fn save(&self, table: &RuleTable) -> Result<()> {
-        let state = State {
-            version: STATE_VERSION,
-            config_rules: self.config_rules.clone(),
-            rules: table.rules().cloned().collect(),
-        };
-        let text = serde_json::to_string_pretty(&state).map_err(std::io::Error::other)?;
-        write_atomically(&self.state_file, text.as_bytes())
+        let text = state_json(&self.config_rules, table.rules()).map_err(std::io::Error::other)?;
+        write_atomically(&self.state_file, &text)
     }
 }
 
-/// Checks a requested rule against the attached interfaces and turns it into a limit.
-///
-/// The burst minimum comes from the largest aggregate of *every* attached interface, even for a
-/// rule on one interface: a forwarded aggregate reaches the egress hook as it was built on the
-/// interface it arrived on (GRO there, before any segmentation for this device), so a BIG TCP
-/// interface can hand a large aggregate to another interface's hook.
-fn validate(classifier: &Classifier, spec: &RuleSpec) -> Result<crate::rules::Limit> {
-    let attached = classifier.interface_names();
-    if let Some(name) = &spec.key.iface
-        && !attached.contains(name)
-    {
-        return Err(crate::rules::LimitError::NotAttached {
-            iface: name.clone(),
-            attached: attached.join(", "),
+/// The state file's text: a [`State`] with one rule per line. Compact lines keep the file small
+/// enough to rewrite on every change with tens of thousands of rules (pretty-printing 65,535
+/// rules took 34 MB and most of a `limit set`), and a line per rule keeps it readable.
+fn state_json<'a>(
+    config_rules: &[RuleSpec],
+    rules: impl Iterator<Item = &'a Rule>,
+) -> serde_json::Result<Vec<u8>> {
+    fn list<T: Serialize>(
+        out: &mut Vec<u8>,
+        items: impl Iterator<Item = T>,
+    ) -> serde_json::Result<()> {
+        out.push(b'[');
+        for (i, item) in items.enumerate() {
+            out.extend_from_slice(if i == 0 { b"\n  " } else { b",\n  " });
+            serde_json::to_writer(&mut *out, &item)?;
         }
-        .into());
+        out.extend_from_slice(b"\n]");
+        Ok(())
     }
-    let mut aggregate = 0u64;
-    let mut largest_on = String::new();
-    for name in &attached {
-        let bytes = u64::from(iface::max_aggregate_bytes(name)?);
-        if bytes > aggregate {
-            aggregate = bytes;
-            largest_on = format!(" on {name}");
+    let mut out = format!("{{\n\"version\": {STATE_VERSION},\n\"config_rules\": ").into_bytes();
+    list(&mut out, config_rules.iter())?;
+    out.extend_from_slice(b",\n\"rules\": ");
+    list(&mut out, rules)?;
+    out.extend_from_slice(b"\n}\n");
+    Ok(out)
+}
+
+/// What a rule is checked against: the attached interfaces and the largest aggregate their
+/// hooks can see. Read once per batch of rules (one netlink request per interface), not once
+/// per rule, so starting with tens of thousands of rules costs no more than a few requests.
+struct Attached {
+    names: Vec<String>,
+    aggregate: u64,
+    /// ` on IFACE`, naming where the largest aggregate comes from.
+    largest_on: String,
+}
+
+impl Attached {
+    /// The burst minimum comes from the largest aggregate of *every* attached interface, even
+    /// for a rule on one interface: a forwarded aggregate reaches the egress hook as it was built
+    /// on the interface it arrived on (GRO there, before any segmentation for this device), so a
+    /// BIG TCP interface can hand a large aggregate to another interface's hook.
+    fn read(classifier: &Classifier) -> Result<Self> {
+        let names = classifier.interface_names();
+        let mut aggregate = 0u64;
+        let mut largest_on = String::new();
+        for name in &names {
+            let bytes = u64::from(iface::max_aggregate_bytes(name)?);
+            if bytes > aggregate {
+                aggregate = bytes;
+                largest_on = format!(" on {name}");
+            }
         }
+        Ok(Self {
+            names,
+            aggregate,
+            largest_on,
+        })
     }
-    Ok(make_limit(
-        spec.rate_bps,
-        spec.burst_bytes,
-        spec.action,
-        aggregate,
-        &largest_on,
-    )?)
+
+    /// Checks a requested rule against the attached interfaces and turns it into a limit.
+    fn validate(&self, spec: &RuleSpec) -> Result<crate::rules::Limit> {
+        if let Some(name) = &spec.key.iface
+            && !self.names.contains(name)
+        {
+            return Err(crate::rules::LimitError::NotAttached {
+                iface: name.clone(),
+                attached: self.names.join(", "),
+            }
+            .into());
+        }
+        Ok(make_limit(
+            spec.rate_bps,
+            spec.burst_bytes,
+            spec.action,
+            self.aggregate,
+            &self.largest_on,
+        )?)
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, which stamps the buckets
@@ -404,6 +447,47 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_file_reads_back_what_was_saved_one_rule_per_line() {
+        use crate::rules::{Action, DirSel, Limit, PortRange, ProtoSel, RuleKey, Side};
+        let key = |port| RuleKey {
+            ports: PortRange::single(port),
+            side: Side::Local,
+            dir: DirSel::Egress,
+            proto: ProtoSel::Udp,
+            iface: Some("eth0".into()),
+        };
+        let config_rules = vec![RuleSpec {
+            key: key(53),
+            rate_bps: 8_000,
+            burst_bytes: None,
+            action: Action::Observe,
+        }];
+        let rules: Vec<Rule> = (1..=3)
+            .map(|id| Rule {
+                id,
+                key: key(9000 + id),
+                limit: Limit {
+                    rate_bps: 1_000_000,
+                    burst_bytes: 1 << 20,
+                    action: Action::Drop,
+                },
+            })
+            .collect();
+        let text = String::from_utf8(state_json(&config_rules, rules.iter()).unwrap()).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.contains("\"id\"")).count(),
+            3,
+            "{text}"
+        );
+        let state: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(state.version, STATE_VERSION);
+        assert_eq!(state.config_rules, config_rules);
+        assert_eq!(state.rules, rules);
+        let empty: State = serde_json::from_slice(&state_json(&[], [].iter()).unwrap()).unwrap();
+        assert!(empty.config_rules.is_empty() && empty.rules.is_empty());
+    }
 
     #[test]
     fn state_files_are_replaced_whole_and_read_back() {

@@ -14,7 +14,12 @@
 //! A rule's identity is its key (ports, side, direction, protocol, interface): setting the same
 //! key again replaces the limit in place, keeping the rule's id, bucket and counters.
 
-use std::{cmp::Ordering, collections::BTreeMap, fmt, str::FromStr};
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
+    fmt,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 use shaper_common::{
@@ -25,8 +30,8 @@ use shaper_common::{
 use crate::units;
 
 /// An inclusive port range; a single port is `lo == hi`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PortRange {
     pub lo: u16,
     pub hi: u16,
@@ -90,9 +95,11 @@ impl TryFrom<String> for PortRange {
     }
 }
 
-impl From<PortRange> for String {
-    fn from(range: PortRange) -> Self {
-        range.to_string()
+/// As its text (`9090`, `8000-8099`), written straight into the output: the state file holds
+/// one per rule, and a `String` per port was a measurable part of saving 65,535 rules.
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -392,6 +399,9 @@ pub struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct RuleTable {
     rules: BTreeMap<u16, Rule>,
+    /// The id of each rule by key. With up to 65,535 rules a scan per lookup would make
+    /// restoring or installing a full table quadratic (billions of key comparisons).
+    ids: HashMap<RuleKey, u16>,
     /// Ids are handed out round-robin, so a removed rule's id (and its counters, which a packet
     /// in flight may still touch) is not reused at once.
     next_id: u16,
@@ -424,16 +434,17 @@ impl RuleTable {
     }
 
     pub fn find(&self, key: &RuleKey) -> Option<&Rule> {
-        self.rules.values().find(|rule| &rule.key == key)
+        self.ids.get(key).and_then(|id| self.rules.get(id))
     }
 
     /// Adds a rule, or replaces the limit of the rule with the same key.
     pub fn set(&mut self, key: RuleKey, limit: Limit) -> Result<SetOutcome, LimitError> {
-        if let Some(rule) = self.rules.values_mut().find(|rule| rule.key == key) {
+        if let Some(rule) = self.ids.get(&key).and_then(|id| self.rules.get_mut(id)) {
             rule.limit = limit;
             return Ok(SetOutcome::Replaced(rule.id));
         }
         let id = self.free_id().ok_or(LimitError::TooManyRules)?;
+        self.ids.insert(key.clone(), id);
         self.rules.insert(id, Rule { id, key, limit });
         Ok(SetOutcome::Added(id))
     }
@@ -443,17 +454,18 @@ impl RuleTable {
         if rule.id == NO_RULE
             || u32::from(rule.id) >= MAX_RULES
             || self.rules.contains_key(&rule.id)
-            || self.find(&rule.key).is_some()
+            || self.ids.contains_key(&rule.key)
         {
             return false;
         }
         self.next_id = self.next_id.max(rule.id);
+        self.ids.insert(rule.key.clone(), rule.id);
         self.rules.insert(rule.id, rule);
         true
     }
 
     pub fn remove(&mut self, key: &RuleKey) -> Option<Rule> {
-        let id = self.find(key)?.id;
+        let id = self.ids.remove(key)?;
         self.rules.remove(&id)
     }
 
@@ -723,15 +735,26 @@ mod tests {
     #[test]
     fn the_table_holds_at_most_max_rules_minus_one() {
         let mut table = RuleTable::new();
+        // One rule on every port but the last: 65,535 rules, every id taken.
         for port in 0..(MAX_RULES - 1) as u16 {
             table.set(key(&port.to_string()), limit(1)).unwrap();
         }
+        assert_eq!(table.len(), (MAX_RULES - 1) as usize);
         assert_eq!(
-            table.set(key("60000"), limit(1)),
+            table.set(key("65535"), limit(1)),
             Err(LimitError::TooManyRules)
         );
         // Replacing still works when full.
         assert!(table.set(key("5"), limit(2)).is_ok());
+        // Removing one rule makes room for exactly one more, under the freed id.
+        let freed = table.remove(&key("7")).unwrap().id;
+        assert_eq!(
+            table.set(key("65535"), limit(1)),
+            Ok(SetOutcome::Added(freed))
+        );
+        assert_eq!(table.find(&key("65535")).unwrap().id, freed);
+        assert!(table.find(&key("7")).is_none());
+        assert_eq!(table.set(key("7"), limit(1)), Err(LimitError::TooManyRules));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | demo`.
+//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | bench | demo`.
 
 mod bootstrap;
 mod demo;
@@ -38,6 +38,16 @@ enum Job {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Bootstrap, build in release and run the benchmarks (root needed): prints a table and
+    /// writes target/bench/report.json. About 12 minutes; `--quick` under 3.
+    Bench {
+        /// Shorter windows and one accuracy rate: proves the bench works, figures are rough.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for `shaper-bench`, e.g. `-- --only per-packet,contention`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// A one-minute tour (root needed): two throwaway network namespaces, the daemon on one
     /// end, UDP traffic to ports 8080 and 9090, `shaper top`, and after 10 s a 4 Mbit/s limit
     /// on 9090. Everything is removed afterwards.
@@ -66,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Job::Bootstrap => bootstrap::run().map(|_| ()),
         Job::Run { args } => run(args),
         Job::Test { args } => test(args),
+        Job::Bench { quick, args } => bench(quick, args),
         Job::Demo { ci, duration } => demo::run(&demo::Options {
             ci,
             duration: Duration::from_secs(duration),
@@ -131,4 +142,29 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
             .arg("--show-output")
             .args(&test_args),
     )
+}
+
+/// The bench is its own crate (`shaper-bench`, which depends on `shaper`), so that xtask never
+/// depends on `shaper`: that would need bpf-linker before `bootstrap` could build it.
+fn bench(quick: bool, args: Vec<String>) -> anyhow::Result<()> {
+    bootstrap::run()?;
+    check(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "shaper",
+        "--package",
+        "shaper-bench",
+    ]))?;
+    let root = workspace_root();
+    let mut cmd = Command::new(root.join("target/release/shaper-bench"));
+    cmd.current_dir(&root)
+        .arg("--shaper")
+        .arg(root.join("target/release/shaper"))
+        .arg("--out")
+        .arg(root.join("target/bench/report.json"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    check(cmd.args(&args))
 }

@@ -1,0 +1,211 @@
+//! 1. Per-packet cost: BPF_PROG_TEST_RUN of the floor program and of the shaper's ingress
+//!    program on three frames, with the frame's port unlimited, limited and passing, and limited
+//!    and dropping.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use shaper::{
+    Classifier, Direction,
+    limits::Limits,
+    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+};
+use shaper_common::bucket::{MAX_BURST_BYTES, MAX_RATE_BPS};
+
+use super::{Context, alternate};
+use crate::{floor::Floor, packets, report::Figure, sys::TempDir};
+
+/// What BPF_PROG_TEST_RUN returns for a passed packet (TC_ACT_UNSPEC, -1) and a dropped one
+/// (TC_ACT_SHOT).
+pub const PASS: u32 = u32::MAX;
+pub const DROP: u32 = 2;
+
+/// Local (destination) ports of the frames: no rule; a rule that always has tokens; a rule
+/// whose bucket is empty.
+pub const PORT_FREE: u16 = 7001;
+pub const PORT_PASS: u16 = 7002;
+pub const PORT_DROP: u16 = 7003;
+
+/// The shaper, loaded with the three ports set up, and registered on `lo`: test-run packets
+/// arrive on the loopback device of the caller's namespace.
+pub struct Subject {
+    pub classifier: Classifier,
+    _limits: Limits,
+    _dir: TempDir,
+}
+
+impl Subject {
+    pub fn load() -> anyhow::Result<Self> {
+        let mut classifier = Classifier::load(1).context("loading the shaper")?;
+        classifier.register("lo")?;
+        let dir = TempDir::new("per-packet")?;
+        let mut limits =
+            Limits::start(&mut classifier, Vec::new(), &dir.path().join("state.json"))?;
+        let rule = |port, rate_bps, burst_bytes| RuleSpec {
+            key: RuleKey {
+                ports: PortRange::single(port),
+                side: Side::Local,
+                dir: DirSel::Both,
+                proto: ProtoSel::Any,
+                iface: None,
+            },
+            rate_bps,
+            burst_bytes,
+            action: Action::Drop,
+        };
+        // 1 Tbit/s refills a 64-byte packet's cost in 0.5 ns: the bucket never runs dry, so every
+        // packet takes the full conforming path (refill, take, counters).
+        limits.set(
+            &mut classifier,
+            rule(PORT_PASS, MAX_RATE_BPS, Some(MAX_BURST_BYTES)),
+        )?;
+        // 8 bit/s refills one byte a second: once the burst is spent, every packet is dropped.
+        limits.set(&mut classifier, rule(PORT_DROP, 8, None))?;
+        let mut subject = Self {
+            classifier,
+            _limits: limits,
+            _dir: dir,
+        };
+        subject.drain(&packets::ipv4_udp_64(PORT_DROP))?;
+        Ok(subject)
+    }
+
+    pub fn program(&mut self) -> anyhow::Result<&SchedClassifier> {
+        Ok(self.classifier.program_mut(Direction::Ingress)?)
+    }
+
+    /// Spends the dropping rule's burst (a few thousand packets).
+    fn drain(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        let program = self.program()?;
+        for _ in 0..100 {
+            if test_run(program, frame, 10_000)?.0 == DROP {
+                return Ok(());
+            }
+        }
+        bail!("the 8 bit/s rule still passes packets after 1,000,000 of them")
+    }
+}
+
+/// Runs `frame` through `program` `repeat` times: the last verdict, the kernel's nanoseconds per
+/// packet (whole ns; time the runner spent rescheduled is excluded, which keeps the figure
+/// steady on a busy machine) and wall-clock nanoseconds per packet (the call / repeat).
+pub fn test_run(
+    program: &SchedClassifier,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<(u32, f64, f64)> {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.repeat = repeat;
+    let start = Instant::now();
+    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    let wall = start.elapsed().as_nanos() as f64 / f64::from(repeat);
+    Ok((result.return_value, result.duration.as_nanos() as f64, wall))
+}
+
+/// Builds a frame to a local port.
+type FrameFn = fn(u16) -> Vec<u8>;
+
+struct Variant {
+    name: &'static str,
+    floor: bool,
+    port: u16,
+    verdict: u32,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        name: "floor",
+        floor: true,
+        port: PORT_FREE,
+        verdict: PASS,
+    },
+    Variant {
+        name: "unlimited",
+        floor: false,
+        port: PORT_FREE,
+        verdict: PASS,
+    },
+    Variant {
+        name: "limited_pass",
+        floor: false,
+        port: PORT_PASS,
+        verdict: PASS,
+    },
+    Variant {
+        name: "limited_drop",
+        floor: false,
+        port: PORT_DROP,
+        verdict: DROP,
+    },
+];
+
+pub fn run(cx: &mut Context) -> anyhow::Result<()> {
+    let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
+    if jit.trim() == "0" {
+        // Interpreted, the figures would measure the interpreter, not the shaper.
+        std::fs::write("/proc/sys/net/core/bpf_jit_enable", "1")
+            .context("turning the BPF JIT on (/proc/sys/net/core/bpf_jit_enable)")?;
+        cx.note("per_packet: the BPF JIT was off; the bench turned it on");
+    }
+    let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
+    let floor = Floor::load()?;
+    let mut subject = Subject::load()?;
+    let shaper = subject.program()?;
+    let floor = floor.program()?;
+    let repeat = cx.plan.test_run_repeat;
+
+    let frames: [(&str, FrameFn, usize); 3] = [
+        ("ipv4_udp_64B", packets::ipv4_udp_64, VARIANTS.len()),
+        (
+            "ipv6_tcp_2ext_90B",
+            packets::ipv6_tcp_two_ext,
+            VARIANTS.len(),
+        ),
+        // A frame without ports never reaches a rule: only floor and shaper apply.
+        ("non_ip_arp_60B", |_| packets::arp(), 2),
+    ];
+    for (frame_name, make, variant_count) in frames {
+        let variants = &VARIANTS[..variant_count];
+        let mut wall_ns = vec![Vec::new(); variants.len()];
+        let indices: Vec<usize> = (0..variants.len()).collect();
+        let samples = alternate(cx.plan.test_run_reps, &indices, |&i| {
+            let v = &variants[i];
+            let frame = make(v.port);
+            let program = if v.floor { floor } else { shaper };
+            let (verdict, kernel, wall) = test_run(program, &frame, repeat)?;
+            if verdict != v.verdict {
+                bail!(
+                    "{frame_name}/{}: verdict {verdict}, expected {}",
+                    v.name,
+                    v.verdict
+                );
+            }
+            wall_ns[i].push(wall);
+            Ok(kernel)
+        })?;
+        for (i, v) in variants.iter().enumerate() {
+            let name = format!("{frame_name}/{}", v.name);
+            let mut figure = Figure::new("per_packet", name, "ns/packet", samples[i].clone())?
+                .detail("wall_clock_ns", &wall_ns[i])
+                .detail("repeat", repeat);
+            if !v.floor {
+                figure = figure.ratio_to(&format!("{frame_name}/floor"), &samples[0]);
+                figure = if v.port == PORT_FREE {
+                    figure.target("parse+count <= 3x floor", true, None, Some(3.0))
+                } else {
+                    figure.target("limited <= 5x floor", true, None, Some(5.0))
+                };
+            }
+            cx.add(figure);
+        }
+    }
+    cx.note(format!(
+        "per_packet: BPF_PROG_TEST_RUN, repeat {repeat}, {} repetitions, JIT {}; ns/packet is \
+         the kernel's figure (whole ns, rescheduled time excluded); wall-clock ns in detail",
+        cx.plan.test_run_reps,
+        jit.trim()
+    ));
+    Ok(())
+}
