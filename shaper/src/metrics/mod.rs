@@ -41,6 +41,9 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::
 /// How many ports, beyond the pinned ones, get a series of their own by default.
 pub const DEFAULT_TOP_PORTS: usize = 100;
 
+/// At most this many ports get a series because a single-port rule names them.
+pub const MAX_RULE_PINNED_PORTS: usize = 1024;
+
 /// `--metrics-addr`: an address to serve `/metrics` on, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsAddr {
@@ -102,14 +105,24 @@ impl Inventory {
     }
 
     /// The ports a single-port rule on the local side names, for every interface, direction
-    /// and protocol the rule covers. A range rule pins nothing: one rule over 30000-32767 would
-    /// otherwise be up to 11,072 series per interface; its busiest ports compete for the top N.
+    /// and protocol the rule covers: at most [`MAX_RULE_PINNED_PORTS`] ports, the lowest, so
+    /// that a rule per port on thousands of ports cannot flood Prometheus (the rest compete for
+    /// the top N). A range rule pins nothing: one rule over 30000-32767 would otherwise be up to
+    /// 11,072 series per interface; its busiest ports compete for the top N too.
     fn rule_ports(&self) -> HashSet<PortKey> {
+        let mut rules: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|rule| rule.key.side == Side::Local && rule.key.ports.width() == 0)
+            .collect();
+        rules.sort_by_key(|rule| rule.key.ports.lo);
+        let mut ports = HashSet::new();
+        rules.retain(|rule| {
+            let port = rule.key.ports.lo;
+            ports.contains(&port) || (ports.len() < MAX_RULE_PINNED_PORTS && ports.insert(port))
+        });
         let mut pinned = HashSet::new();
-        for rule in &self.rules {
-            if rule.key.side != Side::Local || rule.key.ports.width() != 0 {
-                continue;
-            }
+        for rule in rules {
             for iface in &self.interfaces {
                 if rule
                     .key
@@ -215,5 +228,68 @@ impl Exporter {
     pub fn render(&self, inventory: Inventory, started: Instant, format: Format) -> String {
         let scrape = self.collect(inventory, started);
         families::encode(scrape, format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        AttachMode,
+        rules::{Action, DirSel, Limit, PortRange, ProtoSel, RuleKey},
+    };
+
+    fn rule(id: u16, ports: PortRange, side: Side) -> Rule {
+        Rule {
+            id,
+            key: RuleKey {
+                ports,
+                side,
+                dir: DirSel::Both,
+                proto: ProtoSel::Any,
+                iface: None,
+            },
+            limit: Limit {
+                rate_bps: 8_000_000,
+                burst_bytes: 1 << 20,
+                action: Action::Drop,
+            },
+        }
+    }
+
+    fn inventory(rules: Vec<Rule>) -> Inventory {
+        Inventory {
+            interfaces: vec![InterfaceState {
+                slot: 0,
+                name: "eth0".into(),
+                mode: Some(AttachMode::Tcx),
+                attached: Vec::new(),
+            }],
+            rules,
+            unclassified: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn single_port_local_rules_pin_their_ports_up_to_the_cap() {
+        let pinned = inventory(vec![
+            rule(1, PortRange::single(9090), Side::Local),
+            rule(2, PortRange { lo: 8000, hi: 8099 }, Side::Local),
+            rule(3, PortRange::single(443), Side::Remote),
+        ])
+        .rule_ports();
+        // 9090 in both directions and both protocols; the range and the remote rule pin nothing.
+        assert_eq!(pinned.len(), 4);
+        assert!(pinned.iter().all(|key| key.port == 9090));
+
+        let many = (1..=3000).map(|port| rule(port, PortRange::single(port), Side::Local));
+        let pinned = inventory(many.collect()).rule_ports();
+        assert_eq!(pinned.len(), 4 * MAX_RULE_PINNED_PORTS);
+        // The lowest ports win.
+        assert!(
+            pinned
+                .iter()
+                .all(|key| usize::from(key.port) <= MAX_RULE_PINNED_PORTS)
+        );
     }
 }
