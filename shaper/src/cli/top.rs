@@ -320,6 +320,12 @@ impl Tui {
         // after a hangup there is no terminal left to restore, and crossterm would spin reading
         // end-of-file from the dead tty instead of returning to this loop.
         let terminated = Arc::new(AtomicBool::new(false));
+        // A second SIGTERM ends the process at once, should the first one go unseen.
+        signal_hook::flag::register_conditional_shutdown(
+            signal_hook::consts::SIGTERM,
+            1,
+            Arc::clone(&terminated),
+        )?;
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminated))?;
         let mut terminal = ratatui::try_init().context("setting up the terminal")?;
         let outcome = (|| -> anyhow::Result<()> {
