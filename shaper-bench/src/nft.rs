@@ -39,7 +39,9 @@ impl<'a> NftLimit<'a> {
             .command("nft")
             .args(["add", "rule", "inet", TABLE, "input"])
             .args(rule.split(' ')))
-        .map_err(|e| e.context("adding the nftables rule (apt-get install nftables)"))?;
+        .map_err(|e| {
+            anyhow::Error::from(e).context("adding the nftables rule (apt-get install nftables)")
+        })?;
         Ok(guard)
     }
 }

@@ -3,11 +3,7 @@
 //! it is removed on drop, so an error or an interrupt leaves nothing behind.
 
 use std::{
-    fs::File,
-    net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -53,23 +49,6 @@ pub fn sleep_until(deadline: Instant) -> anyhow::Result<()> {
     }
 }
 
-/// Runs a command to completion; its stdout, or an error with its stderr.
-pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let output = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-pub fn ip(args: &[&str]) -> anyhow::Result<String> {
-    run(Command::new("ip").args(args))
-}
-
 pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is the empty set; sched_setaffinity(0) pins the calling thread.
     let rc = unsafe {
@@ -110,123 +89,18 @@ impl Drop for TempDir {
     }
 }
 
-#[derive(Debug)]
-pub struct Namespace {
-    pub name: String,
-}
+pub use shaper_netns::{Namespace, VethPair, run};
 
-impl Namespace {
-    pub fn create(name: String) -> anyhow::Result<Self> {
-        // One of the same name left by a killed earlier run would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name])?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip -n NAME args...`
-    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// A command that runs inside the namespace (`ip netns exec`, which execs the program: the
-    /// child's pid is the program's own).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-
-    pub fn sysctl(&self, setting: &str) -> anyhow::Result<()> {
-        run(self.command("sysctl").args(["-qw", setting])).map(|_| ())
-    }
-
-    /// Runs `f` on a thread that has entered the namespace. Sockets created there stay in the
-    /// namespace (a socket keeps the netns it was created in), and so do netlink requests and
-    /// tcx attachments made from that thread.
-    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on this thread only; the fd is valid for the call.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!("setns {path}: {}", std::io::Error::last_os_error());
-                    }
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("thread in namespace {} panicked", self.name))?
-        })
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// Two namespaces, `a` (the shaper's side) and `b`, joined by a veth pair, with addresses from
-/// the benchmarking range 198.18.0.0/15 (RFC 2544), static neighbours (no packet waits on ARP)
-/// and TCP timestamps off (fixed 20-byte TCP headers, MSS 1460 at MTU 1500).
-#[derive(Debug)]
-pub struct VethPair {
-    // Deleting a namespace deletes the veth end in it, and its peer with it: the namespaces'
-    // guards are all the cleanup a pair needs.
-    pub a: Namespace,
-    pub b: Namespace,
-    pub a_if: String,
-    pub b_if: String,
-    pub a_addr: Ipv4Addr,
-    pub b_addr: Ipv4Addr,
-}
-
-impl VethPair {
-    /// Pair `index` (a small number): namespaces `shb-<index>a`/`shb-<index>b`, interfaces
-    /// `shb<index>a`/`shb<index>b`, subnet 198.18.<index>.0/24.
-    pub fn create(index: u8) -> anyhow::Result<Self> {
-        let a = Namespace::create(format!("shb-{index}a"))?;
-        let b = Namespace::create(format!("shb-{index}b"))?;
-        let (a_if, b_if) = (format!("shb{index}a"), format!("shb{index}b"));
-        let (a_mac, b_mac) = ("02:00:c6:12:00:01", "02:00:c6:12:00:02");
-        ip(&[
-            "link", "add", &a_if, "address", a_mac, "netns", &a.name, "type", "veth", "peer",
-            "name", &b_if, "address", b_mac, "netns", &b.name,
-        ])?;
-        let pair = Self {
-            a,
-            b,
-            a_if,
-            b_if,
-            a_addr: Ipv4Addr::new(198, 18, index, 1),
-            b_addr: Ipv4Addr::new(198, 18, index, 2),
-        };
-        for (ns, dev, addr, peer, peer_mac) in [
-            (&pair.a, &pair.a_if, pair.a_addr, pair.b_addr, b_mac),
-            (&pair.b, &pair.b_if, pair.b_addr, pair.a_addr, a_mac),
-        ] {
-            ns.sysctl("net.ipv4.tcp_timestamps=0")?;
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ns.ip(&["link", "set", dev, "up"])?;
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &peer.to_string(),
-                "lladdr",
-                peer_mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
-        }
-        Ok(pair)
-    }
+/// Pair `index` (a small number): namespaces `shb-<index>a`/`shb-<index>b`, interfaces
+/// `shb<index>a`/`shb<index>b`, subnet 198.18.<index>.0/24.
+pub fn veth_pair(index: u8) -> anyhow::Result<VethPair> {
+    let (a, b) = (format!("shb-{index}a"), format!("shb-{index}b"));
+    let (a_if, b_if) = (format!("shb{index}a"), format!("shb{index}b"));
+    let names = shaper_netns::PairNames {
+        a: &a,
+        b: &b,
+        a_if: &a_if,
+        b_if: &b_if,
+    };
+    Ok(VethPair::create(names, index)?)
 }

@@ -12,10 +12,6 @@ use std::{
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -24,17 +20,15 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use common::{
     daemon::Daemon,
     metrics::{Samples, get, label, samples, series},
-    netns::{Namespace, VethPair},
+    netns::{InNamespace as _, Namespace, VethPair, veth_pair},
     packet::*,
+    traffic::{PAYLOAD, Sender, WIRE},
 };
 use shaper::{
     Classifier, Direction,
     limits::Limits,
     metrics::{Exporter, Format, Inventory},
 };
-
-const PAYLOAD: usize = 958;
-const WIRE: u64 = 1000;
 
 /// Where the daemon serves metrics by default, inside its namespace.
 fn metrics_addr() -> SocketAddr {
@@ -51,7 +45,7 @@ fn scrape(pair: &VethPair) -> Samples {
 fn send(pair: &VethPair, port: u16, count: u64) {
     let socket = pair
         .b
-        .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+        .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
     let payload = [0u8; PAYLOAD];
     for _ in 0..count {
         socket.send_to(&payload, (pair.a_addr, port)).expect("send");
@@ -96,7 +90,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     if !common::require_root("a_scrape_counts_exactly_and_passes_promtool") {
         return;
     }
-    let pair = VethPair::create("ma");
+    let pair = veth_pair("ma");
     let daemon = Daemon::start(&pair.a, "ma", &["--iface", &pair.a_if]);
     daemon.cli_ok(&["limit", "set", "9311", "--rate", "10mbit", "--proto", "udp"]);
     daemon.cli_ok(&[
@@ -110,7 +104,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     ]);
     let _listener = pair
         .a
-        .enter(|| UdpSocket::bind((pair.a_addr, 9311)).expect("bind"));
+        .within(|| UdpSocket::bind((pair.a_addr, 9311)).expect("bind"));
     send(&pair, 9311, 50);
     daemon.settled();
 
@@ -244,7 +238,7 @@ fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
     if !common::require_root("a_filter_deleted_behind_the_daemons_back_shows_as_detached") {
         return;
     }
-    let pair = VethPair::create("mc");
+    let pair = veth_pair("mc");
     let iface = pair.a_if.as_str();
     let daemon = Daemon::start(&pair.a, "mc", &["--iface", iface, "--attach", "clsact"]);
     let attached = |got: &Samples, direction| {
@@ -305,7 +299,7 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
     if !common::require_root("counters_stay_monotonic_across_top_n_churn_and_rule_changes") {
         return;
     }
-    let pair = VethPair::create("mm");
+    let pair = veth_pair("mm");
     let iface = pair.a_if.as_str();
     let daemon = Daemon::start(
         &pair.a,
@@ -489,32 +483,21 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     let Some(binary) = tool("prometheus") else {
         return;
     };
-    let pair = VethPair::create("mp");
+    let pair = veth_pair("mp");
     let daemon = Daemon::start(&pair.a, "mp", &["--iface", &pair.a_if]);
     daemon.cli_ok(&[
         "limit", "set", "9321", "--rate", "100mbit", "--action", "observe",
     ]);
     let prometheus = Prometheus::start(&pair.a, &binary, metrics_addr());
 
-    // Background traffic to 9321: a datagram every 5 ms or so, for at most 60 s, until the
-    // test is done.
-    let stop = Arc::new(AtomicBool::new(false));
+    // Background traffic to 9321: 100 kB/s, for at most 60 s, until the test is done.
+    let started = Instant::now();
     let sender = {
         let socket = pair
             .b
-            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
-        let (stop, to) = (Arc::clone(&stop), SocketAddr::from((pair.a_addr, 9321)));
-        thread::spawn(move || {
-            let started = Instant::now();
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                if socket.send_to(&[0u8; PAYLOAD], to).is_ok() {
-                    sent += 1;
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-            (sent * WIRE) as f64 / started.elapsed().as_secs_f64()
-        })
+            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+        let to = SocketAddr::from((pair.a_addr, 9321));
+        Sender::start(socket, to, 100_000, Duration::from_secs(60))
     };
 
     let rate_query = "rate(shaper_bytes_total{port=\"9321\",direction=\"ingress\"}[5s]) > 0";
@@ -524,7 +507,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(500));
         // Until Prometheus is up, its port refuses: keep polling.
-        let up = pair.a.enter(|| {
+        let up = pair.a.within(|| {
             std::net::TcpStream::connect_timeout(&prometheus.addr, Duration::from_secs(1)).is_ok()
         });
         if !up {
@@ -535,8 +518,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
             break;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let sent_rate = sender.join().expect("sender");
+    let sent_rate = (sender.finish() * WIRE) as f64 / started.elapsed().as_secs_f64();
     assert!(
         !rates.is_empty(),
         "Prometheus never saw traffic on 9321:\n{}",

@@ -13,7 +13,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use common::{
     daemon::Daemon,
-    netns::{Namespace, VethPair},
+    netns::{InNamespace as _, Namespace, VethPair, veth_pair},
 };
 use shaper::stats::Snapshot;
 
@@ -49,7 +49,7 @@ fn counts_real_udp_and_tcp_exactly_with_clsact() {
 }
 
 fn counts_real_traffic(mode: &str, tag: &str) {
-    let pair = VethPair::create(tag);
+    let pair = veth_pair(tag);
     let daemon = Daemon::start(&pair.a, tag, &["--iface", &pair.a_if, "--attach", mode]);
     assert_eq!(daemon.stats().interfaces[0].attach, mode);
     assert_attached(&pair, mode);
@@ -135,14 +135,14 @@ fn send_udp(pair: &VethPair) {
     let a_in = SocketAddr::from((pair.a_addr, PORT_UDP_IN));
     let b_in = SocketAddr::from((pair.b_addr, PORT_UDP_OUT_REMOTE));
     // Receivers exist so no ICMP port-unreachable muddies the picture.
-    let _receiver_a = pair.a.enter(|| UdpSocket::bind(a_in).expect("bind in a"));
-    let _receiver_b = pair.b.enter(|| UdpSocket::bind(b_in).expect("bind in b"));
+    let _receiver_a = pair.a.within(|| UdpSocket::bind(a_in).expect("bind in a"));
+    let _receiver_b = pair.b.within(|| UdpSocket::bind(b_in).expect("bind in b"));
     let sender_b = pair
         .b
-        .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind in b"));
+        .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind in b"));
     let sender_a = pair
         .a
-        .enter(|| UdpSocket::bind((pair.a_addr, PORT_UDP_OUT_LOCAL)).expect("bind in a"));
+        .within(|| UdpSocket::bind((pair.a_addr, PORT_UDP_OUT_LOCAL)).expect("bind in a"));
     let payload = [0x5a; DATAGRAM_PAYLOAD];
     for _ in 0..DATAGRAMS {
         sender_b.send_to(&payload, a_in).expect("send into a");
@@ -155,7 +155,7 @@ fn tcp_transfer(pair: &VethPair) {
     let addr = SocketAddr::from((pair.a_addr, PORT_TCP));
     let listener = pair
         .a
-        .enter(|| TcpListener::bind(addr).expect("listen in a"));
+        .within(|| TcpListener::bind(addr).expect("listen in a"));
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_read_timeout(Some(Duration::from_secs(20)))
@@ -164,7 +164,7 @@ fn tcp_transfer(pair: &VethPair) {
         conn.read_to_end(&mut received).expect("read");
         received.len()
     });
-    let mut client = pair.b.enter(|| {
+    let mut client = pair.b.within(|| {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect from b")
     });
     client
@@ -179,8 +179,8 @@ fn tcp_transfer(pair: &VethPair) {
 
 /// skbs the interface has transmitted (one per GSO aggregate, not per segment).
 fn tx_packets(ns: &Namespace, dev: &str) -> u64 {
-    let out = ns.ip(&["-j", "-s", "link", "show", "dev", dev]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    let out = ns.ip_ok(&["-j", "-s", "link", "show", "dev", dev]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
     json[0]["stats64"]["tx"]["packets"]
         .as_u64()
         .expect("tx packets")
@@ -189,7 +189,7 @@ fn tx_packets(ns: &Namespace, dev: &str) -> u64 {
 /// Names of the tcx programs on the ingress and egress hooks of `a_if`.
 fn tcx_programs(pair: &VethPair) -> [Vec<String>; 2] {
     let iface = pair.a_if.clone();
-    pair.a.enter(|| {
+    pair.a.within(|| {
         [TcAttachType::Ingress, TcAttachType::Egress].map(|hook| {
             let (_, programs) = SchedClassifier::query_tcx(&iface, hook).expect("query tcx");
             programs
@@ -246,7 +246,7 @@ fn refuses_a_second_daemon_on_the_same_interface() {
     if !common::require_root("refuses_a_second_daemon_on_the_same_interface") {
         return;
     }
-    let pair = VethPair::create("d");
+    let pair = veth_pair("d");
     let first = Daemon::start(&pair.a, "d1", &["--iface", &pair.a_if]);
     let second = pair
         .a
@@ -276,8 +276,8 @@ fn without_iface_uses_the_default_route_interface() {
     if !common::require_root("without_iface_uses_the_default_route_interface") {
         return;
     }
-    let pair = VethPair::create("r");
-    pair.a.ip(&[
+    let pair = veth_pair("r");
+    pair.a.ip_ok(&[
         "route",
         "add",
         "default",
@@ -322,7 +322,7 @@ fn clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one() {
     if !common::require_root("clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one") {
         return;
     }
-    let pair = VethPair::create("k");
+    let pair = veth_pair("k");
     let iface = pair.a_if.as_str();
     let clsact = ["--iface", iface, "--attach", "clsact"];
     // Dropping a Daemon SIGKILLs it: no chance to detach, and cls_bpf filters outlive it.

@@ -13,19 +13,18 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use common::{daemon::Daemon, netns::VethPair};
+use common::{
+    daemon::Daemon,
+    netns::{InNamespace as _, veth_pair},
+    traffic::{Receiver, WIRE, send_paced},
+};
 use shaper::stats::Snapshot;
-
-/// UDP payload that makes a 1000-byte frame (Ethernet 14 + IPv4 20 + UDP 8 = 42 bytes of
-/// headers), so wire bytes per second are datagrams per second × 1000.
-const PAYLOAD: usize = 958;
-const WIRE: u64 = 1000;
 
 /// The limit of the UDP tests: 8 Mbit/s = 1,000,000 wire bytes/s = 1000 datagrams/s.
 const LIMIT: &str = "8mbit";
@@ -38,106 +37,6 @@ const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
 
 const TOLERANCE: f64 = 0.05;
-
-/// Counts the datagrams arriving on a socket until dropped.
-struct Receiver {
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start(socket: UdpSocket) -> Self {
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("read timeout");
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
-            thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if socket.recv(&mut buf).is_ok() {
-                        received.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        };
-        Self {
-            received,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Sends `PAYLOAD`-byte datagrams to `to` at `bytes_per_sec` wire bytes for `duration` (or
-/// until `stop`), from a thread pinned to `cpu` if given. Returns the thread; it yields the
-/// number of datagrams sent.
-fn send_paced(
-    socket: UdpSocket,
-    to: SocketAddr,
-    bytes_per_sec: u64,
-    duration: Duration,
-    cpu: Option<usize>,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<u64> {
-    thread::spawn(move || {
-        if let Some(cpu) = cpu {
-            pin_to_cpu(cpu);
-        }
-        let payload = [0x5au8; PAYLOAD];
-        let per_sec = (bytes_per_sec / WIRE) as f64;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let elapsed = start.elapsed();
-            if elapsed >= duration {
-                break;
-            }
-            let due = (elapsed.as_secs_f64() * per_sec) as u64;
-            while sent < due {
-                // A full socket buffer (ENOBUFS/EAGAIN) just means this datagram is not sent.
-                if socket.send_to(&payload, to).is_ok() {
-                    sent += 1;
-                } else {
-                    break;
-                }
-            }
-            thread::sleep(Duration::from_micros(500));
-        }
-        sent
-    })
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; sched_setaffinity(0) pins the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 fn online_cpus() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
@@ -184,7 +83,7 @@ fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_unto
     if !common::require_root("udp_limit") {
         return;
     }
-    let pair = VethPair::create("u");
+    let pair = veth_pair("u");
     let daemon = Daemon::start(&pair.a, "u", &["--iface", &pair.a_if]);
     let limited_port = PORT_LIMITED.to_string();
     daemon.cli_ok(&[
@@ -199,18 +98,18 @@ fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_unto
 
     let limited = Receiver::start(
         pair.a
-            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
     let free = Receiver::start(
         pair.a
-            .enter(|| UdpSocket::bind((pair.a_addr, PORT_FREE)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.a_addr, PORT_FREE)).expect("bind")),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let duration = WARMUP + WINDOW + Duration::from_millis(200);
     let start = Instant::now();
     let limited_sender = send_paced(
         pair.b
-            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_LIMITED)),
         OFFERED_BYTES_PER_SEC,
         duration,
@@ -220,7 +119,7 @@ fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_unto
     // The unlimited port gets a steady 1 MB/s alongside.
     let free_sender = send_paced(
         pair.b
-            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_FREE)),
         1_000_000,
         duration,
@@ -266,12 +165,12 @@ fn two_senders_on_different_cpus_share_one_limit() {
         cpus >= 2,
         "this test needs two CPUs, the machine has {cpus}"
     );
-    let pair = VethPair::create("m");
+    let pair = veth_pair("m");
     let daemon = Daemon::start(&pair.a, "m", &["--iface", &pair.a_if]);
     daemon.cli_ok(&["limit", "set", &PORT_LIMITED.to_string(), "--rate", LIMIT]);
     let receiver = Receiver::start(
         pair.a
-            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let duration = WARMUP + WINDOW + Duration::from_millis(200);
@@ -282,7 +181,7 @@ fn two_senders_on_different_cpus_share_one_limit() {
         .map(|cpu| {
             send_paced(
                 pair.b
-                    .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+                    .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
                 SocketAddr::from((pair.a_addr, PORT_LIMITED)),
                 OFFERED_BYTES_PER_SEC / 2,
                 duration,
@@ -329,7 +228,7 @@ fn a_single_tcp_stream_from_a_limited_local_service_gets_close_to_the_rate() {
 /// in `direction` on `a`: ingress = the client uploads to the limited port, egress = the
 /// service on the limited port sends. Prints and checks the goodput.
 fn tcp_through_a_limit(direction: &str, tag: &str) {
-    let pair = VethPair::create(tag);
+    let pair = veth_pair(tag);
     let daemon = Daemon::start(&pair.a, tag, &["--iface", &pair.a_if]);
     let port = PORT_LIMITED.to_string();
     daemon.cli_ok(&[
@@ -337,8 +236,8 @@ fn tcp_through_a_limit(direction: &str, tag: &str) {
     ]);
     let listener = pair
         .a
-        .enter(|| TcpListener::bind((pair.a_addr, PORT_LIMITED)).expect("listen"));
-    let client = pair.b.enter(|| {
+        .within(|| TcpListener::bind((pair.a_addr, PORT_LIMITED)).expect("listen"));
+    let client = pair.b.within(|| {
         TcpStream::connect_timeout(
             &SocketAddr::from((pair.a_addr, PORT_LIMITED)),
             Duration::from_secs(5),
@@ -404,17 +303,17 @@ fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_
     if !common::require_root("limit_change") {
         return;
     }
-    let pair = VethPair::create("x");
+    let pair = veth_pair("x");
     let daemon = Daemon::start(&pair.a, "x", &["--iface", &pair.a_if]);
     let receiver = Receiver::start(
         pair.a
-            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let phase = Duration::from_millis(2500);
     let sender = send_paced(
         pair.b
-            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_LIMITED)),
         OFFERED_BYTES_PER_SEC,
         Duration::from_secs(20),
@@ -536,7 +435,7 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     if !common::require_root("restart") {
         return;
     }
-    let pair = VethPair::create("r");
+    let pair = veth_pair("r");
     let state_dir = tempdir("restart");
     let state = state_dir.path.join("state.json");
     let args = ["--iface", pair.a_if.as_str()];
@@ -619,11 +518,11 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     // And it enforces them: a short overload on 7101 is policed.
     let receiver = Receiver::start(
         pair.a
-            .enter(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
     let sender = send_paced(
         pair.b
-            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_LIMITED)),
         OFFERED_BYTES_PER_SEC,
         Duration::from_millis(500),
@@ -678,7 +577,7 @@ fn the_example_config_starts_a_daemon_with_its_rules() {
     if !common::require_root("example_config") {
         return;
     }
-    let pair = VethPair::create("e");
+    let pair = veth_pair("e");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../shaper.toml");
     let daemon = Daemon::start(&pair.a, "e", &["--iface", &pair.a_if, "--config", example]);
     let rules = daemon.rules();

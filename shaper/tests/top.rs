@@ -7,72 +7,24 @@ mod common;
 use std::{
     net::{SocketAddr, UdpSocket},
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use common::{daemon::Daemon, netns::VethPair};
+use common::{
+    daemon::Daemon,
+    netns::{InNamespace as _, VethPair, veth_pair},
+    traffic::{Receiver, Sender, WIRE},
+};
 
-const PAYLOAD: usize = 958;
-const WIRE: u64 = 1000;
-
-/// UDP from namespace `b` to a port on `a` at `per_second` datagrams of `WIRE` bytes, paced,
-/// until dropped (at most 120 s). Counts what it sent.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Stream {
-    fn start(pair: &VethPair, port: u16, per_second: u64) -> Self {
-        let socket = pair
-            .b
-            .enter(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
-        let to = SocketAddr::from((pair.a_addr, port));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-            thread::spawn(move || {
-                let payload = [0u8; PAYLOAD];
-                let started = Instant::now();
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120)
-                {
-                    let due = (started.elapsed().as_secs_f64() * per_second as f64) as u64;
-                    while sent.load(Ordering::Relaxed) < due {
-                        if socket.send_to(&payload, to).is_err() {
-                            break;
-                        }
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    thread::sleep(Duration::from_millis(2));
-                }
-            })
-        };
-        Self {
-            stop,
-            sent,
-            thread: Some(thread),
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// UDP from namespace `b` to `port` on `a` at `per_second` datagrams of `WIRE` bytes, for at
+/// most two minutes; it stops when dropped.
+fn stream(pair: &VethPair, port: u16, per_second: u64) -> Sender {
+    let socket = pair
+        .b
+        .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+    let to = SocketAddr::from((pair.a_addr, port));
+    Sender::start(socket, to, per_second * WIRE, Duration::from_secs(120))
 }
 
 /// `tmux`, which `.ci/run` installs; outside CI a machine without it skips the test.
@@ -181,12 +133,12 @@ fn top_in_tmux_shows_the_traffic_sorts_filters_and_quits_cleanly() {
     if !common::require_root("top_in_tmux") || !tmux_available() {
         return;
     }
-    let pair = VethPair::create("tt");
+    let pair = veth_pair("tt");
     let daemon = Daemon::start(&pair.a, "tt", &["--iface", &pair.a_if]);
     // Two ports, the higher port the louder: rate order and port order differ.
     let (quiet, loud) = (7301u16, 7302u16);
-    let _quiet = Stream::start(&pair, quiet, 100);
-    let _loud = Stream::start(&pair, loud, 400);
+    let _quiet = stream(&pair, quiet, 100);
+    let _loud = stream(&pair, loud, 400);
 
     let tmux = Tmux::start(&format!("shaper-top-{}", std::process::id()), 80, 24);
     let command = format!(
@@ -267,20 +219,24 @@ fn once_json_follows_the_schema_and_measures_a_known_stream_within_ten_percent()
     if !common::require_root("once_json") {
         return;
     }
-    let pair = VethPair::create("tj");
+    let pair = veth_pair("tj");
     let daemon = Daemon::start(&pair.a, "tj", &["--iface", &pair.a_if]);
     daemon.cli_ok(&[
         "limit", "set", "7401", "--rate", "100mbit", "--action", "observe",
     ]);
-    let _listener = pair
-        .a
-        .enter(|| UdpSocket::bind((pair.a_addr, 7401)).expect("bind"));
-    let stream = Stream::start(&pair, 7401, 500);
+    // The receiving socket is the listener top must name; it counts what arrives, which with
+    // an observe rule is everything sent.
+    let receiver = Receiver::start(
+        pair.a
+            .within(|| UdpSocket::bind((pair.a_addr, 7401)).expect("bind")),
+    );
+    let _stream = stream(&pair, 7401, 500);
     thread::sleep(Duration::from_millis(500));
 
-    let (sent_before, started) = (stream.sent(), Instant::now());
+    let (received_before, started) = (receiver.count(), Instant::now());
     let output = daemon.cli_ok(&["top", "--once", "--json", "--interval", "2"]);
-    let sent_rate = ((stream.sent() - sent_before) * WIRE) as f64 / started.elapsed().as_secs_f64();
+    let sent_rate =
+        ((receiver.count() - received_before) * WIRE) as f64 / started.elapsed().as_secs_f64();
     let json: serde_json::Value = serde_json::from_str(&output).expect("JSON");
 
     assert_eq!(json["schema_version"], 1);

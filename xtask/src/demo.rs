@@ -7,7 +7,6 @@
 //! `shaper top --once --json` before and after the limit and checks that the limited port fell
 //! to the limit while the other kept its rate.
 
-mod netns;
 mod process;
 mod sample;
 mod traffic;
@@ -25,9 +24,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use netns::VethPair;
 use process::{Daemon, Guarded, Shaper};
 use sample::{Row, Sample};
+use shaper_netns::{PairNames, VethPair};
 use traffic::Traffic;
 
 /// Every namespace the demo creates starts with this, so a leftover is easy to find.
@@ -164,12 +163,19 @@ impl Setup {
             binary: crate::workspace_root().join("target/release/shaper"),
             socket: dir.path.join("shaper.sock"),
         };
-        let pair = VethPair::create(SERVER_NS, CLIENT_NS, SERVER_IF, CLIENT_IF)?;
+        // The daemon and the services on `a`, the senders on `b`.
+        let names = PairNames {
+            a: SERVER_NS,
+            b: CLIENT_NS,
+            a_if: SERVER_IF,
+            b_if: CLIENT_IF,
+        };
+        let pair = VethPair::create(names, 0)?;
         eprintln!(
             "xtask: namespaces {SERVER_NS} ({SERVER_IF}, {}) and {CLIENT_NS} ({CLIENT_IF}, {})",
-            pair.server_addr, pair.client_addr
+            pair.a_addr, pair.b_addr
         );
-        let daemon = Daemon::start(&shaper, &pair.server, SERVER_IF, &dir.path)?;
+        let daemon = Daemon::start(&shaper, &pair.a, SERVER_IF, &dir.path)?;
         eprintln!(
             "xtask: shaper run --iface {SERVER_IF} in {SERVER_NS}, control socket {}",
             shaper.socket.display()
@@ -185,8 +191,8 @@ impl Setup {
         )?;
         eprintln!(
             "xtask: UDP from {} to {}:{FREE_PORT} and :{LIMITED_PORT}, {} each",
-            pair.client_addr,
-            pair.server_addr,
+            pair.b_addr,
+            pair.a_addr,
             rate(OFFERED_BYTES_PER_SEC as f64)
         );
         Ok(Self {
@@ -215,7 +221,7 @@ impl Setup {
         let dir_path = dir.path.clone();
         drop(dir);
         daemon?;
-        let left = netns::namespaces_named(NS_PREFIX)?;
+        let left = shaper_netns::namespaces_named(NS_PREFIX)?;
         if !left.is_empty() {
             bail!("namespaces left behind: {}", left.join(", "));
         }

@@ -15,7 +15,7 @@ use crate::{
     daemon::Daemon,
     nft::NftLimit,
     report::Figure,
-    sys::{VethPair, sleep_until},
+    sys::{self, VethPair, sleep_until},
     traffic::{TcpSink, TcpSources, UdpSink, UdpSource},
 };
 
@@ -172,7 +172,7 @@ fn window(warmup: Duration, length: Duration, counter: impl Fn() -> f64) -> anyh
 
 pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     let plan = cx.plan.clone();
-    let pair = VethPair::create(1)?;
+    let pair = sys::veth_pair(1)?;
     let daemon = Daemon::start(&cx.shaper, &pair.a, &pair.a_if, "accuracy", None)?;
     let aggregate = u64::from(
         pair.a

@@ -37,7 +37,7 @@ const SEARCH: Duration = Duration::from_millis(250);
 const WINDOW: Duration = Duration::from_millis(10);
 
 pub fn run(cx: &mut Context) -> anyhow::Result<()> {
-    let pair = VethPair::create(2)?;
+    let pair = sys::veth_pair(2)?;
     let small = Daemon::start(&cx.shaper, &pair.a, &pair.a_if, "control-one", None)?;
     rate_change(cx, &pair, &small)?;
 

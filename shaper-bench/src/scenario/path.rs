@@ -14,7 +14,7 @@ use shaper::{
 use super::{Context, alternate};
 use crate::{
     report::Figure,
-    sys::{TempDir, VethPair},
+    sys::{self, TempDir},
     traffic::{Iperf3Server, field, iperf3_client},
 };
 
@@ -45,7 +45,7 @@ pub fn rules_on_other_ports(except: u16, rate_bps: u64) -> Vec<RuleSpec> {
 const VARIANTS: [&str; 3] = ["no_hook", "shaper_no_rules", "shaper_65535_rules"];
 
 pub fn run(cx: &mut Context) -> anyhow::Result<()> {
-    let pair = VethPair::create(0)?;
+    let pair = sys::veth_pair(0)?;
     let _server = Iperf3Server::start(&pair.a, pair.a_addr, PORT)?;
     let dir = TempDir::new("path")?;
     let plan = cx.plan.clone();

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::netns::Namespace;
+use super::netns::{InNamespace as _, Namespace};
 
 /// An HTTP response: status code, headers (lower-case names) and body.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub struct Response {
 /// `GET path` on `addr` from inside `ns` with HTTP/1.0 (the server closes the connection after
 /// the response, so reading to the end reads exactly one response). Panics on any failure.
 pub fn get(ns: &Namespace, addr: SocketAddr, path: &str, accept: Option<&str>) -> Response {
-    let raw = ns.enter(|| {
+    let raw = ns.within(|| {
         let mut stream =
             TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
         stream

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
+pub mod traffic;
 
 /// Kernel tests need root. Outside CI they skip with a message; with CI=true a skip would hide a
 /// broken pipeline, so it fails instead.

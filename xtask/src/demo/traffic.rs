@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::netns::VethPair;
+use shaper_netns::VethPair;
 
 /// UDP payload that makes a 1000-byte frame (Ethernet 14 + IPv4 20 + UDP 8 = 42 bytes of
 /// headers), so wire bytes per second are datagrams per second × 1000.
@@ -47,15 +47,15 @@ impl Traffic {
         };
         let end = Instant::now() + bound;
         for &port in ports {
-            let server = SocketAddr::from((pair.server_addr, port));
+            let server = SocketAddr::from((pair.a_addr, port));
             let receiver = pair
-                .server
+                .a
                 .enter(|| UdpSocket::bind(server))?
-                .with_context(|| format!("binding {server} in {}", pair.server.name))?;
+                .with_context(|| format!("binding {server} in {}", pair.a.name))?;
             let sender = pair
-                .client
-                .enter(|| UdpSocket::bind((pair.client_addr, 0)))?
-                .with_context(|| format!("binding a sender in {}", pair.client.name))?;
+                .b
+                .enter(|| UdpSocket::bind((pair.b_addr, 0)))?
+                .with_context(|| format!("binding a sender in {}", pair.b.name))?;
             traffic
                 .threads
                 .push(receive(receiver, end, Arc::clone(&traffic.stop))?);
