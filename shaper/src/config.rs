@@ -503,13 +503,7 @@ mod tests {
 
     fn spec(ports: &str, rate_bps: u64) -> RuleSpec {
         RuleSpec {
-            key: RuleKey {
-                ports: ports.parse().unwrap(),
-                side: Side::Local,
-                dir: DirSel::Both,
-                proto: ProtoSel::Any,
-                iface: None,
-            },
+            key: RuleKey::local(ports.parse().unwrap()),
             rate_bps,
             burst_bytes: None,
             action: Action::Drop,

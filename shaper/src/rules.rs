@@ -224,6 +224,18 @@ pub struct RuleKey {
 }
 
 impl RuleKey {
+    /// The key of a rule on local `ports` in both directions, for both protocols, on every
+    /// interface: what `shaper limit set PORTS` means without options.
+    pub fn local(ports: PortRange) -> Self {
+        Self {
+            ports,
+            side: Side::Local,
+            dir: DirSel::Both,
+            proto: ProtoSel::Any,
+            iface: None,
+        }
+    }
+
     /// Orders keys by precedence: the rule that wins a port it shares with another sorts first.
     fn precedence(&self, other: &Self) -> Ordering {
         self.ports
@@ -514,13 +526,7 @@ mod tests {
     use super::*;
 
     fn key(ports: &str) -> RuleKey {
-        RuleKey {
-            ports: ports.parse().unwrap(),
-            side: Side::Local,
-            dir: DirSel::Both,
-            proto: ProtoSel::Any,
-            iface: None,
-        }
+        RuleKey::local(ports.parse().unwrap())
     }
 
     fn limit(rate_bps: u64) -> Limit {

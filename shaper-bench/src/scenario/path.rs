@@ -8,7 +8,7 @@ use std::time::Instant;
 use shaper::{
     AttachMode, Classifier,
     limits::Limits,
-    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+    rules::{Action, PortRange, RuleKey, RuleSpec},
 };
 
 use super::{Context, alternate};
@@ -28,13 +28,7 @@ pub fn rules_on_other_ports(except: u16, rate_bps: u64) -> Vec<RuleSpec> {
     (0..=u16::MAX)
         .filter(|&port| port != except)
         .map(|port| RuleSpec {
-            key: RuleKey {
-                ports: PortRange::single(port),
-                side: Side::Local,
-                dir: DirSel::Both,
-                proto: ProtoSel::Any,
-                iface: None,
-            },
+            key: RuleKey::local(PortRange::single(port)),
             rate_bps,
             burst_bytes: None,
             action: Action::Drop,

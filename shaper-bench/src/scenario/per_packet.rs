@@ -9,7 +9,7 @@ use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use shaper::{
     Classifier, Direction,
     limits::Limits,
-    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+    rules::{Action, PortRange, RuleKey, RuleSpec},
 };
 use shaper_common::bucket::{MAX_BURST_BYTES, MAX_RATE_BPS};
 
@@ -43,13 +43,7 @@ impl Subject {
         let mut limits =
             Limits::start(&mut classifier, Vec::new(), &dir.path().join("state.json"))?;
         let rule = |port, rate_bps, burst_bytes| RuleSpec {
-            key: RuleKey {
-                ports: PortRange::single(port),
-                side: Side::Local,
-                dir: DirSel::Both,
-                proto: ProtoSel::Any,
-                iface: None,
-            },
+            key: RuleKey::local(PortRange::single(port)),
             rate_bps,
             burst_bytes,
             action: Action::Drop,
