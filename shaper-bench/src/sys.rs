@@ -49,19 +49,7 @@ pub fn sleep_until(deadline: Instant) -> anyhow::Result<()> {
     }
 }
 
-pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; sched_setaffinity(0) pins the calling thread.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
+/// The CPUs this process may use (affinity and cgroup quota), as the report states them.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -175,9 +175,12 @@ pub struct RuleConfig {
 }
 const _: () = assert!(size_of::<RuleConfig>() == 32);
 
-/// A bucket's state, updated by the classifier only (with atomics: every CPU shares it). All
-/// zero is a full bucket: the first packet finds `stamp_ns` 0, and its refill, capped at
-/// `fill_ns`, fills the bucket.
+/// A bucket's state, updated by the classifier (with atomics: every CPU shares it) after
+/// userspace wrote it [`full`](Self::full) when the rule was installed.
+///
+/// All zero is *not* a full bucket: it is an empty one stamped at boot, which the first packet
+/// fills only if the machine has been up for longer than the rule's fill time (burst / rate:
+/// 2.3 hours for 1 MiB at 1 kbit/s).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketState {
@@ -188,6 +191,17 @@ pub struct BucketState {
     pub stamp_ns: u64,
 }
 const _: () = assert!(size_of::<BucketState>() == 16);
+
+impl BucketState {
+    /// A bucket holding its whole burst at `now_ns` (`bpf_ktime_get_ns()`'s clock, which is
+    /// CLOCK_MONOTONIC): time before `now_ns` credits nothing, so it is full whatever the uptime.
+    pub const fn full(burst_nanobits: u64, now_ns: u64) -> Self {
+        Self {
+            tokens: burst_nanobits,
+            stamp_ns: now_ns,
+        }
+    }
+}
 
 /// Verdict counters of one rule in one direction.
 #[repr(C)]

@@ -5,6 +5,8 @@
 //!
 //! No eBPF here, so `xtask` can use it before bpf-linker exists.
 
+pub mod cpus;
+
 use std::{
     ffi::OsStr,
     fs::File,

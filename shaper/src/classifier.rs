@@ -15,6 +15,7 @@ use shaper_common::{
 
 use crate::{
     attach::{self, AttachMode, Attachment, Direction},
+    clock,
     counters::{COUNTER_WORDS, PortCounters, SharedArray},
     error::{Error, Result},
     iface,
@@ -246,21 +247,20 @@ impl Classifier {
         }
     }
 
-    /// Writes the limit of rule `id`. For a `fresh` id (a new rule) its buckets and counters are
-    /// zeroed first — a full bucket, see [`BucketState`] — so nothing of an earlier rule with the
-    /// same id carries over; replacing a rule's limit keeps both. The program picks the new
-    /// limit up on its next packet.
+    /// Writes the limit of rule `id`. For a `fresh` id (a new rule) its buckets are filled (a
+    /// whole burst, stamped now) and its counters zeroed first, so a new rule starts full
+    /// whatever the uptime and nothing of an earlier rule with the same id carries over;
+    /// replacing a rule's limit keeps both. The buckets are written before the limit: until the
+    /// program finds a rate it passes the rule's packets uncharged, so no packet meets the old
+    /// bucket under the new limit. The program picks the new limit up on its next packet.
     pub fn write_rule(&mut self, id: u16, config: &RuleConfig, fresh: bool) -> Result<()> {
         let id = u32::from(id);
         if fresh {
             let mut buckets: Array<&mut MapData, BucketState> =
                 Array::try_from(map_mut(&mut self.ebpf, maps::BUCKETS)?)?;
+            let full = BucketState::full(config.burst_nanobits, clock::monotonic_ns());
             for direction in Direction::BOTH {
-                buckets.set(
-                    bucket_index(id, direction.index()),
-                    BucketState::default(),
-                    0,
-                )?;
+                buckets.set(bucket_index(id, direction.index()), full, 0)?;
             }
             let mut counters: Array<&mut MapData, RuleCounters> =
                 Array::try_from(map_mut(&mut self.ebpf, maps::RULE_COUNTERS)?)?;

@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod classifier;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod counters;

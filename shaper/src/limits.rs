@@ -328,19 +328,6 @@ impl Attached {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, which stamps the buckets
-/// (kernel/bpf/helpers.c: `ktime_get_mono_fast_ns`).
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec passed by reference; CLOCK_MONOTONIC exists on
-    // every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
-}
-
 /// Bytes rule's bucket holds at `now_ns`: what the programs left plus what time has credited
 /// since — they refill lazily, on the next packet — capped at the burst. A bucket that cannot be
 /// read counts as full, as a fresh one is.
@@ -364,7 +351,7 @@ fn bucket_bytes_now(
 }
 
 fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
-    let now_ns = monotonic_ns();
+    let now_ns = crate::clock::monotonic_ns();
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
     let mut would_drop = Counter::default();

@@ -489,6 +489,37 @@ mod tests {
         assert_eq!(view.unclassified.packets_per_second, 4.0);
     }
 
+    /// The schema promises `bits_per_second` = 8 × `bytes_per_second`. Both are written as the
+    /// shortest decimal that reads back as the same `f64`, and ×8 is exact in binary, so a
+    /// reader that parses correctly rounded (serde_json's `float_roundtrip`, Python's `float`)
+    /// finds them equal to the last bit. serde_json's default parser is off by one ulp on
+    /// some such strings, which is what this test catches.
+    #[test]
+    fn bits_are_eight_times_bytes_after_a_json_round_trip() {
+        let t0 = Instant::now();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            seed >> 20
+        };
+        for _ in 0..2_000 {
+            let before = sample(t0, vec![port(9090, 0, 0, None)], 0);
+            let packets = 1 + next() % 1_000_000;
+            let bytes = packets * (64 + next() % 1_450);
+            let interval = Duration::from_nanos(1_000_000 + next() % 10_000_000_000);
+            let after = sample(t0 + interval, vec![port(9090, packets, bytes, None)], 0);
+            let json = serde_json::to_string(&view(&before, &after)).expect("serialize");
+            let parsed: serde_json::Value = serde_json::from_str(&json).expect("parse");
+            for object in [&parsed["rows"][0], &parsed["totals"]] {
+                let bytes = object["bytes_per_second"].as_f64().expect("bytes");
+                let bits = object["bits_per_second"].as_f64().expect("bits");
+                assert_eq!(bits, bytes * 8.0, "{json}");
+            }
+        }
+    }
+
     #[test]
     fn a_restarted_daemon_counts_from_zero_not_negative() {
         let t0 = Instant::now();

@@ -171,6 +171,50 @@ fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
     );
 }
 
+/// Seconds since boot (`/proc/uptime`'s first field), rounded up.
+fn uptime_secs() -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").expect("read /proc/uptime");
+    let secs: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/uptime: {uptime:?}"));
+    secs.ceil() as u64
+}
+
+/// A bucket is full when its rule is installed, however long the machine has been up: the
+/// rule's fill time (burst / rate) is made twice the current uptime, so a bucket that filled
+/// only with the time since boot would hold half a burst at most.
+#[test]
+fn a_new_rule_whose_fill_time_exceeds_the_uptime_starts_with_a_full_burst() {
+    let Some(mut s) = setup("full_from_boot") else {
+        return;
+    };
+    // 1 byte per second, so the bytes of burst are its fill time in seconds; the test's own
+    // run time (seconds) refills less than one frame.
+    let rate_bps = 8;
+    let frames = (2 * uptime_secs()).max(BURST).div_ceil(FRAME_LEN as u64);
+    let burst = frames * FRAME_LEN as u64;
+    let rule_spec = RuleSpec {
+        burst_bytes: Some(burst),
+        rate_bps,
+        ..spec(key("9090"), Action::Drop)
+    };
+    s.limits.set(&mut s.classifier, rule_spec).expect("set");
+    let frame = udp_frame(40000, 9090);
+    let (passed, ended) = passes_until_limited(
+        &mut s.classifier,
+        Direction::Ingress,
+        &frame,
+        frames as usize + 10,
+    );
+    println!(
+        "uptime {} s, fill time {burst} s: {passed} of {frames} frames passed",
+        uptime_secs()
+    );
+    assert_eq!((passed, ended), (frames, DROP), "exactly one burst passes");
+}
+
 #[test]
 fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
     let Some(mut s) = setup("refill") else {

@@ -160,7 +160,7 @@ impl Setup {
         let claim = claim_the_demo()?;
         let dir = TempDir::create(std::env::temp_dir().join("shaper-demo"))?;
         let shaper = Shaper {
-            binary: crate::workspace_root().join("target/release/shaper"),
+            binary: crate::release_binary("shaper")?,
             socket: dir.path.join("shaper.sock"),
         };
         // The daemon and the services on `a`, the senders on `b`.

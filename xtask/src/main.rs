@@ -39,7 +39,7 @@ enum Job {
         args: Vec<String>,
     },
     /// Bootstrap, build in release and run the benchmarks (root needed): prints a table and
-    /// writes target/bench/report.json. About 12 minutes; `--quick` under 3.
+    /// writes report.json under the target directory's bench/. About 12 minutes; `--quick` under 3.
     Bench {
         /// Shorter windows and one accuracy rate: proves the bench works, figures are rough.
         #[arg(long)]
@@ -91,6 +91,38 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, `build.target-dir` of a config file, or
+/// `target/` of the workspace. Asked of cargo itself (`cargo metadata`), as every cargo tool
+/// does, so the binaries xtask runs are the ones cargo just built wherever it put them.
+fn target_dir() -> anyhow::Result<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
+    }
+    let output = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed: {}", output.status);
+    }
+    let metadata: Metadata =
+        serde_json::from_slice(&output.stdout).context("reading cargo metadata's output")?;
+    Ok(metadata.target_directory)
+}
+
+/// A binary of this workspace built with `--release`.
+fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(target_dir()?.join("release").join(name))
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
@@ -108,7 +140,7 @@ fn check(cmd: &mut Command) -> anyhow::Result<()> {
 fn run(args: Vec<String>) -> anyhow::Result<()> {
     bootstrap::run()?;
     check(cargo().args(["build", "--release", "--package", "shaper"]))?;
-    let binary = workspace_root().join("target/release/shaper");
+    let binary = release_binary("shaper")?;
     let mut cmd = Command::new(&binary);
     cmd.arg("run").args(&args);
     eprintln!("xtask: {} run {}", binary.display(), args.join(" "));
@@ -156,13 +188,12 @@ fn bench(quick: bool, args: Vec<String>) -> anyhow::Result<()> {
         "--package",
         "shaper-bench",
     ]))?;
-    let root = workspace_root();
-    let mut cmd = Command::new(root.join("target/release/shaper-bench"));
-    cmd.current_dir(&root)
+    let mut cmd = Command::new(release_binary("shaper-bench")?);
+    cmd.current_dir(workspace_root())
         .arg("--shaper")
-        .arg(root.join("target/release/shaper"))
+        .arg(release_binary("shaper")?)
         .arg("--out")
-        .arg(root.join("target/bench/report.json"));
+        .arg(target_dir()?.join("bench/report.json"));
     if quick {
         cmd.arg("--quick");
     }

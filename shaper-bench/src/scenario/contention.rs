@@ -1,35 +1,37 @@
-//! 2. Contention: two runners pinned to CPUs 0 and 1 test-run the same frame through the same
-//!    rule at the same moment (sharing its bucket and counters), against one runner alone.
+//! 2. Contention: two runners pinned to two different CPUs (the first two this process may run
+//!    on) test-run the same frame through the same rule at the same moment (sharing its bucket
+//!    and counters), against one runner alone.
 
 use std::sync::Barrier;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use aya::programs::SchedClassifier;
 
 use super::{
     Context, alternate,
     per_packet::{PASS, PORT_FREE, PORT_PASS, Subject, test_run},
 };
-use crate::{
-    packets,
-    report::Figure,
-    sys::{online_cpus, pin_to_cpu},
-};
+use shaper_netns::cpus;
 
-/// Runs `frame` on `cpus` CPUs at once (one pinned runner each); ns per packet of each runner.
+use crate::{packets, report::Figure};
+
+/// Runs `frame` on each of `cpus` at once (one pinned runner each); ns per packet of each
+/// runner.
 fn runners(
     program: &SchedClassifier,
     frame: &[u8],
     repeat: u32,
-    cpus: usize,
+    cpus: &[usize],
 ) -> anyhow::Result<Vec<f64>> {
-    let start = Barrier::new(cpus);
+    let start = Barrier::new(cpus.len());
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..cpus)
-            .map(|cpu| {
+        let handles: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
                 let start = &start;
                 scope.spawn(move || -> anyhow::Result<f64> {
-                    pin_to_cpu(cpu)?;
+                    cpus::pin_current_thread(cpu)
+                        .with_context(|| format!("pinning a runner to CPU {cpu}"))?;
                     start.wait();
                     let (verdict, ns, _) = test_run(program, frame, repeat)?;
                     if verdict != PASS {
@@ -47,14 +49,15 @@ fn runners(
 }
 
 pub fn run(cx: &mut Context) -> anyhow::Result<()> {
-    if online_cpus() < 2 {
+    let allowed = cpus::allowed().context("reading this process's CPU affinity")?;
+    let [first, second, ..] = allowed[..] else {
         cx.not_measured.push(crate::report::NotMeasured {
             scenario: "contention".into(),
             name: "all".into(),
-            reason: "needs two CPUs".into(),
+            reason: format!("needs two CPUs, this process may run on {allowed:?} only"),
         });
         return Ok(());
-    }
+    };
     let mut subject = Subject::load()?;
     let program = subject.program()?;
     let repeat = cx.plan.test_run_repeat;
@@ -66,9 +69,9 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     ] {
         let frame = packets::ipv4_udp_64(port);
         let mut per_runner: Vec<Vec<f64>> = Vec::new();
-        let samples = alternate(cx.plan.test_run_reps, &[1usize, 2], |&cpus| {
-            let ns = runners(program, &frame, repeat, cpus)?;
-            if cpus == 2 {
+        let samples = alternate(cx.plan.test_run_reps, &[1usize, 2], |&count| {
+            let ns = runners(program, &frame, repeat, &[first, second][..count])?;
+            if count == 2 {
                 per_runner.push(ns.clone());
             }
             Ok(ns.iter().sum::<f64>() / ns.len() as f64)

@@ -15,7 +15,7 @@ use super::{Context, alternate};
 use crate::{
     daemon::Daemon,
     report::Figure,
-    sys::{self, VethPair, online_cpus, sleep_until},
+    sys::{self, VethPair, sleep_until},
     traffic::{UdpSink, UdpSource},
 };
 
@@ -377,7 +377,9 @@ fn memory(cx: &mut Context, small: &Daemon, large: &Daemon) -> anyhow::Result<()
         per_map.insert(name.to_owned(), bytes.into());
     }
     let fdinfo_total: u64 = maps.iter().map(|&(_, memlock)| memlock).sum();
-    let expected = shaper::classifier::map_memory_bytes(1, online_cpus() as u32);
+    // Per-CPU maps hold a value for every *possible* CPU, which may be more than are online.
+    let possible = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
+    let expected = shaper::classifier::map_memory_bytes(1, possible as u32);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     cx.add(
         Figure::new(

@@ -74,7 +74,8 @@ pub fn send_paced(
 ) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         if let Some(cpu) = cpu {
-            pin_to_cpu(cpu);
+            shaper_netns::cpus::pin_current_thread(cpu)
+                .unwrap_or_else(|e| panic!("pin to CPU {cpu}: {e}"));
         }
         let payload = [0x5au8; PAYLOAD];
         let per_sec = (bytes_per_sec / WIRE) as f64;
@@ -98,21 +99,6 @@ pub fn send_paced(
         }
         sent
     })
-}
-
-pub fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; sched_setaffinity(0) pins the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// A [`send_paced`] sender that stops when dropped, so a failing test leaves no thread sending.

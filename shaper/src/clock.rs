@@ -1,0 +1,16 @@
+//! The kernel's clock as the classifier reads it, for userspace to stamp and read buckets with.
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, which stamps the buckets
+/// (kernel/bpf/helpers.c: `bpf_ktime_get_ns` returns `ktime_get_mono_fast_ns()`, the NMI-safe
+/// reader of the same monotonic clock). It counts from boot, so a value of it says nothing about
+/// how long anything has existed.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given by reference; CLOCK_MONOTONIC
+    // exists on every Linux, so the call cannot fail and `now` is always initialised.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
+}
