@@ -98,7 +98,7 @@ pub enum Error {
     Refused(String),
 
     #[error(transparent)]
-    Limit(#[from] crate::rules::LimitError),
+    Limit(#[from] crate::policy::rule_table::LimitError),
 
     #[error("config rule {rule}: {source}")]
     ConfigRule {

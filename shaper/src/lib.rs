@@ -1,28 +1,27 @@
-//! shaper: an eBPF per-port traffic observer (and, later, shaper) for Linux tc hooks.
+//! shaper: an eBPF per-port traffic observer and policer for Linux tc hooks.
 //!
-//! The library holds everything but argument parsing: loading and attaching the classifier
-//! ([`classifier`], [`attach`]), reading its counters ([`counters`], [`stats`]) and the local
-//! control socket through which the CLI talks to the daemon ([`control`]).
+//! The library holds everything but argument parsing, by concern:
+//! - [`datapath`]: what lives in the kernel and how userspace reaches it — loading the
+//!   classifier and its maps, attaching it (tcx or clsact), the mmapped counters, rtnetlink,
+//!   interfaces, and the kernel's clock.
+//! - [`policy`]: what the operator asks for — rates and sizes, limit rules and how they
+//!   resolve, the rules in force and their state file, the config file.
+//! - [`telemetry`]: what the operator sees — counter snapshots (`shaper stats`), the model of
+//!   `shaper top`, listening sockets, and the Prometheus metrics.
+//! - [`control`]: the local socket between the CLI and the daemon.
+//! - [`daemon`]: the daemon itself — start-up in the order that keeps the first packet
+//!   policed, request handling, shutdown — and what it claims (interface and state-file locks,
+//!   capabilities).
 
-pub mod attach;
-pub mod classifier;
-pub mod clock;
-pub mod config;
 pub mod control;
-pub mod counters;
+pub mod daemon;
+pub mod datapath;
 pub mod error;
-pub mod iface;
-pub mod limits;
-pub mod listening;
-pub mod lock;
-pub mod metrics;
-mod netlink;
-pub mod privileges;
-pub mod rules;
-pub mod stats;
-pub mod top;
-pub mod units;
+pub mod policy;
+pub mod telemetry;
 
-pub use attach::{AttachMode, Direction};
-pub use classifier::Classifier;
+pub use datapath::{
+    attach::{AttachMode, Direction},
+    classifier::Classifier,
+};
 pub use error::{Error, Result};

@@ -13,8 +13,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
 use shaper::{
     Classifier, Direction,
-    limits::{Limits, RuleView},
-    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+    policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+    policy::rules_in_force::{Limits, RuleView},
 };
 
 /// TC_ACT_UNSPEC (pass on) and TC_ACT_SHOT.

@@ -26,8 +26,8 @@ use common::{
 };
 use shaper::{
     Classifier, Direction,
-    limits::Limits,
-    metrics::{Exporter, Format, Inventory},
+    policy::rules_in_force::Limits,
+    telemetry::metrics::{Exporter, Format, Inventory},
 };
 
 /// Where the daemon serves metrics by default, inside its namespace.

@@ -15,7 +15,7 @@ use common::{
     daemon::Daemon,
     netns::{InNamespace as _, Namespace, VethPair, veth_pair},
 };
-use shaper::stats::Snapshot;
+use shaper::telemetry::counter_snapshot::Snapshot;
 
 const DATAGRAMS: u64 = 200;
 const DATAGRAM_PAYLOAD: usize = 100;

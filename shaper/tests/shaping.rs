@@ -24,7 +24,7 @@ use common::{
     netns::{InNamespace as _, veth_pair},
     traffic::{Receiver, WIRE, send_paced},
 };
-use shaper::stats::Snapshot;
+use shaper::telemetry::counter_snapshot::Snapshot;
 
 /// The limit of the UDP tests: 8 Mbit/s = 1,000,000 wire bytes/s = 1000 datagrams/s.
 const LIMIT: &str = "8mbit";
@@ -54,7 +54,11 @@ fn sleep_until(deadline: Instant) {
     }
 }
 
-fn udp_port(s: &Snapshot, iface: &str, port: u16) -> shaper::stats::PortStats {
+fn udp_port(
+    s: &Snapshot,
+    iface: &str,
+    port: u16,
+) -> shaper::telemetry::counter_snapshot::PortStats {
     s.port(iface, "ingress", "udp", port)
         .cloned()
         .unwrap_or_else(|| panic!("no counters for udp/{port}: {s:#?}"))
@@ -497,7 +501,7 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     assert!(status.success(), "{log}");
     let second = Daemon::start_with_state(&pair.a, "r2", &args, &state);
     let after = second.rules();
-    let without_counters = |rules: &[shaper::limits::RuleView]| -> Vec<String> {
+    let without_counters = |rules: &[shaper::policy::rules_in_force::RuleView]| -> Vec<String> {
         rules
             .iter()
             .map(|r| {

@@ -176,12 +176,12 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     let daemon = Daemon::start(&cx.shaper, &pair.a, &pair.a_if, "accuracy", None)?;
     let aggregate = u64::from(
         pair.a
-            .enter(|| shaper::iface::max_aggregate_bytes(&pair.a_if))??,
+            .enter(|| shaper::datapath::interfaces::max_aggregate_bytes(&pair.a_if))??,
     );
-    let burst = shaper::rules::min_burst(aggregate);
+    let burst = shaper::policy::rule_table::min_burst(aggregate);
 
     for &rate in &plan.accuracy_rates {
-        let default_burst = shaper::rules::default_burst(rate * 8, aggregate);
+        let default_burst = shaper::policy::rule_table::default_burst(rate * 8, aggregate);
         let rate_name = format!("{}MB/s", rate / 1_000_000);
         for traffic in [Traffic::Udp, Traffic::Tcp(1), Traffic::Tcp(4)] {
             let mut offered = [Vec::new(), Vec::new(), Vec::new()];

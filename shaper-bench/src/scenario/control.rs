@@ -203,9 +203,9 @@ fn rate_change(cx: &mut Context, pair: &VethPair, daemon: &Daemon) -> anyhow::Re
     let port = PORT.to_string();
     let aggregate = u64::from(
         pair.a
-            .enter(|| shaper::iface::max_aggregate_bytes(&pair.a_if))??,
+            .enter(|| shaper::datapath::interfaces::max_aggregate_bytes(&pair.a_if))??,
     );
-    let burst = format!("{}B", shaper::rules::min_burst(aggregate));
+    let burst = format!("{}B", shaper::policy::rule_table::min_burst(aggregate));
     let set = |rate: u64| {
         daemon.cli(&[
             "limit",
@@ -379,7 +379,7 @@ fn memory(cx: &mut Context, small: &Daemon, large: &Daemon) -> anyhow::Result<()
     let fdinfo_total: u64 = maps.iter().map(|&(_, memlock)| memlock).sum();
     // Per-CPU maps hold a value for every *possible* CPU, which may be more than are online.
     let possible = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
-    let expected = shaper::classifier::map_memory_bytes(1, possible as u32);
+    let expected = shaper::datapath::classifier::map_memory_bytes(1, possible as u32);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     cx.add(
         Figure::new(

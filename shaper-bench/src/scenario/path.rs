@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use shaper::{
     AttachMode, Classifier,
-    limits::Limits,
-    rules::{Action, PortRange, RuleKey, RuleSpec},
+    policy::rule_table::{Action, PortRange, RuleKey, RuleSpec},
+    policy::rules_in_force::Limits,
 };
 
 use super::{Context, alternate};

@@ -8,8 +8,8 @@ use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use shaper::{
     Classifier, Direction,
-    limits::Limits,
-    rules::{Action, PortRange, RuleKey, RuleSpec},
+    policy::rule_table::{Action, PortRange, RuleKey, RuleSpec},
+    policy::rules_in_force::Limits,
 };
 use shaper_common::bucket::{MAX_BURST_BYTES, MAX_RATE_BPS};
 

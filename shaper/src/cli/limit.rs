@@ -6,9 +6,9 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use shaper::{
     control::{self, Request, Response},
-    limits::RuleView,
-    rules::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
-    units,
+    policy::rates_and_sizes,
+    policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
+    policy::rules_in_force::RuleView,
 };
 
 #[derive(Debug, Subcommand)]
@@ -75,15 +75,15 @@ pub struct LsArgs {
 
 fn parse_ports(text: &str) -> Result<PortRange, String> {
     text.parse()
-        .map_err(|e: shaper::rules::PortRangeError| e.to_string())
+        .map_err(|e: shaper::policy::rule_table::PortRangeError| e.to_string())
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
-    units::parse_rate(text).map_err(|e| e.to_string())
+    rates_and_sizes::parse_rate(text).map_err(|e| e.to_string())
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    units::parse_size(text).map_err(|e| e.to_string())
+    rates_and_sizes::parse_size(text).map_err(|e| e.to_string())
 }
 
 impl KeyArgs {

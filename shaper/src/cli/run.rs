@@ -10,12 +10,12 @@ use clap::{Args, ValueEnum};
 use log::info;
 use shaper::{
     AttachMode, Classifier,
-    config::{self, AttachSel},
     control::{ControlSocket, Request, Response},
-    iface,
-    limits::{DEFAULT_STATE_FILE, Limits},
-    metrics::{self, Exporter, Format, Inventory, MetricsAddr},
-    privileges,
+    daemon::capabilities,
+    datapath::interfaces,
+    policy::config_file::{self, AttachSel},
+    policy::rules_in_force::{DEFAULT_STATE_FILE, Limits},
+    telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -68,16 +68,16 @@ struct Daemon {
 pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     // A bad config file is reported before anything else, privileges included.
     let config = match &args.config {
-        Some(path) => config::load(path)?,
-        None => config::Config::default(),
+        Some(path) => config_file::load(path)?,
+        None => config_file::Config::default(),
     };
-    privileges::check()?;
+    capabilities::check()?;
     let mut ifaces = args.ifaces;
     if ifaces.is_empty() {
         ifaces = config.interfaces.clone();
     }
     if ifaces.is_empty() {
-        let default = iface::default_route_interface()?;
+        let default = interfaces::default_route_interface()?;
         info!("no --iface given: using {default}, the interface of the default route");
         ifaces.push(default);
     }
@@ -86,7 +86,7 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     ifaces.retain(|name| seen.insert(name.clone()));
     // Fail on a missing interface before loading anything.
     for name in &ifaces {
-        iface::index(name)?;
+        interfaces::index(name)?;
     }
     let attach = args.attach.unwrap_or(match config.attach {
         None | Some(AttachSel::Auto) => AttachArg::Auto,
@@ -108,7 +108,7 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         .or(config.metrics_top_ports)
         .unwrap_or(metrics::DEFAULT_TOP_PORTS);
     // Claimed before anything is read from or written to it, for the daemon's whole life.
-    let _state_lock = shaper::lock::PidLock::acquire_state(&args.state)?;
+    let _state_lock = shaper::daemon::pid_lock::PidLock::acquire_state(&args.state)?;
     let mut classifier = Classifier::load(ifaces.len() as u32)?;
     // Register every interface and install the rules before attaching, so the first packet
     // the programs see is already policed.
@@ -221,7 +221,7 @@ impl Daemon {
         Ok(match request {
             Request::Stats => {
                 let mut snapshot = classifier.snapshot()?;
-                snapshot.listening = shaper::listening::listeners();
+                snapshot.listening = shaper::telemetry::listening_sockets::listeners();
                 Response::Stats(snapshot)
             }
             Request::LimitSet { rule } => {

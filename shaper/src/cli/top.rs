@@ -23,8 +23,8 @@ use ratatui::{
 };
 use shaper::{
     control::{self, Request, Response},
-    top::{self, Column, Row, Sample, View},
-    units,
+    policy::rates_and_sizes,
+    telemetry::top_view::{self, Column, Row, Sample, View},
 };
 
 #[derive(Debug, Args)]
@@ -62,7 +62,7 @@ pub fn top(args: TopArgs, socket: &Path) -> anyhow::Result<()> {
     if args.once {
         let before = sample(socket)?;
         std::thread::sleep(interval);
-        let view = top::view(&before, &sample(socket)?);
+        let view = top_view::view(&before, &sample(socket)?);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&view)?);
         } else {
@@ -102,7 +102,7 @@ fn plain_loop(socket: &Path, interval: Duration, bits: bool, filter: &str) -> an
     loop {
         std::thread::sleep(interval);
         let after = sample(socket)?;
-        let table = plain_table(&top::view(&before, &after), bits, filter);
+        let table = plain_table(&top_view::view(&before, &after), bits, filter);
         let mut out = io::stdout().lock();
         match writeln!(out, "{table}").and_then(|()| out.flush()) {
             Ok(()) => {}
@@ -164,7 +164,7 @@ fn plain_table(view: &View, bits: bool, filter: &str) -> String {
         Column::ALL.iter().map(|c| c.title().to_owned()).collect(),
     ));
     out.push('\n');
-    for row in view.rows.iter().filter(|r| top::matches(r, filter)) {
+    for row in view.rows.iter().filter(|r| top_view::matches(r, filter)) {
         out.push_str(&cells(
             Column::ALL
                 .iter()
@@ -221,8 +221,8 @@ fn cell_text(row: &Row, column: Column, bits: bool) -> String {
         Column::Rule => row.rule.as_ref().map_or("-".to_owned(), |r| {
             format!(
                 "{}/{} {}",
-                units::format_rate(r.rate_bps),
-                units::format_size(r.burst_bytes),
+                rates_and_sizes::format_rate(r.rate_bps),
+                rates_and_sizes::format_size(r.burst_bytes),
                 if r.action == "observe" { "obs" } else { "drop" }
             )
         }),
@@ -336,8 +336,8 @@ impl Tui {
                 if now >= next_sample {
                     match sample(socket) {
                         Ok(after) => {
-                            let mut view = top::view(&before, &after);
-                            top::sort(&mut view.rows, self.sort, self.descending);
+                            let mut view = top_view::view(&before, &after);
+                            top_view::sort(&mut view.rows, self.sort, self.descending);
                             self.view = Some(view);
                             self.error = None;
                             before = after;
@@ -417,7 +417,7 @@ impl Tui {
 
     fn resort(&mut self) {
         if let Some(view) = &mut self.view {
-            top::sort(&mut view.rows, self.sort, self.descending);
+            top_view::sort(&mut view.rows, self.sort, self.descending);
         }
     }
 
@@ -456,7 +456,7 @@ impl Tui {
         let rows: Vec<&Row> = self.view.as_ref().map_or_else(Vec::new, |view| {
             view.rows
                 .iter()
-                .filter(|r| top::matches(r, &self.filter))
+                .filter(|r| top_view::matches(r, &self.filter))
                 .collect()
         });
         let several_ifaces = rows.windows(2).any(|w| w[0].iface != w[1].iface);

@@ -8,8 +8,8 @@ use std::{
 
 use shaper::{
     control::{self, Request, Response},
-    limits::RuleView,
-    stats::Snapshot,
+    policy::rules_in_force::RuleView,
+    telemetry::counter_snapshot::Snapshot,
 };
 
 use super::netns::Namespace;

@@ -28,10 +28,10 @@
 //!   and column.
 //! - TOML floats are refused for rates and sizes: a float is not exact, and "1.5mbit" says the
 //!   same exactly (`units` never rounds).
-//! - Two rules with the same key (ports, remote, dir, proto and iface; see [`crate::rules`]) are
+//! - Two rules with the same key (ports, remote, dir, proto and iface; see [`crate::policy::rule_table`]) are
 //!   an error naming both: on the command line the second would replace the first, which in a
 //!   file is almost certainly a copy-paste slip. Overlapping keys are fine; the most specific
-//!   rule wins a packet, as [`crate::rules`] describes.
+//!   rule wins a packet, as [`crate::policy::rule_table`] describes.
 
 use std::{
     fmt, fs, io,
@@ -43,11 +43,11 @@ use serde::Deserialize;
 use toml::Value;
 
 use crate::{
-    metrics::MetricsAddr,
-    rules::{
+    policy::rates_and_sizes::{self, RATE_FORMS, SIZE_FORMS},
+    policy::rule_table::{
         Action, DirSel, PORT_FORMS, PortRange, PortRangeError, ProtoSel, RuleKey, RuleSpec, Side,
     },
-    units::{self, RATE_FORMS, SIZE_FORMS},
+    telemetry::metrics::MetricsAddr,
 };
 
 /// What a config file asks for.
@@ -333,7 +333,7 @@ impl RawLimit {
         let rate = self.rate.as_ref().ok_or_else(|| missing(&rule, "rate"))?;
         let rate_bps = amount(
             rate,
-            units::parse_rate,
+            rates_and_sizes::parse_rate,
             RATE_FORMS,
             "\"10mbit\" or \"1.5MB/s\"",
         )
@@ -343,7 +343,7 @@ impl RawLimit {
             Some(burst) => Some(
                 amount(
                     burst,
-                    units::parse_size,
+                    rates_and_sizes::parse_size,
                     SIZE_FORMS,
                     "\"256KiB\" or \"1.5MB\"",
                 )
@@ -419,7 +419,7 @@ fn port_range(value: &Value) -> Result<PortRange, String> {
 /// too-large integers get the same messages as strings do.
 fn amount(
     value: &Value,
-    parse: fn(&str) -> Result<u64, units::UnitError>,
+    parse: fn(&str) -> Result<u64, rates_and_sizes::UnitError>,
     forms: &str,
     examples: &str,
 ) -> Result<u64, String> {
@@ -631,7 +631,7 @@ mod tests {
 
     #[test]
     fn the_repository_example_parses_and_has_rules() {
-        let config = parse(include_str!("../../shaper.toml"), "shaper.toml").unwrap();
+        let config = parse(include_str!("../../../shaper.toml"), "shaper.toml").unwrap();
         assert!(
             config.interfaces.is_empty(),
             "the example must not need an interface"

@@ -27,7 +27,7 @@ use shaper_common::{
     RULE_INDEX_ROWS_PER_IFACE, SIDE_LOCAL, SIDE_REMOTE, bucket, rule_index_row,
 };
 
-use crate::units;
+use crate::policy::rates_and_sizes;
 
 /// An inclusive port range; a single port is `lo == hi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -370,22 +370,22 @@ pub fn make_limit(
     }
     if rate_bps > bucket::MAX_RATE_BPS {
         return Err(LimitError::RateTooHigh {
-            value: units::format_rate(rate_bps),
-            max: units::format_rate(bucket::MAX_RATE_BPS),
+            value: rates_and_sizes::format_rate(rate_bps),
+            max: rates_and_sizes::format_rate(bucket::MAX_RATE_BPS),
         });
     }
     let burst_bytes = match burst_bytes {
         None => default_burst(rate_bps, aggregate),
         Some(burst) if burst > bucket::MAX_BURST_BYTES => {
             return Err(LimitError::BurstTooLarge {
-                value: units::format_size(burst),
-                max: units::format_size(bucket::MAX_BURST_BYTES),
+                value: rates_and_sizes::format_size(burst),
+                max: rates_and_sizes::format_size(bucket::MAX_BURST_BYTES),
             });
         }
         Some(burst) if burst < min_burst(aggregate) => {
             return Err(LimitError::BurstTooSmall {
-                value: units::format_size(burst),
-                min: units::format_size(min_burst(aggregate)),
+                value: rates_and_sizes::format_size(burst),
+                min: rates_and_sizes::format_size(min_burst(aggregate)),
                 aggregate,
                 on: iface_note.to_owned(),
             });

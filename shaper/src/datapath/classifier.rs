@@ -14,12 +14,14 @@ use shaper_common::{
 };
 
 use crate::{
-    attach::{self, AttachMode, Attachment, Direction},
-    clock,
-    counters::{COUNTER_WORDS, PortCounters, SharedArray},
+    datapath::attach::{self, AttachMode, Attachment, Direction},
+    datapath::interfaces,
+    datapath::ktime,
+    datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, SharedArray},
     error::{Error, Result},
-    iface,
-    stats::{InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats},
+    telemetry::counter_snapshot::{
+        InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
+    },
 };
 
 /// The eBPF object built from `shaper-ebpf` by the build script.
@@ -142,7 +144,7 @@ impl Classifier {
     /// does this itself; tests that run the programs with BPF_PROG_TEST_RUN (whose packets arrive
     /// on loopback) call it directly.
     pub fn register(&mut self, name: &str) -> Result<u32> {
-        let ifindex = iface::index(name)?;
+        let ifindex = interfaces::index(name)?;
         if let Some(slot) = self.interfaces.iter().position(|i| i.ifindex == ifindex) {
             return Ok(slot as u32);
         }
@@ -172,7 +174,7 @@ impl Classifier {
     /// Attaches both programs to the ingress and egress hooks of `name`.
     pub fn attach(&mut self, name: &str, mode: AttachMode) -> Result<()> {
         let slot = self.register(name)? as usize;
-        let netns = iface::netns_inode()?;
+        let netns = interfaces::netns_inode()?;
         let ifindex = self.interfaces[slot].ifindex;
         let attachment = attach::attach(&mut self.ebpf, name, ifindex, netns, mode)?;
         self.interfaces[slot].attachment = Some(attachment);
@@ -258,7 +260,7 @@ impl Classifier {
         if fresh {
             let mut buckets: Array<&mut MapData, BucketState> =
                 Array::try_from(map_mut(&mut self.ebpf, maps::BUCKETS)?)?;
-            let full = BucketState::full(config.burst_nanobits, clock::monotonic_ns());
+            let full = BucketState::full(config.burst_nanobits, ktime::monotonic_ns());
             for direction in Direction::BOTH {
                 buckets.set(bucket_index(id, direction.index()), full, 0)?;
             }
@@ -283,7 +285,7 @@ impl Classifier {
         self.write_rule(id, &RuleConfig::default(), false)
     }
 
-    /// Makes the rule index equal to `index` (as [`crate::rules::RuleTable::resolve`] builds it
+    /// Makes the rule index equal to `index` (as [`crate::policy::rule_table::RuleTable::resolve`] builds it
     /// for [`interface_names`](Self::interface_names)), writing only the ports that change.
     /// Each port's cell is one aligned 16-bit store, so the program sees either the old or the
     /// new rule for a port, never a torn id. Returns the number of ports written.

@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{limits::RuleView, stats::Snapshot};
+use crate::{policy::rules_in_force::RuleView, telemetry::counter_snapshot::Snapshot};
 
 /// The JSON schema version of [`View`] (`shaper top --once --json`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -106,22 +106,23 @@ pub fn view(before: &Sample, after: &Sample) -> View {
             0.0
         }
     };
-    let earlier: HashMap<(&str, &str, &str, u16), &crate::stats::PortStats> = before
-        .snapshot
-        .ports
-        .iter()
-        .map(|p| {
-            (
+    let earlier: HashMap<(&str, &str, &str, u16), &crate::telemetry::counter_snapshot::PortStats> =
+        before
+            .snapshot
+            .ports
+            .iter()
+            .map(|p| {
                 (
-                    p.iface.as_str(),
-                    p.direction.as_str(),
-                    p.proto.as_str(),
-                    p.port,
-                ),
-                p,
-            )
-        })
-        .collect();
+                    (
+                        p.iface.as_str(),
+                        p.direction.as_str(),
+                        p.proto.as_str(),
+                        p.port,
+                    ),
+                    p,
+                )
+            })
+            .collect();
     let rules: HashMap<u16, &RuleView> = after.rules.iter().map(|r| (r.id, r)).collect();
     let mut processes: HashMap<(&str, u16), Vec<&str>> = HashMap::new();
     for listener in &after.snapshot.listening {
@@ -377,8 +378,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        listening::Listener,
-        stats::{PortStats, SCHEMA_VERSION as STATS_SCHEMA, UnclassifiedStats},
+        telemetry::counter_snapshot::{
+            PortStats, SCHEMA_VERSION as STATS_SCHEMA, UnclassifiedStats,
+        },
+        telemetry::listening_sockets::Listener,
     };
 
     fn port(port: u16, packets: u64, bytes: u64, rule: Option<u16>) -> PortStats {

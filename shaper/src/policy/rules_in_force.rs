@@ -14,11 +14,11 @@ use shaper_common::Counter;
 
 use crate::{
     Direction,
-    classifier::Classifier,
+    datapath::classifier::Classifier,
+    datapath::interfaces,
     error::{Error, Result},
-    iface,
-    rules::{Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, make_limit},
-    units,
+    policy::rates_and_sizes,
+    policy::rule_table::{Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, make_limit},
 };
 
 /// Where the daemon keeps its rules unless told otherwise (`--state`).
@@ -294,7 +294,7 @@ impl Attached {
         let mut aggregate = 0u64;
         let mut largest_on = String::new();
         for name in &names {
-            let bytes = u64::from(iface::max_aggregate_bytes(name)?);
+            let bytes = u64::from(interfaces::max_aggregate_bytes(name)?);
             if bytes > aggregate {
                 aggregate = bytes;
                 largest_on = format!(" on {name}");
@@ -308,11 +308,11 @@ impl Attached {
     }
 
     /// Checks a requested rule against the attached interfaces and turns it into a limit.
-    fn validate(&self, spec: &RuleSpec) -> Result<crate::rules::Limit> {
+    fn validate(&self, spec: &RuleSpec) -> Result<crate::policy::rule_table::Limit> {
         if let Some(name) = &spec.key.iface
             && !self.names.contains(name)
         {
-            return Err(crate::rules::LimitError::NotAttached {
+            return Err(crate::policy::rule_table::LimitError::NotAttached {
                 iface: name.clone(),
                 attached: self.names.join(", "),
             }
@@ -351,7 +351,7 @@ fn bucket_bytes_now(
 }
 
 fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
-    let now_ns = crate::clock::monotonic_ns();
+    let now_ns = crate::datapath::ktime::monotonic_ns();
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
     let mut would_drop = Counter::default();
@@ -374,9 +374,9 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
         proto: rule.key.proto.name().to_owned(),
         iface: rule.key.iface.clone(),
         rate_bps: rule.limit.rate_bps,
-        rate: units::format_rate(rule.limit.rate_bps),
+        rate: rates_and_sizes::format_rate(rule.limit.rate_bps),
         burst_bytes: rule.limit.burst_bytes,
-        burst: units::format_size(rule.limit.burst_bytes),
+        burst: rates_and_sizes::format_size(rule.limit.burst_bytes),
         action: rule.limit.action.name().to_owned(),
         passed_packets: passed.packets,
         passed_bytes: passed.bytes,
@@ -437,7 +437,9 @@ mod tests {
 
     #[test]
     fn the_state_file_reads_back_what_was_saved_one_rule_per_line() {
-        use crate::rules::{Action, DirSel, Limit, PortRange, ProtoSel, RuleKey, Side};
+        use crate::policy::rule_table::{
+            Action, DirSel, Limit, PortRange, ProtoSel, RuleKey, Side,
+        };
         let key = |port| RuleKey {
             ports: PortRange::single(port),
             side: Side::Local,

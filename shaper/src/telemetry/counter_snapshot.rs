@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::listening::Listener;
+use crate::telemetry::listening_sockets::Listener;
 
 /// The JSON schema version of [`Snapshot`]; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use crate::counters::PortReading;
+use crate::datapath::mapped_arrays::PortReading;
 
 /// One port's counters, as (interface slot, direction index, protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

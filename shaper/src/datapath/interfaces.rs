@@ -29,7 +29,7 @@ const GSO_LEGACY_MAX_SIZE: u32 = 65536;
 /// the L2 header and the headers of every further segment.
 pub fn max_aggregate_bytes(name: &str) -> Result<u32> {
     let ifindex = index(name)?;
-    let limits = crate::netlink::link_aggregate_limits(ifindex).map_err(|e| {
+    let limits = crate::datapath::netlink::link_aggregate_limits(ifindex).map_err(|e| {
         if e.raw_os_error() == Some(libc::ENODEV) {
             // Removed between the name lookup and the request.
             Error::InterfaceNotFound(name.to_owned())

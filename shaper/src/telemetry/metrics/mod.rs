@@ -5,10 +5,10 @@
 //! reads the per-port counters from shared memory without it ([`PortCounters`]), so a scrape
 //! never holds up `shaper limit set` for the length of a 65,536-port scan.
 
-mod exposition;
-mod families;
-mod http;
-mod selection;
+mod http_endpoint;
+mod metric_families;
+mod port_selection;
+mod text_formats;
 
 use std::{
     collections::HashSet,
@@ -19,18 +19,18 @@ use std::{
     time::Instant,
 };
 
-pub use exposition::Format;
-pub use http::{ScrapeFn, serve};
-pub use selection::{Group, PortKey, Selection, Selector, Totals};
+pub use http_endpoint::{ScrapeFn, serve};
+pub use port_selection::{Group, PortKey, Selection, Selector, Totals};
 use shaper_common::{Counter, reason};
+pub use text_formats::Format;
 
 use crate::{
     Classifier, Direction,
-    classifier::{InterfaceState, PROTOCOLS},
-    counters::PortCounters,
-    limits::Limits,
-    listening::{Listener, listeners},
-    rules::{Rule, Side},
+    datapath::classifier::{InterfaceState, PROTOCOLS},
+    datapath::mapped_arrays::PortCounters,
+    policy::rule_table::{Rule, Side},
+    policy::rules_in_force::Limits,
+    telemetry::listening_sockets::{Listener, listeners},
 };
 
 /// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
@@ -209,7 +209,7 @@ impl Exporter {
                             if listening.contains(&(proto, port)) {
                                 pinned.insert(key);
                             }
-                            active.push((key, selection::totals(&reading)));
+                            active.push((key, port_selection::totals(&reading)));
                         },
                     );
                 }
@@ -227,7 +227,7 @@ impl Exporter {
     /// Collects and encodes one scrape in `format`.
     pub fn render(&self, inventory: Inventory, started: Instant, format: Format) -> String {
         let scrape = self.collect(inventory, started);
-        families::encode(scrape, format)
+        metric_families::encode(scrape, format)
     }
 }
 
@@ -236,7 +236,7 @@ mod tests {
     use super::*;
     use crate::{
         AttachMode,
-        rules::{Action, DirSel, Limit, PortRange, ProtoSel, RuleKey},
+        policy::rule_table::{Action, DirSel, Limit, PortRange, ProtoSel, RuleKey},
     };
 
     fn rule(id: u16, ports: PortRange, side: Side) -> Rule {

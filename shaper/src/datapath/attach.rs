@@ -15,9 +15,9 @@ use aya::{
 use log::{info, warn};
 
 use crate::{
+    daemon::pid_lock::PidLock,
+    datapath::netlink,
     error::{Error, Result},
-    lock::PidLock,
-    netlink,
 };
 
 /// How the programs are attached to the tc hooks.
@@ -278,7 +278,7 @@ pub(crate) fn attached_now(
         AttachMode::Tcx => match SchedClassifier::query_tcx(iface, direction.tc_attach_type()) {
             Ok((_revision, programs)) => Ok(programs.iter().any(|p| p.id() == ours)),
             // The interface is gone (or renamed): nothing of ours can be attached to it.
-            Err(_) if crate::iface::index(iface).is_err() => Ok(false),
+            Err(_) if crate::datapath::interfaces::index(iface).is_err() => Ok(false),
             Err(e) => Err(e.into()),
         },
         AttachMode::Clsact => {

@@ -13,8 +13,8 @@ use prometheus_client::{
 };
 use shaper_common::{DIR_INGRESS, reason};
 
-use super::{Format, Scrape, exposition, selection::Totals};
-use crate::classifier::PROTOCOLS;
+use super::{Format, Scrape, port_selection::Totals, text_formats};
+use crate::datapath::classifier::PROTOCOLS;
 
 /// The port counter families: (name, help, index into [`Totals`]).
 const PORT_FAMILIES: [(&str, &str, usize); 6] = [
@@ -61,7 +61,7 @@ pub fn encode(scrape: Scrape, format: Format) -> String {
     }
     match format {
         Format::OpenMetrics => openmetrics,
-        Format::PrometheusText => exposition::to_prometheus_text(&openmetrics),
+        Format::PrometheusText => text_formats::to_prometheus_text(&openmetrics),
     }
 }
 
@@ -177,7 +177,7 @@ impl Collector for ScrapeCollector {
             }
         }
 
-        let rules: Vec<([(&str, String); 6], &crate::rules::Rule)> = scrape
+        let rules: Vec<([(&str, String); 6], &crate::policy::rule_table::Rule)> = scrape
             .inventory
             .rules
             .iter()

@@ -19,9 +19,9 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
-    limits::RuleView,
-    rules::{RuleKey, RuleSpec},
-    stats::Snapshot,
+    policy::rule_table::{RuleKey, RuleSpec},
+    policy::rules_in_force::RuleView,
+    telemetry::counter_snapshot::Snapshot,
 };
 
 /// Where the daemon listens unless told otherwise (`--socket`, or `SHAPER_SOCKET`).

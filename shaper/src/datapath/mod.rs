@@ -1,0 +1,8 @@
+//! The datapath: the classifier in the kernel and every way userspace reaches it.
+
+pub mod attach;
+pub mod classifier;
+pub mod interfaces;
+pub mod ktime;
+pub mod mapped_arrays;
+pub(crate) mod netlink;

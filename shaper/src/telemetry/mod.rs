@@ -1,0 +1,7 @@
+//! Telemetry: what the operator sees of the traffic — counter snapshots, `shaper top`'s rates,
+//! listening sockets and the Prometheus metrics.
+
+pub mod counter_snapshot;
+pub mod listening_sockets;
+pub mod metrics;
+pub mod top_view;
