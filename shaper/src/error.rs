@@ -116,6 +116,25 @@ pub enum Error {
     #[error("state file {path}: {reason}; move it away to start from the config file's rules")]
     State { path: PathBuf, reason: String },
 
+    #[error(transparent)]
+    Config(#[from] crate::policy::config_file::ConfigError),
+
+    #[error("cannot serve metrics on {addr}: {error}{hint}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        hint: &'static str,
+        error: io::Error,
+    },
+
+    #[error("metrics endpoint: {error}")]
+    MetricsServe { error: io::Error },
+
+    #[error("detaching on shutdown")]
+    Detach(#[source] Box<Error>),
+
+    #[error("internal error: daemon lock poisoned")]
+    Poisoned,
+
     // aya's errors are large; boxed so every Result of this crate stays small.
     #[error(transparent)]
     Ebpf(Box<aya::EbpfError>),

@@ -7,6 +7,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -15,7 +16,11 @@ use common::{
     daemon::Daemon,
     netns::{InNamespace as _, Namespace, VethPair, veth_pair},
 };
-use shaper::telemetry::counter_snapshot::Snapshot;
+use shaper::{
+    control::{self, Request, Response},
+    daemon::{Daemon as LibraryDaemon, Flags},
+    telemetry::{counter_snapshot::Snapshot, metrics::MetricsAddr},
+};
 
 const DATAGRAMS: u64 = 200;
 const DATAGRAM_PAYLOAD: usize = 100;
@@ -342,4 +347,80 @@ fn clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one() {
     assert!(status.success(), "{log}");
     assert!(log.contains("removed a stale shaper filter"), "{log}");
     assert_eq!(filters(), "", "filters left after a clean stop");
+}
+
+/// The daemon as a library type, started without the binary: in a thread inside the
+/// namespace, with the config's rule installed and answering on the control socket, until the
+/// caller's shutdown future completes; then nothing is left attached and the socket is gone.
+#[test]
+fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
+    if !common::require_root("the_library_daemon_starts_serves_and_stops_without_the_binary") {
+        return;
+    }
+    let pair = veth_pair("l");
+    let dir = std::env::temp_dir().join(format!("shaper-test-{}-lib", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
+    let config = dir.join("shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"{}\"]\n[[limit]]\nport = 7100\nrate = \"8mbit\"\n",
+            pair.a_if
+        ),
+    )
+    .expect("write config");
+    let socket = dir.join("shaper.sock");
+    let flags = Flags {
+        ifaces: Vec::new(),
+        attach: None,
+        config: Some(config),
+        state: dir.join("state.json"),
+        metrics_addr: Some(MetricsAddr::Off),
+        metrics_top_ports: None,
+        socket: socket.clone(),
+    };
+    let stop = AtomicBool::new(false);
+    let (stats, rules) = std::thread::scope(|scope| {
+        let daemon = scope.spawn(|| {
+            pair.a.within(|| {
+                LibraryDaemon::start(flags)?.run_until(async {
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Ok(())
+                })
+            })
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let stats = loop {
+            match control::request(&socket, &Request::Stats) {
+                Ok(Response::Stats(stats)) => break stats,
+                _ if daemon.is_finished() || std::time::Instant::now() > deadline => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("daemon never answered: {:?}", daemon.join());
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let rules = control::request(&socket, &Request::LimitLs).expect("limit ls");
+        stop.store(true, Ordering::Relaxed);
+        daemon
+            .join()
+            .expect("daemon thread")
+            .expect("daemon ran and stopped");
+        (stats, rules)
+    });
+    assert_eq!(stats.interfaces[0].name, pair.a_if);
+    let Response::Rules { rules } = rules else {
+        panic!("limit ls: {rules:?}");
+    };
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        (rules[0].ports.as_str(), rules[0].rate_bps),
+        ("7100", 8_000_000)
+    );
+    assert!(!socket.exists(), "control socket left behind");
+    assert_nothing_attached(&pair, "library");
+    let _ = std::fs::remove_dir_all(&dir);
 }

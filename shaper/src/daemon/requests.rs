@@ -1,0 +1,54 @@
+//! The daemon's answer to each control request.
+
+use std::sync::Mutex;
+
+use log::info;
+
+use super::InForce;
+use crate::{
+    control::{Request, Response},
+    error::{Error, Result},
+    telemetry::listening_sockets,
+};
+
+/// Answers `request`; an error becomes an error reply, and the daemon goes on serving.
+pub(super) fn answer(in_force: &Mutex<InForce>, request: Request) -> Response {
+    let reply = match in_force.lock() {
+        Ok(mut in_force) => in_force.answer(request),
+        Err(_) => Err(Error::Poisoned),
+    };
+    reply.unwrap_or_else(|e| Response::Error {
+        message: e.to_string(),
+    })
+}
+
+impl InForce {
+    fn answer(&mut self, request: Request) -> Result<Response> {
+        let Self { classifier, limits } = self;
+        Ok(match request {
+            Request::Stats => {
+                let mut snapshot = classifier.snapshot()?;
+                snapshot.listening = listening_sockets::listeners();
+                Response::Stats(snapshot)
+            }
+            Request::LimitSet { rule } => {
+                let key = rule.key.to_string();
+                let (rule, replaced) = limits.set(classifier, rule)?;
+                info!(
+                    "limit set: {key}: rate {} burst {} {}",
+                    rule.rate, rule.burst, rule.action
+                );
+                Response::RuleSet { rule, replaced }
+            }
+            Request::LimitRm { rule } => {
+                let key = rule.to_string();
+                let rule = limits.remove(classifier, &rule)?;
+                info!("limit removed: {key}");
+                Response::RuleRemoved { rule }
+            }
+            Request::LimitLs => Response::Rules {
+                rules: limits.list(classifier),
+            },
+        })
+    }
+}

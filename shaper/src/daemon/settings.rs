@@ -1,0 +1,93 @@
+//! What a daemon runs with: each setting from its `shaper run` flag, else the config file, else
+//! the default.
+
+use std::{collections::HashSet, path::PathBuf};
+
+use log::info;
+
+use crate::{
+    datapath::{attach::AttachMode, interfaces},
+    error::Result,
+    policy::{
+        config_file::{self, AttachSel, Config},
+        rule_table::RuleSpec,
+    },
+    telemetry::metrics::{self, MetricsAddr},
+};
+
+/// What `shaper run` was given: a field is empty or `None` where its flag was not.
+#[derive(Debug, Clone)]
+pub struct Flags {
+    pub ifaces: Vec<String>,
+    pub attach: Option<AttachSel>,
+    pub config: Option<PathBuf>,
+    pub state: PathBuf,
+    pub metrics_addr: Option<MetricsAddr>,
+    pub metrics_top_ports: Option<usize>,
+    pub socket: PathBuf,
+}
+
+/// The settings in force for one daemon.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interfaces to attach to, each once, in the order first named; each exists.
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    /// The config file's rules, installed at start-up unless the state file resumes them.
+    pub config_rules: Vec<RuleSpec>,
+    pub state: PathBuf,
+    pub metrics_addr: MetricsAddr,
+    pub metrics_top_ports: usize,
+    pub socket: PathBuf,
+}
+
+/// Reads the config file named by `flags`, if any. Done before anything else, privileges
+/// included, so a bad file is the first thing an operator hears about.
+pub fn read_config(flags: &Flags) -> Result<Config> {
+    Ok(match &flags.config {
+        Some(path) => config_file::load(path)?,
+        None => Config::default(),
+    })
+}
+
+impl Settings {
+    /// Merges `flags` over `config`. Without an interface from either, takes the interface of
+    /// the default route. Fails on an interface that does not exist, before anything is loaded.
+    pub fn resolve(flags: Flags, config: Config) -> Result<Self> {
+        let mut ifaces = flags.ifaces;
+        if ifaces.is_empty() {
+            ifaces = config.interfaces;
+        }
+        if ifaces.is_empty() {
+            let default = interfaces::default_route_interface()?;
+            info!("no --iface given: using {default}, the interface of the default route");
+            ifaces.push(default);
+        }
+        // Naming an interface twice means it once; keep the first mention's order.
+        let mut seen = HashSet::new();
+        ifaces.retain(|name| seen.insert(name.clone()));
+        for name in &ifaces {
+            interfaces::index(name)?;
+        }
+        let mode = match flags.attach.or(config.attach) {
+            None | Some(AttachSel::Auto) => AttachMode::auto(),
+            Some(AttachSel::Tcx) => AttachMode::Tcx,
+            Some(AttachSel::Clsact) => AttachMode::Clsact,
+        };
+        Ok(Self {
+            ifaces,
+            mode,
+            config_rules: config.limits,
+            state: flags.state,
+            metrics_addr: flags
+                .metrics_addr
+                .or(config.metrics_addr)
+                .unwrap_or(MetricsAddr::At(metrics::DEFAULT_ADDR)),
+            metrics_top_ports: flags
+                .metrics_top_ports
+                .or(config.metrics_top_ports)
+                .unwrap_or(metrics::DEFAULT_TOP_PORTS),
+            socket: flags.socket,
+        })
+    }
+}
