@@ -1,0 +1,91 @@
+//! The control protocol: what the CLI asks the daemon, and what it answers. One JSON object per
+//! line each way; the wire format of each message is pinned by the tests below.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    policy::{
+        rule_table::{RuleKey, RuleSpec},
+        rules_in_force::RuleView,
+    },
+    telemetry::counter_snapshot::Snapshot,
+};
+
+/// Where the daemon listens unless told otherwise (`--socket`, or `SHAPER_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/shaper/shaper.sock";
+
+/// Requests are small; anything larger is a client bug or abuse and is refused unread.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Every counter that has seen traffic.
+    Stats,
+    /// Add a rule, or replace the limit of the rule with the same key.
+    LimitSet { rule: RuleSpec },
+    /// Remove the rule with exactly this key.
+    LimitRm { rule: RuleKey },
+    /// Every rule with its counters.
+    LimitLs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Stats(Snapshot),
+    /// The rule as set; `replaced` when it existed (its counters are kept).
+    RuleSet {
+        rule: RuleView,
+        replaced: bool,
+    },
+    /// The removed rule with its final counters.
+    RuleRemoved {
+        rule: RuleView,
+    },
+    Rules {
+        rules: Vec<RuleView>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_an_op_tag() {
+        assert_eq!(
+            serde_json::to_string(&Request::Stats).unwrap(),
+            r#"{"op":"stats"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"stats"}"#).unwrap(),
+            Request::Stats
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn limit_requests_refuse_unknown_fields_and_bad_ports() {
+        let ok = r#"{"op":"limit_set","rule":{"key":{"ports":"8000-8099","dir":"egress"},"rate_bps":8000000}}"#;
+        match serde_json::from_str::<Request>(ok).unwrap() {
+            Request::LimitSet { rule } => {
+                assert_eq!(rule.key.ports.to_string(), "8000-8099");
+                assert_eq!(rule.burst_bytes, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            // A misspelt burst must not silently become the default burst.
+            r#"{"op":"limit_set","rule":{"key":{"ports":"80"},"rate_bps":8000000,"burts_bytes":1}}"#,
+            r#"{"op":"limit_rm","rule":{"ports":"80","rate_bps":1}}"#,
+            r#"{"op":"limit_rm","rule":{"ports":"90-80"}}"#,
+            r#"{"op":"limit_rm","rule":{"ports":"80","dir":"up"}}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+}

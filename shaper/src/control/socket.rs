@@ -1,0 +1,192 @@
+//! Both ends of the control socket: the client's one-shot [`request`], and the daemon's
+//! [`ControlSocket`], which serves any number of connections without letting a slow, malformed
+//! or oversized request stop it.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    net::{UnixListener, UnixStream},
+};
+
+use super::{MAX_REQUEST_BYTES, Request, Response};
+use crate::error::{Error, Result};
+
+/// How long a client may take to send a request line before the daemon hangs up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends one request to the daemon at `path` and waits for its response.
+pub fn request(path: &Path, request: &Request) -> Result<Response> {
+    let stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::DaemonNotRunning {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => Error::ControlPermission {
+            path: path.to_owned(),
+        },
+        _ => Error::path(path)(e),
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    match serde_json::from_str(&reply).map_err(Error::BadReply)? {
+        Response::Error { message } => Err(Error::Refused(message)),
+        response => Ok(response),
+    }
+}
+
+/// A bound control socket; the file is removed on drop.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` with mode 0600, creating its directory (0755) if needed. A socket file that
+    /// nobody listens on (left by a killed daemon) is replaced; a live one is an error.
+    pub fn bind(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::path(dir))?;
+        }
+        if path.exists() {
+            if StdUnixStream::connect(path).is_ok() {
+                return Err(Error::SocketInUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(Error::path(path))?;
+        }
+        let listener = UnixListener::bind(path).map_err(Error::path(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(Error::path(path))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts connections forever, answering each request with `handle`.
+    pub async fn serve<H>(&self, handle: H) -> Result<()>
+    where
+        H: Fn(Request) -> Response + Clone + Send + 'static,
+    {
+        loop {
+            let (stream, _) = self.listener.accept().await?;
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_connection(stream, handle).await {
+                    log::debug!("control connection: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_connection<H>(stream: UnixStream, handle: H) -> io::Result<()>
+where
+    H: Fn(Request) -> Response,
+{
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            (&mut reader)
+                .take(MAX_REQUEST_BYTES + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
+        if read == 0 {
+            return Ok(());
+        }
+        let too_long = line.len() as u64 > MAX_REQUEST_BYTES;
+        let response = if too_long {
+            Response::Error {
+                message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            }
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => handle(request),
+                Err(e) => Response::Error {
+                    message: format!("malformed request: {e}"),
+                },
+            }
+        };
+        let mut reply = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        reply.push(b'\n');
+        write.write_all(&reply).await?;
+        if too_long {
+            // The rest of the oversized line is still unread: drop the connection.
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_socket_says_the_daemon_is_not_running() {
+        let err = request(Path::new("/nonexistent/shaper.sock"), &Request::Stats).unwrap_err();
+        assert!(err.to_string().contains("daemon is not running"), "{err}");
+        assert!(err.to_string().contains("shaper run"), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn malformed_and_oversized_requests_get_errors_and_the_daemon_keeps_serving() {
+        let path =
+            std::env::temp_dir().join(format!("shaper-control-test-{}.sock", std::process::id()));
+        let socket = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let server = tokio::spawn(async move {
+            let _ = socket
+                .serve(|_| Response::Error {
+                    message: "no classifier in this test".into(),
+                })
+                .await;
+        });
+        let client_path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let talk = |payload: &[u8]| -> String {
+                let stream = StdUnixStream::connect(&client_path).unwrap();
+                (&stream).write_all(payload).unwrap();
+                let mut reply = String::new();
+                BufReader::new(&stream).read_line(&mut reply).unwrap();
+                reply
+            };
+            assert!(talk(b"{not json}\n").contains("malformed request"));
+            let mut huge = vec![b'x'; (MAX_REQUEST_BYTES + 10) as usize];
+            huge.push(b'\n');
+            assert!(talk(&huge).contains("longer than"));
+            // Still serving after both.
+            assert!(talk(b"{\"op\":\"stats\"}\n").contains("no classifier in this test"));
+        })
+        .await
+        .unwrap();
+        server.abort();
+        let _ = std::fs::remove_file(&path);
+    }
+}
