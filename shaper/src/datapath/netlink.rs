@@ -2,20 +2,107 @@
 //! legacy-mode run leaves the interface as it found it; listing the BPF programs attached under
 //! clsact, so the daemon can tell whether its own is still there; and reading an interface's
 //! GSO/GRO size limits, which bound the largest skb its tc hooks can see.
+//!
+//! Hand-written on libc, as aya's own netlink code is: netlink-packet-route would still need a
+//! socket crate, rejects a whole message over one attribute it cannot decode (where this module
+//! skips the attribute), and breaks its API every few 0.x releases; three fixed requests do not
+//! pay for that.
 
 use std::{
     io,
-    mem::size_of,
+    mem::{align_of, size_of},
+    ops::ControlFlow,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering},
 };
+
+/// libc spells netlink's message types, flags and address families as `c_int`; the messages
+/// hold them as u16 (or u8). Used for constants only, so a value that does not fit fails the
+/// build rather than a request.
+const fn u16_of(value: libc::c_int) -> u16 {
+    assert!(value >= 0 && value <= u16::MAX as libc::c_int);
+    value as u16
+}
+
+const fn u8_of(value: libc::c_int) -> u8 {
+    assert!(value >= 0 && value <= u8::MAX as libc::c_int);
+    value as u8
+}
+
+const NLM_F_REQUEST: u16 = u16_of(libc::NLM_F_REQUEST);
+const NLM_F_ACK: u16 = u16_of(libc::NLM_F_ACK);
+const NLM_F_DUMP: u16 = u16_of(libc::NLM_F_DUMP);
+const NLMSG_NOOP: u16 = u16_of(libc::NLMSG_NOOP);
+const NLMSG_ERROR: u16 = u16_of(libc::NLMSG_ERROR);
+const NLMSG_DONE: u16 = u16_of(libc::NLMSG_DONE);
+const AF_NETLINK: libc::sa_family_t = u16_of(libc::AF_NETLINK);
+const AF_UNSPEC: u8 = u8_of(libc::AF_UNSPEC);
+
+// include/uapi/linux/netlink.h: NLMSG_HDRLEN is NLMSG_ALIGN(sizeof(struct nlmsghdr)), 16, and
+// NLMSG_ALIGNTO 4; libc keeps both private, so they are pinned to its NLMSG_ALIGN here.
+const HEADER_LEN: usize = size_of::<libc::nlmsghdr>();
+const MESSAGE_ALIGN: usize = 4;
+const _: () = assert!(HEADER_LEN == 16 && libc::NLMSG_ALIGN(HEADER_LEN) == 16);
+const _: () = assert!(libc::NLMSG_ALIGN(1) == 4 && libc::NLMSG_ALIGN(5) == 8);
+// include/uapi/linux/netlink.h: NLA_HDRLEN (which libc lacks) is the aligned struct nlattr,
+// which rtattr (include/uapi/linux/rtnetlink.h) shares; NLA_ALIGNTO is RTA_ALIGNTO.
+const ATTRIBUTE_HEADER_LEN: usize = size_of::<libc::nlattr>();
+const ATTRIBUTE_ALIGN: usize = u16_of(libc::NLA_ALIGNTO) as usize;
+const _: () = assert!(ATTRIBUTE_HEADER_LEN == 4 && ATTRIBUTE_ALIGN == 4);
+const _: () = assert!(size_of::<libc::rtattr>() == ATTRIBUTE_HEADER_LEN);
+/// The type bits of nla_type, without NLA_F_NESTED and NLA_F_NET_BYTEORDER (libc's
+/// NLA_TYPE_MASK is the same mask as a negative c_int).
+const ATTRIBUTE_TYPE_MASK: u16 = !u16_of(libc::NLA_F_NESTED | libc::NLA_F_NET_BYTEORDER);
+// include/uapi/linux/netlink.h struct sockaddr_nl: family, pad, pid, groups.
+const SOCKADDR_NL_LEN: libc::socklen_t = 12;
+const _: () = assert!(size_of::<libc::sockaddr_nl>() == 12);
 
 // include/uapi/linux/pkt_sched.h: the clsact qdisc sits at parent TC_H_CLSACT with handle ffff:0.
 const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
 const CLSACT_HANDLE: u32 = 0xFFFF_0000;
-// include/uapi/linux/rtnetlink.h
-const RTM_DELQDISC: u16 = 37;
-const TCA_KIND: u16 = 1;
 
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// `ifindex` as the kernel's int. net/core/dev.c `dev_index_reserve` hands out indexes in
+/// 1..=INT_MAX. Outside it no device exists and a request would mislead (tcm_ifindex -1 is
+/// TCM_IFINDEX_MAGIC_BLOCK, and RTM_GETLINK takes index 0 as "look up by name" and answers
+/// EINVAL), so such an index is ENODEV without asking, as it is for a free one.
+fn device_index(ifindex: u32) -> io::Result<i32> {
+    i32::try_from(ifindex)
+        .ok()
+        .filter(|&index| index > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+}
+
+/// A request as sent: its header, then a fixed body (include/uapi/linux/netlink.h: the payload
+/// starts at NLMSG_HDRLEN).
+#[repr(C)]
+struct Request<B> {
+    header: libc::nlmsghdr,
+    body: B,
+}
+
+/// The fixed part of a request after its nlmsghdr.
+///
+/// # Safety
+/// An implementor is `#[repr(C)]` without padding (its size is asserted to be the sum of its
+/// fields'), so every byte of a value is initialised and may be sent as it is.
+unsafe trait Body: Sized {}
+
+impl<B: Body> Request<B> {
+    /// nlmsg_len: the whole request. Evaluated at build time for each body, which also checks
+    /// that no padding sits between the header and the body.
+    const LEN: u32 = {
+        assert!(align_of::<B>() <= MESSAGE_ALIGN && size_of::<B>().is_multiple_of(MESSAGE_ALIGN));
+        assert!(size_of::<Self>() == HEADER_LEN + size_of::<B>());
+        assert!(size_of::<Self>() <= u32::MAX as usize);
+        size_of::<Self>() as u32
+    };
+}
+
+/// struct tcmsg (include/uapi/linux/rtnetlink.h), which libc lacks.
 #[repr(C)]
 struct TcMsg {
     family: u8,
@@ -27,168 +114,10 @@ struct TcMsg {
     info: u32,
 }
 
-#[repr(C)]
-struct Request {
-    header: libc::nlmsghdr,
-    tc: TcMsg,
-    kind_len: u16,
-    kind_type: u16,
-    // "clsact\0" padded to the 4-byte attribute alignment.
-    kind: [u8; 8],
-}
-
-/// Deletes the clsact qdisc of `ifindex` (and with it every filter under it). Naming the kind
-/// makes the kernel refuse (EINVAL) rather than delete a plain ingress qdisc at the same parent
-/// (net/sched/sch_api.c `tc_get_qdisc`).
-pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
-    let request = Request {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<Request>() as u32,
-            nlmsg_type: RTM_DELQDISC,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        tc: TcMsg {
-            family: libc::AF_UNSPEC as u8,
-            pad1: 0,
-            pad2: 0,
-            ifindex: ifindex as i32,
-            handle: CLSACT_HANDLE,
-            parent: TC_H_CLSACT,
-            info: 0,
-        },
-        kind_len: 4 + 7,
-        kind_type: TCA_KIND,
-        kind: *b"clsact\0\0",
-    };
-
-    let socket = send(&request)?;
-
-    // The ack is an NLMSG_ERROR carrying 0 or a negative errno (include/uapi/linux/netlink.h).
-    let mut reply = [0u8; 1024];
-    // SAFETY: recv writes at most reply.len() bytes into the buffer.
-    let received = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            reply.as_mut_ptr().cast(),
-            reply.len(),
-            0,
-        )
-    };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let header_len = size_of::<libc::nlmsghdr>();
-    if (received as usize) < header_len + 4 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "short netlink reply",
-        ));
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "unexpected netlink reply",
-        ));
-    }
-    let errno = i32::from_ne_bytes([
-        reply[header_len],
-        reply[header_len + 1],
-        reply[header_len + 2],
-        reply[header_len + 3],
-    ]);
-    match errno {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(-errno)),
-    }
-}
-
-/// Opens a NETLINK_ROUTE socket and sends `request`, one complete netlink message, to the kernel.
-/// `T` must be a `repr(C)` value without padding whose first field is its `nlmsghdr`. rtnetlink
-/// handles a request inside sendmsg(2) (net/core/rtnetlink.c `rtnetlink_rcv`), so the reply is
-/// already queued on the returned socket.
-fn send<T>(request: &T) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned (and closed) by OwnedFd.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-
-    // SAFETY: `request` is a fully initialised repr(C) value of the length passed.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            (request as *const T).cast(),
-            size_of::<T>(),
-            0,
-            (&raw const kernel).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket)
-}
-
-/// Receives one netlink datagram whole, however large. With MSG_TRUNC a netlink recv returns the
-/// datagram's full length, not what was copied (net/netlink/af_netlink.c `netlink_recvmsg`), so a
-/// peek sizes the buffer: a fixed one would silently cut a longer reply and lose the attributes at
-/// its end.
-fn receive(socket: &OwnedFd) -> io::Result<Vec<u8>> {
-    // SAFETY: with a zero length recv writes nothing into the (dangling but unused) buffer.
-    let len = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
-            0,
-            libc::MSG_PEEK | libc::MSG_TRUNC,
-        )
-    };
-    if len < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut reply = vec![0u8; len as usize];
-    // SAFETY: recv writes at most reply.len() bytes into the buffer.
-    let received = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            reply.as_mut_ptr().cast(),
-            reply.len(),
-            0,
-        )
-    };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    reply.truncate(received as usize);
-    Ok(reply)
-}
-
-// include/uapi/linux/if_link.h, the IFLA_* enum. GSO_MAX_SIZE is 41 (40 is GSO_MAX_SEGS);
-// GRO_MAX_SIZE came with Linux 5.19, the IPv4 pair with 6.3 (BIG TCP for IPv4). Each is a u32
-// put by net/core/rtnetlink.c `rtnl_fill_ifinfo` on every RTM_NEWLINK of a kernel that has it.
-const IFLA_GSO_MAX_SIZE: u16 = 41;
-const IFLA_GRO_MAX_SIZE: u16 = 58;
-const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
-const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
-// include/uapi/linux/netlink.h: the type bits of nla_type, without NLA_F_NESTED and
-// NLA_F_NET_BYTEORDER.
-const NLA_TYPE_MASK: u16 = 0x3FFF;
-// include/uapi/linux/netlink.h NLA_HDRLEN and NLA_ALIGNTO.
-const ATTRIBUTE_HEADER_LEN: usize = 4;
-const ATTRIBUTE_ALIGN: usize = 4;
+// 1 + 1 + 2 + 4 * 4 bytes of fields: no padding.
+const _: () = assert!(size_of::<TcMsg>() == 20);
+// SAFETY: repr(C), and its size is the sum of its fields' (asserted above).
+unsafe impl Body for TcMsg {}
 
 /// struct ifinfomsg (include/uapi/linux/rtnetlink.h). libc's has a private padding field, so it
 /// cannot be built with a struct literal.
@@ -202,11 +131,400 @@ struct IfInfoMsg {
     change: u32,
 }
 
+// 1 + 1 + 2 + 4 * 3 bytes of fields: no padding.
+const _: () = assert!(size_of::<IfInfoMsg>() == 16);
+// SAFETY: repr(C), and its size is the sum of its fields' (asserted above).
+unsafe impl Body for IfInfoMsg {}
+
+/// The body of RTM_DELQDISC for clsact: the tcmsg, then the TCA_KIND attribute.
 #[repr(C)]
-struct LinkRequest {
-    header: libc::nlmsghdr,
-    info: IfInfoMsg,
+struct DeleteQdisc {
+    tc: TcMsg,
+    kind_header: libc::rtattr,
+    kind: [u8; 8],
 }
+
+// 20 (tcmsg) + 4 (rtattr) + 8 ("clsact\0" padded to RTA_ALIGNTO): no padding.
+const _: () = assert!(size_of::<DeleteQdisc>() == 32);
+// SAFETY: repr(C), and its size is the sum of its fields' (asserted above).
+unsafe impl Body for DeleteQdisc {}
+
+/// The TCA_KIND value, NUL included as nla_put_string puts it, padded to the attribute alignment.
+const CLSACT_KIND: [u8; 8] = *b"clsact\0\0";
+/// rta_len counts the header and the value, not the padding.
+const CLSACT_KIND_LEN: u16 = 4 + 7;
+const _: () = assert!(CLSACT_KIND_LEN as usize == ATTRIBUTE_HEADER_LEN + b"clsact\0".len());
+
+// nlmsghdr (16, include/uapi/linux/netlink.h) followed by each body.
+const _: () = assert!(size_of::<Request<DeleteQdisc>>() == 48);
+const _: () = assert!(size_of::<Request<IfInfoMsg>>() == 32);
+const _: () = assert!(size_of::<Request<TcMsg>>() == 36);
+
+/// Deletes the clsact qdisc of `ifindex` (and with it every filter under it). Naming the kind
+/// makes the kernel refuse (EINVAL) rather than delete a plain ingress qdisc at the same parent
+/// (net/sched/sch_api.c `tc_get_qdisc`). An index no device can have is ENODEV, as the kernel
+/// answers for a missing one.
+pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
+    let body = DeleteQdisc {
+        tc: TcMsg {
+            family: AF_UNSPEC,
+            pad1: 0,
+            pad2: 0,
+            ifindex: device_index(ifindex)?,
+            handle: CLSACT_HANDLE,
+            parent: TC_H_CLSACT,
+            info: 0,
+        },
+        kind_header: libc::rtattr {
+            rta_len: CLSACT_KIND_LEN,
+            rta_type: libc::TCA_KIND,
+        },
+        kind: CLSACT_KIND,
+    };
+    talk(
+        libc::RTM_DELQDISC,
+        NLM_F_REQUEST | NLM_F_ACK,
+        body,
+        acknowledged,
+    )
+}
+
+/// The answer to a request sent with NLM_F_ACK and nothing else: the ack.
+fn acknowledged(reply: Reply<'_>) -> io::Result<ControlFlow<()>> {
+    match reply {
+        Reply::Ack => Ok(ControlFlow::Break(())),
+        Reply::Message { .. } | Reply::Done => Err(invalid("unexpected netlink reply")),
+    }
+}
+
+/// One message of the kernel's reply, as a request's handler sees it. NLMSG_NOOP never reaches
+/// it; an NLMSG_ERROR with an errno or an NLMSG_DONE with one is the request's error instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply<'a> {
+    /// Any other message: its type and what follows its header.
+    Message { kind: u16, payload: &'a [u8] },
+    /// NLMSG_ERROR with error 0 (include/uapi/linux/netlink.h `struct nlmsgerr`).
+    Ack,
+    /// NLMSG_DONE, the end of a dump.
+    Done,
+}
+
+/// Where the replies to one request go: the kernel answers with the request's sequence number,
+/// addressed to the port that sent it (net/netlink/af_netlink.c `netlink_ack`,
+/// `netlink_dump`). Another message on the socket is not an answer and is skipped.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    seq: u32,
+    port: u32,
+}
+
+/// The sequence number of the next request. Each request has a socket of its own, so this only
+/// makes a stray message stand out.
+static NEXT_SEQUENCE: AtomicU32 = AtomicU32::new(1);
+
+/// Sends one request (`kind`, `flags`, then `body`) to rtnetlink and feeds every message of its
+/// reply to `handle` until `handle` breaks with the answer: the one path every request here
+/// takes. The reply may span datagrams (a dump arrives as several: the kernel fills the next
+/// each time the reader drains the socket, net/netlink/af_netlink.c `netlink_recvmsg` calls
+/// `netlink_dump`). A kernel errno is the error, with the kernel's code; a malformed reply is
+/// `InvalidData`.
+fn talk<B: Body, T>(
+    kind: u16,
+    flags: u16,
+    body: B,
+    mut handle: impl FnMut(Reply<'_>) -> io::Result<ControlFlow<T>>,
+) -> io::Result<T> {
+    let socket = Socket::open()?;
+    let seq = NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let request = Request {
+        header: libc::nlmsghdr {
+            nlmsg_len: Request::<B>::LEN,
+            nlmsg_type: kind,
+            nlmsg_flags: flags,
+            nlmsg_seq: seq,
+            nlmsg_pid: 0,
+        },
+        body,
+    };
+    socket.send(&request)?;
+    let exchange = Exchange {
+        seq,
+        port: socket.port,
+    };
+    loop {
+        // rtnetlink handles a request inside sendmsg(2) (net/core/rtnetlink.c `rtnetlink_rcv`),
+        // so the first datagram of the reply is already queued.
+        let Some(datagram) = socket.receive()? else {
+            continue;
+        };
+        if let ControlFlow::Break(answer) = exchange.walk(&datagram, &mut handle)? {
+            return Ok(answer);
+        }
+    }
+}
+
+impl Exchange {
+    /// Feeds the messages of one datagram that answer this exchange to `handle`, until it
+    /// breaks; `Continue` when the reply goes on in the next datagram. Handles NLMSG_NOOP,
+    /// NLMSG_ERROR and NLMSG_DONE for every request. Never panics: a malformed datagram is
+    /// `InvalidData`.
+    fn walk<T>(
+        self,
+        datagram: &[u8],
+        handle: &mut impl FnMut(Reply<'_>) -> io::Result<ControlFlow<T>>,
+    ) -> io::Result<ControlFlow<T>> {
+        if datagram.is_empty() {
+            // Every datagram of a reply holds a message; waiting for the rest of a reply after
+            // an empty one could wait forever.
+            return Err(invalid("empty netlink datagram"));
+        }
+        for message in messages(datagram) {
+            let message = message?;
+            if message.seq != self.seq || message.port != self.port {
+                continue;
+            }
+            let reply = match message.kind {
+                NLMSG_NOOP => continue,
+                NLMSG_ERROR => match read_i32(message.payload, 0) {
+                    Some(0) => Reply::Ack,
+                    Some(errno) => return Err(kernel_error(errno)),
+                    None => return Err(invalid("short netlink error")),
+                },
+                // net/netlink/af_netlink.c `netlink_dump_done` puts the dump callback's return
+                // value here: negative if the dump failed, e.g. EMSGSIZE for an entry too big
+                // for any datagram. One without its int is taken as the end.
+                NLMSG_DONE => match read_i32(message.payload, 0) {
+                    Some(errno) if errno < 0 => return Err(kernel_error(errno)),
+                    _ => Reply::Done,
+                },
+                kind => Reply::Message {
+                    kind,
+                    payload: message.payload,
+                },
+            };
+            if let ControlFlow::Break(answer) = handle(reply)? {
+                return Ok(ControlFlow::Break(answer));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// The error a netlink errno (negative, include/uapi/linux/netlink.h `struct nlmsgerr`) stands
+/// for; any other value is a malformed reply.
+fn kernel_error(errno: i32) -> io::Error {
+    match errno.checked_neg() {
+        Some(code) if code > 0 => io::Error::from_raw_os_error(code),
+        _ => invalid("netlink error without a negative errno"),
+    }
+}
+
+/// One message of a datagram: its header's fields and what follows the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Message<'a> {
+    kind: u16,
+    seq: u32,
+    port: u32,
+    payload: &'a [u8],
+}
+
+/// The messages packed in `datagram`, each checked as NLMSG_OK (include/uapi/linux/netlink.h)
+/// would: a whole header, an nlmsg_len of at least the header and within what remains. The
+/// first one that fails is an `InvalidData` error and ends the walk. Never panics.
+fn messages(mut datagram: &[u8]) -> impl Iterator<Item = io::Result<Message<'_>>> {
+    std::iter::from_fn(move || {
+        if datagram.is_empty() {
+            return None;
+        }
+        let message = next_message(datagram);
+        datagram = match message {
+            // NLMSG_ALIGN: the next message starts at the aligned length; the last one may lack
+            // its padding.
+            Ok((_, len)) => datagram
+                .get(len.next_multiple_of(MESSAGE_ALIGN)..)
+                .unwrap_or_default(),
+            Err(_) => &[],
+        };
+        Some(message.map(|(message, _)| message))
+    })
+}
+
+/// The first message of `datagram` and its length.
+fn next_message(datagram: &[u8]) -> io::Result<(Message<'_>, usize)> {
+    // struct nlmsghdr: len at 0, type at 4, flags at 6, seq at 8, pid at 12.
+    let (Some(len), Some(kind), Some(seq), Some(port)) = (
+        read_u32(datagram, 0),
+        read_u16(datagram, 4),
+        read_u32(datagram, 8),
+        read_u32(datagram, 12),
+    ) else {
+        return Err(invalid("short netlink message"));
+    };
+    let bad_length = || invalid("netlink message with a bad length");
+    let len = usize::try_from(len).map_err(|_| bad_length())?;
+    let payload = datagram.get(HEADER_LEN..len).ok_or_else(bad_length)?;
+    let message = Message {
+        kind,
+        seq,
+        port,
+        payload,
+    };
+    Ok((message, len))
+}
+
+/// A NETLINK_ROUTE socket for one exchange, and the port id the kernel bound it to.
+struct Socket {
+    fd: OwnedFd,
+    port: u32,
+}
+
+/// A sockaddr_nl for `port` (0 is the kernel).
+fn netlink_address(port: u32) -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is integers only (and libc's private padding), for which all-zero
+    // bytes are a valid value.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    address.nl_family = AF_NETLINK;
+    address.nl_pid = port;
+    address
+}
+
+/// Runs a syscall that returns a length or -1 with errno, again if a signal interrupted it.
+fn retry(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        if let Ok(len) = usize::try_from(call()) {
+            return Ok(len);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+impl Socket {
+    fn open() -> io::Result<Self> {
+        // SAFETY: socket(2) takes no pointers.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it; OwnedFd closes it once.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Port 0 asks the kernel for a free one (net/netlink/af_netlink.c `netlink_bind` calls
+        // `netlink_autobind`); getsockname says which, for telling our replies apart.
+        let mut address = netlink_address(0);
+        // SAFETY: `address` is a sockaddr_nl of the length passed, read during the call only.
+        let bound =
+            unsafe { libc::bind(fd.as_raw_fd(), (&raw const address).cast(), SOCKADDR_NL_LEN) };
+        if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut len = SOCKADDR_NL_LEN;
+        // SAFETY: getsockname writes at most `len` bytes into `address`, which has that many,
+        // and stores the address's real length in `len`; both outlive the call.
+        let named =
+            unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut address).cast(), &raw mut len) };
+        if named < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if len != SOCKADDR_NL_LEN || address.nl_family != AF_NETLINK {
+            return Err(invalid("netlink socket with a foreign address"));
+        }
+        Ok(Self {
+            fd,
+            port: address.nl_pid,
+        })
+    }
+
+    fn send<B: Body>(&self, request: &Request<B>) -> io::Result<()> {
+        let kernel = netlink_address(0);
+        let len = size_of::<Request<B>>();
+        let sent = retry(|| {
+            // SAFETY: `request` is a header and a `Body` with no padding between or inside them
+            // (Body's contract and `Request::LEN`'s assertions), so all `len` bytes are
+            // initialised; `kernel` is a sockaddr_nl of the length passed. sendto reads both
+            // during the call only.
+            unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    (&raw const *request).cast(),
+                    len,
+                    0,
+                    (&raw const kernel).cast(),
+                    SOCKADDR_NL_LEN,
+                )
+            }
+        })?;
+        // A netlink datagram is sent whole or not at all.
+        if sent != len {
+            return Err(invalid("netlink request sent in part"));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram whole, however large; `None` for one the kernel did not send
+    /// (another process may write to our port), which is no part of the reply. With MSG_TRUNC
+    /// a netlink recv returns the datagram's full length, not what was copied
+    /// (net/netlink/af_netlink.c `netlink_recvmsg`), so a peek sizes the buffer: a fixed one
+    /// would cut a longer reply and lose the messages at its end.
+    fn receive(&self) -> io::Result<Option<Vec<u8>>> {
+        let fd = self.fd.as_raw_fd();
+        let len = retry(|| {
+            // SAFETY: with a zero length recv writes nothing into the (dangling but unused)
+            // buffer.
+            unsafe {
+                libc::recv(
+                    fd,
+                    std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+                    0,
+                    libc::MSG_PEEK | libc::MSG_TRUNC,
+                )
+            }
+        })?;
+        let mut datagram = vec![0u8; len];
+        let mut sender = netlink_address(0);
+        let mut sender_len = SOCKADDR_NL_LEN;
+        let received = retry(|| {
+            // SAFETY: recvfrom writes at most `datagram.len()` bytes into `datagram` and at
+            // most `sender_len` bytes into `sender`, which has that many, then stores the
+            // sender's real length in `sender_len`; all outlive the call.
+            unsafe {
+                libc::recvfrom(
+                    fd,
+                    datagram.as_mut_ptr().cast(),
+                    datagram.len(),
+                    libc::MSG_TRUNC,
+                    (&raw mut sender).cast(),
+                    &raw mut sender_len,
+                )
+            }
+        })?;
+        // Only this thread reads the socket, so the datagram is the one peeked; whatever did not
+        // fit would be lost.
+        if received > datagram.len() {
+            return Err(invalid("truncated netlink reply"));
+        }
+        datagram.truncate(received);
+        if sender_len != SOCKADDR_NL_LEN || sender.nl_pid != 0 {
+            return Ok(None);
+        }
+        Ok(Some(datagram))
+    }
+}
+
+// include/uapi/linux/if_link.h, the IFLA_* enum. GSO_MAX_SIZE is 41 (40 is GSO_MAX_SEGS);
+// GRO_MAX_SIZE came with Linux 5.19, the IPv4 pair with 6.3 (BIG TCP for IPv4). Each is a u32
+// put by net/core/rtnetlink.c `rtnl_fill_ifinfo` on every RTM_NEWLINK of a kernel that has it.
+// libc's enum stops at IFLA_ALLMULTI (61), so the IPv4 pair is defined here.
+const _: () = assert!(libc::IFLA_GSO_MAX_SIZE == 41 && libc::IFLA_GRO_MAX_SIZE == 58);
+const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
 
 /// The GSO/GRO size limits of one interface, in bytes, as the kernel reports them. `None` is an
 /// attribute this kernel does not have (see the IFLA_* constants above for which came when).
@@ -240,58 +558,35 @@ impl AggregateLimits {
 /// The largest GSO/GRO sizes the kernel reports for `ifindex` (RTM_GETLINK), in bytes.
 /// Reading a link needs no privilege (net/core/rtnetlink.c registers RTM_GETLINK without a
 /// CAP_NET_ADMIN check), so this works in an unprivileged process too. A missing interface is
-/// `ENODEV`.
+/// `ENODEV`, as is an index no device can have (0, above INT_MAX).
 pub fn link_aggregate_limits(ifindex: u32) -> io::Result<AggregateLimits> {
-    let request = LinkRequest {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<LinkRequest>() as u32,
-            nlmsg_type: libc::RTM_GETLINK,
-            nlmsg_flags: libc::NLM_F_REQUEST as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        info: IfInfoMsg {
-            family: libc::AF_UNSPEC as u8,
-            pad: 0,
-            kind: 0,
-            index: ifindex as i32,
-            flags: 0,
-            change: 0,
-        },
+    let body = IfInfoMsg {
+        family: AF_UNSPEC,
+        pad: 0,
+        kind: 0,
+        index: device_index(ifindex)?,
+        flags: 0,
+        change: 0,
     };
-    let socket = send(&request)?;
-    parse_link_reply(&receive(&socket)?)
+    talk(libc::RTM_GETLINK, NLM_F_REQUEST, body, link_reply)
 }
 
-/// Parses the reply to RTM_GETLINK: one RTM_NEWLINK (nlmsghdr, ifinfomsg, attributes) or an
-/// NLMSG_ERROR carrying a negative errno (include/uapi/linux/netlink.h `struct nlmsgerr`).
-fn parse_link_reply(reply: &[u8]) -> io::Result<AggregateLimits> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let header_len = size_of::<libc::nlmsghdr>();
-    let (Some(len), Some(kind)) = (read_u32(reply, 0), read_u16(reply, 4)) else {
-        return Err(invalid("short netlink reply"));
-    };
-    let message = usize::try_from(len)
-        .ok()
-        .filter(|&len| len >= header_len)
-        .and_then(|len| reply.get(..len))
-        .ok_or_else(|| invalid("netlink reply with a bad length"))?;
-    let payload = &message[header_len..];
-    if kind == libc::NLMSG_ERROR as u16 {
-        return match read_u32(payload, 0).map(|errno| errno as i32) {
-            Some(0) => Err(invalid("netlink ack where RTM_NEWLINK was expected")),
-            Some(errno) => Err(io::Error::from_raw_os_error(errno.wrapping_neg())),
-            None => Err(invalid("short netlink error")),
-        };
+/// The answer to RTM_GETLINK: one RTM_NEWLINK (nlmsghdr, ifinfomsg, attributes).
+fn link_reply(reply: Reply<'_>) -> io::Result<ControlFlow<AggregateLimits>> {
+    match reply {
+        Reply::Message {
+            kind: libc::RTM_NEWLINK,
+            payload,
+        } => {
+            // NLMSG_ALIGN(sizeof(struct ifinfomsg)) is 16: the attributes follow it directly.
+            let attributes = payload
+                .get(size_of::<IfInfoMsg>()..)
+                .ok_or_else(|| invalid("short RTM_NEWLINK"))?;
+            Ok(ControlFlow::Break(parse_link_attributes(attributes)))
+        }
+        Reply::Ack => Err(invalid("netlink ack where RTM_NEWLINK was expected")),
+        Reply::Message { .. } | Reply::Done => Err(invalid("unexpected netlink reply")),
     }
-    if kind != libc::RTM_NEWLINK {
-        return Err(invalid("unexpected netlink reply"));
-    }
-    // NLMSG_ALIGN(sizeof(struct ifinfomsg)) is 16: the attributes follow it directly.
-    let attributes = payload
-        .get(size_of::<IfInfoMsg>()..)
-        .ok_or_else(|| invalid("short RTM_NEWLINK"))?;
-    Ok(parse_link_attributes(attributes))
 }
 
 /// Walks the rtattrs of an RTM_NEWLINK and picks the GSO/GRO size limits. Never panics: the walk
@@ -302,8 +597,8 @@ pub(crate) fn parse_link_attributes(attributes: &[u8]) -> AggregateLimits {
     for (kind, value) in walk_attributes(attributes) {
         let value = u32_value(value);
         match kind {
-            IFLA_GSO_MAX_SIZE => limits.gso_max_size = value,
-            IFLA_GRO_MAX_SIZE => limits.gro_max_size = value,
+            libc::IFLA_GSO_MAX_SIZE => limits.gso_max_size = value,
+            libc::IFLA_GRO_MAX_SIZE => limits.gro_max_size = value,
             IFLA_GSO_IPV4_MAX_SIZE => limits.gso_ipv4_max_size = value,
             IFLA_GRO_IPV4_MAX_SIZE => limits.gro_ipv4_max_size = value,
             _ => {}
@@ -318,16 +613,16 @@ pub(crate) fn parse_link_attributes(attributes: &[u8]) -> AggregateLimits {
 fn walk_attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         let (len, kind) = (usize::from(read_u16(bytes, 0)?), read_u16(bytes, 2)?);
-        if len < ATTRIBUTE_HEADER_LEN || len > bytes.len() {
+        let Some(value) = bytes.get(ATTRIBUTE_HEADER_LEN..len) else {
             bytes = &[];
             return None;
-        }
-        let value = &bytes[ATTRIBUTE_HEADER_LEN..len];
+        };
         // The last attribute may lack its alignment padding: nla_ok checks only the unpadded
         // length against what remains.
-        let next = len.next_multiple_of(ATTRIBUTE_ALIGN).min(bytes.len());
-        bytes = &bytes[next..];
-        Some((kind & NLA_TYPE_MASK, value))
+        bytes = bytes
+            .get(len.next_multiple_of(ATTRIBUTE_ALIGN)..)
+            .unwrap_or_default();
+        Some((kind & ATTRIBUTE_TYPE_MASK, value))
     })
 }
 
@@ -344,20 +639,10 @@ const TC_H_MAJ_MASK: u32 = 0xFFFF_0000;
 // include/uapi/linux/rtnetlink.h: the tcm_ifindex of a filter in a shared block, whose tcm_parent
 // then holds the block's index (tcm_block_index).
 const TCM_IFINDEX_MAGIC_BLOCK: u32 = 0xFFFF_FFFF;
-// include/uapi/linux/rtnetlink.h, the TCA_* enum.
-const TCA_OPTIONS: u16 = 2;
 // include/uapi/linux/pkt_cls.h, the TCA_BPF_* enum: the id of an eBPF (not classic BPF) program,
 // put by net/sched/cls_bpf.c `cls_bpf_dump_ebpf_info` inside TCA_OPTIONS. Not to be confused
 // with TCA_CHAIN, also 11, which every filter message has at the top level.
 const TCA_BPF_ID: u16 = 11;
-// include/uapi/linux/netlink.h NLMSG_ALIGNTO.
-const MESSAGE_ALIGN: usize = 4;
-
-#[repr(C)]
-struct FilterDumpRequest {
-    header: libc::nlmsghdr,
-    tc: TcMsg,
-}
 
 /// The ids of the BPF programs attached as tc filters (cls_bpf) under the clsact qdisc of
 /// `ifindex` on the `ingress` (true) or egress hook, in the order the kernel lists them.
@@ -379,101 +664,52 @@ pub fn clsact_bpf_program_ids(ifindex: u32, ingress: bool) -> io::Result<Vec<u32
         TC_H_MIN_EGRESS
     };
     let parent = (TC_H_CLSACT & TC_H_MAJ_MASK) | hook;
-    // net/core/dev.c `dev_index_reserve` hands out indexes in 1..=INT_MAX. Outside it a request
-    // would mislead: tcm_ifindex -1 is TCM_IFINDEX_MAGIC_BLOCK, and RTM_GETLINK takes index 0
-    // as "look up by name" and answers EINVAL.
-    let ifindex = i32::try_from(ifindex)
-        .ok()
-        .filter(|&index| index > 0)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
-    let request = FilterDumpRequest {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<FilterDumpRequest>() as u32,
-            nlmsg_type: libc::RTM_GETTFILTER,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        tc: TcMsg {
-            family: libc::AF_UNSPEC as u8,
-            pad1: 0,
-            pad2: 0,
-            ifindex,
-            handle: 0,
-            parent,
-            // Every priority and protocol: `tcf_chain_dump` filters on a half of tcm_info only
-            // when it is non-zero.
-            info: 0,
-        },
+    let body = TcMsg {
+        family: AF_UNSPEC,
+        pad1: 0,
+        pad2: 0,
+        ifindex: device_index(ifindex)?,
+        handle: 0,
+        parent,
+        // Every priority and protocol: `tcf_chain_dump` filters on a half of tcm_info only
+        // when it is non-zero.
+        info: 0,
     };
-    let socket = send(&request)?;
     let mut ids = Vec::new();
-    // A dump arrives as several datagrams: the kernel fills the next one each time the reader
-    // drains the socket (net/netlink/af_netlink.c `netlink_recvmsg` calls `netlink_dump`).
-    while parse_filter_dump(&receive(&socket)?, parent, &mut ids)? == Dump::More {}
+    talk(
+        libc::RTM_GETTFILTER,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        body,
+        |reply| filter_dump_reply(reply, parent, &mut ids),
+    )?;
     if ids.is_empty() {
         // tc_dump_tfilter ends the dump quietly, not with ENODEV, when `__dev_get_by_index`
         // finds no device. RTM_GETLINK says ENODEV; its answer is otherwise not needed.
-        link_aggregate_limits(ifindex as u32)?;
+        link_aggregate_limits(ifindex)?;
     }
     Ok(ids)
 }
 
-/// Whether a filter dump goes on after the datagram just parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dump {
-    More,
-    Done,
-}
-
-/// Parses one datagram of the reply to an RTM_GETTFILTER dump of `parent` and appends to `ids`
-/// the program id of each bpf filter in it. A datagram holds RTM_NEWTFILTER messages (nlmsghdr,
-/// tcmsg, attributes), the last one NLMSG_DONE; a request refused before any dumping comes back
-/// as NLMSG_ERROR instead. Never panics: a malformed datagram is `InvalidData`.
-fn parse_filter_dump(mut datagram: &[u8], parent: u32, ids: &mut Vec<u32>) -> io::Result<Dump> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let header_len = size_of::<libc::nlmsghdr>();
-    if datagram.is_empty() {
-        // Every datagram of a dump holds a message; waiting for NLMSG_DONE after an empty one
-        // could wait forever.
-        return Err(invalid("empty netlink datagram"));
-    }
-    while !datagram.is_empty() {
-        let (Some(len), Some(kind)) = (read_u32(datagram, 0), read_u16(datagram, 4)) else {
-            return Err(invalid("short netlink message"));
-        };
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&len| len >= header_len && len <= datagram.len())
-            .ok_or_else(|| invalid("netlink message with a bad length"))?;
-        let payload = &datagram[header_len..len];
-        match kind {
-            libc::RTM_NEWTFILTER => ids.extend(bpf_program_id(payload, parent)),
-            kind if kind == libc::NLMSG_DONE as u16 => {
-                // net/netlink/af_netlink.c `netlink_dump_done` puts the dump callback's return
-                // value here: negative if tc_dump_tfilter failed, e.g. EMSGSIZE for a filter
-                // too big for any datagram.
-                return match read_u32(payload, 0).map(|errno| errno as i32) {
-                    Some(errno) if errno < 0 => {
-                        Err(io::Error::from_raw_os_error(errno.wrapping_neg()))
-                    }
-                    _ => Ok(Dump::Done),
-                };
-            }
-            kind if kind == libc::NLMSG_ERROR as u16 => {
-                return match read_u32(payload, 0).map(|errno| errno as i32) {
-                    Some(0) => Err(invalid("netlink ack where a filter dump was expected")),
-                    Some(errno) => Err(io::Error::from_raw_os_error(errno.wrapping_neg())),
-                    None => Err(invalid("short netlink error")),
-                };
-            }
-            kind if kind == libc::NLMSG_NOOP as u16 => {}
-            _ => return Err(invalid("unexpected netlink message in a filter dump")),
+/// One message of the reply to an RTM_GETTFILTER dump of `parent`: appends to `ids` the program
+/// id of each bpf filter. The dump is RTM_NEWTFILTER messages (nlmsghdr, tcmsg, attributes)
+/// ending in NLMSG_DONE; a request refused before any dumping comes back as NLMSG_ERROR instead.
+fn filter_dump_reply(
+    reply: Reply<'_>,
+    parent: u32,
+    ids: &mut Vec<u32>,
+) -> io::Result<ControlFlow<()>> {
+    match reply {
+        Reply::Message {
+            kind: libc::RTM_NEWTFILTER,
+            payload,
+        } => {
+            ids.extend(bpf_program_id(payload, parent));
+            Ok(ControlFlow::Continue(()))
         }
-        let next = len.next_multiple_of(MESSAGE_ALIGN).min(datagram.len());
-        datagram = &datagram[next..];
+        Reply::Done => Ok(ControlFlow::Break(())),
+        Reply::Ack => Err(invalid("netlink ack where a filter dump was expected")),
+        Reply::Message { .. } => Err(invalid("unexpected netlink message in a filter dump")),
     }
-    Ok(Dump::More)
 }
 
 /// The program id of one RTM_NEWTFILTER (its payload: tcmsg, then attributes) from a dump of
@@ -504,8 +740,8 @@ fn bpf_program_id(payload: &[u8], parent: u32) -> Option<u32> {
     for (kind, value) in walk_attributes(attributes) {
         match kind {
             // nla_put_string puts the name with its NUL.
-            TCA_KIND => is_bpf = value.strip_suffix(b"\0").unwrap_or(value) == b"bpf",
-            TCA_OPTIONS => {
+            libc::TCA_KIND => is_bpf = value.strip_suffix(b"\0").unwrap_or(value) == b"bpf",
+            libc::TCA_OPTIONS => {
                 id = walk_attributes(value)
                     .find(|&(kind, _)| kind == TCA_BPF_ID)
                     .and_then(|(_, value)| u32_value(value));
@@ -526,9 +762,18 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.try_into().ok()?))
 }
 
+fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
+    let bytes = bytes.get(at..at.checked_add(4)?)?;
+    Some(i32::from_ne_bytes(bytes.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libc::{
+        IFLA_GRO_MAX_SIZE, IFLA_GSO_MAX_SEGS, IFLA_GSO_MAX_SIZE, IFLA_IFNAME, IFLA_MTU,
+        IFLA_TSO_MAX_SIZE, TCA_CHAIN, TCA_KIND, TCA_OPTIONS,
+    };
 
     /// One rtattr as the kernel lays it out: header, value, padding to 4 bytes.
     fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
@@ -542,11 +787,6 @@ mod tests {
     fn u32_attribute(kind: u16, value: u32) -> Vec<u8> {
         attribute(kind, &value.to_ne_bytes())
     }
-
-    const IFLA_IFNAME: u16 = 3;
-    const IFLA_MTU: u16 = 4;
-    const IFLA_GSO_MAX_SEGS: u16 = 40;
-    const IFLA_TSO_MAX_SIZE: u16 = 59;
 
     #[test]
     fn all_four_limits_are_read_among_other_attributes() {
@@ -664,18 +904,239 @@ mod tests {
         assert_eq!(parse_link_attributes(unpadded).gso_max_size, Some(65536));
     }
 
+    /// The exchange the test messages answer: sequence 1, port 0.
+    const TEST: Exchange = Exchange { seq: 1, port: 0 };
+
     fn message(kind: u16, payload: &[u8]) -> Vec<u8> {
+        message_to(TEST, kind, payload)
+    }
+
+    fn message_to(exchange: Exchange, kind: u16, payload: &[u8]) -> Vec<u8> {
         let len = (size_of::<libc::nlmsghdr>() + payload.len()) as u32;
         let mut bytes = [
             &len.to_ne_bytes()[..],
             &kind.to_ne_bytes(),
             &0u16.to_ne_bytes(),
-            &1u32.to_ne_bytes(),
-            &0u32.to_ne_bytes(),
+            &exchange.seq.to_ne_bytes(),
+            &exchange.port.to_ne_bytes(),
         ]
         .concat();
         bytes.extend_from_slice(payload);
         bytes
+    }
+
+    /// The answer to RTM_GETLINK in one datagram, as `link_aggregate_limits` reads it.
+    fn parse_link_reply(datagram: &[u8]) -> io::Result<AggregateLimits> {
+        match TEST.walk(datagram, &mut link_reply)? {
+            ControlFlow::Break(limits) => Ok(limits),
+            ControlFlow::Continue(()) => Err(invalid("no RTM_NEWLINK in the reply")),
+        }
+    }
+
+    /// What `walk` hands on from one datagram (as Debug text), stopping at NLMSG_DONE.
+    fn replies(datagram: &[u8]) -> io::Result<(ControlFlow<()>, Vec<String>)> {
+        let mut seen = Vec::new();
+        let flow = TEST.walk(datagram, &mut |reply| {
+            seen.push(format!("{reply:?}"));
+            Ok(match reply {
+                Reply::Done => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            })
+        })?;
+        Ok((flow, seen))
+    }
+
+    fn ack(errno: i32) -> Vec<u8> {
+        message(libc::NLMSG_ERROR as u16, &errno.to_ne_bytes())
+    }
+
+    #[test]
+    fn walker_refuses_a_truncated_header() {
+        let whole = message(libc::RTM_NEWLINK, &[0; 16]);
+        for cut in 1..HEADER_LEN {
+            let err = replies(&whole[..cut]).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}");
+            assert_eq!(err.to_string(), "short netlink message", "cut at {cut}");
+        }
+        assert_eq!(
+            replies(&[]).unwrap_err().to_string(),
+            "empty netlink datagram"
+        );
+    }
+
+    #[test]
+    fn walker_refuses_a_length_shorter_than_the_header() {
+        for len in [0u32, 1, 4, 15] {
+            let mut bytes = message(libc::RTM_NEWLINK, &[0; 16]);
+            bytes[..4].copy_from_slice(&len.to_ne_bytes());
+            let err = replies(&bytes).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "len {len}");
+            assert_eq!(err.to_string(), "netlink message with a bad length");
+        }
+        // Exactly the header is a message without payload.
+        let (_, seen) = replies(&message(libc::RTM_NEWLINK, &[])).unwrap();
+        assert_eq!(
+            seen,
+            [format!(
+                "{:?}",
+                Reply::Message {
+                    kind: libc::RTM_NEWLINK,
+                    payload: &[]
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn walker_refuses_a_length_beyond_the_datagram() {
+        let first = message(libc::RTM_NEWLINK, &[0; 16]);
+        for len in [first.len() as u32 + 1, 4096, u32::MAX] {
+            let mut bytes = first.clone();
+            bytes[..4].copy_from_slice(&len.to_ne_bytes());
+            let err = replies(&bytes).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "netlink message with a bad length",
+                "len {len}"
+            );
+        }
+        // A later message's length is checked against what remains after the earlier ones.
+        let mut second = message(libc::RTM_NEWLINK, &[0; 4]);
+        second[..4].copy_from_slice(&24u32.to_ne_bytes());
+        assert!(replies(&[first, second].concat()).is_err());
+    }
+
+    #[test]
+    fn walker_turns_an_error_message_into_the_kernels_errno() {
+        let err = replies(&ack(-libc::ENOENT)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        // The messages before it were handed on; the error ends the reply.
+        let datagram = [message(libc::RTM_NEWLINK, &[]), ack(-libc::EPERM)].concat();
+        assert_eq!(
+            replies(&datagram).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        // Not an errno: positive, or one that has no negation.
+        for errno in [libc::ENOENT, i32::MIN] {
+            let err = replies(&ack(errno)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "errno {errno}");
+        }
+        assert_eq!(
+            replies(&message(libc::NLMSG_ERROR as u16, &[0; 3]))
+                .unwrap_err()
+                .to_string(),
+            "short netlink error"
+        );
+    }
+
+    #[test]
+    fn walker_hands_on_error_zero_as_an_ack() {
+        let (flow, seen) = replies(&ack(0)).unwrap();
+        assert_eq!(
+            (flow, seen),
+            (ControlFlow::Continue(()), vec!["Ack".to_owned()])
+        );
+        // An ack carries the request's header after the errno; it is not read.
+        let mut full = 0i32.to_ne_bytes().to_vec();
+        full.extend(message(libc::RTM_DELQDISC, &[0; 32]));
+        let datagram = message(libc::NLMSG_ERROR as u16, &full);
+        assert_eq!(
+            TEST.walk(&datagram, &mut acknowledged).unwrap(),
+            ControlFlow::Break(())
+        );
+        // Anything else is not the answer to a request that asked for an ack only.
+        let other = message(libc::RTM_NEWQDISC, &[0; 20]);
+        assert_eq!(
+            TEST.walk(&other, &mut acknowledged)
+                .unwrap_err()
+                .to_string(),
+            "unexpected netlink reply"
+        );
+        assert!(TEST.walk(&done(0), &mut acknowledged).is_err());
+    }
+
+    #[test]
+    fn multi_datagram_dump_goes_on_until_its_done() {
+        let newlink = |index: u8| message(libc::RTM_NEWLINK, &[index; 16]);
+        let datagrams = [
+            [
+                newlink(1),
+                message(libc::NLMSG_NOOP as u16, &[]),
+                newlink(2),
+            ]
+            .concat(),
+            newlink(3),
+            // Nothing after NLMSG_DONE is read.
+            [newlink(4), done(0), newlink(5)].concat(),
+        ];
+        let mut kinds = Vec::new();
+        let mut flows = Vec::new();
+        for datagram in &datagrams {
+            flows.push(
+                TEST.walk(datagram, &mut |reply| {
+                    Ok(match reply {
+                        Reply::Message { payload, .. } => {
+                            kinds.push(payload[0]);
+                            ControlFlow::Continue(())
+                        }
+                        Reply::Done => ControlFlow::Break(()),
+                        Reply::Ack => unreachable!(),
+                    })
+                })
+                .unwrap(),
+            );
+        }
+        assert_eq!(kinds, [1, 2, 3, 4]);
+        assert_eq!(
+            flows,
+            [
+                ControlFlow::Continue(()),
+                ControlFlow::Continue(()),
+                ControlFlow::Break(())
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_of_another_exchange_are_skipped() {
+        let stray = [
+            Exchange { seq: 2, port: 0 },
+            Exchange { seq: 1, port: 4242 },
+        ]
+        .map(|other| {
+            [
+                message_to(
+                    other,
+                    libc::NLMSG_ERROR as u16,
+                    &(-libc::EPERM).to_ne_bytes(),
+                ),
+                message_to(other, libc::NLMSG_DONE as u16, &0i32.to_ne_bytes()),
+            ]
+            .concat()
+        })
+        .concat();
+        let (flow, seen) =
+            replies(&[stray.clone(), message(libc::RTM_NEWLINK, &[])].concat()).unwrap();
+        assert_eq!(flow, ControlFlow::Continue(()));
+        assert_eq!(seen.len(), 1);
+        let (flow, _) = replies(&[stray, done(0)].concat()).unwrap();
+        assert_eq!(flow, ControlFlow::Break(()));
+    }
+
+    #[test]
+    fn indexes_no_device_can_have_are_enodev_without_a_request() {
+        for ifindex in [0, i32::MAX as u32 + 1, u32::MAX] {
+            assert_eq!(
+                device_index(ifindex).unwrap_err().raw_os_error(),
+                Some(libc::ENODEV)
+            );
+            let err = link_aggregate_limits(ifindex).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{ifindex}: {err}");
+            let err = delete_clsact(ifindex).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{ifindex}: {err}");
+        }
+        assert_eq!(device_index(1).unwrap(), 1);
+        assert_eq!(device_index(i32::MAX as u32).unwrap(), i32::MAX);
     }
 
     #[test]
@@ -728,8 +1189,7 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
     }
 
-    // include/uapi/linux/rtnetlink.h and pkt_cls.h: attributes the kernel puts around the id.
-    const TCA_CHAIN: u16 = 11;
+    // include/uapi/linux/pkt_cls.h (not in libc): attributes the kernel puts around the id.
     const TCA_BPF_OPS_LEN: u16 = 4;
     const TCA_BPF_OPS: u16 = 5;
     const TCA_BPF_NAME: u16 = 7;
@@ -787,9 +1247,24 @@ mod tests {
         message(libc::NLMSG_DONE as u16, &errno.to_ne_bytes())
     }
 
+    /// Whether a filter dump goes on after the datagram just walked.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Dump {
+        More,
+        Done,
+    }
+
+    /// One datagram of a filter dump of `parent`, as `clsact_bpf_program_ids` reads it.
     fn dump(datagram: &[u8], parent: u32) -> io::Result<(Dump, Vec<u32>)> {
         let mut ids = Vec::new();
-        parse_filter_dump(datagram, parent, &mut ids).map(|dump| (dump, ids))
+        let flow = TEST.walk(datagram, &mut |reply| {
+            filter_dump_reply(reply, parent, &mut ids)
+        })?;
+        let dump = match flow {
+            ControlFlow::Continue(()) => Dump::More,
+            ControlFlow::Break(()) => Dump::Done,
+        };
+        Ok((dump, ids))
     }
 
     #[test]
