@@ -16,6 +16,11 @@ pub mod limits;
 pub mod listening;
 pub mod lock;
 pub mod metrics;
+#[expect(
+    clippy::undocumented_unsafe_blocks,
+    reason = "netlink.rs is being rewritten on another branch; drop this once its unsafe blocks \
+              (two in `send`) say why they are sound"
+)]
 mod netlink;
 pub mod privileges;
 pub mod rules;
