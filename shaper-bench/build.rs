@@ -2,7 +2,6 @@
 //! `shaper` builds its classifier: they never enter the production object.
 
 #[path = "../shaper/build/bpf_linker.rs"]
-#[allow(dead_code)]
 mod bpf_linker;
 #[path = "../shaper/build/ebpf.rs"]
 mod ebpf;

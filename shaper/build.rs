@@ -2,7 +2,6 @@
 //! where `src/classifier.rs` embeds it; records the rustc version for `shaper_build_info`.
 
 #[path = "build/bpf_linker.rs"]
-#[allow(dead_code)]
 mod bpf_linker;
 #[path = "build/ebpf.rs"]
 mod ebpf;

@@ -99,6 +99,7 @@ const _: () = assert!(size_of::<Counter>() == 16);
 /// Per-port counter; the same layout as [`Counter`], named for the map it lives in.
 pub type PortCounter = Counter;
 
+// SAFETY: repr(C) of two u64, no padding (size asserted above), every bit pattern a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Counter {}
 
@@ -223,12 +224,19 @@ pub struct PortVerdicts {
 }
 const _: () = assert!(size_of::<PortVerdicts>() == 32);
 
+// SAFETY: repr(C) of three u64 then two u32 (`action`, and `_pad` filling the tail), so no
+// implicit padding (size asserted above); every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RuleConfig {}
+// SAFETY: repr(C) of two u64, no padding (size asserted above), every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BucketState {}
+// SAFETY: repr(C) of three `Counter`s (two u64 each), no padding (size asserted above), every
+// bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RuleCounters {}
+// SAFETY: repr(C) of two `Counter`s (two u64 each), no padding (size asserted above), every bit
+// pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortVerdicts {}
 

@@ -26,13 +26,24 @@ const TAKE_ATTEMPTS: u32 = 8;
 
 /// Charges `cost` nanobits to the bucket at `now` (`bpf_ktime_get_ns`). True when the packet
 /// conforms; a non-conforming packet is not charged.
+///
+/// # Safety
+///
+/// `state` points to a live, aligned `BucketState` in a map value (from `get_ptr_mut`, say) that
+/// outlives the call.
 #[inline(always)]
-pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u64) -> bool {
-    let stamp_ptr = unsafe { &raw mut (*state).stamp_ns };
-    let tokens_ptr = unsafe { &raw mut (*state).tokens };
+pub unsafe fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u64) -> bool {
+    // SAFETY: the caller vouches for `state`; `&raw mut` takes the fields' addresses without
+    // making references, which the other CPUs' concurrent writes would break.
+    let (stamp_ptr, tokens_ptr) = unsafe { (&raw mut (*state).stamp_ns, &raw mut (*state).tokens) };
 
+    // SAFETY: a live, aligned u64 (caller's contract). The BPF backend cannot select an atomic
+    // load for the generic CPU ("Cannot select: AtomicLoad"), so a volatile load stands in: one
+    // aligned 64-bit BPF load (LDX DW), which every JIT emits as a single load, so it sees whole
+    // values of the other CPUs' atomic updates.
     let stamp = unsafe { core::ptr::read_volatile(stamp_ptr) };
     if now > stamp {
+        // SAFETY: BPF_CMPXCHG on a live, aligned u64 (caller's contract).
         let (_, claimed) = unsafe {
             atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
                 stamp_ptr, stamp, now,
@@ -40,6 +51,7 @@ pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u6
         };
         if claimed {
             let credit = bucket::refill(now - stamp, config.fill_ns, config.rate_bps);
+            // SAFETY: BPF atomic add on a live, aligned u64 (caller's contract).
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tokens_ptr, credit);
             }
@@ -47,6 +59,7 @@ pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u6
     }
 
     for _ in 0..TAKE_ATTEMPTS {
+        // SAFETY: a live, aligned u64 (caller's contract), loaded whole as `stamp` is above.
         let tokens = unsafe { core::ptr::read_volatile(tokens_ptr) };
         let Some(left) = bucket::take(tokens, config.burst_nanobits, cost) else {
             // Credits are added without a clamp; a successful take clamps, and so does a
@@ -55,6 +68,7 @@ pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u6
             // than the burst). One attempt is enough: losing it means another CPU just wrote a
             // value that is itself clamped or about to be.
             if tokens > config.burst_nanobits {
+                // SAFETY: BPF_CMPXCHG on a live, aligned u64 (caller's contract).
                 unsafe {
                     atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
                         tokens_ptr,
@@ -65,6 +79,7 @@ pub fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u6
             }
             return false;
         };
+        // SAFETY: BPF_CMPXCHG on a live, aligned u64 (caller's contract).
         let (_, taken) = unsafe {
             atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
                 tokens_ptr, tokens, left,

@@ -22,13 +22,19 @@ pub struct Packet {
 /// Counts the packet; returns it when it has ports (only those can match a rule).
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
+    // SAFETY: `skb` is the `__sk_buff` context the kernel passed to this run; the verifier checked
+    // this field read against the context's layout (`tc_cls_act_is_valid_access`).
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: aya's caveat is that a preallocated hash element may be recycled under a reader.
+    // Userspace only inserts keys (`Classifier::register`), never removes or overwrites one, and
+    // the value is a plain u32, copied at once and range-checked below.
     let slot = match unsafe { IFACE_SLOTS.get(ifindex) } {
         Some(&slot) if slot < MAX_IFACES => slot,
         // Not an interface this daemon registered (a race at attach time): pass, uncounted.
         _ => return None,
     };
     // A GSO/GRO aggregate is one skb for many wire packets; gso_segs is 0 for a plain skb.
+    // SAFETY: a context field read, checked by the verifier like `ifindex` above.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     let segments = if gso_segs > 1 { gso_segs as u64 } else { 1 };
     let len = ctx.len() as u64;
@@ -47,7 +53,9 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
             let bytes = len + (segments - 1) * flow.header_len as u64;
             let counter_index = port_counter_index(slot, direction, flow.proto, local_port);
             if let Some(counter) = PORT_COUNTERS.get_ptr_mut(counter_index) {
-                add_shared(counter, segments, bytes);
+                // SAFETY: `get_ptr_mut` returned a non-null pointer to an element of the array
+                // (index checked by the lookup), which lives as long as the map, so past this run.
+                unsafe { add_shared(counter, segments, bytes) };
             }
             Some(Packet {
                 slot,
@@ -63,7 +71,10 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
             if let Some(counter) =
                 UNCLASSIFIED.get_ptr_mut(unclassified_index(slot, direction, reason))
             {
-                // Per-CPU slot, and tc programs run with migration disabled: a plain add is safe.
+                // SAFETY: `counter` is this CPU's copy of a per-CPU element (non-null, index
+                // checked by the lookup). Only programs on this CPU write it, and tc programs run
+                // with migration disabled, so a plain add races no other writer; userspace only
+                // reads copies through the syscall.
                 unsafe {
                     (*counter).packets += segments;
                     (*counter).bytes += len;
@@ -80,8 +91,16 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
 /// The BPF target spec says `atomic-cas: false`, so core's `AtomicU64::fetch_add` does not exist
 /// there; the intrinsic lowers to the same instruction. The eBPF crate is built with
 /// RUSTC_BOOTSTRAP already (for `-Z build-std`), which also admits `core_intrinsics`.
+///
+/// # Safety
+///
+/// `counter` points to a live, aligned `Counter` in a map value (from `get_ptr_mut`, say) that
+/// outlives the call.
 #[inline(always)]
-pub fn add_shared(counter: *mut Counter, packets: u64, bytes: u64) {
+pub unsafe fn add_shared(counter: *mut Counter, packets: u64, bytes: u64) {
+    // SAFETY: the caller vouches for `counter`; `&raw mut` takes the fields' addresses without
+    // making references, and every other access to them is an atomic add too (or a userspace
+    // read of the mapping).
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).packets, packets);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).bytes, bytes);

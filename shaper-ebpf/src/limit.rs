@@ -40,18 +40,21 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
     else {
         return Verdict::Pass;
     };
+    // SAFETY: a helper without arguments, allowed in every program type.
     let now = unsafe { bpf_ktime_get_ns() };
-    if bucket::conforms(state, &config, now, cost(packet.bytes)) {
-        count::add_shared(
-            unsafe { &raw mut (*counters).passed },
-            packet.segments,
-            packet.bytes,
-        );
+    // SAFETY: `state` comes from `get_ptr_mut` above: a non-null pointer to a `BUCKETS` element
+    // (index checked by the lookup), which lives as long as the map.
+    if unsafe { bucket::conforms(state, &config, now, cost(packet.bytes)) } {
+        // SAFETY: `counters` is a live `RULE_COUNTERS` element, found like `state`; `&raw mut`
+        // takes its field's address without making a reference.
+        unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };
         return Verdict::Pass;
     }
     // The same two counters move for either action: the rule's and the port's.
     let port = PORT_VERDICTS.get_ptr_mut(packet.counter_index);
     let (rule_counter, port_counter, verdict) = match config.action {
+        // SAFETY: `counters` and `p` come from `get_ptr_mut`: live elements of `RULE_COUNTERS`
+        // and `PORT_VERDICTS`. `&raw mut` takes their fields' addresses without making references.
         ACTION_DROP => unsafe {
             (
                 &raw mut (*counters).dropped,
@@ -59,6 +62,7 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
                 Verdict::Drop,
             )
         },
+        // SAFETY: the same pointers as for ACTION_DROP, other fields.
         ACTION_OBSERVE => unsafe {
             (
                 &raw mut (*counters).would_drop,
@@ -68,9 +72,11 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
         },
         _ => return Verdict::Pass,
     };
-    count::add_shared(rule_counter, packet.segments, packet.bytes);
+    // SAFETY: a field of the live `RULE_COUNTERS` element found above.
+    unsafe { count::add_shared(rule_counter, packet.segments, packet.bytes) };
     if let Some(port_counter) = port_counter {
-        count::add_shared(port_counter, packet.segments, packet.bytes);
+        // SAFETY: a field of the live `PORT_VERDICTS` element found above.
+        unsafe { count::add_shared(port_counter, packet.segments, packet.bytes) };
     }
     verdict
 }

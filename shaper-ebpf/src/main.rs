@@ -6,8 +6,11 @@
 //! untouched; only a packet its rule's bucket has no tokens for is dropped.
 #![no_std]
 #![no_main]
-// Atomic adds and compare-and-swap on shared state; see count::add_shared and bucket.
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics: atomic adds and compare-and-swap on shared state, which core's \
+              atomics lack on the BPF target; see count::add_shared and bucket"
+)]
 #![feature(core_intrinsics)]
 
 mod bucket;

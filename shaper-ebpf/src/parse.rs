@@ -72,8 +72,10 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
 }
 
 /// Returns a pointer to a `T` at `offset` in the packet, or `TRUNCATED` if the linear data ends
-/// before it. Must stay inlined: the verifier only accepts packet pointers whose bound check it
-/// sees in the same function ("pointer arithmetic on pkt_end prohibited" otherwise).
+/// before it. The pointer is valid for reads of `size_of::<T>()` bytes until a helper that moves
+/// packet data (`pull_data`) is called; it may be unaligned. Must stay inlined: the verifier
+/// only accepts packet pointers whose bound check it sees in the same function ("pointer
+/// arithmetic on pkt_end prohibited" otherwise).
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
     let start = ctx.data();
@@ -87,14 +89,18 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
 #[inline(always)]
 fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    // SAFETY: ptr_at checked that the header lies in the linear data (and the verifier checks
+    // the access again). `ether_type` is a u16, and nothing promises that skb->data is 2-byte
+    // aligned, so it is read unaligned; `&raw const` makes no reference.
+    let mut ether_type = u16::from_be(unsafe { (&raw const (*eth).ether_type).read_unaligned() });
     let mut offset = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
         let vlan = ptr_at::<VlanHdr>(ctx, offset)?;
-        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        // SAFETY: as for the Ethernet header: in bounds by ptr_at, read unaligned.
+        ether_type = u16::from_be(unsafe { (&raw const (*vlan).ether_type).read_unaligned() });
         offset += VlanHdr::LEN;
     }
     let (l4_proto, l4_offset) = match ether_type {
@@ -109,6 +115,8 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
 #[inline(always)]
 fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
+    // SAFETY: ptr_at checked that the header lies in the linear data; its fields are bytes and
+    // byte arrays (alignment 1), so any address will do.
     let vihl = unsafe { (*ip).vihl };
     if vihl >> 4 != 4 {
         return Err(reason::MALFORMED);
@@ -120,10 +128,12 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     }
     // A fragment offset other than 0 means this fragment starts past the L4 header: whatever is
     // where ports would be is payload. The first fragment (offset 0, MF set) has the header.
+    // SAFETY: in bounds by ptr_at above; a byte array.
     let frags = u16::from_be_bytes(unsafe { (*ip).frags });
     if frags & 0x1fff != 0 {
         return Err(reason::FRAGMENT);
     }
+    // SAFETY: in bounds by ptr_at above; a byte.
     Ok((unsafe { (*ip).proto }, offset + ihl * 4))
 }
 
@@ -132,9 +142,12 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
 #[inline(always)]
 fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, offset)?;
+    // SAFETY: ptr_at checked that the header lies in the linear data; its fields are bytes and
+    // byte arrays (alignment 1), so any address will do.
     if unsafe { (*ip).vcf[0] } >> 4 != 6 {
         return Err(reason::MALFORMED);
     }
+    // SAFETY: in bounds by ptr_at above; a byte.
     let mut next = unsafe { (*ip).next_hdr };
     let mut offset = offset + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -142,6 +155,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 // Next Header, then Hdr Ext Len in 8-octet units not counting the first 8.
                 let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
+                // SAFETY: ptr_at checked both bytes lie in the linear data.
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
                 next = nh;
                 offset += (len as usize + 1) * 8;
@@ -149,12 +163,14 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
             IPPROTO_AH => {
                 // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2).
                 let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
+                // SAFETY: ptr_at checked both bytes lie in the linear data.
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
                 next = nh;
                 offset += (len as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
                 let frag = ptr_at::<[u8; 8]>(ctx, offset)?;
+                // SAFETY: ptr_at checked all 8 bytes lie in the linear data.
                 let (nh, off_hi, off_lo) = unsafe { ((*frag)[0], (*frag)[2], (*frag)[3]) };
                 // The top 13 bits of bytes 2..4 are the fragment offset (RFC 8200 section 4.5).
                 if u16::from_be_bytes([off_hi, off_lo]) & 0xfff8 != 0 {
@@ -174,8 +190,10 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
     match proto {
         IPPROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, offset)?;
+            // SAFETY: ptr_at checked the fixed header lies in the linear data; byte arrays.
             let (source, dest) = unsafe { ((*tcp).source, (*tcp).dest) };
             // Data offset: the high nibble of byte 12, in 32-bit words (RFC 9293 section 3.1).
+            // SAFETY: byte 12 of the 20 bytes ptr_at checked.
             let data_offset = unsafe { *(tcp as *const u8).add(12) } >> 4;
             if data_offset < 5 {
                 return Err(reason::MALFORMED);
@@ -189,6 +207,7 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
         }
         IPPROTO_UDP => {
             let udp = ptr_at::<UdpHdr>(ctx, offset)?;
+            // SAFETY: ptr_at checked the header lies in the linear data; byte arrays.
             let (src, dst) = unsafe { ((*udp).src, (*udp).dst) };
             Ok(Flow {
                 proto: PROTO_UDP,

@@ -3,7 +3,10 @@
 //! Nothing is downloaded but the rust-src component (rustup) and crates (crates.io).
 
 #[path = "../../shaper/build/bpf_linker.rs"]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "xtask is the bootstrap: it never points to BOOTSTRAP_COMMAND"
+)]
 mod bpf_linker;
 
 use std::{

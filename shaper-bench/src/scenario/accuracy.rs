@@ -94,7 +94,7 @@ fn accounting(traffic: Traffic, limiter: Limiter) -> &'static str {
 /// A limit in force for one run; removed on drop.
 enum Installed<'a> {
     Shaper(&'a Daemon),
-    Nft(#[allow(dead_code)] NftLimit<'a>),
+    Nft(#[expect(dead_code, reason = "held for its Drop, which removes the rule")] NftLimit<'a>),
 }
 
 impl Drop for Installed<'_> {

@@ -17,7 +17,7 @@ use crate::{
     datapath::attach::{self, AttachMode, Attachment, Direction},
     datapath::interfaces,
     datapath::ktime,
-    datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, SharedArray},
+    datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, ReadOnlyMapping, WritableMapping},
     error::{Error, Result},
     telemetry::counter_snapshot::{
         InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
@@ -73,9 +73,9 @@ struct Interface {
 pub struct Classifier {
     ebpf: Ebpf,
     ports: PortCounters,
-    rule_counters: SharedArray,
+    rule_counters: ReadOnlyMapping,
     /// Written by userspace, read by the programs: see [`Classifier::paint_rule_index`].
-    rule_index: SharedArray,
+    rule_index: WritableMapping,
     /// Interface slots, in slot order: the slot is the index into this vector.
     interfaces: Vec<Interface>,
     capacity: u32,
@@ -116,19 +116,19 @@ impl Classifier {
         }
         let port_entries = port_entries as usize;
         let port_counters = map_shared(&ebpf, maps::PORT_COUNTERS, |fd| {
-            SharedArray::read_only(fd, port_entries * size_of::<Counter>())
+            ReadOnlyMapping::new(fd, port_entries * size_of::<Counter>())
         })?;
         let port_verdicts = map_shared(&ebpf, maps::PORT_VERDICTS, |fd| {
-            SharedArray::read_only(fd, port_entries * size_of::<PortVerdicts>())
+            ReadOnlyMapping::new(fd, port_entries * size_of::<PortVerdicts>())
         })?;
         let rule_counters = map_shared(&ebpf, maps::RULE_COUNTERS, |fd| {
-            SharedArray::read_only(
+            ReadOnlyMapping::new(
                 fd,
                 (MAX_RULES * DIRECTIONS) as usize * size_of::<RuleCounters>(),
             )
         })?;
         let rule_index = map_shared(&ebpf, maps::RULE_INDEX, |fd| {
-            SharedArray::read_write(fd, index_rows as usize * size_of::<RuleIndexRow>())
+            WritableMapping::new(fd, index_rows as usize * size_of::<RuleIndexRow>())
         })?;
         Ok(Self {
             ebpf,
@@ -457,11 +457,11 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
 }
 
 /// Maps the mmapable array `name` of the loaded object with `map`.
-fn map_shared(
+fn map_shared<T>(
     ebpf: &Ebpf,
     name: &'static str,
-    map: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<SharedArray>,
-) -> Result<SharedArray> {
+    map: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T>,
+) -> Result<T> {
     match ebpf.map(name) {
         Some(Map::Array(data)) => Ok(map(data.fd().as_fd())?),
         _ => Err(Error::MissingInObject {

@@ -18,35 +18,39 @@ use std::{
 
 use shaper_common::{Counter, PORTS, PortVerdicts, port_counter_index};
 
-/// A shared mapping of the first `len` bytes of an mmapable array map.
+// Relaxed atomic loads are sound on read-only memory only for "sufficiently small" atomics, which
+// std guarantees up to 8 bytes on 64-bit targets (std::sync::atomic, "Atomic accesses to
+// read-only memory"); a 32-bit target may implement a 64-bit load with a compare-and-swap, which
+// faults on a `PROT_READ` page.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("ReadOnlyMapping loads AtomicU64 from read-only memory: 64-bit targets only");
+
+/// A shared mapping of the first `len` bytes of an mmapable array map: the mmap and munmap
+/// behind [`ReadOnlyMapping`] and [`WritableMapping`], which decide what may be done with it.
 #[derive(Debug)]
-pub struct SharedArray {
+struct Mapping {
     base: NonNull<u8>,
     len: usize,
     mapped_len: usize,
 }
 
-// SAFETY: the mapping is shared memory that every access reads or writes with atomics.
-unsafe impl Send for SharedArray {}
-unsafe impl Sync for SharedArray {}
+// SAFETY: the mapping belongs to no thread: it is unmapped only by `Drop`, from whichever thread
+// owns the value last, and nothing else about it is thread-local.
+unsafe impl Send for Mapping {}
+// SAFETY: through `&Mapping` the memory is reached only as atomics (`words`, `halfwords`), so
+// threads sharing it cannot race each other; the programs update it with BPF atomic adds (the
+// counters) or only read it (the rule index).
+unsafe impl Sync for Mapping {}
 
-impl SharedArray {
-    /// Maps `len` bytes of the array behind `fd` for reading.
-    pub fn read_only(fd: impl AsFd, len: usize) -> io::Result<Self> {
-        Self::map(fd, len, libc::PROT_READ)
-    }
-
-    /// Maps `len` bytes of the array behind `fd` for reading and writing. The kernel refuses
-    /// (EPERM) for a map the program may only read (`BPF_F_RDONLY_PROG`) — not our case.
-    pub fn read_write(fd: impl AsFd, len: usize) -> io::Result<Self> {
-        Self::map(fd, len, libc::PROT_READ | libc::PROT_WRITE)
-    }
-
-    fn map(fd: impl AsFd, len: usize, protection: libc::c_int) -> io::Result<Self> {
+impl Mapping {
+    fn new(fd: impl AsFd, len: usize, protection: libc::c_int) -> io::Result<Self> {
+        // SAFETY: sysconf only reads a system constant; it has no preconditions.
         let page = 4096usize.max(unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize);
         let mapped_len = len.div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks that the length fits
-        // the map and that it was created mmapable.
+        // SAFETY: a fresh mapping at an address the kernel picks (null hint), so no existing
+        // memory is replaced; the fd is borrowed for the call only (the mapping keeps its own
+        // reference to the map). The kernel refuses a length beyond the map or a map created
+        // without BPF_F_MMAPABLE (kernel/bpf/arraymap.c `array_map_mmap`), checked below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -70,33 +74,81 @@ impl SharedArray {
 
     /// The mapping as 64-bit words. The kernel updates counters with BPF atomic adds, so
     /// atomic loads of these naturally aligned words see whole values.
-    pub fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned, `len` bytes long and lives as long as `self`.
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: mmap succeeded for `len` bytes, so they are backed by the map, and stay mapped
+        // until `Drop` (the slice borrows `self`); the base is page-aligned, so every word is
+        // aligned for AtomicU64. Atomics are how memory the programs write concurrently may be
+        // shared. On a `PROT_READ` mapping only loads may follow: `ReadOnlyMapping` offers
+        // nothing else, and relaxed 8-byte loads are sound on read-only memory (see the
+        // compile_error above).
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len / 8) }
     }
 
-    /// The mapping as 16-bit cells (the rule index).
-    pub fn halfwords(&self) -> &[AtomicU16] {
-        // SAFETY: as for `words`.
+    /// The mapping as 16-bit cells.
+    fn halfwords(&self) -> &[AtomicU16] {
+        // SAFETY: as for `words`: `len` mapped bytes, alive as long as `self`, page-aligned base.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len / 2) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range `new` mapped; no slice into it outlives `self`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
+    }
+}
+
+/// A `PROT_READ` mapping of an array the programs write (the counters). It only loads: a store
+/// would fault on the read-only page, so there is no way to reach one.
+///
+/// ```compile_fail,E0599
+/// # use std::sync::atomic::Ordering;
+/// // Compiles for a `WritableMapping`; a read-only one hands out no cells to store to.
+/// fn clear(mapping: &shaper::datapath::mapped_arrays::ReadOnlyMapping) {
+///     mapping.halfwords()[0].store(0, Ordering::Relaxed);
+/// }
+/// ```
+#[derive(Debug)]
+pub struct ReadOnlyMapping(Mapping);
+
+impl ReadOnlyMapping {
+    /// Maps `len` bytes of the array behind `fd` for reading.
+    pub fn new(fd: impl AsFd, len: usize) -> io::Result<Self> {
+        Mapping::new(fd, len, libc::PROT_READ).map(Self)
+    }
+
+    /// The 64-bit word at index `word`, loaded atomically; `None` past the mapping.
+    pub fn load(&self, word: usize) -> Option<u64> {
+        Some(self.0.words().get(word)?.load(Ordering::Relaxed))
     }
 
     /// The [`Counter`] starting at 64-bit word `word`. Each field is read atomically; the pair
     /// is not a single snapshot (a packet may land between the two loads), which no consumer of
     /// monotonic counters needs.
     pub fn counter(&self, word: usize) -> Option<Counter> {
-        let words = self.words();
         Some(Counter {
-            packets: words.get(word)?.load(Ordering::Relaxed),
-            bytes: words.get(word + 1)?.load(Ordering::Relaxed),
+            packets: self.load(word)?,
+            bytes: self.load(word + 1)?,
         })
     }
 }
 
-impl Drop for SharedArray {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
+/// A `PROT_READ | PROT_WRITE` mapping of an array userspace writes and the programs read (the
+/// rule index).
+#[derive(Debug)]
+pub struct WritableMapping(Mapping);
+
+impl WritableMapping {
+    /// Maps `len` bytes of the array behind `fd` for reading and writing. The kernel refuses
+    /// (EPERM) for a map the program may only read (`BPF_F_RDONLY_PROG`) — not our case.
+    pub fn new(fd: impl AsFd, len: usize) -> io::Result<Self> {
+        Mapping::new(fd, len, libc::PROT_READ | libc::PROT_WRITE).map(Self)
+    }
+
+    /// The mapping as 16-bit cells (the rule index). A program reads a cell with one aligned
+    /// 16-bit load, so it sees either the old or the new value of a store, never a torn one.
+    pub fn halfwords(&self) -> &[AtomicU16] {
+        self.0.halfwords()
     }
 }
 
@@ -119,12 +171,12 @@ pub struct PortReading {
 /// memory, so the metrics endpoint scans them without taking the daemon's lock.
 #[derive(Debug, Clone)]
 pub struct PortCounters {
-    seen: Arc<SharedArray>,
-    verdicts: Arc<SharedArray>,
+    seen: Arc<ReadOnlyMapping>,
+    verdicts: Arc<ReadOnlyMapping>,
 }
 
 impl PortCounters {
-    pub(crate) fn new(seen: SharedArray, verdicts: SharedArray) -> Self {
+    pub(crate) fn new(seen: ReadOnlyMapping, verdicts: ReadOnlyMapping) -> Self {
         Self {
             seen: Arc::new(seen),
             verdicts: Arc::new(verdicts),
@@ -161,12 +213,9 @@ impl PortCounters {
         mut visit: impl FnMut(u16, PortReading),
     ) {
         let first = port_counter_index(slot, direction, proto, 0) as usize;
-        let words = self.seen.words();
         for port in 0..PORTS as usize {
             let index = first + port;
-            let packets = words
-                .get(index * COUNTER_WORDS)
-                .map_or(0, |w| w.load(Ordering::Relaxed));
+            let packets = self.seen.load(index * COUNTER_WORDS).unwrap_or(0);
             if packets != 0 {
                 visit(port as u16, self.read_index(index));
             }

@@ -158,7 +158,9 @@ impl Daemon {
     /// SIGTERM, then waits (at most 10 s) for the exit status and returns it with the log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("running");
-        // `ip netns exec` execs the binary, so the child pid is shaper's own.
+        // SAFETY: kill(2) touches no memory of ours, and the child is not reaped yet (no wait has
+        // returned its status), so its pid cannot belong to another process. `ip netns exec` execs
+        // the binary, so the pid is shaper's own.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {

@@ -1,5 +1,9 @@
 //! Helpers shared by the kernel tests: the root gate, hand-made packets, throwaway namespaces.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary compiles its own copy of these helpers and uses a different part \
+              of them; `expect` would fail in a binary that happens to use them all"
+)]
 
 pub mod daemon;
 pub mod metrics;
@@ -10,6 +14,7 @@ pub mod traffic;
 /// Kernel tests need root. Outside CI they skip with a message; with CI=true a skip would hide a
 /// broken pipeline, so it fails instead.
 pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
