@@ -159,7 +159,7 @@ fn two_senders_on_different_cpus_share_one_limit() {
     // Two CPUs this process may run on (not simply 0 and 1: a cpuset may allow others). On a
     // one-CPU machine both senders share it: the limit must hold all the same, but the
     // cross-CPU race on the bucket is not exercised, and the test says so.
-    let allowed = shaper_netns::cpus::allowed().expect("sched_getaffinity");
+    let allowed = shaper_testbed::cpus::allowed().expect("sched_getaffinity");
     let cpus = [allowed[0], *allowed.get(1).unwrap_or(&allowed[0])];
     if cpus[0] == cpus[1] {
         println!(

@@ -74,7 +74,7 @@ pub fn send_paced(
 ) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         if let Some(cpu) = cpu {
-            shaper_netns::cpus::pin_current_thread(cpu)
+            shaper_testbed::cpus::pin_current_thread(cpu)
                 .unwrap_or_else(|e| panic!("pin to CPU {cpu}: {e}"));
         }
         let payload = [0x5au8; PAYLOAD];

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use shaper_netns::VethPair;
+use shaper_testbed::netns::VethPair;
 
 /// UDP payload that makes a 1000-byte frame (Ethernet 14 + IPv4 20 + UDP 8 = 42 bytes of
 /// headers), so wire bytes per second are datagrams per second × 1000.
