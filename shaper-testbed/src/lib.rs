@@ -6,3 +6,4 @@
 
 pub mod cpus;
 pub mod netns;
+pub mod traffic;
