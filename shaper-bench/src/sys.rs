@@ -77,14 +77,14 @@ impl Drop for TempDir {
     }
 }
 
-pub use shaper_netns::{Namespace, VethPair, run};
+pub use shaper_testbed::netns::{Namespace, VethPair, run};
 
 /// Pair `index` (a small number): namespaces `shb-<index>a`/`shb-<index>b`, interfaces
 /// `shb<index>a`/`shb<index>b`, subnet 198.18.<index>.0/24.
 pub fn veth_pair(index: u8) -> anyhow::Result<VethPair> {
     let (a, b) = (format!("shb-{index}a"), format!("shb-{index}b"));
     let (a_if, b_if) = (format!("shb{index}a"), format!("shb{index}b"));
-    let names = shaper_netns::PairNames {
+    let names = shaper_testbed::netns::PairNames {
         a: &a,
         b: &b,
         a_if: &a_if,

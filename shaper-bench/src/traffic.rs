@@ -1,12 +1,13 @@
-//! Traffic between the bench's namespaces: iperf3 for bulk throughput and packet rates, and
-//! small paced senders and counting receivers for the accuracy and control scenarios (which
-//! need exact windows and per-datagram arrival times). Every sender and receiver stops by
-//! itself at its deadline; dropping one stops it too.
+//! Traffic between the bench's namespaces: iperf3 for bulk throughput and packet rates, TCP
+//! writers and counting readers, and the testbed's paced UDP senders and counting receivers set
+//! up for the accuracy and control scenarios (which need exact windows and per-datagram arrival
+//! times). Every sender and receiver stops by itself at its deadline; dropping one stops it too,
+//! and so does Ctrl-C: the TCP threads watch the flag, and a scenario that sees it drops its UDP
+//! ones.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     process::{Child, Stdio},
     sync::{
         Arc,
@@ -17,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use shaper_testbed::traffic::{Pace, ReceiveOptions, Receiver, Sender};
 
 use crate::sys::{Namespace, check_interrupt, interrupted, run};
 
@@ -27,12 +29,12 @@ const MAX_RUN: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(50);
 
 /// A flag shared with worker threads, with the threads to join when it is raised.
-struct Workers<T> {
+struct Workers {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<T>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-impl<T> Workers<T> {
+impl Workers {
     fn new() -> Self {
         Self {
             stop: Arc::new(AtomicBool::new(false)),
@@ -40,10 +42,7 @@ impl<T> Workers<T> {
         }
     }
 
-    fn spawn(&mut self, f: impl FnOnce(&AtomicBool) -> T + Send + 'static)
-    where
-        T: Send + 'static,
-    {
+    fn spawn(&mut self, f: impl FnOnce(&AtomicBool) + Send + 'static) {
         let stop = Arc::clone(&self.stop);
         let deadline = Instant::now() + MAX_RUN;
         self.threads.push(std::thread::spawn(move || {
@@ -57,143 +56,57 @@ impl<T> Workers<T> {
                     std::thread::sleep(POLL);
                 }
             });
-            let out = f(&stop);
+            f(&stop);
             stop.store(true, Ordering::Relaxed);
             let _ = guard.join();
-            out
         }));
     }
 
-    fn stop(&mut self) -> Vec<T> {
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads
-            .drain(..)
-            .filter_map(|t| t.join().ok())
-            .collect()
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
-impl<T> Drop for Workers<T> {
+impl Drop for Workers {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// Gives a socket a large receive buffer (SO_RCVBUFFORCE: root may exceed rmem_max), so the
-/// receiver's scheduling delays do not turn into drops the limiter did not make.
-fn large_receive_buffer(fd: i32) {
-    let bytes: libc::c_int = 32 << 20;
-    // SAFETY: setsockopt reads `bytes` for the given length; a failure only leaves the default.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+/// A receiver with a large buffer (SO_RCVBUFFORCE: root may exceed rmem_max), so its scheduling
+/// delays do not turn into drops the limiter did not make; with each datagram's arrival time if
+/// `record_arrivals`.
+pub fn udp_sink(socket: UdpSocket, record_arrivals: bool) -> anyhow::Result<Receiver> {
+    let options = ReceiveOptions {
+        record_arrivals,
+        buffer_bytes: Some(32 << 20),
+        ..ReceiveOptions::new(MAX_RUN)
+    };
+    Ok(Receiver::start(socket, options)?)
 }
 
-/// Counts the datagrams arriving on a socket, optionally with each one's arrival time.
-pub struct UdpSink {
-    received: Arc<AtomicU64>,
-    workers: Workers<Vec<Instant>>,
-}
-
-impl UdpSink {
-    pub fn start(socket: UdpSocket, record_times: bool) -> anyhow::Result<Self> {
-        socket.set_read_timeout(Some(POLL))?;
-        large_receive_buffer(socket.as_raw_fd());
-        let received = Arc::new(AtomicU64::new(0));
-        let mut workers = Workers::new();
-        let count = Arc::clone(&received);
-        workers.spawn(move |stop| {
-            let mut times = Vec::new();
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if socket.recv(&mut buf).is_ok() {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    if record_times {
-                        times.push(Instant::now());
-                    }
-                }
-            }
-            times
-        });
-        Ok(Self { received, workers })
-    }
-
-    pub fn count(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    /// Stops receiving; the arrival times, if recorded.
-    pub fn finish(mut self) -> Vec<Instant> {
-        self.workers.stop().into_iter().next().unwrap_or_default()
-    }
-}
-
-/// Sends `payload`-byte datagrams to `to` at `per_sec` datagrams per second (as fast as it can
-/// when that is more than one thread can send) until stopped.
-pub struct UdpSource {
-    sent: Arc<AtomicU64>,
-    started: Instant,
-    workers: Workers<()>,
-}
-
-impl UdpSource {
-    pub fn start(socket: UdpSocket, to: SocketAddr, payload: usize, per_sec: f64) -> Self {
-        let sent = Arc::new(AtomicU64::new(0));
-        let mut workers = Workers::new();
-        let count = Arc::clone(&sent);
-        let started = Instant::now();
-        workers.spawn(move |stop| {
-            let data = vec![0x5au8; payload];
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = (started.elapsed().as_secs_f64() * per_sec) as u64;
-                // Catch up in bursts of at most 64, so the stop flag is seen promptly.
-                let mut burst = 0;
-                while sent < due && burst < 64 {
-                    // A full socket buffer (ENOBUFS) only means this datagram is not sent.
-                    if socket.send_to(&data, to).is_err() {
-                        break;
-                    }
-                    sent += 1;
-                    burst += 1;
-                }
-                count.store(sent, Ordering::Relaxed);
-                if sent >= due {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
-        });
-        Self {
-            sent,
-            started,
-            workers,
-        }
-    }
-
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Datagrams per second sent so far.
-    pub fn rate(&self) -> f64 {
-        self.sent() as f64 / self.started.elapsed().as_secs_f64()
-    }
-
-    pub fn stop(mut self) {
-        self.workers.stop();
-    }
+/// A sender of `payload`-byte datagrams at `wire_bytes_per_sec` (as fast as it can when that is
+/// more than one thread can send).
+pub fn udp_source(
+    socket: UdpSocket,
+    to: SocketAddr,
+    payload: usize,
+    wire_bytes_per_sec: u64,
+) -> anyhow::Result<Sender> {
+    let pace = Pace {
+        payload,
+        ..Pace::new(wire_bytes_per_sec, MAX_RUN)
+    };
+    Ok(Sender::start(socket, to, pace)?)
 }
 
 /// Counts the bytes arriving on `streams` TCP connections accepted from `listener`.
 pub struct TcpSink {
     bytes: Arc<AtomicU64>,
-    workers: Workers<()>,
+    workers: Workers,
 }
 
 impl TcpSink {
@@ -252,7 +165,7 @@ impl TcpSink {
 
 /// Writes as fast as TCP lets it on each stream until stopped.
 pub struct TcpSources {
-    workers: Workers<()>,
+    workers: Workers,
 }
 
 impl TcpSources {

@@ -22,7 +22,7 @@ use common::{
     metrics::{Samples, get, label, samples, series},
     netns::{InNamespace as _, Namespace, VethPair, veth_pair},
     packet::*,
-    traffic::{PAYLOAD, Sender, WIRE},
+    traffic::{PAYLOAD, WIRE, sender},
 };
 use shaper::{
     Classifier, Direction,
@@ -497,7 +497,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
             .b
             .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
         let to = SocketAddr::from((pair.a_addr, 9321));
-        Sender::start(socket, to, 100_000, Duration::from_secs(60))
+        sender(socket, to, 100_000, Duration::from_secs(60))
     };
 
     let rate_query = "rate(shaper_bytes_total{port=\"9321\",direction=\"ingress\"}[5s]) > 0";
@@ -518,7 +518,8 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
             break;
         }
     }
-    let sent_rate = (sender.finish() * WIRE) as f64 / started.elapsed().as_secs_f64();
+    let sent_rate =
+        (sender.finish().expect("sender") * WIRE) as f64 / started.elapsed().as_secs_f64();
     assert!(
         !rates.is_empty(),
         "Prometheus never saw traffic on 9321:\n{}",

@@ -11,10 +11,6 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -22,7 +18,7 @@ use std::{
 use common::{
     daemon::Daemon,
     netns::{InNamespace as _, veth_pair},
-    traffic::{Receiver, WIRE, send_paced},
+    traffic::{Receiver, WIRE, pinned_sender, receiver, sender},
 };
 use shaper::telemetry::counter_snapshot::Snapshot;
 
@@ -96,39 +92,34 @@ fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_unto
         "udp",
     ]);
 
-    let limited = Receiver::start(
+    let limited = receiver(
         pair.a
             .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
-    let free = Receiver::start(
+    let free = receiver(
         pair.a
             .within(|| UdpSocket::bind((pair.a_addr, PORT_FREE)).expect("bind")),
     );
-    let stop = Arc::new(AtomicBool::new(false));
     let duration = WARMUP + WINDOW + Duration::from_millis(200);
     let start = Instant::now();
-    let limited_sender = send_paced(
+    let limited_sender = sender(
         pair.b
             .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_LIMITED)),
         OFFERED_BYTES_PER_SEC,
         duration,
-        None,
-        Arc::clone(&stop),
     );
     // The unlimited port gets a steady 1 MB/s alongside.
-    let free_sender = send_paced(
+    let free_sender = sender(
         pair.b
             .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_FREE)),
         1_000_000,
         duration,
-        None,
-        Arc::clone(&stop),
     );
     let achieved = measured_rate(&limited, start);
-    let offered = limited_sender.join().expect("sender");
-    let free_sent = free_sender.join().expect("sender");
+    let offered = limited_sender.wait().expect("sender");
+    let free_sent = free_sender.wait().expect("sender");
     let stats = daemon.settled();
     assert_within("udp single sender", achieved, LIMIT_BYTES_PER_SEC);
 
@@ -163,7 +154,7 @@ fn two_senders_on_different_cpus_share_one_limit() {
     // Two CPUs this process may run on (not simply 0 and 1: a cpuset may allow others). On a
     // one-CPU machine both senders share it: the limit must hold all the same, but the
     // cross-CPU race on the bucket is not exercised, and the test says so.
-    let allowed = shaper_netns::cpus::allowed().expect("sched_getaffinity");
+    let allowed = shaper_testbed::cpus::allowed().expect("sched_getaffinity");
     let cpus = [allowed[0], *allowed.get(1).unwrap_or(&allowed[0])];
     if cpus[0] == cpus[1] {
         println!(
@@ -174,11 +165,10 @@ fn two_senders_on_different_cpus_share_one_limit() {
     let pair = veth_pair("m");
     let daemon = Daemon::start(&pair.a, "m", &["--iface", &pair.a_if]);
     daemon.cli_ok(&["limit", "set", &PORT_LIMITED.to_string(), "--rate", LIMIT]);
-    let receiver = Receiver::start(
+    let receiver = receiver(
         pair.a
             .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
-    let stop = Arc::new(AtomicBool::new(false));
     let duration = WARMUP + WINDOW + Duration::from_millis(200);
     let start = Instant::now();
     // veth delivers a packet to the peer on the sending CPU (veth_xmit -> __netif_rx onto that
@@ -186,19 +176,18 @@ fn two_senders_on_different_cpus_share_one_limit() {
     let senders: Vec<_> = cpus
         .into_iter()
         .map(|cpu| {
-            send_paced(
+            pinned_sender(
                 pair.b
                     .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
                 SocketAddr::from((pair.a_addr, PORT_LIMITED)),
                 OFFERED_BYTES_PER_SEC / 2,
                 duration,
-                Some(cpu),
-                Arc::clone(&stop),
+                cpu,
             )
         })
         .collect();
     let achieved = measured_rate(&receiver, start);
-    let offered: u64 = senders.into_iter().map(|s| s.join().expect("sender")).sum();
+    let offered: u64 = senders.into_iter().map(|s| s.wait().expect("sender")).sum();
     let stats = daemon.settled();
     assert_within(
         &format!("udp two senders on CPUs {} and {}", cpus[0], cpus[1]),
@@ -312,20 +301,17 @@ fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_
     }
     let pair = veth_pair("x");
     let daemon = Daemon::start(&pair.a, "x", &["--iface", &pair.a_if]);
-    let receiver = Receiver::start(
+    let receiver = receiver(
         pair.a
             .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
-    let stop = Arc::new(AtomicBool::new(false));
     let phase = Duration::from_millis(2500);
-    let sender = send_paced(
+    let sender = sender(
         pair.b
             .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_LIMITED)),
         OFFERED_BYTES_PER_SEC,
         Duration::from_secs(20),
-        None,
-        Arc::clone(&stop),
     );
     let rate_over = |window: Duration| {
         let (c0, t0) = (receiver.count(), Instant::now());
@@ -392,8 +378,7 @@ fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_
     thread::sleep(Duration::from_millis(300));
     let restored = rate_over(Duration::from_secs(1));
     history.push(daemon.stats());
-    stop.store(true, Ordering::Relaxed);
-    sender.join().expect("sender");
+    sender.finish().expect("sender");
     history.push(daemon.settled());
 
     println!(
@@ -523,20 +508,18 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     assert_eq!(without_counters(&after), without_counters(&before));
 
     // And it enforces them: a short overload on 7101 is policed.
-    let receiver = Receiver::start(
+    let receiver = receiver(
         pair.a
             .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
     );
-    let sender = send_paced(
+    let sender = sender(
         pair.b
             .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
         SocketAddr::from((pair.a_addr, PORT_LIMITED)),
         OFFERED_BYTES_PER_SEC,
         Duration::from_millis(500),
-        None,
-        Arc::new(AtomicBool::new(false)),
     );
-    let sent = sender.join().expect("sender");
+    let sent = sender.wait().expect("sender");
     second.settled();
     let rule = second
         .rules()

@@ -14,7 +14,7 @@ use std::{
 use common::{
     daemon::Daemon,
     netns::{InNamespace as _, VethPair, veth_pair},
-    traffic::{Receiver, Sender, WIRE},
+    traffic::{Sender, WIRE, receiver, sender},
 };
 
 /// UDP from namespace `b` to `port` on `a` at `per_second` datagrams of `WIRE` bytes, for at
@@ -24,7 +24,7 @@ fn stream(pair: &VethPair, port: u16, per_second: u64) -> Sender {
         .b
         .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
     let to = SocketAddr::from((pair.a_addr, port));
-    Sender::start(socket, to, per_second * WIRE, Duration::from_secs(120))
+    sender(socket, to, per_second * WIRE, Duration::from_secs(120))
 }
 
 /// `tmux`, which `.ci/run` installs; outside CI a machine without it skips the test.
@@ -226,7 +226,7 @@ fn once_json_follows_the_schema_and_measures_a_known_stream_within_ten_percent()
     ]);
     // The receiving socket is the listener top must name; it counts what arrives, which with
     // an observe rule is everything sent.
-    let receiver = Receiver::start(
+    let receiver = receiver(
         pair.a
             .within(|| UdpSocket::bind((pair.a_addr, 7401)).expect("bind")),
     );

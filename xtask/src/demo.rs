@@ -26,7 +26,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 use process::{Daemon, Guarded, Shaper};
 use sample::{Row, Sample};
-use shaper_netns::{PairNames, VethPair};
+use shaper_testbed::netns::{PairNames, VethPair};
 use traffic::Traffic;
 
 /// Every namespace the demo creates starts with this, so a leftover is easy to find.
@@ -221,7 +221,7 @@ impl Setup {
         let dir_path = dir.path.clone();
         drop(dir);
         daemon?;
-        let left = shaper_netns::namespaces_named(NS_PREFIX)?;
+        let left = shaper_testbed::netns::namespaces_named(NS_PREFIX)?;
         if !left.is_empty() {
             bail!("namespaces left behind: {}", left.join(", "));
         }

@@ -16,7 +16,7 @@ use crate::{
     nft::NftLimit,
     report::Figure,
     sys::{self, VethPair, sleep_until},
-    traffic::{TcpSink, TcpSources, UdpSink, UdpSource},
+    traffic::{TcpSink, TcpSources, udp_sink, udp_source},
 };
 
 const PORT: u16 = 5301;
@@ -131,16 +131,16 @@ fn install<'a>(
 }
 
 /// UDP at 10x `rate` (in frame bytes): datagrams per second received in the window after the
-/// warm-up, and datagrams per second offered.
+/// warm-up, and frame bytes per second offered.
 fn udp(pair: &VethPair, rate: u64, plan: &Plan) -> anyhow::Result<(f64, f64)> {
     let to = SocketAddr::from((pair.a_addr, PORT));
-    let sink = UdpSink::start(pair.a.enter(|| UdpSocket::bind(to))??, false)?;
+    let sink = udp_sink(pair.a.enter(|| UdpSocket::bind(to))??, false)?;
     let from = pair.b.enter(|| UdpSocket::bind((pair.b_addr, 0)))??;
-    let source = UdpSource::start(from, to, UDP_PAYLOAD, 10.0 * rate as f64 / UDP_FRAME_BYTES);
+    let source = udp_source(from, to, UDP_PAYLOAD, 10 * rate)?;
     let received = window(plan.udp_warmup, plan.udp_window, || sink.count() as f64)?;
-    let offered = source.rate();
-    source.stop();
-    sink.finish();
+    let offered = source.offered_bytes_per_sec();
+    source.finish()?;
+    sink.finish()?;
     Ok((received, offered))
 }
 
@@ -189,8 +189,8 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
                 let _limit = install(limiter, &daemon, &pair, rate, burst)?;
                 Ok(match traffic {
                     Traffic::Udp => {
-                        let (received, sent) = udp(&pair, rate, &plan)?;
-                        offered[limiter as usize].push(sent * UDP_FRAME_BYTES / 1e6);
+                        let (received, offered_rate) = udp(&pair, rate, &plan)?;
+                        offered[limiter as usize].push(offered_rate / 1e6);
                         received * limiter.udp_bytes() / rate as f64
                     }
                     Traffic::Tcp(streams) => tcp(&pair, streams, &plan)? / rate as f64,

@@ -11,7 +11,7 @@ use super::{
     Context, alternate,
     per_packet::{PASS, PORT_FREE, PORT_PASS, Subject, test_run},
 };
-use shaper_netns::cpus;
+use shaper_testbed::cpus;
 
 use crate::{packets, report::Figure};
 

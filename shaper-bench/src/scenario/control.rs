@@ -10,13 +10,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use shaper_testbed::traffic::HEADERS;
 
 use super::{Context, alternate};
 use crate::{
     daemon::Daemon,
     report::Figure,
     sys::{self, VethPair, sleep_until},
-    traffic::{UdpSink, UdpSource},
+    traffic::{udp_sink, udp_source},
 };
 
 /// The port of the rate-change runs (and the one port the 65,535-rule daemon leaves free).
@@ -26,7 +27,7 @@ const RULE_PORT: u16 = 1000;
 
 /// Rate-change runs: 1000-byte frames offered at 10 MB/s, limited to 4 then 1 MB/s and back.
 const FRAME: usize = 1000;
-const OFFERED: f64 = 10_000_000.0;
+const OFFERED: u64 = 10_000_000;
 const HIGH: u64 = 4_000_000;
 const LOW: u64 = 1_000_000;
 /// How long each rate is held before the next change; the part after a change that is searched
@@ -198,7 +199,7 @@ fn sample_value(body: &str, name: &str) -> Option<f64> {
 /// change shows at once in the received rate, with no burst to spend first.
 fn rate_change(cx: &mut Context, pair: &VethPair, daemon: &Daemon) -> anyhow::Result<()> {
     let to = SocketAddr::from((pair.a_addr, PORT));
-    let sink = UdpSink::start(pair.a.enter(|| UdpSocket::bind(to))??, true)?;
+    let sink = udp_sink(pair.a.enter(|| UdpSocket::bind(to))??, true)?;
     let from = pair.b.enter(|| UdpSocket::bind((pair.b_addr, 0)))??;
     let port = PORT.to_string();
     let aggregate = u64::from(
@@ -218,7 +219,7 @@ fn rate_change(cx: &mut Context, pair: &VethPair, daemon: &Daemon) -> anyhow::Re
         ])
     };
     set(HIGH)?;
-    let source = UdpSource::start(from, to, FRAME - 42, OFFERED / FRAME as f64);
+    let source = udp_source(from, to, FRAME - HEADERS, OFFERED)?;
     sleep_until(Instant::now() + HOLD)?;
 
     let mut changes = Vec::new();
@@ -231,8 +232,8 @@ fn rate_change(cx: &mut Context, pair: &VethPair, daemon: &Daemon) -> anyhow::Re
         sleep_until(returned + HOLD)?;
         Ok(0.0)
     })?;
-    source.stop();
-    let arrivals = sink.finish();
+    source.finish()?;
+    let arrivals = sink.finish()?.arrivals;
     let _ = daemon.cli(&["limit", "rm", &port]);
 
     let mut holds = [Vec::new(), Vec::new()];

@@ -1,10 +1,10 @@
-//! The tests' side of `shaper-netns`: a veth pair per test, named after the test process, and
-//! the namespace operations as calls that panic with the reason (a test that cannot set up its
-//! sandbox fails right there). Everything is removed on drop, so a failing test leaves nothing
-//! behind.
+//! The tests' side of `shaper_testbed::netns`: a veth pair per test, named after the test
+//! process, and the namespace operations as calls that panic with the reason (a test that cannot
+//! set up its sandbox fails right there). Everything is removed on drop, so a failing test leaves
+//! nothing behind.
 
-use shaper_netns::PairNames;
-pub use shaper_netns::{Namespace, VethPair};
+use shaper_testbed::netns::PairNames;
+pub use shaper_testbed::netns::{Namespace, VethPair};
 
 /// Namespaces `shaper-test-PID-TAG-a`/`-b` joined by `shPIDTAGa`/`shPIDTAGb`, 198.18.0.1 and
 /// .2: `tag` (a few characters) keeps the pairs of one test binary apart, the pid those of

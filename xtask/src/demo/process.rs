@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use shaper_netns::Namespace;
+use shaper_testbed::netns::Namespace;
 
 /// The release `shaper` binary and the daemon's control socket.
 #[derive(Debug, Clone)]

@@ -1,11 +1,6 @@
-//! Throwaway network namespaces joined by a veth pair, for the kernel tests, the bench and the
-//! demo: their traffic stays between namespaces they create, and everything is removed on drop
-//! (deleting a namespace deletes the veth end inside it, and with it the peer), so an error or a
-//! failing test leaves nothing behind.
-//!
-//! No eBPF here, so `xtask` can use it before bpf-linker exists.
-
-pub mod cpus;
+//! Throwaway network namespaces joined by a veth pair: traffic stays between namespaces the
+//! caller creates, and everything is removed on drop (deleting a namespace deletes the veth end
+//! inside it, and with it the peer), so an error or a failing test leaves nothing behind.
 
 use std::{
     ffi::OsStr,

@@ -21,10 +21,15 @@ pub fn allowed() -> io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu` (EINVAL for a CPU beyond CPU_SETSIZE, as the kernel answers
+/// for one it does not have).
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes one bit of it (it ignores an
-    // index beyond CPU_SETSIZE), and sched_setaffinity(0) reads the set for the calling thread.
+    // libc's CPU_SET indexes the set's words unchecked: it would panic beyond CPU_SETSIZE.
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes one bit of it (`cpu` is below
+    // CPU_SETSIZE), and sched_setaffinity(0) reads the set for the calling thread.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
