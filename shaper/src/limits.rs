@@ -476,6 +476,38 @@ mod tests {
         assert!(empty.config_rules.is_empty() && empty.rules.is_empty());
     }
 
+    /// `shaper limit ls --json` and the control protocol carry this JSON; it must not change.
+    #[test]
+    fn a_rule_view_serializes_to_the_documented_json() {
+        let view = RuleView {
+            id: 3,
+            ports: "8000-8099".into(),
+            side: "remote".into(),
+            dir: "egress".into(),
+            proto: "udp".into(),
+            iface: Some("eth0".into()),
+            rate_bps: 8_000_000,
+            rate: "8mbit".into(),
+            burst_bytes: 300_000,
+            burst: "300KB".into(),
+            action: "observe".into(),
+            passed_packets: 1,
+            passed_bytes: 2,
+            dropped_packets: 3,
+            dropped_bytes: 4,
+            would_drop_packets: 5,
+            would_drop_bytes: 6,
+            ingress_bucket_bytes: 7,
+            egress_bucket_bytes: 8,
+        };
+        let json = serde_json::to_string(&view).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8}"#
+        );
+        assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
+    }
+
     #[test]
     fn state_files_are_replaced_whole_and_read_back() {
         let dir = std::env::temp_dir().join(format!("shaper-state-test-{}", std::process::id()));

@@ -209,6 +209,20 @@ mod tests {
         }
     }
 
+    /// `shaper stats --json` and the control protocol carry this JSON; it must not change.
+    #[test]
+    fn ports_reasons_and_listeners_serialize_to_the_documented_json() {
+        let s = sample();
+        let json = serde_json::to_string(&(&s.ports, &s.unclassified, &s.listening)).unwrap();
+        assert_eq!(
+            json,
+            r#"[[{"iface":"eth0","direction":"ingress","proto":"tcp","port":443,"packets":10,"bytes":15000,"dropped_packets":2,"dropped_bytes":3000,"would_drop_packets":0,"would_drop_bytes":0,"rule":4}],[{"iface":"eth0","direction":"egress","reason":"non_ip","packets":1,"bytes":42}],[{"proto":"tcp","port":443,"process":"nginx"}]]"#
+        );
+        let back: (Vec<PortStats>, Vec<UnclassifiedStats>, Vec<Listener>) =
+            serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (s.ports, s.unclassified, s.listening));
+    }
+
     #[test]
     fn table_lists_ports_and_reasons() {
         let table = sample().to_table();

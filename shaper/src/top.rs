@@ -520,6 +520,39 @@ mod tests {
         }
     }
 
+    /// `shaper top --once --json` prints this JSON; it must not change.
+    #[test]
+    fn a_row_serializes_to_the_documented_json() {
+        let row = Row {
+            iface: "eth0".into(),
+            direction: "egress".into(),
+            proto: "tcp".into(),
+            port: 9090,
+            bytes_per_second: 1.5,
+            bits_per_second: 12.0,
+            packets_per_second: 2.0,
+            seen_bytes_per_second: 3.0,
+            seen_packets_per_second: 4.0,
+            dropped_packets_per_second: 0.5,
+            would_drop_packets_per_second: 0.0,
+            rule: Some(RuleInForce {
+                id: 3,
+                ports: "9000-9099".into(),
+                rate_bps: 8_000_000,
+                burst_bytes: 300_000,
+                action: "observe".into(),
+                bucket_fill: 0.25,
+            }),
+            process: Some("nginx".into()),
+        };
+        let json = serde_json::to_string(&row).unwrap();
+        assert_eq!(
+            json,
+            r#"{"iface":"eth0","direction":"egress","proto":"tcp","port":9090,"bytes_per_second":1.5,"bits_per_second":12.0,"packets_per_second":2.0,"seen_bytes_per_second":3.0,"seen_packets_per_second":4.0,"dropped_packets_per_second":0.5,"would_drop_packets_per_second":0.0,"rule":{"id":3,"ports":"9000-9099","rate_bps":8000000,"burst_bytes":300000,"action":"observe","bucket_fill":0.25},"process":"nginx"}"#
+        );
+        assert_eq!(serde_json::from_str::<Row>(&json).unwrap(), row);
+    }
+
     #[test]
     fn a_restarted_daemon_counts_from_zero_not_negative() {
         let t0 = Instant::now();

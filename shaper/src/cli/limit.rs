@@ -231,3 +231,54 @@ fn table(rules: &[RuleView]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(ports: &str, side: &str, iface: Option<&str>, action: &str) -> RuleView {
+        RuleView {
+            id: 3,
+            ports: ports.into(),
+            side: side.into(),
+            dir: "egress".into(),
+            proto: "udp".into(),
+            iface: iface.map(Into::into),
+            rate_bps: 8_000_000,
+            rate: "8mbit".into(),
+            burst_bytes: 300_000,
+            burst: "300KB".into(),
+            action: action.into(),
+            passed_packets: 10,
+            passed_bytes: 15_000,
+            dropped_packets: 2,
+            dropped_bytes: 3_000,
+            would_drop_packets: 1,
+            would_drop_bytes: 1_500,
+            ingress_bucket_bytes: 0,
+            egress_bucket_bytes: 0,
+        }
+    }
+
+    /// What `limit set` and `limit rm` print after "rule N added: ".
+    #[test]
+    fn a_rule_is_described_as_before() {
+        assert_eq!(
+            describe(&view("443", "remote", None, "observe")),
+            "remote 443 dir egress proto udp iface all: rate 8mbit burst 300KB observe"
+        );
+        assert_eq!(
+            describe(&view("8000-8099", "local", Some("eth0"), "drop")),
+            "8000-8099 dir egress proto udp iface eth0: rate 8mbit burst 300KB drop"
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_rule() {
+        let table = table(&[view("443", "remote", None, "observe")]);
+        assert_eq!(
+            table,
+            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES\n   3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000\n"
+        );
+    }
+}
