@@ -4,6 +4,8 @@
 //! exits, even on SIGKILL. Legacy clsact filters outlive their creator, so in that mode shaper
 //! also removes stale filters of a previous run and deletes the clsact qdisc if it added it.
 
+use std::fmt;
+
 use aya::{
     Ebpf,
     programs::{
@@ -13,6 +15,7 @@ use aya::{
     util::KernelVersion,
 };
 use log::{info, warn};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
@@ -53,7 +56,8 @@ fn tcx_supported() -> bool {
 }
 
 /// Hook direction, with the names used in output and the program attached to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,
@@ -89,6 +93,12 @@ impl Direction {
             Self::Ingress => TcAttachType::Ingress,
             Self::Egress => TcAttachType::Egress,
         }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
     }
 }
 

@@ -17,7 +17,10 @@ use crate::{
     classifier::Classifier,
     error::{Error, Result},
     iface,
-    rules::{Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, make_limit},
+    rules::{
+        Action, DirSel, PortRange, ProtoSel, Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, Side,
+        make_limit,
+    },
     units,
 };
 
@@ -40,11 +43,11 @@ struct State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleView {
     pub id: u16,
-    pub ports: String,
+    pub ports: PortRange,
     /// `local` or `remote`.
-    pub side: String,
-    pub dir: String,
-    pub proto: String,
+    pub side: Side,
+    pub dir: DirSel,
+    pub proto: ProtoSel,
     /// The interface, or `null` for all.
     pub iface: Option<String>,
     pub rate_bps: u64,
@@ -52,7 +55,7 @@ pub struct RuleView {
     pub rate: String,
     pub burst_bytes: u64,
     pub burst: String,
-    pub action: String,
+    pub action: Action,
     /// Both directions together.
     pub passed_packets: u64,
     pub passed_bytes: u64,
@@ -66,6 +69,19 @@ pub struct RuleView {
     pub ingress_bucket_bytes: u64,
     #[serde(default)]
     pub egress_bucket_bytes: u64,
+}
+
+impl RuleView {
+    /// The key of the rule this view shows.
+    pub fn key(&self) -> RuleKey {
+        RuleKey {
+            ports: self.ports,
+            side: self.side,
+            dir: self.dir,
+            proto: self.proto,
+            iface: self.iface.clone(),
+        }
+    }
 }
 
 /// The rules in force and where they are saved.
@@ -368,16 +384,16 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
     }
     RuleView {
         id: rule.id,
-        ports: rule.key.ports.to_string(),
-        side: rule.key.side.name().to_owned(),
-        dir: rule.key.dir.name().to_owned(),
-        proto: rule.key.proto.name().to_owned(),
+        ports: rule.key.ports,
+        side: rule.key.side,
+        dir: rule.key.dir,
+        proto: rule.key.proto,
         iface: rule.key.iface.clone(),
         rate_bps: rule.limit.rate_bps,
         rate: units::format_rate(rule.limit.rate_bps),
         burst_bytes: rule.limit.burst_bytes,
         burst: units::format_size(rule.limit.burst_bytes),
-        action: rule.limit.action.name().to_owned(),
+        action: rule.limit.action,
         passed_packets: passed.packets,
         passed_bytes: passed.bytes,
         dropped_packets: dropped.packets,
@@ -437,7 +453,7 @@ mod tests {
 
     #[test]
     fn the_state_file_reads_back_what_was_saved_one_rule_per_line() {
-        use crate::rules::{Action, DirSel, Limit, PortRange, ProtoSel, RuleKey, Side};
+        use crate::rules::Limit;
         let key = |port| RuleKey {
             ports: PortRange::single(port),
             side: Side::Local,
@@ -481,16 +497,16 @@ mod tests {
     fn a_rule_view_serializes_to_the_documented_json() {
         let view = RuleView {
             id: 3,
-            ports: "8000-8099".into(),
-            side: "remote".into(),
-            dir: "egress".into(),
-            proto: "udp".into(),
+            ports: PortRange { lo: 8000, hi: 8099 },
+            side: Side::Remote,
+            dir: DirSel::Egress,
+            proto: ProtoSel::Udp,
             iface: Some("eth0".into()),
             rate_bps: 8_000_000,
             rate: "8mbit".into(),
             burst_bytes: 300_000,
             burst: "300KB".into(),
-            action: "observe".into(),
+            action: Action::Observe,
             passed_packets: 1,
             passed_bytes: 2,
             dropped_packets: 3,

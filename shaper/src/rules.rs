@@ -546,6 +546,24 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
+    /// Views, the control protocol and the state file spell each keyword as its word.
+    #[test]
+    fn keywords_serialize_as_their_words() {
+        fn check<T: FromStr<Err = String> + Serialize>(words: &[&str]) {
+            for word in words {
+                let value: T = word.parse().unwrap();
+                assert_eq!(
+                    serde_json::to_string(&value).unwrap(),
+                    format!("\"{word}\"")
+                );
+            }
+        }
+        check::<DirSel>(DirSel::WORDS);
+        check::<ProtoSel>(ProtoSel::WORDS);
+        check::<Action>(Action::WORDS);
+        check::<Side>(Side::WORDS);
+    }
+
     #[test]
     fn port_ranges_parse_single_ports_and_inclusive_ranges() {
         assert_eq!(
