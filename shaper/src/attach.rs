@@ -51,6 +51,29 @@ impl AttachMode {
     }
 }
 
+crate::rules::keyword_enum!(
+    /// How the operator asks for the programs to be attached (`--attach`, the config file's
+    /// `attach`): a mode, or `auto` for the best one the running kernel has.
+    AttachChoice {
+        // No doc comments on the variants: clap would list them in `--attach`'s help.
+        #[default]
+        Auto => "auto",
+        Tcx => "tcx",
+        Clsact => "clsact",
+    }
+);
+
+impl AttachChoice {
+    /// The attach mode this selects on the running kernel.
+    pub fn resolve(self) -> AttachMode {
+        match self {
+            Self::Auto => AttachMode::auto(),
+            Self::Tcx => AttachMode::Tcx,
+            Self::Clsact => AttachMode::Clsact,
+        }
+    }
+}
+
 fn tcx_supported() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }

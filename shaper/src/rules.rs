@@ -114,11 +114,12 @@ impl fmt::Display for PortRange {
 }
 
 /// Generates the string form, parsing and listing of a small keyword enum, so the CLI, the
-/// config file, the control protocol and the state file all spell it the same way.
+/// config file, the control protocol and the state file all spell it the same way. Paths are
+/// absolute so that any module of the crate can use it.
 macro_rules! keyword_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize, ::clap::ValueEnum)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vmeta])* $variant),+ }
 
@@ -129,13 +130,13 @@ macro_rules! keyword_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.name())
             }
         }
 
-        impl FromStr for $name {
+        impl ::std::str::FromStr for $name {
             type Err = String;
             fn from_str(text: &str) -> Result<Self, String> {
                 match text {
@@ -146,6 +147,8 @@ macro_rules! keyword_enum {
         }
     };
 }
+
+pub(crate) use keyword_enum;
 
 keyword_enum!(
     /// The hook directions a rule applies to; each direction has its own bucket.

@@ -6,11 +6,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use log::info;
 use shaper::{
-    AttachMode, Classifier,
-    config::{self, AttachSel},
+    Classifier,
+    attach::AttachChoice,
+    config,
     control::{ControlSocket, Request, Response},
     iface,
     limits::{DEFAULT_STATE_FILE, Limits},
@@ -29,7 +30,7 @@ pub struct RunArgs {
     /// How to attach: tcx links (Linux >= 6.6), legacy clsact filters, or auto (tcx where the
     /// kernel has it). Default: the config file's `attach`, else auto.
     #[arg(long, value_enum)]
-    attach: Option<AttachArg>,
+    attach: Option<AttachChoice>,
 
     /// TOML file with the interfaces and the limit rules to start with (see shaper.toml).
     #[arg(long, value_name = "FILE")]
@@ -50,13 +51,6 @@ pub struct RunArgs {
     /// the config file's `metrics_top_ports`, else 100.
     #[arg(long, value_name = "N")]
     metrics_top_ports: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AttachArg {
-    Auto,
-    Tcx,
-    Clsact,
 }
 
 /// The daemon's state behind the control socket.
@@ -88,16 +82,11 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     for name in &ifaces {
         iface::index(name)?;
     }
-    let attach = args.attach.unwrap_or(match config.attach {
-        None | Some(AttachSel::Auto) => AttachArg::Auto,
-        Some(AttachSel::Tcx) => AttachArg::Tcx,
-        Some(AttachSel::Clsact) => AttachArg::Clsact,
-    });
-    let mode = match attach {
-        AttachArg::Auto => AttachMode::auto(),
-        AttachArg::Tcx => AttachMode::Tcx,
-        AttachArg::Clsact => AttachMode::Clsact,
-    };
+    let mode = args
+        .attach
+        .or(config.attach)
+        .unwrap_or(AttachChoice::Auto)
+        .resolve();
 
     let metrics_addr = args
         .metrics_addr
