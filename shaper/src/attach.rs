@@ -18,7 +18,7 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, Result, chain},
     lock::PidLock,
     netlink,
 };
@@ -186,7 +186,10 @@ pub(crate) fn attach(
                     source: Box::new(source),
                 };
                 if let Err(cleanup) = detach(ebpf, iface, ifindex, attachment) {
-                    warn!("{iface}: undoing a partial attach failed: {cleanup}");
+                    warn!(
+                        "{iface}: undoing a partial attach failed: {}",
+                        chain(&cleanup)
+                    );
                 }
                 return Err(error);
             }
@@ -249,8 +252,9 @@ pub(crate) fn detach(
                 Ok(false)
             ) {
                 warn!(
-                    "{iface}: the {} program was already detached by someone else ({e})",
-                    direction.name()
+                    "{iface}: the {} program was already detached by someone else ({})",
+                    direction.name(),
+                    chain(&e)
                 );
             } else {
                 first_error.get_or_insert(e);

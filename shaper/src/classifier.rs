@@ -18,7 +18,7 @@ use crate::{
     attach::{self, AttachMode, Attachment, Direction},
     clock,
     counters::{COUNTER_WORDS, PortCounters, SharedArray},
-    error::{Error, Result},
+    error::{Error, Result, chain},
     iface,
     stats::{InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats},
 };
@@ -139,7 +139,7 @@ impl Classifier {
                         verifier_log,
                     } => Error::Verifier {
                         program: direction.program(),
-                        source: io_error,
+                        error: io_error,
                         log: verifier_log.to_string(),
                     },
                     other => other.into(),
@@ -380,7 +380,7 @@ impl Classifier {
                         direction,
                     )
                     .unwrap_or_else(|e| {
-                        log::warn!("{} {}: {e}", iface.name, direction.name());
+                        log::warn!("{} {}: {}", iface.name, direction.name(), chain(&e));
                         false
                     });
                     (direction, now)
@@ -481,7 +481,7 @@ impl Classifier {
 impl Drop for Classifier {
     fn drop(&mut self) {
         if let Err(e) = self.detach_all() {
-            log::warn!("detaching on shutdown: {e}");
+            log::warn!("detaching on shutdown: {}", chain(&e));
         }
     }
 }

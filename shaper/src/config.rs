@@ -70,7 +70,7 @@ pub struct Config {
 /// Why a config file was rejected. Every message starts with the file's name.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]

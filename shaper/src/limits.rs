@@ -15,7 +15,7 @@ use shaper_common::Counter;
 use crate::{
     Direction,
     classifier::Classifier,
-    error::{Error, Result},
+    error::{Error, Result, chain},
     iface,
     rules::{
         Action, DirSel, PortRange, ProtoSel, Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, Side,
@@ -158,8 +158,9 @@ impl Limits {
             // Nothing reached the rule index; put the saved state back as it was.
             if let Err(undo) = self.save(&self.table) {
                 log::error!(
-                    "restoring {} after a failed change: {undo}",
-                    self.state_file.display()
+                    "restoring {} after a failed change: {}",
+                    self.state_file.display(),
+                    chain(&undo)
                 );
             }
             return Err(e);
@@ -199,7 +200,11 @@ impl Limits {
         self.table = next;
         // The rule is already out of the index: a stale limit left behind is never read.
         if let Err(e) = classifier.clear_rule(rule.id) {
-            log::warn!("clearing the limit of removed rule {}: {e}", rule.id);
+            log::warn!(
+                "clearing the limit of removed rule {}: {}",
+                rule.id,
+                chain(&e)
+            );
         }
         Ok(removed)
     }
@@ -240,7 +245,7 @@ impl Limits {
                         ..rule.clone()
                     }) => {}
                 Ok(_) => log::warn!("state file: duplicate rule {} skipped", rule.key),
-                Err(e) => log::warn!("state file: rule {} skipped: {e}", rule.key),
+                Err(e) => log::warn!("state file: rule {} skipped: {}", rule.key, chain(&e)),
             }
         }
         self.install(classifier, table)

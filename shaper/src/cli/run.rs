@@ -13,6 +13,7 @@ use shaper::{
     attach::AttachChoice,
     config,
     control::{ControlSocket, Request, Response},
+    error::chain,
     iface,
     limits::{DEFAULT_STATE_FILE, Limits},
     metrics::{self, Exporter, Format, Inventory, MetricsAddr},
@@ -164,7 +165,7 @@ fn scrape_fn(daemon: Arc<Mutex<Daemon>>, exporter: Exporter) -> Arc<metrics::Scr
             let daemon = daemon
                 .lock()
                 .map_err(|_| "internal error: daemon lock poisoned".to_owned())?;
-            Inventory::gather(&daemon.classifier, &daemon.limits).map_err(|e| e.to_string())?
+            Inventory::gather(&daemon.classifier, &daemon.limits).map_err(|e| chain(&e))?
         };
         Ok(exporter.render(inventory, started, format))
     })
@@ -185,9 +186,10 @@ async fn serve(
                 message: "internal error: daemon lock poisoned".into(),
             };
         };
-        daemon.handle(request).unwrap_or_else(|e| Response::Error {
-            message: e.to_string(),
-        })
+        // The whole chain: the CLI has nothing else to print.
+        daemon
+            .handle(request)
+            .unwrap_or_else(|e| Response::Error { message: chain(&e) })
     };
     let metrics = async move {
         match metrics {
