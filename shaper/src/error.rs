@@ -1,4 +1,9 @@
 //! The library's error type: each variant names what went wrong and, where one exists, the fix.
+//!
+//! A variant either shows its cause in its message or returns it from `source()`, never both, so
+//! [`chain`] — how `shaper` prints an error, and how the daemon sends one to the CLI — shows each
+//! cause once. A message in a log or a reply is the [`chain`], not the error's `Display`, which
+//! leaves the causes out.
 
 use std::{io, path::PathBuf};
 
@@ -22,17 +27,18 @@ pub enum Error {
     )]
     AlreadyAttached { iface: String, pid: String },
 
-    #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{log}")]
+    /// The cause is shown, not returned as the source: the verifier's log follows it.
+    #[error("the kernel verifier rejected program {program}: {error}\nverifier log:\n{log}")]
     Verifier {
         program: &'static str,
-        source: io::Error,
+        error: io::Error,
         log: String,
     },
 
     #[error("tcx needs Linux >= 6.6 (this is {kernel}); use --attach clsact")]
     TcxUnsupported { kernel: String },
 
-    #[error("attaching to {iface} {direction} ({mode}) failed: {source}")]
+    #[error("attaching to {iface} {direction} ({mode}) failed")]
     Attach {
         iface: String,
         direction: &'static str,
@@ -41,21 +47,21 @@ pub enum Error {
         source: Box<aya::programs::ProgramError>,
     },
 
-    #[error("adding the clsact qdisc to {iface} failed: {source}")]
+    #[error("adding the clsact qdisc to {iface} failed")]
     Clsact {
         iface: String,
         #[source]
         source: Box<aya::programs::tc::TcError>,
     },
 
-    #[error("asking the kernel what is attached to {iface} failed: {source}")]
+    #[error("asking the kernel what is attached to {iface} failed")]
     AttachQuery {
         iface: String,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("removing the clsact qdisc shaper added to {iface} failed: {source}")]
+    #[error("removing the clsact qdisc shaper added to {iface} failed")]
     ClsactRemove {
         iface: String,
         #[source]
@@ -71,7 +77,7 @@ pub enum Error {
         name: &'static str,
     },
 
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Path {
         path: PathBuf,
         #[source]
@@ -91,7 +97,7 @@ pub enum Error {
     )]
     SocketInUse { path: PathBuf },
 
-    #[error("the daemon's reply could not be read: {0}")]
+    #[error("the daemon's reply could not be read")]
     BadReply(#[source] serde_json::Error),
 
     #[error("the daemon refused the request: {0}")]
@@ -100,7 +106,7 @@ pub enum Error {
     #[error(transparent)]
     Limit(#[from] crate::policy::rule_table::LimitError),
 
-    #[error("config rule {rule}: {source}")]
+    #[error("config rule {rule}")]
     ConfigRule {
         rule: String,
         #[source]
@@ -139,6 +145,15 @@ pub enum Error {
     #[error(transparent)]
     Ebpf(Box<aya::EbpfError>),
 
+    /// The [`aya::EbpfError`]s that show their inner error and also return it as the source,
+    /// split into aya's words for them and that error: see `From<aya::EbpfError>`.
+    #[error("{context}")]
+    EbpfWrapper {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error(transparent)]
     Program(Box<aya::programs::ProgramError>),
 
@@ -151,7 +166,16 @@ pub enum Error {
 
 impl From<aya::EbpfError> for Error {
     fn from(e: aya::EbpfError) -> Self {
-        Self::Ebpf(Box::new(e))
+        // These four print `{context}: {inner}` and return the inner error as their source
+        // (aya/src/bpf.rs), which would show it twice in a chain.
+        let (context, source): (_, Box<dyn std::error::Error + Send + Sync>) = match e {
+            aya::EbpfError::ParseError(e) => ("error parsing BPF object", Box::new(e)),
+            aya::EbpfError::BtfError(e) => ("BTF error", Box::new(e)),
+            aya::EbpfError::MapError(e) => ("map error", Box::new(e)),
+            aya::EbpfError::ProgramError(e) => ("program error", Box::new(e)),
+            e => return Self::Ebpf(Box::new(e)),
+        };
+        Self::EbpfWrapper { context, source }
     }
 }
 
@@ -175,3 +199,85 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `error` and each of its causes, joined by ": ": what the operator reads, from `shaper` itself
+/// or from the daemon through the control socket.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denied() -> io::Error {
+        io::Error::from_raw_os_error(libc::EACCES)
+    }
+
+    #[test]
+    fn a_nested_error_shows_each_cause_once() {
+        let error = Error::ConfigRule {
+            rule: "9090 port dir both proto any iface all".into(),
+            source: Box::new(Error::Path {
+                path: "/var/lib/shaper".into(),
+                source: denied(),
+            }),
+        };
+        let expected = "config rule 9090 port dir both proto any iface all: /var/lib/shaper: \
+                        Permission denied (os error 13)";
+        assert_eq!(chain(&error), expected);
+        // As `shaper` prints it, with a context of the CLI's around it.
+        let error = anyhow::Error::from(error).context("starting");
+        assert_eq!(chain(error.as_ref()), format!("starting: {expected}"));
+    }
+
+    #[test]
+    fn aya_errors_show_each_cause_once() {
+        let error = Error::Attach {
+            iface: "eth0".into(),
+            direction: "ingress",
+            mode: "tcx",
+            source: Box::new(aya::programs::ProgramError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bpf_link_create",
+                    io_error: denied(),
+                },
+            )),
+        };
+        assert_eq!(
+            chain(&error),
+            "attaching to eth0 ingress (tcx) failed: `bpf_link_create` failed: Permission denied \
+             (os error 13)"
+        );
+        // aya's `map error: {0}` shows its inner error and returns it as the source too.
+        let error = Error::from(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "PORT_COUNTERS".into(),
+            io_error: denied(),
+        }));
+        assert_eq!(
+            chain(&error),
+            "map error: failed to create map `PORT_COUNTERS`: Permission denied (os error 13)"
+        );
+    }
+
+    #[test]
+    fn the_verifier_error_shows_its_cause_before_the_log_and_once() {
+        let error = Error::Verifier {
+            program: "shaper_ingress",
+            error: denied(),
+            log: "0: R1=ctx()".into(),
+        };
+        assert_eq!(
+            chain(&error),
+            "the kernel verifier rejected program shaper_ingress: Permission denied (os error \
+             13)\nverifier log:\n0: R1=ctx()"
+        );
+    }
+}

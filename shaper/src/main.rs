@@ -14,23 +14,8 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shaper: {}", message(&e));
+            eprintln!("shaper: {}", shaper::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, joined by ": ". Library errors already end with their source's
-/// text (so the message alone reads well in a log); a cause that the message before it already
-/// ends with is not repeated.
-fn message(error: &anyhow::Error) -> String {
-    let mut message = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.ends_with(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    message
 }

@@ -428,5 +428,5 @@ fn a_refused_rule_changes_nothing() {
         std::fs::read_to_string(&s.state).expect("state file"),
         saved
     );
-    assert_eq!(rule(&s, kept.id).action, "drop");
+    assert_eq!(rule(&s, kept.id).action, Action::Drop);
 }

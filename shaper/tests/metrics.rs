@@ -146,7 +146,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
         ];
         let burst = rules
             .iter()
-            .find(|r| r.ports == ports)
+            .find(|r| r.ports.to_string() == ports)
             .expect("rule")
             .burst_bytes;
         assert_eq!(

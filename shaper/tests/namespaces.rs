@@ -17,8 +17,10 @@ use common::{
     netns::{InNamespace as _, Namespace, VethPair, veth_pair},
 };
 use shaper::{
+    Direction,
     control::{self, Request, Response},
     daemon::{Daemon as LibraryDaemon, Flags},
+    datapath::classifier::Proto,
     telemetry::{counter_snapshot::Snapshot, metrics::MetricsAddr},
 };
 
@@ -62,22 +64,22 @@ fn counts_real_traffic(mode: &str, tag: &str) {
     send_udp(&pair);
     let expected_bytes = DATAGRAMS * (DATAGRAM_PAYLOAD as u64 + UDP_FRAME_OVERHEAD);
     let stats = daemon.wait_for(Duration::from_secs(5), |s| {
-        udp(s, &pair.a_if, "ingress", PORT_UDP_IN).0 >= DATAGRAMS
-            && udp(s, &pair.a_if, "egress", PORT_UDP_OUT_LOCAL).0 >= DATAGRAMS
+        udp(s, &pair.a_if, Direction::Ingress, PORT_UDP_IN).0 >= DATAGRAMS
+            && udp(s, &pair.a_if, Direction::Egress, PORT_UDP_OUT_LOCAL).0 >= DATAGRAMS
     });
     assert_eq!(
-        udp(&stats, &pair.a_if, "ingress", PORT_UDP_IN),
+        udp(&stats, &pair.a_if, Direction::Ingress, PORT_UDP_IN),
         (DATAGRAMS, expected_bytes),
         "{stats:#?}"
     );
     assert_eq!(
-        udp(&stats, &pair.a_if, "egress", PORT_UDP_OUT_LOCAL),
+        udp(&stats, &pair.a_if, Direction::Egress, PORT_UDP_OUT_LOCAL),
         (DATAGRAMS, expected_bytes),
         "{stats:#?}"
     );
     // The remote port of egress traffic is not a local port.
     assert_eq!(
-        udp(&stats, &pair.a_if, "egress", PORT_UDP_OUT_REMOTE),
+        udp(&stats, &pair.a_if, Direction::Egress, PORT_UDP_OUT_REMOTE),
         (0, 0)
     );
 
@@ -85,7 +87,7 @@ fn counts_real_traffic(mode: &str, tag: &str) {
     tcp_transfer(&pair);
     let skbs_sent_by_b = tx_packets(&pair.b, &pair.b_if) - skbs_sent_by_b;
     let stats = daemon.settled();
-    let (packets, bytes) = tcp(&stats, &pair.a_if, "ingress", PORT_TCP);
+    let (packets, bytes) = tcp(&stats, &pair.a_if, Direction::Ingress, PORT_TCP);
     let min_segments = (TCP_PAYLOAD as u64).div_ceil(MSS);
     eprintln!(
         "{mode}: TCP {TCP_PAYLOAD} B in {packets} segments, {bytes} wire bytes; veth carried {skbs_sent_by_b} skbs"
@@ -105,7 +107,7 @@ fn counts_real_traffic(mode: &str, tag: &str) {
             .contains(&headers),
         "{headers} header bytes for {packets} segments"
     );
-    let (acks, ack_bytes) = tcp(&stats, &pair.a_if, "egress", PORT_TCP);
+    let (acks, ack_bytes) = tcp(&stats, &pair.a_if, Direction::Egress, PORT_TCP);
     assert!(
         acks >= 2,
         "the receiver's ACKs leave through egress with the service's port"
@@ -122,17 +124,17 @@ fn counts_real_traffic(mode: &str, tag: &str) {
 }
 
 /// (packets, bytes) of one port; (0, 0) if it has seen no traffic.
-fn counter(s: &Snapshot, iface: &str, direction: &str, proto: &str, port: u16) -> (u64, u64) {
+fn counter(s: &Snapshot, iface: &str, direction: Direction, proto: Proto, port: u16) -> (u64, u64) {
     s.port(iface, direction, proto, port)
         .map_or((0, 0), |p| (p.packets, p.bytes))
 }
 
-fn udp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
-    counter(s, iface, direction, "udp", port)
+fn udp(s: &Snapshot, iface: &str, direction: Direction, port: u16) -> (u64, u64) {
+    counter(s, iface, direction, Proto::Udp, port)
 }
 
-fn tcp(s: &Snapshot, iface: &str, direction: &str, port: u16) -> (u64, u64) {
-    counter(s, iface, direction, "tcp", port)
+fn tcp(s: &Snapshot, iface: &str, direction: Direction, port: u16) -> (u64, u64) {
+    counter(s, iface, direction, Proto::Tcp, port)
 }
 
 /// DATAGRAMS datagrams into `a` (to PORT_UDP_IN) and out of `a` (from PORT_UDP_OUT_LOCAL).
@@ -417,7 +419,7 @@ fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
     };
     assert_eq!(rules.len(), 1);
     assert_eq!(
-        (rules[0].ports.as_str(), rules[0].rate_bps),
+        (rules[0].ports.to_string().as_str(), rules[0].rate_bps),
         ("7100", 8_000_000)
     );
     assert!(!socket.exists(), "control socket left behind");

@@ -20,7 +20,7 @@ use common::{
     netns::{InNamespace as _, veth_pair},
     traffic::{Receiver, WIRE, pinned_sender, receiver, sender},
 };
-use shaper::telemetry::counter_snapshot::Snapshot;
+use shaper::{Direction, datapath::classifier::Proto, telemetry::counter_snapshot::Snapshot};
 
 /// The limit of the UDP tests: 8 Mbit/s = 1,000,000 wire bytes/s = 1000 datagrams/s.
 const LIMIT: &str = "8mbit";
@@ -55,7 +55,7 @@ fn udp_port(
     iface: &str,
     port: u16,
 ) -> shaper::telemetry::counter_snapshot::PortStats {
-    s.port(iface, "ingress", "udp", port)
+    s.port(iface, Direction::Ingress, Proto::Udp, port)
         .cloned()
         .unwrap_or_else(|| panic!("no counters for udp/{port}: {s:#?}"))
 }
@@ -409,7 +409,7 @@ fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_
         let (earlier, later) = (&pair_of[0], &pair_of[1]);
         for p in &earlier.ports {
             let now = later
-                .port(&p.iface, &p.direction, &p.proto, p.port)
+                .port(&p.iface, p.direction, p.proto, p.port)
                 .unwrap_or_else(|| panic!("port {} vanished", p.port));
             assert!(
                 now.packets >= p.packets
@@ -524,7 +524,7 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     let rule = second
         .rules()
         .into_iter()
-        .find(|r| r.ports == "7101")
+        .find(|r| r.ports == shaper::policy::rule_table::PortRange::single(7101))
         .expect("rule 7101");
     assert!(rule.dropped_packets > 0, "{rule:?}");
     assert_eq!(receiver.count() + rule.dropped_packets, sent);
@@ -575,10 +575,10 @@ fn the_example_config_starts_a_daemon_with_its_rules() {
         .iter()
         .map(|r| {
             (
-                r.ports.clone(),
-                r.side.clone(),
+                r.ports.to_string(),
+                r.side.to_string(),
                 r.rate.clone(),
-                r.action.clone(),
+                r.action.to_string(),
             )
         })
         .collect();

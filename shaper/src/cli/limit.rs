@@ -156,7 +156,10 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
 fn describe(rule: &RuleView) -> String {
     format!(
         "{}{} dir {} proto {} iface {}: rate {} burst {} {}",
-        if rule.side == "remote" { "remote " } else { "" },
+        match rule.side {
+            Side::Remote => "remote ",
+            Side::Local => "",
+        },
         rule.ports,
         rule.dir,
         rule.proto,
@@ -214,14 +217,14 @@ fn table(rules: &[RuleView]) -> String {
             &mut out,
             [
                 &r.id.to_string(),
-                &r.ports,
-                &r.side,
-                &r.dir,
-                &r.proto,
+                &r.ports.to_string(),
+                r.side.name(),
+                r.dir.name(),
+                r.proto.name(),
                 r.iface.as_deref().unwrap_or("all"),
                 &r.rate,
                 &r.burst,
-                &r.action,
+                r.action.name(),
                 &r.passed_packets.to_string(),
                 &r.dropped_packets.to_string(),
                 &r.would_drop_packets.to_string(),
@@ -230,4 +233,55 @@ fn table(rules: &[RuleView]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(ports: &str, side: Side, iface: Option<&str>, action: Action) -> RuleView {
+        RuleView {
+            id: 3,
+            ports: ports.parse().unwrap(),
+            side,
+            dir: DirSel::Egress,
+            proto: ProtoSel::Udp,
+            iface: iface.map(Into::into),
+            rate_bps: 8_000_000,
+            rate: "8mbit".into(),
+            burst_bytes: 300_000,
+            burst: "300KB".into(),
+            action,
+            passed_packets: 10,
+            passed_bytes: 15_000,
+            dropped_packets: 2,
+            dropped_bytes: 3_000,
+            would_drop_packets: 1,
+            would_drop_bytes: 1_500,
+            ingress_bucket_bytes: 0,
+            egress_bucket_bytes: 0,
+        }
+    }
+
+    /// What `limit set` and `limit rm` print after "rule N added: ".
+    #[test]
+    fn a_rule_is_described_as_before() {
+        assert_eq!(
+            describe(&view("443", Side::Remote, None, Action::Observe)),
+            "remote 443 dir egress proto udp iface all: rate 8mbit burst 300KB observe"
+        );
+        assert_eq!(
+            describe(&view("8000-8099", Side::Local, Some("eth0"), Action::Drop)),
+            "8000-8099 dir egress proto udp iface eth0: rate 8mbit burst 300KB drop"
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_rule() {
+        let table = table(&[view("443", Side::Remote, None, Action::Observe)]);
+        assert_eq!(
+            table,
+            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES\n   3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000\n"
+        );
+    }
 }

@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use shaper::{
     daemon::{Daemon, Flags},
-    policy::{config_file::AttachSel, rules_in_force::DEFAULT_STATE_FILE},
+    datapath::attach::AttachChoice,
+    policy::rules_in_force::DEFAULT_STATE_FILE,
     telemetry::metrics::MetricsAddr,
 };
 
@@ -19,7 +20,7 @@ pub struct RunArgs {
     /// How to attach: tcx links (Linux >= 6.6), legacy clsact filters, or auto (tcx where the
     /// kernel has it). Default: the config file's `attach`, else auto.
     #[arg(long, value_enum)]
-    attach: Option<AttachArg>,
+    attach: Option<AttachChoice>,
 
     /// TOML file with the interfaces and the limit rules to start with (see shaper.toml).
     #[arg(long, value_name = "FILE")]
@@ -42,21 +43,10 @@ pub struct RunArgs {
     metrics_top_ports: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AttachArg {
-    Auto,
-    Tcx,
-    Clsact,
-}
-
 pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     let flags = Flags {
         ifaces: args.ifaces,
-        attach: args.attach.map(|choice| match choice {
-            AttachArg::Auto => AttachSel::Auto,
-            AttachArg::Tcx => AttachSel::Tcx,
-            AttachArg::Clsact => AttachSel::Clsact,
-        }),
+        attach: args.attach,
         config: args.config,
         state: args.state,
         metrics_addr: args.metrics_addr,

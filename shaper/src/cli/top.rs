@@ -22,8 +22,10 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row as TableRow, Table},
 };
 use shaper::{
+    Direction,
     control::{self, Request, Response},
     policy::rates_and_sizes,
+    policy::rule_table::Action,
     telemetry::top_view::{self, Column, Row, Sample, View},
 };
 
@@ -207,12 +209,11 @@ fn si(value: f64) -> String {
 fn cell_text(row: &Row, column: Column, bits: bool) -> String {
     match column {
         Column::Iface => row.iface.clone(),
-        Column::Direction => match row.direction.as_str() {
-            "ingress" => "in".to_owned(),
-            "egress" => "out".to_owned(),
-            other => other.to_owned(),
+        Column::Direction => match row.direction {
+            Direction::Ingress => "in".to_owned(),
+            Direction::Egress => "out".to_owned(),
         },
-        Column::Proto => row.proto.clone(),
+        Column::Proto => row.proto.to_string(),
         Column::Port => row.port.to_string(),
         Column::Rate => rate(row.bytes_per_second, bits),
         Column::Packets => count(row.packets_per_second),
@@ -223,7 +224,10 @@ fn cell_text(row: &Row, column: Column, bits: bool) -> String {
                 "{}/{} {}",
                 rates_and_sizes::format_rate(r.rate_bps),
                 rates_and_sizes::format_size(r.burst_bytes),
-                if r.action == "observe" { "obs" } else { "drop" }
+                match r.action {
+                    Action::Observe => "obs",
+                    Action::Drop => "drop",
+                }
             )
         }),
         Column::Bucket => row

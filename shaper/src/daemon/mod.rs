@@ -37,7 +37,7 @@ pub use settings::{Flags, Settings};
 use crate::{
     control::ControlSocket,
     datapath::classifier::Classifier,
-    error::{Error, Result},
+    error::{Error, Result, chain},
     policy::rules_in_force::Limits,
     telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
 };
@@ -180,7 +180,7 @@ fn scrape_fn(in_force: Arc<Mutex<InForce>>, exporter: Exporter) -> Arc<metrics::
         let started = Instant::now();
         let inventory = {
             let in_force = in_force.lock().map_err(|_| Error::Poisoned.to_string())?;
-            Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| e.to_string())?
+            Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| chain(&e))?
         };
         Ok(exporter.render(inventory, started, format))
     })

@@ -7,7 +7,7 @@ use log::info;
 use super::InForce;
 use crate::{
     control::{Request, Response},
-    error::{Error, Result},
+    error::{Error, Result, chain},
     telemetry::listening_sockets,
 };
 
@@ -17,9 +17,8 @@ pub(super) fn answer(in_force: &Mutex<InForce>, request: Request) -> Response {
         Ok(mut in_force) => in_force.answer(request),
         Err(_) => Err(Error::Poisoned),
     };
-    reply.unwrap_or_else(|e| Response::Error {
-        message: e.to_string(),
-    })
+    // The whole chain: the CLI has nothing else to print.
+    reply.unwrap_or_else(|e| Response::Error { message: chain(&e) })
 }
 
 impl InForce {

@@ -6,10 +6,13 @@ use std::{collections::HashSet, path::PathBuf};
 use log::info;
 
 use crate::{
-    datapath::{attach::AttachMode, interfaces},
+    datapath::{
+        attach::{AttachChoice, AttachMode},
+        interfaces,
+    },
     error::Result,
     policy::{
-        config_file::{self, AttachSel, Config},
+        config_file::{self, Config},
         rule_table::RuleSpec,
     },
     telemetry::metrics::{self, MetricsAddr},
@@ -19,7 +22,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Flags {
     pub ifaces: Vec<String>,
-    pub attach: Option<AttachSel>,
+    pub attach: Option<AttachChoice>,
     pub config: Option<PathBuf>,
     pub state: PathBuf,
     pub metrics_addr: Option<MetricsAddr>,
@@ -69,11 +72,11 @@ impl Settings {
         for name in &ifaces {
             interfaces::index(name)?;
         }
-        let mode = match flags.attach.or(config.attach) {
-            None | Some(AttachSel::Auto) => AttachMode::auto(),
-            Some(AttachSel::Tcx) => AttachMode::Tcx,
-            Some(AttachSel::Clsact) => AttachMode::Clsact,
-        };
+        let mode = flags
+            .attach
+            .or(config.attach)
+            .unwrap_or(AttachChoice::Auto)
+            .resolve();
         Ok(Self {
             ifaces,
             mode,

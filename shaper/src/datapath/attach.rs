@@ -4,6 +4,8 @@
 //! exits, even on SIGKILL. Legacy clsact filters outlive their creator, so in that mode shaper
 //! also removes stale filters of a previous run and deletes the clsact qdisc if it added it.
 
+use std::fmt;
+
 use aya::{
     Ebpf,
     programs::{
@@ -13,11 +15,12 @@ use aya::{
     util::KernelVersion,
 };
 use log::{info, warn};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     daemon::pid_lock::PidLock,
     datapath::netlink,
-    error::{Error, Result},
+    error::{Error, Result, chain},
 };
 
 /// How the programs are attached to the tc hooks.
@@ -48,12 +51,36 @@ impl AttachMode {
     }
 }
 
+crate::policy::rule_table::keyword_enum!(
+    /// How the operator asks for the programs to be attached (`--attach`, the config file's
+    /// `attach`): a mode, or `auto` for the best one the running kernel has.
+    AttachChoice {
+        // No doc comments on the variants: clap would list them in `--attach`'s help.
+        #[default]
+        Auto => "auto",
+        Tcx => "tcx",
+        Clsact => "clsact",
+    }
+);
+
+impl AttachChoice {
+    /// The attach mode this selects on the running kernel.
+    pub fn resolve(self) -> AttachMode {
+        match self {
+            Self::Auto => AttachMode::auto(),
+            Self::Tcx => AttachMode::Tcx,
+            Self::Clsact => AttachMode::Clsact,
+        }
+    }
+}
+
 fn tcx_supported() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
 /// Hook direction, with the names used in output and the program attached to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,
@@ -89,6 +116,12 @@ impl Direction {
             Self::Ingress => TcAttachType::Ingress,
             Self::Egress => TcAttachType::Egress,
         }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
     }
 }
 
@@ -153,7 +186,10 @@ pub(crate) fn attach(
                     source: Box::new(source),
                 };
                 if let Err(cleanup) = detach(ebpf, iface, ifindex, attachment) {
-                    warn!("{iface}: undoing a partial attach failed: {cleanup}");
+                    warn!(
+                        "{iface}: undoing a partial attach failed: {}",
+                        chain(&cleanup)
+                    );
                 }
                 return Err(error);
             }
@@ -216,8 +252,9 @@ pub(crate) fn detach(
                 Ok(false)
             ) {
                 warn!(
-                    "{iface}: the {} program was already detached by someone else ({e})",
-                    direction.name()
+                    "{iface}: the {} program was already detached by someone else ({})",
+                    direction.name(),
+                    chain(&e)
                 );
             } else {
                 first_error.get_or_insert(e);

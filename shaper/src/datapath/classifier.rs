@@ -1,12 +1,13 @@
 //! The loaded classifier: the eBPF object, its maps, and the interfaces it is attached to.
 
-use std::{os::fd::AsFd as _, sync::atomic::Ordering};
+use std::{fmt, os::fd::AsFd as _, sync::atomic::Ordering};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::ProgramError,
 };
+use serde::{Deserialize, Serialize};
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
     PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
@@ -18,7 +19,7 @@ use crate::{
     datapath::interfaces,
     datapath::ktime,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, ReadOnlyMapping, WritableMapping},
-    error::{Error, Result},
+    error::{Error, Result, chain},
     telemetry::counter_snapshot::{
         InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
     },
@@ -27,8 +28,40 @@ use crate::{
 /// The eBPF object built from `shaper-ebpf` by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper"));
 
-/// The protocols counted per port, with their names in stats and metrics.
-pub const PROTOCOLS: [(u32, &str); 2] = [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")];
+/// A protocol counted per port, named as stats, `top` and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    // In the order of their names, so that sorting by protocol sorts by name.
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    /// The index used in the shared map layout (`shaper_common::PROTO_*`).
+    pub fn index(self) -> u32 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// The protocols counted per port.
+pub const PROTOCOLS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 
 /// A registered interface, and whether the programs are on it as the kernel reports now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +141,7 @@ impl Classifier {
                         verifier_log,
                     } => Error::Verifier {
                         program: direction.program(),
-                        source: io_error,
+                        error: io_error,
                         log: verifier_log.to_string(),
                     },
                     other => other.into(),
@@ -349,7 +382,7 @@ impl Classifier {
                         direction,
                     )
                     .unwrap_or_else(|e| {
-                        log::warn!("{} {}: {e}", iface.name, direction.name());
+                        log::warn!("{} {}: {}", iface.name, direction.name(), chain(&e));
                         false
                     });
                     (direction, now)
@@ -407,13 +440,16 @@ impl Classifier {
                     .to_owned(),
             });
             for direction in Direction::BOTH {
-                for (proto, proto_name) in PROTOCOLS {
-                    self.ports
-                        .for_each_active(slot, direction.index(), proto, |port, reading| {
+                for proto in PROTOCOLS {
+                    self.ports.for_each_active(
+                        slot,
+                        direction.index(),
+                        proto.index(),
+                        |port, reading| {
                             snapshot.ports.push(PortStats {
                                 iface: iface.name.clone(),
-                                direction: direction.name().to_owned(),
-                                proto: proto_name.to_owned(),
+                                direction,
+                                proto,
                                 port,
                                 packets: reading.seen.packets,
                                 bytes: reading.seen.bytes,
@@ -421,16 +457,17 @@ impl Classifier {
                                 dropped_bytes: reading.dropped.bytes,
                                 would_drop_packets: reading.would_drop.packets,
                                 would_drop_bytes: reading.would_drop.bytes,
-                                rule: self.local_rule(slot, direction, proto, port),
+                                rule: self.local_rule(slot, direction, proto.index(), port),
                             });
-                        });
+                        },
+                    );
                 }
                 for (reason, reason_name) in reason::NAMES.iter().enumerate() {
                     let counter = self.unclassified_counter(slot, direction, reason as u32)?;
                     if counter.packets != 0 {
                         snapshot.unclassified.push(UnclassifiedStats {
                             iface: iface.name.clone(),
-                            direction: direction.name().to_owned(),
+                            direction,
                             reason: (*reason_name).to_owned(),
                             packets: counter.packets,
                             bytes: counter.bytes,
@@ -446,7 +483,7 @@ impl Classifier {
 impl Drop for Classifier {
     fn drop(&mut self) {
         if let Err(e) = self.detach_all() {
-            log::warn!("detaching on shutdown: {e}");
+            log::warn!("detaching on shutdown: {}", chain(&e));
         }
     }
 }
@@ -491,6 +528,25 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stats, `top` and metrics spell directions and protocols as their names.
+    #[test]
+    fn directions_and_protocols_serialize_as_their_names() {
+        for proto in PROTOCOLS {
+            let json = serde_json::to_string(&proto).unwrap();
+            assert_eq!(json, format!("\"{proto}\""));
+            assert_eq!(serde_json::from_str::<Proto>(&json).unwrap(), proto);
+        }
+        for direction in Direction::BOTH {
+            let json = serde_json::to_string(&direction).unwrap();
+            assert_eq!(json, format!("\"{}\"", direction.name()));
+            assert_eq!(serde_json::from_str::<Direction>(&json).unwrap(), direction);
+        }
+        assert_eq!(
+            format!("{:<8}|{:>4}", Direction::Egress, Proto::Tcp),
+            "egress  | tcp"
+        );
+    }
 
     #[test]
     fn map_memory_is_thirteen_mib_per_interface_ten_for_the_rules_and_a_little_per_cpu() {

@@ -34,7 +34,7 @@
 //!   rule wins a packet, as [`crate::policy::rule_table`] describes.
 
 use std::{
-    fmt, fs, io,
+    fs, io,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -43,6 +43,7 @@ use serde::Deserialize;
 use toml::Value;
 
 use crate::{
+    datapath::attach::AttachChoice,
     policy::rates_and_sizes::{self, RATE_FORMS, SIZE_FORMS},
     policy::rule_table::{
         Action, DirSel, PORT_FORMS, PortRange, PortRangeError, ProtoSel, RuleKey, RuleSpec, Side,
@@ -57,7 +58,7 @@ pub struct Config {
     /// or the default route).
     pub interfaces: Vec<String>,
     /// How to attach, if given.
-    pub attach: Option<AttachSel>,
+    pub attach: Option<AttachChoice>,
     /// Rules in file order; no two have the same key.
     pub limits: Vec<RuleSpec>,
     /// Where to serve metrics, if given.
@@ -66,58 +67,10 @@ pub struct Config {
     pub metrics_top_ports: Option<usize>,
 }
 
-/// The `attach` setting as written; the daemon resolves `auto` against the running kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttachSel {
-    Auto,
-    Tcx,
-    Clsact,
-}
-
-impl AttachSel {
-    pub const WORDS: &'static [&'static str] = &["auto", "tcx", "clsact"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Tcx => "tcx",
-            Self::Clsact => "clsact",
-        }
-    }
-
-    /// The attach mode this selects on the running kernel.
-    pub fn mode(self) -> crate::AttachMode {
-        match self {
-            Self::Auto => crate::AttachMode::auto(),
-            Self::Tcx => crate::AttachMode::Tcx,
-            Self::Clsact => crate::AttachMode::Clsact,
-        }
-    }
-}
-
-impl fmt::Display for AttachSel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for AttachSel {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "auto" => Ok(Self::Auto),
-            "tcx" => Ok(Self::Tcx),
-            "clsact" => Ok(Self::Clsact),
-            _ => Err(format!("'{text}' is not one of {}", Self::WORDS.join(", "))),
-        }
-    }
-}
-
 /// Why a config file was rejected. Every message starts with the file's name.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -232,7 +185,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     }
     if let Some(value) = &raw.attach {
         config.attach = Some(
-            keyword::<AttachSel>(value, AttachSel::WORDS)
+            keyword::<AttachChoice>(value, AttachChoice::WORDS)
                 .map_err(|problem| top("attach", value, problem))?,
         );
     }
@@ -562,7 +515,7 @@ mod tests {
         "#;
         let expected = Config {
             interfaces: vec!["eth0".to_owned(), "eth1".to_owned()],
-            attach: Some(AttachSel::Clsact),
+            attach: Some(AttachChoice::Clsact),
             metrics_addr: Some(MetricsAddr::At("0.0.0.0:19350".parse().unwrap())),
             metrics_top_ports: Some(20),
             limits: vec![
@@ -619,9 +572,9 @@ mod tests {
     #[test]
     fn attach_accepts_each_of_its_words() {
         for (word, sel) in [
-            ("auto", AttachSel::Auto),
-            ("tcx", AttachSel::Tcx),
-            ("clsact", AttachSel::Clsact),
+            ("auto", AttachChoice::Auto),
+            ("tcx", AttachChoice::Tcx),
+            ("clsact", AttachChoice::Clsact),
         ] {
             let config = parse(&format!("attach = \"{word}\""), "test.toml").unwrap();
             assert_eq!(config.attach, Some(sel));

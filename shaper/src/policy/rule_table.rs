@@ -114,11 +114,12 @@ impl fmt::Display for PortRange {
 }
 
 /// Generates the string form, parsing and listing of a small keyword enum, so the CLI, the
-/// config file, the control protocol and the state file all spell it the same way.
+/// config file, the control protocol and the state file all spell it the same way. Paths are
+/// absolute so that any module of the crate can use it.
 macro_rules! keyword_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize, ::clap::ValueEnum)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vmeta])* $variant),+ }
 
@@ -129,13 +130,13 @@ macro_rules! keyword_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.name())
             }
         }
 
-        impl FromStr for $name {
+        impl ::std::str::FromStr for $name {
             type Err = String;
             fn from_str(text: &str) -> Result<Self, String> {
                 match text {
@@ -146,6 +147,8 @@ macro_rules! keyword_enum {
         }
     };
 }
+
+pub(crate) use keyword_enum;
 
 keyword_enum!(
     /// The hook directions a rule applies to; each direction has its own bucket.
@@ -544,6 +547,24 @@ mod tests {
 
     fn ifaces(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// Views, the control protocol and the state file spell each keyword as its word.
+    #[test]
+    fn keywords_serialize_as_their_words() {
+        fn check<T: FromStr<Err = String> + Serialize>(words: &[&str]) {
+            for word in words {
+                let value: T = word.parse().unwrap();
+                assert_eq!(
+                    serde_json::to_string(&value).unwrap(),
+                    format!("\"{word}\"")
+                );
+            }
+        }
+        check::<DirSel>(DirSel::WORDS);
+        check::<ProtoSel>(ProtoSel::WORDS);
+        check::<Action>(Action::WORDS);
+        check::<Side>(Side::WORDS);
     }
 
     #[test]

@@ -16,9 +16,12 @@ use crate::{
     Direction,
     datapath::classifier::Classifier,
     datapath::interfaces,
-    error::{Error, Result},
+    error::{Error, Result, chain},
     policy::rates_and_sizes,
-    policy::rule_table::{Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, make_limit},
+    policy::rule_table::{
+        Action, DirSel, PortRange, ProtoSel, Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, Side,
+        make_limit,
+    },
 };
 
 /// Where the daemon keeps its rules unless told otherwise (`--state`).
@@ -40,11 +43,11 @@ struct State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleView {
     pub id: u16,
-    pub ports: String,
+    pub ports: PortRange,
     /// `local` or `remote`.
-    pub side: String,
-    pub dir: String,
-    pub proto: String,
+    pub side: Side,
+    pub dir: DirSel,
+    pub proto: ProtoSel,
     /// The interface, or `null` for all.
     pub iface: Option<String>,
     pub rate_bps: u64,
@@ -52,7 +55,7 @@ pub struct RuleView {
     pub rate: String,
     pub burst_bytes: u64,
     pub burst: String,
-    pub action: String,
+    pub action: Action,
     /// Both directions together.
     pub passed_packets: u64,
     pub passed_bytes: u64,
@@ -66,6 +69,19 @@ pub struct RuleView {
     pub ingress_bucket_bytes: u64,
     #[serde(default)]
     pub egress_bucket_bytes: u64,
+}
+
+impl RuleView {
+    /// The key of the rule this view shows.
+    pub fn key(&self) -> RuleKey {
+        RuleKey {
+            ports: self.ports,
+            side: self.side,
+            dir: self.dir,
+            proto: self.proto,
+            iface: self.iface.clone(),
+        }
+    }
 }
 
 /// The rules in force and where they are saved.
@@ -142,8 +158,9 @@ impl Limits {
             // Nothing reached the rule index; put the saved state back as it was.
             if let Err(undo) = self.save(&self.table) {
                 log::error!(
-                    "restoring {} after a failed change: {undo}",
-                    self.state_file.display()
+                    "restoring {} after a failed change: {}",
+                    self.state_file.display(),
+                    chain(&undo)
                 );
             }
             return Err(e);
@@ -183,7 +200,11 @@ impl Limits {
         self.table = next;
         // The rule is already out of the index: a stale limit left behind is never read.
         if let Err(e) = classifier.clear_rule(rule.id) {
-            log::warn!("clearing the limit of removed rule {}: {e}", rule.id);
+            log::warn!(
+                "clearing the limit of removed rule {}: {}",
+                rule.id,
+                chain(&e)
+            );
         }
         Ok(removed)
     }
@@ -224,7 +245,7 @@ impl Limits {
                         ..rule.clone()
                     }) => {}
                 Ok(_) => log::warn!("state file: duplicate rule {} skipped", rule.key),
-                Err(e) => log::warn!("state file: rule {} skipped: {e}", rule.key),
+                Err(e) => log::warn!("state file: rule {} skipped: {}", rule.key, chain(&e)),
             }
         }
         self.install(classifier, table)
@@ -368,16 +389,16 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
     }
     RuleView {
         id: rule.id,
-        ports: rule.key.ports.to_string(),
-        side: rule.key.side.name().to_owned(),
-        dir: rule.key.dir.name().to_owned(),
-        proto: rule.key.proto.name().to_owned(),
+        ports: rule.key.ports,
+        side: rule.key.side,
+        dir: rule.key.dir,
+        proto: rule.key.proto,
         iface: rule.key.iface.clone(),
         rate_bps: rule.limit.rate_bps,
         rate: rates_and_sizes::format_rate(rule.limit.rate_bps),
         burst_bytes: rule.limit.burst_bytes,
         burst: rates_and_sizes::format_size(rule.limit.burst_bytes),
-        action: rule.limit.action.name().to_owned(),
+        action: rule.limit.action,
         passed_packets: passed.packets,
         passed_bytes: passed.bytes,
         dropped_packets: dropped.packets,
@@ -437,9 +458,7 @@ mod tests {
 
     #[test]
     fn the_state_file_reads_back_what_was_saved_one_rule_per_line() {
-        use crate::policy::rule_table::{
-            Action, DirSel, Limit, PortRange, ProtoSel, RuleKey, Side,
-        };
+        use crate::policy::rule_table::Limit;
         let key = |port| RuleKey {
             ports: PortRange::single(port),
             side: Side::Local,
@@ -476,6 +495,38 @@ mod tests {
         assert_eq!(state.rules, rules);
         let empty: State = serde_json::from_slice(&state_json(&[], [].iter()).unwrap()).unwrap();
         assert!(empty.config_rules.is_empty() && empty.rules.is_empty());
+    }
+
+    /// `shaper limit ls --json` and the control protocol carry this JSON; it must not change.
+    #[test]
+    fn a_rule_view_serializes_to_the_documented_json() {
+        let view = RuleView {
+            id: 3,
+            ports: PortRange { lo: 8000, hi: 8099 },
+            side: Side::Remote,
+            dir: DirSel::Egress,
+            proto: ProtoSel::Udp,
+            iface: Some("eth0".into()),
+            rate_bps: 8_000_000,
+            rate: "8mbit".into(),
+            burst_bytes: 300_000,
+            burst: "300KB".into(),
+            action: Action::Observe,
+            passed_packets: 1,
+            passed_bytes: 2,
+            dropped_packets: 3,
+            dropped_bytes: 4,
+            would_drop_packets: 5,
+            would_drop_bytes: 6,
+            ingress_bucket_bytes: 7,
+            egress_bucket_bytes: 8,
+        };
+        let json = serde_json::to_string(&view).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8}"#
+        );
+        assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::listening_sockets::Listener;
+use crate::{Direction, datapath::classifier::Proto, telemetry::listening_sockets::Listener};
 
 /// The JSON schema version of [`Snapshot`]; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -35,9 +35,9 @@ pub struct InterfaceInfo {
 pub struct PortStats {
     pub iface: String,
     /// `ingress` or `egress`.
-    pub direction: String,
+    pub direction: Direction,
     /// `tcp` or `udp`.
-    pub proto: String,
+    pub proto: Proto,
     /// The local port: destination on ingress, source on egress.
     pub port: u16,
     /// Everything the hook saw on this port, passed or not.
@@ -61,7 +61,8 @@ pub struct PortStats {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnclassifiedStats {
     pub iface: String,
-    pub direction: String,
+    /// `ingress` or `egress`.
+    pub direction: Direction,
     pub reason: String,
     pub packets: u64,
     pub bytes: u64,
@@ -69,7 +70,13 @@ pub struct UnclassifiedStats {
 
 impl Snapshot {
     /// The counter of one port, if it has seen traffic.
-    pub fn port(&self, iface: &str, direction: &str, proto: &str, port: u16) -> Option<&PortStats> {
+    pub fn port(
+        &self,
+        iface: &str,
+        direction: Direction,
+        proto: Proto,
+        port: u16,
+    ) -> Option<&PortStats> {
         self.ports.iter().find(|p| {
             p.iface == iface && p.direction == direction && p.proto == proto && p.port == port
         })
@@ -79,7 +86,7 @@ impl Snapshot {
     pub fn unclassified(
         &self,
         iface: &str,
-        direction: &str,
+        direction: Direction,
         reason: &str,
     ) -> Option<&UnclassifiedStats> {
         self.unclassified
@@ -152,8 +159,8 @@ mod tests {
             }],
             ports: vec![PortStats {
                 iface: "eth0".into(),
-                direction: "ingress".into(),
-                proto: "tcp".into(),
+                direction: Direction::Ingress,
+                proto: Proto::Tcp,
                 port: 443,
                 packets: 10,
                 bytes: 15_000,
@@ -165,13 +172,13 @@ mod tests {
             }],
             unclassified: vec![UnclassifiedStats {
                 iface: "eth0".into(),
-                direction: "egress".into(),
+                direction: Direction::Egress,
                 reason: "non_ip".into(),
                 packets: 1,
                 bytes: 42,
             }],
             listening: vec![Listener {
-                proto: "tcp".into(),
+                proto: Proto::Tcp,
                 port: 443,
                 process: "nginx".into(),
             }],
@@ -209,6 +216,20 @@ mod tests {
         }
     }
 
+    /// `shaper stats --json` and the control protocol carry this JSON; it must not change.
+    #[test]
+    fn ports_reasons_and_listeners_serialize_to_the_documented_json() {
+        let s = sample();
+        let json = serde_json::to_string(&(&s.ports, &s.unclassified, &s.listening)).unwrap();
+        assert_eq!(
+            json,
+            r#"[[{"iface":"eth0","direction":"ingress","proto":"tcp","port":443,"packets":10,"bytes":15000,"dropped_packets":2,"dropped_bytes":3000,"would_drop_packets":0,"would_drop_bytes":0,"rule":4}],[{"iface":"eth0","direction":"egress","reason":"non_ip","packets":1,"bytes":42}],[{"proto":"tcp","port":443,"process":"nginx"}]]"#
+        );
+        let back: (Vec<PortStats>, Vec<UnclassifiedStats>, Vec<Listener>) =
+            serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (s.ports, s.unclassified, s.listening));
+    }
+
     #[test]
     fn table_lists_ports_and_reasons() {
         let table = sample().to_table();
@@ -233,9 +254,10 @@ mod tests {
     fn lookup_finds_one_port() {
         let s = sample();
         assert_eq!(
-            s.port("eth0", "ingress", "tcp", 443).map(|p| p.packets),
+            s.port("eth0", Direction::Ingress, Proto::Tcp, 443)
+                .map(|p| p.packets),
             Some(10)
         );
-        assert!(s.port("eth0", "egress", "tcp", 443).is_none());
+        assert!(s.port("eth0", Direction::Egress, Proto::Tcp, 443).is_none());
     }
 }

@@ -17,11 +17,13 @@ use procfs::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::classifier::Proto;
+
 /// A listening socket's protocol, port and owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Listener {
     /// `tcp` or `udp`.
-    pub proto: String,
+    pub proto: Proto,
     pub port: u16,
     pub process: String,
 }
@@ -32,14 +34,14 @@ pub const UNKNOWN_PROCESS: &str = "unknown";
 /// Every listening socket, one entry per (protocol, port, process), sorted. A table that
 /// cannot be read (IPv6 disabled, say) contributes nothing.
 pub fn listeners() -> Vec<Listener> {
-    let mut sockets: Vec<(&'static str, u16, u64)> = Vec::new();
+    let mut sockets: Vec<(Proto, u16, u64)> = Vec::new();
     let tcp = procfs::net::tcp()
         .into_iter()
         .chain(procfs::net::tcp6())
         .flatten();
     for entry in tcp {
         if entry.state == TcpState::Listen {
-            sockets.push(("tcp", entry.local_address.port(), entry.inode));
+            sockets.push((Proto::Tcp, entry.local_address.port(), entry.inode));
         }
     }
     let udp = procfs::net::udp()
@@ -48,14 +50,14 @@ pub fn listeners() -> Vec<Listener> {
         .flatten();
     for entry in udp {
         if entry.state == UdpState::Close && entry.local_address.port() != 0 {
-            sockets.push(("udp", entry.local_address.port(), entry.inode));
+            sockets.push((Proto::Udp, entry.local_address.port(), entry.inode));
         }
     }
     let owners = socket_owners();
     let unique: BTreeSet<Listener> = sockets
         .into_iter()
         .map(|(proto, port, inode)| Listener {
-            proto: proto.to_owned(),
+            proto,
             port,
             process: owners
                 .get(&inode)
@@ -115,11 +117,11 @@ mod tests {
                 .any(|l| l.proto == proto && l.port == port && l.process == me)
         };
         assert!(
-            has("tcp", tcp.local_addr().expect("addr").port()),
+            has(Proto::Tcp, tcp.local_addr().expect("addr").port()),
             "{found:?}"
         );
         assert!(
-            has("udp", udp.local_addr().expect("addr").port()),
+            has(Proto::Udp, udp.local_addr().expect("addr").port()),
             "{found:?}"
         );
         // A connected UDP socket is a client, not a listener.
@@ -127,7 +129,7 @@ mod tests {
         assert!(
             !found
                 .iter()
-                .any(|l| l.proto == "udp" && l.port == client_port)
+                .any(|l| l.proto == Proto::Udp && l.port == client_port)
         );
     }
 }

@@ -8,7 +8,13 @@ use std::{collections::HashMap, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::rules_in_force::RuleView, telemetry::counter_snapshot::Snapshot};
+use crate::{
+    Direction,
+    datapath::classifier::Proto,
+    policy::rule_table::{Action, PortRange},
+    policy::rules_in_force::RuleView,
+    telemetry::counter_snapshot::Snapshot,
+};
 
 /// The JSON schema version of [`View`] (`shaper top --once --json`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,9 +64,9 @@ pub struct Unclassified {
 pub struct Row {
     pub iface: String,
     /// `ingress` or `egress`.
-    pub direction: String,
+    pub direction: Direction,
     /// `tcp` or `udp`.
-    pub proto: String,
+    pub proto: Proto,
     /// The local port.
     pub port: u16,
     /// What passed the hook (seen minus dropped), in wire bytes (whole frames, as the tc hook
@@ -83,11 +89,11 @@ pub struct Row {
 pub struct RuleInForce {
     pub id: u16,
     /// `9090` or `8000-8099`.
-    pub ports: String,
+    pub ports: PortRange,
     pub rate_bps: u64,
     pub burst_bytes: u64,
     /// `drop` or `observe`.
-    pub action: String,
+    pub action: Action,
     /// How full this direction's bucket is, 0.0 (empty: the rate applies) to 1.0 (a whole burst
     /// could pass at once).
     pub bucket_fill: f64,
@@ -106,28 +112,20 @@ pub fn view(before: &Sample, after: &Sample) -> View {
             0.0
         }
     };
-    let earlier: HashMap<(&str, &str, &str, u16), &crate::telemetry::counter_snapshot::PortStats> =
-        before
-            .snapshot
-            .ports
-            .iter()
-            .map(|p| {
-                (
-                    (
-                        p.iface.as_str(),
-                        p.direction.as_str(),
-                        p.proto.as_str(),
-                        p.port,
-                    ),
-                    p,
-                )
-            })
-            .collect();
+    let earlier: HashMap<
+        (&str, Direction, Proto, u16),
+        &crate::telemetry::counter_snapshot::PortStats,
+    > = before
+        .snapshot
+        .ports
+        .iter()
+        .map(|p| ((p.iface.as_str(), p.direction, p.proto, p.port), p))
+        .collect();
     let rules: HashMap<u16, &RuleView> = after.rules.iter().map(|r| (r.id, r)).collect();
-    let mut processes: HashMap<(&str, u16), Vec<&str>> = HashMap::new();
+    let mut processes: HashMap<(Proto, u16), Vec<&str>> = HashMap::new();
     for listener in &after.snapshot.listening {
         let names = processes
-            .entry((listener.proto.as_str(), listener.port))
+            .entry((listener.proto, listener.port))
             .or_default();
         if !names.contains(&listener.process.as_str()) {
             names.push(&listener.process);
@@ -137,12 +135,7 @@ pub fn view(before: &Sample, after: &Sample) -> View {
     let mut totals = Totals::default();
     let mut rows = Vec::new();
     for now in &after.snapshot.ports {
-        let key = (
-            now.iface.as_str(),
-            now.direction.as_str(),
-            now.proto.as_str(),
-            now.port,
-        );
+        let key = (now.iface.as_str(), now.direction, now.proto, now.port);
         let then = earlier.get(&key);
         // Counters only grow while a daemon runs; a smaller value means a restarted daemon,
         // whose counters started again from zero.
@@ -160,8 +153,8 @@ pub fn view(before: &Sample, after: &Sample) -> View {
         let bytes = per_second(seen_bytes.saturating_sub(dropped_bytes));
         let row = Row {
             iface: now.iface.clone(),
-            direction: now.direction.clone(),
-            proto: now.proto.clone(),
+            direction: now.direction,
+            proto: now.proto,
             port: now.port,
             bytes_per_second: bytes,
             bits_per_second: bytes * 8.0,
@@ -176,9 +169,9 @@ pub fn view(before: &Sample, after: &Sample) -> View {
             rule: now
                 .rule
                 .and_then(|id| rules.get(&id))
-                .map(|rule| rule_in_force(rule, &now.direction)),
+                .map(|rule| rule_in_force(rule, now.direction)),
             process: processes
-                .get(&(now.proto.as_str(), now.port))
+                .get(&(now.proto, now.port))
                 .map(|names| names.join(",")),
         };
         totals.bytes_per_second += row.bytes_per_second;
@@ -217,18 +210,17 @@ pub fn view(before: &Sample, after: &Sample) -> View {
     view
 }
 
-fn rule_in_force(rule: &RuleView, direction: &str) -> RuleInForce {
-    let bucket = if direction == "ingress" {
-        rule.ingress_bucket_bytes
-    } else {
-        rule.egress_bucket_bytes
+fn rule_in_force(rule: &RuleView, direction: Direction) -> RuleInForce {
+    let bucket = match direction {
+        Direction::Ingress => rule.ingress_bucket_bytes,
+        Direction::Egress => rule.egress_bucket_bytes,
     };
     RuleInForce {
         id: rule.id,
-        ports: rule.ports.clone(),
+        ports: rule.ports,
         rate_bps: rule.rate_bps,
         burst_bytes: rule.burst_bytes,
-        action: rule.action.clone(),
+        action: rule.action,
         bucket_fill: if rule.burst_bytes == 0 {
             0.0
         } else {
@@ -313,21 +305,15 @@ impl Column {
     }
 }
 
-/// Sorts rows on `column`; ties keep the (interface, direction, protocol, port) order.
+/// Sorts rows on `column`; ties keep the (interface, direction, protocol, port) order. Directions
+/// and protocols sort by name, as the operator reads them.
 pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
-    let identity = |r: &Row| {
-        (
-            r.iface.clone(),
-            r.direction.clone(),
-            r.proto.clone(),
-            r.port,
-        )
-    };
+    let identity = |r: &Row| (r.iface.clone(), r.direction.name(), r.proto.name(), r.port);
     rows.sort_by(|a, b| {
         let ordering = match column {
             Column::Iface => a.iface.cmp(&b.iface),
-            Column::Direction => a.direction.cmp(&b.direction),
-            Column::Proto => a.proto.cmp(&b.proto),
+            Column::Direction => a.direction.name().cmp(b.direction.name()),
+            Column::Proto => a.proto.name().cmp(b.proto.name()),
             Column::Port => a.port.cmp(&b.port),
             Column::Rate => a.bytes_per_second.total_cmp(&b.bytes_per_second),
             Column::Packets => a.packets_per_second.total_cmp(&b.packets_per_second),
@@ -378,6 +364,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        policy::rule_table::{DirSel, ProtoSel, Side},
         telemetry::counter_snapshot::{
             PortStats, SCHEMA_VERSION as STATS_SCHEMA, UnclassifiedStats,
         },
@@ -387,8 +374,8 @@ mod tests {
     fn port(port: u16, packets: u64, bytes: u64, rule: Option<u16>) -> PortStats {
         PortStats {
             iface: "eth0".into(),
-            direction: "ingress".into(),
-            proto: "udp".into(),
+            direction: Direction::Ingress,
+            proto: Proto::Udp,
             port,
             packets,
             bytes,
@@ -409,19 +396,19 @@ mod tests {
                 ports,
                 unclassified: vec![UnclassifiedStats {
                     iface: "eth0".into(),
-                    direction: "ingress".into(),
+                    direction: Direction::Ingress,
                     reason: "icmp".into(),
                     packets: unclassified,
                     bytes: unclassified * 100,
                 }],
                 listening: vec![
                     Listener {
-                        proto: "udp".into(),
+                        proto: Proto::Udp,
                         port: 9090,
                         process: "nginx".into(),
                     },
                     Listener {
-                        proto: "udp".into(),
+                        proto: Proto::Udp,
                         port: 9090,
                         process: "worker".into(),
                     },
@@ -429,16 +416,16 @@ mod tests {
             },
             rules: vec![RuleView {
                 id: 3,
-                ports: "9090".into(),
-                side: "local".into(),
-                dir: "both".into(),
-                proto: "any".into(),
+                ports: PortRange::single(9090),
+                side: Side::Local,
+                dir: DirSel::Both,
+                proto: ProtoSel::Any,
                 iface: None,
                 rate_bps: 8_000_000,
                 rate: "8mbit".into(),
                 burst_bytes: 300_000,
                 burst: "300KB".into(),
-                action: "drop".into(),
+                action: Action::Drop,
                 passed_packets: 0,
                 passed_bytes: 0,
                 dropped_packets: 0,
@@ -521,6 +508,39 @@ mod tests {
                 assert_eq!(bits, bytes * 8.0, "{json}");
             }
         }
+    }
+
+    /// `shaper top --once --json` prints this JSON; it must not change.
+    #[test]
+    fn a_row_serializes_to_the_documented_json() {
+        let row = Row {
+            iface: "eth0".into(),
+            direction: Direction::Egress,
+            proto: Proto::Tcp,
+            port: 9090,
+            bytes_per_second: 1.5,
+            bits_per_second: 12.0,
+            packets_per_second: 2.0,
+            seen_bytes_per_second: 3.0,
+            seen_packets_per_second: 4.0,
+            dropped_packets_per_second: 0.5,
+            would_drop_packets_per_second: 0.0,
+            rule: Some(RuleInForce {
+                id: 3,
+                ports: PortRange { lo: 9000, hi: 9099 },
+                rate_bps: 8_000_000,
+                burst_bytes: 300_000,
+                action: Action::Observe,
+                bucket_fill: 0.25,
+            }),
+            process: Some("nginx".into()),
+        };
+        let json = serde_json::to_string(&row).unwrap();
+        assert_eq!(
+            json,
+            r#"{"iface":"eth0","direction":"egress","proto":"tcp","port":9090,"bytes_per_second":1.5,"bits_per_second":12.0,"packets_per_second":2.0,"seen_bytes_per_second":3.0,"seen_packets_per_second":4.0,"dropped_packets_per_second":0.5,"would_drop_packets_per_second":0.0,"rule":{"id":3,"ports":"9000-9099","rate_bps":8000000,"burst_bytes":300000,"action":"observe","bucket_fill":0.25},"process":"nginx"}"#
+        );
+        assert_eq!(serde_json::from_str::<Row>(&json).unwrap(), row);
     }
 
     #[test]

@@ -87,9 +87,9 @@ fn direction_name(direction: u32) -> &'static str {
 
 fn proto_name(proto: u32) -> &'static str {
     PROTOCOLS
-        .iter()
-        .find(|(p, _)| *p == proto)
-        .map_or("unknown", |(_, name)| name)
+        .into_iter()
+        .find(|p| p.index() == proto)
+        .map_or("unknown", |p| p.name())
 }
 
 impl Collector for ScrapeCollector {
@@ -228,7 +228,7 @@ impl Collector for ScrapeCollector {
         for listener in &scrape.listeners {
             let port = listener.port.to_string();
             let labels = [
-                ("proto", listener.proto.as_str()),
+                ("proto", listener.proto.name()),
                 ("port", port.as_str()),
                 ("process", listener.process.as_str()),
             ];

@@ -186,15 +186,12 @@ impl Exporter {
         let mut pinned = inventory.rule_ports();
         let listening: HashSet<(u32, u16)> = listeners
             .iter()
-            .filter_map(|l| {
-                let proto = PROTOCOLS.iter().find(|(_, name)| *name == l.proto)?.0;
-                Some((proto, l.port))
-            })
+            .map(|l| (l.proto.index(), l.port))
             .collect();
         let mut active = Vec::new();
         for iface in &inventory.interfaces {
             for direction in Direction::BOTH {
-                for (proto, _) in PROTOCOLS {
+                for proto in PROTOCOLS.map(|p| p.index()) {
                     self.counters.for_each_active(
                         iface.slot,
                         direction.index(),
