@@ -1,5 +1,5 @@
 //! The bench's own sandbox: network namespaces and veth pairs named `shb*` (apart from the test
-//! suite's), temporary directories, CPU pinning, and the Ctrl-C flag every loop watches. All of
+//! suite's), temporary directories, and the Ctrl-C flag every loop watches. All of
 //! it is removed on drop, so an error or an interrupt leaves nothing behind.
 
 use std::{

@@ -6,7 +6,7 @@ use clap::Args;
 use shaper::{
     daemon::{Daemon, Flags},
     datapath::attach::AttachChoice,
-    policy::rules_in_force::DEFAULT_STATE_FILE,
+    policy::state_file::DEFAULT_STATE_FILE,
     telemetry::metrics::MetricsAddr,
 };
 

@@ -5,3 +5,4 @@ pub mod config_file;
 pub mod rates_and_sizes;
 pub mod rule_table;
 pub mod rules_in_force;
+pub mod state_file;
