@@ -24,6 +24,18 @@ pub mod maps {
     pub const BUCKETS: &str = "BUCKETS";
     /// `ARRAY` of [`RuleCounters`](crate::RuleCounters), indexed by [`bucket_index`](crate::bucket_index).
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+
+    /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
+    pub const ALL: [&str; 8] = [
+        PORT_COUNTERS,
+        UNCLASSIFIED,
+        IFACE_SLOTS,
+        PORT_VERDICTS,
+        RULE_INDEX,
+        RULES,
+        BUCKETS,
+        RULE_COUNTERS,
+    ];
 }
 
 /// Program names (the `#[classifier]` functions), one per hook direction.

@@ -138,6 +138,69 @@ pub enum Error {
     #[error("detaching on shutdown")]
     Detach(#[source] Box<Error>),
 
+    #[error(
+        "{path} is not on a BPF filesystem; mount one there (`mount -t bpf bpf {path}`) or give \
+         --pin-dir a directory under /sys/fs/bpf"
+    )]
+    NotBpffs { path: PathBuf },
+
+    #[error(
+        "mounting bpffs at /sys/fs/bpf failed: {error}; mount it (`mount -t bpf bpf /sys/fs/bpf`)"
+    )]
+    BpffsMount { error: io::Error },
+
+    #[error(
+        "the pinned map {path} has {field} {pinned}, this shaper expects {expected}: it was made \
+         by another version; `shaper down` resets the datapath (counters and the kernel's copy \
+         of the rules go, the state file keeps the rules)"
+    )]
+    PinnedMapMismatch {
+        path: PathBuf,
+        field: &'static str,
+        pinned: u32,
+        expected: u32,
+    },
+
+    #[error(
+        "the datapath pinned at {dir} has room for {capacity} interface(s), {requested} were \
+         named; `shaper down` resets it (counters go, the state file keeps the rules)"
+    )]
+    PinnedTooSmall {
+        dir: PathBuf,
+        capacity: u32,
+        requested: u32,
+    },
+
+    #[error(
+        "another shaper (pid {pid}) is already attached to interfaces in this network namespace \
+         and owns the datapath pinned at {dir}; one daemon attaches all of a namespace's \
+         interfaces (repeat --iface)"
+    )]
+    DatapathInUse { dir: PathBuf, pid: String },
+
+    #[error(
+        "{iface} is attached with {pinned} by an earlier run, and {requested} was asked for; \
+         `shaper down --iface {iface}` detaches it first (its counters go)"
+    )]
+    AttachModeConflict {
+        iface: String,
+        pinned: &'static str,
+        requested: &'static str,
+    },
+
+    #[error(
+        "a shaper daemon (pid {pid}) runs the datapath pinned at {dir}; stop it first (without \
+         --persist it detaches and unpins everything itself; with --persist, `shaper down` \
+         after it has stopped)"
+    )]
+    DownWhileRunning { dir: PathBuf, pid: String },
+
+    #[error("pinning {path} failed: {reason}")]
+    Pin { path: PathBuf, reason: String },
+
+    #[error("the eBPF object could not be parsed: {reason}")]
+    ObjectParse { reason: String },
+
     #[error("internal error: daemon lock poisoned")]
     Poisoned,
 

@@ -52,30 +52,6 @@ fn send(pair: &VethPair, port: u16, count: u64) {
     }
 }
 
-/// `promtool`, which the Debian package `prometheus` installs (.ci/run does). Outside CI a
-/// machine without it skips the check; with CI=true its absence fails the test.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = which(name);
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        found.is_some() || !in_ci,
-        "{name} not found, and CI=true forbids skipping (apt-get install prometheus)"
-    );
-    if found.is_none() {
-        eprintln!("skipping the {name} part: {name} is not installed");
-    }
-    found
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// The test process's own name as the kernel keeps it (`comm`), which the daemon reports as
 /// the owner of the sockets this test binds.
 fn own_comm() -> String {
@@ -186,7 +162,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     );
     assert!(got.contains_key("shaper_scrape_duration_seconds"));
 
-    if let Some(promtool) = tool("promtool") {
+    if let Some(promtool) = common::tool("promtool") {
         let checked = run_with_stdin(&promtool, &["check", "metrics"], &body);
         assert!(checked.0, "promtool check metrics:\n{}\n{body}", checked.1);
         println!("promtool check metrics: ok ({} series)", got.len());
@@ -480,7 +456,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     if !common::require_root("a_real_prometheus_scrapes_rates_and_limits") {
         return;
     }
-    let Some(binary) = tool("prometheus") else {
+    let Some(binary) = common::tool("prometheus") else {
         return;
     };
     let pair = veth_pair("mp");
@@ -573,7 +549,7 @@ fn the_readme_shows_the_alert_rules_and_promtool_accepts_them() {
         README.contains(&format!("```yaml\n{ALERTS}```")),
         "README and examples/prometheus/shaper-alerts.yml differ"
     );
-    if let Some(promtool) = tool("promtool") {
+    if let Some(promtool) = common::tool("promtool") {
         let rules = std::env::temp_dir().join(format!("shaper-alerts-{}.yml", std::process::id()));
         std::fs::write(&rules, ALERTS).expect("write rules");
         let output = Command::new(promtool)

@@ -381,6 +381,8 @@ fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
         metrics_addr: Some(MetricsAddr::Off),
         metrics_top_ports: None,
         socket: socket.clone(),
+        pin_dir: common::daemon::pin_base(),
+        persist: false,
     };
     let stop = AtomicBool::new(false);
     let (stats, rules) = std::thread::scope(|scope| {

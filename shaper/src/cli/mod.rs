@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+mod datapath;
 mod limit;
 mod run;
 mod stats;
@@ -25,8 +26,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the classifier, attach it to interfaces and serve the control socket until
-    /// SIGINT/SIGTERM, then detach.
+    /// Load the classifier (adopting a pinned datapath), attach it to interfaces and serve the
+    /// control socket until SIGINT/SIGTERM, then detach and unpin (or, with --persist, leave
+    /// the datapath running for the next daemon).
     Run(run::RunArgs),
     /// Print the per-port counters of the running daemon.
     Stats(stats::StatsArgs),
@@ -35,6 +37,11 @@ enum Command {
     Limit(limit::LimitCommand),
     /// Live per-port rates, drops and limits of the running daemon (q quits).
     Top(top::TopArgs),
+    /// What is pinned and attached in this network namespace, and whether a daemon runs it.
+    Status(datapath::StatusArgs),
+    /// Detach and unpin the datapath a stopped daemon left (after `run --persist`, or a
+    /// crash), and remove any clsact qdisc shaper added. Refused while a daemon runs.
+    Down(datapath::DownArgs),
 }
 
 impl Cli {
@@ -44,6 +51,8 @@ impl Cli {
             Command::Stats(args) => stats::stats(args, &self.socket),
             Command::Limit(command) => limit::limit(command, &self.socket),
             Command::Top(args) => top::top(args, &self.socket),
+            Command::Status(args) => datapath::status(args),
+            Command::Down(args) => datapath::down(args),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use shaper::{
     daemon::{Daemon, Flags},
-    datapath::attach::AttachChoice,
+    datapath::{attach::AttachChoice, pins},
     policy::state_file::DEFAULT_STATE_FILE,
     telemetry::metrics::MetricsAddr,
 };
@@ -41,6 +41,18 @@ pub struct RunArgs {
     /// the config file's `metrics_top_ports`, else 100.
     #[arg(long, value_name = "N")]
     metrics_top_ports: Option<usize>,
+
+    /// On SIGTERM/SIGINT, leave the programs attached and the maps pinned, so shaping and
+    /// counting go on and the next daemon takes over where this one stopped (what a service
+    /// wants across restarts and upgrades). Without it, stopping detaches and unpins
+    /// everything. Default: the config file's `persist`, else off.
+    #[arg(long)]
+    persist: bool,
+
+    /// Where the datapath is pinned, in a directory per network namespace below it (on bpffs;
+    /// under /sys/fs/bpf it is mounted if missing).
+    #[arg(long, value_name = "DIR", env = "SHAPER_PIN_DIR", default_value = pins::DEFAULT_BASE)]
+    pin_dir: PathBuf,
 }
 
 pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
@@ -52,6 +64,8 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         metrics_top_ports: args.metrics_top_ports,
         socket: socket.to_owned(),
+        pin_dir: args.pin_dir,
+        persist: args.persist,
     };
     Daemon::start(flags)?.run()?;
     Ok(())

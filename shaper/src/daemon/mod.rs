@@ -1,20 +1,32 @@
 //! The daemon: start-up, request handling and shutdown, and what it claims while it runs.
 //!
+//! The datapath lives in the kernel, not in the daemon: maps and attachments are pinned under
+//! bpffs ([`crate::datapath::pins`]), so rules keep being enforced and counters keep counting
+//! while no daemon runs (a crash, an upgrade, a service restart). A starting daemon adopts what
+//! is pinned and swaps its own programs in behind each attachment.
+//!
 //! The start-up order is a correctness property, so it lives here, in one function
 //! ([`Daemon::start`]), not in the CLI:
 //! 1. the config file is read (a bad file is reported before anything else);
 //! 2. privileges are checked, then the settings resolved (interfaces must exist);
-//! 3. the state file is claimed for the daemon's whole life;
-//! 4. the classifier is loaded and every interface registered;
+//! 3. the state file and the namespace's pinned datapath are claimed for the daemon's life;
+//! 4. the classifier is loaded against the pinned maps (checked layout by layout; new maps are
+//!    pinned) and every interface registered in the slot it had;
 //! 5. the rules are installed (from the state file or the config) — **before attaching**, so the
-//!    first packet the programs see is already policed;
-//! 6. the programs are attached to every interface;
+//!    first packet the programs see is already policed, and a pinned rule that is still in
+//!    force keeps its bucket and counters;
+//! 6. the programs are attached to every interface, or swapped in atomically behind the pinned
+//!    attachments; interfaces pinned by an earlier run that are no longer named are detached;
 //! 7. the metrics port is bound — after attaching, so a second daemon on the same interface is
 //!    told that, with the holder's pid, rather than that the port is taken;
 //! 8. the control socket is bound: from then on the CLI can reach the daemon.
 //!
-//! A failure at any step returns an error; what was attached is detached again by dropping the
-//! classifier.
+//! A failure at any step returns an error. Attachments this start made anew are detached again;
+//! what it adopted stays as it was, so a failed upgrade leaves the old datapath in force.
+//!
+//! Stopping: SIGTERM or SIGINT detach everything and remove the pins (an operator's Ctrl-C stops
+//! shaping), unless `--persist` (the service's mode), which leaves the datapath attached and
+//! pinned for the next daemon. `shaper down` removes a datapath no daemon runs.
 
 pub mod capabilities;
 pub mod pid_lock;
@@ -36,7 +48,7 @@ pub use settings::{Flags, Settings};
 
 use crate::{
     control::ControlSocket,
-    datapath::classifier::Classifier,
+    datapath::{attach::AttachChoice, classifier::Classifier, pins::PinDir},
     error::{Error, Result, chain},
     policy::rules_in_force::Limits,
     telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
@@ -54,8 +66,11 @@ pub struct Daemon {
     control: ControlSocket,
     metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
     runtime: tokio::runtime::Runtime,
-    /// Held for the daemon's life: two daemons never save over each other's rules.
-    _state_lock: pid_lock::PidLock,
+    /// Leave the datapath attached and pinned when stopped.
+    persist: bool,
+    /// The state file and the pinned datapath, held for the daemon's life: two daemons never
+    /// save over each other's rules or reconcile each other's maps.
+    _locks: [pid_lock::PidLock; 2],
 }
 
 impl Daemon {
@@ -67,13 +82,30 @@ impl Daemon {
         let settings = Settings::resolve(flags, config)?;
 
         let state_lock = pid_lock::PidLock::acquire_state(&settings.state)?;
-        let mut classifier = Classifier::load(settings.ifaces.len() as u32)?;
+        let pins = PinDir::for_current_netns(&settings.pin_dir)?;
+        let datapath_lock = pid_lock::PidLock::acquire_datapath(&pins)?;
+        let mut classifier = Classifier::load_pinned(settings.ifaces.len() as u32, &pins)?;
+        if classifier.adopted() {
+            info!("adopting the datapath pinned at {}", pins.root().display());
+        }
         for name in &settings.ifaces {
             classifier.register(name)?;
         }
         let limits = Limits::start(&mut classifier, settings.config_rules, &settings.state)?;
         for name in &settings.ifaces {
-            classifier.attach(name, settings.mode)?;
+            // `auto` takes an interface over in the mode it is pinned with; an explicit mode
+            // that differs is refused by attach, with the fix.
+            let mode = match (settings.attach, classifier.pinned_mode(name)) {
+                (AttachChoice::Auto, Some(pinned)) => pinned,
+                _ => settings.mode,
+            };
+            classifier.attach(name, mode)?;
+        }
+        for name in pins.ifaces()? {
+            if !settings.ifaces.contains(&name) {
+                classifier.drop_pinned_interface(&name)?;
+                info!("{name}: detached; it was pinned by an earlier run but is not named now");
+            }
         }
         let metrics_listener = match settings.metrics_addr {
             MetricsAddr::Off => None,
@@ -97,13 +129,19 @@ impl Daemon {
         };
         let control = ControlSocket::bind(&settings.socket)?;
         info!("control socket {}", control.path().display());
+        in_force
+            .lock()
+            .map_err(|_| Error::Poisoned)?
+            .classifier
+            .mark_serving();
         drop(_entered);
         Ok(Self {
             in_force,
             control,
             metrics,
             runtime,
-            _state_lock: state_lock,
+            persist: settings.persist,
+            _locks: [state_lock, datapath_lock],
         })
     }
 
@@ -141,19 +179,23 @@ impl Daemon {
             control,
             metrics,
             runtime,
-            _state_lock,
+            persist,
+            _locks,
         } = self;
         let served = runtime.block_on(serve(Arc::clone(&in_force), &control, metrics, shutdown));
         drop(control);
+        let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
+        if persist {
+            in_force.classifier.release_all();
+            served?;
+            info!("stopped; the datapath stays attached and pinned (--persist)");
+            return Ok(());
+        }
         // Detach explicitly so a failure is reported (dropping would only log it).
-        let detached = in_force
-            .lock()
-            .map_err(|_| Error::Poisoned)?
-            .classifier
-            .detach_all();
+        let detached = in_force.classifier.detach_all();
         served?;
         detached.map_err(|error| Error::Detach(Box::new(error)))?;
-        info!("stopped; nothing left attached");
+        info!("stopped; nothing left attached or pinned");
         Ok(())
     }
 }

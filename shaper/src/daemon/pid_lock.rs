@@ -52,6 +52,53 @@ impl PidLock {
         })
     }
 
+    /// Claims the datapath pinned at `pins` (one network namespace's) for this daemon's life.
+    pub fn acquire_datapath(pins: &crate::datapath::pins::PinDir) -> Result<Self> {
+        let dir = Path::new(LOCK_DIR);
+        Self::create_dir(dir)?;
+        let path = dir.join(Self::datapath_lock_name(pins));
+        Self::claim(path)?.map_err(|HeldBy(pid)| Error::DatapathInUse {
+            dir: pins.root().to_owned(),
+            pid,
+        })
+    }
+
+    /// The pid of the daemon that holds the datapath pinned at `pins`, if one runs.
+    pub fn datapath_holder(pins: &crate::datapath::pins::PinDir) -> Result<Option<String>> {
+        let path = Path::new(LOCK_DIR).join(Self::datapath_lock_name(pins));
+        if !path.exists() {
+            return Ok(None);
+        }
+        // Taking the lock and dropping it at once is the only race-free question flock(2)
+        // answers; a daemon starting in that instant is refused and can simply start again.
+        match Self::claim(path)? {
+            Ok(lock) => {
+                drop(lock);
+                Ok(None)
+            }
+            Err(HeldBy(pid)) => Ok(Some(pid)),
+        }
+    }
+
+    fn datapath_lock_name(pins: &crate::datapath::pins::PinDir) -> String {
+        // The pin directory's path, flattened: one lock per base directory and namespace.
+        let flat: String = pins
+            .root()
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c == '/' { '_' } else { c })
+            .collect();
+        format!("datapath{flat}.lock")
+    }
+
+    fn create_dir(dir: &Path) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(Error::path(dir))
+    }
+
     fn acquire_in(dir: &Path, iface: &str, netns: u64) -> Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)

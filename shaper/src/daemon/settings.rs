@@ -28,6 +28,10 @@ pub struct Flags {
     pub metrics_addr: Option<MetricsAddr>,
     pub metrics_top_ports: Option<usize>,
     pub socket: PathBuf,
+    /// Where each network namespace's datapath is pinned (a directory per namespace below it).
+    pub pin_dir: PathBuf,
+    /// Leave the datapath attached and pinned on SIGTERM/SIGINT (the service's way).
+    pub persist: bool,
 }
 
 /// The settings in force for one daemon.
@@ -35,6 +39,8 @@ pub struct Flags {
 pub struct Settings {
     /// Interfaces to attach to, each once, in the order first named; each exists.
     pub ifaces: Vec<String>,
+    /// What was asked for: `auto` also takes over an interface in the mode it is pinned with.
+    pub attach: AttachChoice,
     pub mode: AttachMode,
     /// The config file's rules, installed at start-up unless the state file resumes them.
     pub config_rules: Vec<RuleSpec>,
@@ -42,6 +48,8 @@ pub struct Settings {
     pub metrics_addr: MetricsAddr,
     pub metrics_top_ports: usize,
     pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub persist: bool,
 }
 
 /// Reads the config file named by `flags`, if any. Done before anything else, privileges
@@ -72,14 +80,11 @@ impl Settings {
         for name in &ifaces {
             interfaces::index(name)?;
         }
-        let mode = flags
-            .attach
-            .or(config.attach)
-            .unwrap_or(AttachChoice::Auto)
-            .resolve();
+        let attach = flags.attach.or(config.attach).unwrap_or(AttachChoice::Auto);
         Ok(Self {
             ifaces,
-            mode,
+            attach,
+            mode: attach.resolve(),
             config_rules: config.limits,
             state: flags.state,
             metrics_addr: flags
@@ -91,6 +96,8 @@ impl Settings {
                 .or(config.metrics_top_ports)
                 .unwrap_or(metrics::DEFAULT_TOP_PORTS),
             socket: flags.socket,
+            pin_dir: flags.pin_dir,
+            persist: flags.persist || config.persist.unwrap_or(false),
         })
     }
 }

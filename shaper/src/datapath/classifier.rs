@@ -19,6 +19,7 @@ use crate::{
     datapath::interfaces,
     datapath::ktime,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, ReadOnlyMapping, WritableMapping},
+    datapath::pins::{MapLayout, PinDir},
     error::{Error, Result, chain},
     telemetry::counter_snapshot::{
         InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
@@ -99,6 +100,9 @@ struct Interface {
     name: String,
     ifindex: u32,
     attachment: Option<Attachment>,
+    /// Registered by this daemon. A slot adopted from a pinned datapath that this daemon does
+    /// not name keeps its place (slots are positions in the counter maps) but is not shown.
+    current: bool,
 }
 
 /// The classifier, loaded into the kernel (verified) but attached nowhere until
@@ -112,11 +116,31 @@ pub struct Classifier {
     /// Interface slots, in slot order: the slot is the index into this vector.
     interfaces: Vec<Interface>,
     capacity: u32,
+    /// Where the maps and attachments are pinned; `None` for a classifier that lives and dies
+    /// with this process (the BPF_PROG_TEST_RUN tests).
+    pins: Option<PinDir>,
+    /// The maps were pinned by an earlier daemon: this one took its datapath over.
+    adopted: bool,
+    /// The daemon finished starting: from now on the datapath is in service.
+    serving: bool,
 }
 
 impl Classifier {
-    /// Loads both programs, with counter maps sized for `interfaces` interfaces.
+    /// Loads both programs, with counter maps sized for `interfaces` interfaces, unpinned: the
+    /// maps and attachments go with this process.
     pub fn load(interfaces: u32) -> Result<Self> {
+        Self::load_with(interfaces, None)
+    }
+
+    /// Loads both programs against the maps pinned in `pins`, adopting an earlier daemon's
+    /// datapath (its rules, buckets and counters carry on), or pins new maps there. A pinned
+    /// map is used only if it has exactly the layout this build's programs expect; otherwise
+    /// loading fails and names `shaper down`, which resets the datapath.
+    pub fn load_pinned(interfaces: u32, pins: &PinDir) -> Result<Self> {
+        Self::load_with(interfaces, Some(pins))
+    }
+
+    fn load_with(interfaces: u32, pins: Option<&PinDir>) -> Result<Self> {
         if interfaces == 0 || interfaces > MAX_IFACES {
             return Err(Error::TooManyInterfaces {
                 requested: interfaces as usize,
@@ -124,14 +148,25 @@ impl Classifier {
             });
         }
         raise_memlock_limit();
-        let port_entries = interfaces * PORT_COUNTERS_PER_IFACE;
-        let index_rows = interfaces * RULE_INDEX_ROWS_PER_IFACE;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::PORT_COUNTERS, port_entries)
-            .map_max_entries(maps::PORT_VERDICTS, port_entries)
-            .map_max_entries(maps::RULE_INDEX, index_rows)
-            .map_max_entries(maps::UNCLASSIFIED, interfaces * DIRECTIONS * reason::COUNT)
-            .load(OBJECT)?;
+        let mut capacity = interfaces;
+        let adopted = pins.is_some_and(|p| p.map(maps::PORT_COUNTERS).exists());
+        if let Some(pins) = pins {
+            pins.create()?;
+            capacity = pinned_capacity(pins, interfaces)?;
+            check_pinned_layouts(pins, capacity)?;
+        }
+        let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
+        let index_rows = capacity * RULE_INDEX_ROWS_PER_IFACE;
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sized_maps(capacity) {
+            loader.map_max_entries(name, entries);
+        }
+        if let Some(pins) = pins {
+            for name in maps::ALL {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for direction in Direction::BOTH {
             attach::program_mut(&mut ebpf, direction)?
                 .load()
@@ -163,14 +198,71 @@ impl Classifier {
         let rule_index = map_shared(&ebpf, maps::RULE_INDEX, |fd| {
             WritableMapping::new(fd, index_rows as usize * size_of::<RuleIndexRow>())
         })?;
-        Ok(Self {
+        let mut classifier = Self {
             ebpf,
             ports: PortCounters::new(port_counters, port_verdicts),
             rule_counters,
             rule_index,
             interfaces: Vec::new(),
-            capacity: interfaces,
-        })
+            capacity,
+            pins: pins.cloned(),
+            adopted,
+            serving: false,
+        };
+        classifier.adopt_slots()?;
+        Ok(classifier)
+    }
+
+    /// Takes over the interface slots an earlier daemon left in the pinned `IFACE_SLOTS`, so
+    /// each interface keeps its counters. Slots are handed out from 0 without gaps, so the
+    /// pinned ones are the first few.
+    fn adopt_slots(&mut self) -> Result<()> {
+        let slots: HashMap<&MapData, u32, u32> = HashMap::try_from(
+            self.ebpf
+                .map(maps::IFACE_SLOTS)
+                .ok_or(Error::MissingInObject {
+                    kind: "map",
+                    name: maps::IFACE_SLOTS,
+                })?,
+        )?;
+        let mut pinned: Vec<(u32, u32)> = slots.iter().collect::<Result<_, _>>()?;
+        pinned.sort_by_key(|&(_, slot)| slot);
+        for (ifindex, slot) in pinned {
+            if slot != self.interfaces.len() as u32 || slot >= self.capacity {
+                log::warn!(
+                    "pinned interface slots are not contiguous at {slot}; ignoring the rest"
+                );
+                break;
+            }
+            self.interfaces.push(Interface {
+                name: interfaces::name(ifindex).unwrap_or_default(),
+                ifindex,
+                attachment: None,
+                current: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the maps were pinned by an earlier daemon, whose datapath this one took over.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Marks the datapath as in service: dropped without an explicit stop from now on (a
+    /// panic), it stays attached and pinned instead of being taken down.
+    pub fn mark_serving(&mut self) {
+        self.serving = true;
+    }
+
+    /// Where this classifier's maps and attachments are pinned, if they are.
+    pub fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
+    /// How `iface` is attached in the pinned datapath this classifier adopted, if it is.
+    pub fn pinned_mode(&self, iface: &str) -> Option<AttachMode> {
+        attach::pinned_mode(self.pins.as_ref()?, iface)
     }
 
     /// Gives `iface` a counter slot, so the programs count its packets. [`attach`](Self::attach)
@@ -179,6 +271,9 @@ impl Classifier {
     pub fn register(&mut self, name: &str) -> Result<u32> {
         let ifindex = interfaces::index(name)?;
         if let Some(slot) = self.interfaces.iter().position(|i| i.ifindex == ifindex) {
+            let iface = &mut self.interfaces[slot];
+            iface.current = true;
+            iface.name = name.to_owned();
             return Ok(slot as u32);
         }
         if self.interfaces.len() as u32 >= self.capacity {
@@ -200,6 +295,7 @@ impl Classifier {
             name: name.to_owned(),
             ifindex,
             attachment: None,
+            current: true,
         });
         Ok(slot)
     }
@@ -209,12 +305,20 @@ impl Classifier {
         let slot = self.register(name)? as usize;
         let netns = interfaces::netns_inode()?;
         let ifindex = self.interfaces[slot].ifindex;
-        let attachment = attach::attach(&mut self.ebpf, name, ifindex, netns, mode)?;
+        let attachment = attach::attach(
+            &mut self.ebpf,
+            name,
+            ifindex,
+            netns,
+            mode,
+            self.pins.as_ref(),
+        )?;
         self.interfaces[slot].attachment = Some(attachment);
         Ok(())
     }
 
-    /// Detaches from every interface; reports the first failure after trying all.
+    /// Detaches from every interface and removes the pins, maps included: the datapath is gone
+    /// and the next daemon starts afresh. Reports the first failure after trying all.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first_error = None;
         for iface in &mut self.interfaces {
@@ -225,7 +329,47 @@ impl Classifier {
                 first_error.get_or_insert(e);
             }
         }
+        if first_error.is_none()
+            && let Some(pins) = &self.pins
+            && let Err(e) = pins.remove()
+        {
+            first_error = Some(e);
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Leaves every attachment and pin in place for the next daemon to adopt: the programs keep
+    /// counting and policing with the pinned maps while no daemon runs.
+    pub fn release_all(&mut self) {
+        for iface in &mut self.interfaces {
+            if let Some(attachment) = iface.attachment.take() {
+                attach::release(attachment);
+            }
+        }
+    }
+
+    /// Detaches and unpins an interface an earlier daemon attached that this one does not name
+    /// (it was removed from the configuration), and frees its slot.
+    pub fn drop_pinned_interface(&mut self, iface: &str) -> Result<()> {
+        let Some(pins) = self.pins.clone() else {
+            return Ok(());
+        };
+        attach::remove_pinned(&pins, iface)?;
+        if let Some(slot) = self
+            .interfaces
+            .iter()
+            .position(|i| !i.current && i.name == iface)
+        {
+            let ifindex = self.interfaces[slot].ifindex;
+            let mut slots: HashMap<&mut MapData, u32, u32> =
+                HashMap::try_from(map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
+            // Only the last slot can go without leaving a gap; an inner one stays reserved.
+            if slot + 1 == self.interfaces.len() {
+                let _ = slots.remove(&ifindex);
+                self.interfaces.pop();
+            }
+        }
+        Ok(())
     }
 
     /// The program of one direction, for BPF_PROG_TEST_RUN.
@@ -236,9 +380,19 @@ impl Classifier {
         attach::program_mut(&mut self.ebpf, direction)
     }
 
-    /// Names of the registered interfaces, in slot order.
+    /// Names of the registered interfaces, in slot order; an adopted slot this daemon does not
+    /// use is named "", which no interface-specific rule matches.
     pub fn interface_names(&self) -> Vec<String> {
-        self.interfaces.iter().map(|i| i.name.clone()).collect()
+        self.interfaces
+            .iter()
+            .map(|i| {
+                if i.current {
+                    i.name.clone()
+                } else {
+                    String::new()
+                }
+            })
+            .collect()
     }
 
     /// The per-port counters, shared with whoever reads them (the metrics endpoint).
@@ -313,6 +467,24 @@ impl Classifier {
         Ok(())
     }
 
+    /// Every rule id with a limit in the `RULES` map, with that limit: what the programs
+    /// enforce now (after an adoption, what the earlier daemon left).
+    pub fn live_rules(&self) -> Result<Vec<(u16, RuleConfig)>> {
+        let rules: Array<&MapData, RuleConfig> =
+            Array::try_from(self.ebpf.map(maps::RULES).ok_or(Error::MissingInObject {
+                kind: "map",
+                name: maps::RULES,
+            })?)?;
+        let mut live = Vec::new();
+        for (id, config) in rules.iter().enumerate() {
+            let config = config?;
+            if config.rate_bps != 0 {
+                live.push((id as u16, config));
+            }
+        }
+        Ok(live)
+    }
+
     /// Clears rule `id`'s limit: a packet that still finds the id passes uncharged.
     pub fn clear_rule(&mut self, id: u16) -> Result<()> {
         self.write_rule(id, &RuleConfig::default(), false)
@@ -367,6 +539,9 @@ impl Classifier {
     pub fn interface_states(&self) -> Vec<InterfaceState> {
         let mut states = Vec::with_capacity(self.interfaces.len());
         for (slot, iface) in self.interfaces.iter().enumerate() {
+            if !iface.current {
+                continue;
+            }
             let mode = iface.attachment.as_ref().map(|a| a.mode);
             let attached = Direction::BOTH
                 .into_iter()
@@ -429,6 +604,9 @@ impl Classifier {
             listening: Vec::new(),
         };
         for (slot, iface) in self.interfaces.iter().enumerate() {
+            if !iface.current {
+                continue;
+            }
             let slot = slot as u32;
             snapshot.interfaces.push(InterfaceInfo {
                 name: iface.name.clone(),
@@ -481,11 +659,83 @@ impl Classifier {
 }
 
 impl Drop for Classifier {
+    /// Without an explicit stop ([`Classifier::detach_all`] or [`Classifier::release_all`]):
+    /// a start-up that failed, or a panic. A pinned datapath that was adopted, or that served
+    /// once the daemon was up, stays in force, as after a crash; one this start made anew and
+    /// never served is taken down again, so a failed first start leaves nothing behind.
     fn drop(&mut self) {
-        if let Err(e) = self.detach_all() {
+        if self.pins.is_some() && (self.adopted || self.serving) {
+            self.release_all();
+        } else if let Err(e) = self.detach_all() {
             log::warn!("detaching on shutdown: {}", chain(&e));
         }
     }
+}
+
+/// The maps whose size depends on the number of interface slots, with that size.
+fn sized_maps(capacity: u32) -> [(&'static str, u32); 4] {
+    let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
+    [
+        (maps::PORT_COUNTERS, port_entries),
+        (maps::PORT_VERDICTS, port_entries),
+        (maps::RULE_INDEX, capacity * RULE_INDEX_ROWS_PER_IFACE),
+        (maps::UNCLASSIFIED, capacity * DIRECTIONS * reason::COUNT),
+    ]
+}
+
+/// The interface capacity to load with: a pinned datapath keeps the size it was made with
+/// (its maps cannot grow in place), as long as that fits the interfaces asked for.
+fn pinned_capacity(pins: &PinDir, requested: u32) -> Result<u32> {
+    let Some(pinned) = MapLayout::of_pin(&pins.map(maps::PORT_COUNTERS))? else {
+        return Ok(requested);
+    };
+    let capacity = pinned.max_entries / PORT_COUNTERS_PER_IFACE;
+    if capacity < requested {
+        return Err(Error::PinnedTooSmall {
+            dir: pins.root().to_owned(),
+            capacity,
+            requested,
+        });
+    }
+    Ok(capacity.min(MAX_IFACES))
+}
+
+/// Refuses a pinned map whose layout differs from what this build's programs expect (another
+/// version of shaper, or someone else's map under our name): reusing it would make the programs
+/// and userspace read its values as something they are not. aya itself reuses whatever is
+/// pinned at a map's path without comparing, so the check is ours.
+fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<()> {
+    let object = aya_obj::Object::parse(OBJECT).map_err(|e| Error::ObjectParse {
+        reason: e.to_string(),
+    })?;
+    let sized = sized_maps(capacity);
+    for name in maps::ALL {
+        let Some(definition) = object.maps.get(name) else {
+            return Err(Error::MissingInObject { kind: "map", name });
+        };
+        let expected = MapLayout {
+            map_type: definition.map_type(),
+            key_size: definition.key_size(),
+            value_size: definition.value_size(),
+            max_entries: sized
+                .iter()
+                .find(|(sized, _)| *sized == name)
+                .map_or(definition.max_entries(), |&(_, entries)| entries),
+            flags: definition.map_flags(),
+        };
+        let path = pins.map(name);
+        if let Some(pinned) = MapLayout::of_pin(&path)?
+            && let Some((field, pinned, expected)) = expected.difference(&pinned)
+        {
+            return Err(Error::PinnedMapMismatch {
+                path,
+                field,
+                pinned,
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {

@@ -14,6 +14,20 @@ pub fn index(name: &str) -> Result<u32> {
     }
 }
 
+/// The name of interface `index` in this network namespace, if one has it.
+pub fn name(index: u32) -> Option<String> {
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL included, into `buffer`,
+    // which is that large; it returns NULL (and writes nothing useful) for an unknown index.
+    let found = unsafe { libc::if_indextoname(index, buffer.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// What every kernel allows at least: GSO_LEGACY_MAX_SIZE (include/linux/netdevice.h), the
 /// GSO_MAX_SIZE of kernels before BIG TCP and the default of every gso/gro max size since.
 const GSO_LEGACY_MAX_SIZE: u32 = 65536;

@@ -6,3 +6,5 @@ pub mod interfaces;
 pub mod ktime;
 pub mod mapped_arrays;
 pub(crate) mod netlink;
+pub mod pinned_datapath;
+pub mod pins;

@@ -65,6 +65,8 @@ pub struct Config {
     pub metrics_addr: Option<MetricsAddr>,
     /// How many busiest ports get their own metrics series, if given.
     pub metrics_top_ports: Option<usize>,
+    /// Whether SIGTERM/SIGINT leave the datapath attached and pinned, if given.
+    pub persist: Option<bool>,
 }
 
 /// Why a config file was rejected. Every message starts with the file's name.
@@ -207,6 +209,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         })?;
         config.metrics_top_ports = Some(top_ports);
     }
+    if let Some(value) = &raw.persist {
+        let Value::Boolean(persist) = value else {
+            return Err(top("persist", value, "expected true or false".to_owned()));
+        };
+        config.persist = Some(*persist);
+    }
 
     // Rule numbers by key: a config may hold tens of thousands of rules, too many to compare
     // each with all the others.
@@ -234,6 +242,7 @@ struct RawConfig {
     attach: Option<Value>,
     metrics_addr: Option<Value>,
     metrics_top_ports: Option<Value>,
+    persist: Option<Value>,
     #[serde(default)]
     limit: Vec<RawLimit>,
 }
@@ -489,6 +498,7 @@ mod tests {
             attach = "clsact"
             metrics_addr = "0.0.0.0:19350"
             metrics_top_ports = 20
+            persist = true
 
             [[limit]]
             port = 9090
@@ -518,6 +528,7 @@ mod tests {
             attach: Some(AttachChoice::Clsact),
             metrics_addr: Some(MetricsAddr::At("0.0.0.0:19350".parse().unwrap())),
             metrics_top_ports: Some(20),
+            persist: Some(true),
             limits: vec![
                 RuleSpec {
                     key: RuleKey {
@@ -767,6 +778,7 @@ mod tests {
             ("metrics_addr = 19350", "metrics_addr", "19350"),
             ("metrics_top_ports = -1", "metrics_top_ports", "-1"),
             ("metrics_top_ports = \"all\"", "metrics_top_ports", "'all'"),
+            ("persist = \"yes\"", "persist", "'yes'"),
         ] {
             let message = error(text);
             let head = format!("test.toml: {field} {value}: ");

@@ -237,13 +237,40 @@ impl Limits {
         self.install(classifier, table)
     }
 
-    /// Writes every rule of `table` (as new rules: full buckets, zero counters) and the rule
-    /// index, and makes `table` the rules in force. Only used before the programs are attached.
+    /// Makes `table` the rules in force, in the maps too, before the programs are attached or
+    /// swapped. A pinned datapath may already enforce some of them (an earlier daemon's): a rule
+    /// whose id holds the same limit keeps its buckets and counters untouched, one whose id holds
+    /// another limit gets the new limit and keeps them (a change that was saved but not yet
+    /// applied when the earlier daemon stopped), and a new id starts full with zero counters.
+    /// Ids the maps hold that `table` does not are cleared last, after the rule index no
+    /// longer names them, so no packet ever meets an empty rule table in between.
     fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
+        let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
+            classifier.live_rules()?.into_iter().collect();
+        let mut kept = 0;
         for rule in table.rules() {
-            classifier.write_rule(rule.id, &rule.limit.config(), true)?;
+            let config = rule.limit.config();
+            match live.get(&rule.id) {
+                Some(current) if *current == config => kept += 1,
+                Some(_) => classifier.write_rule(rule.id, &config, false)?,
+                None => classifier.write_rule(rule.id, &config, true)?,
+            }
         }
         classifier.paint_rule_index(&table.resolve(&classifier.interface_names()));
+        let mut cleared = 0;
+        for &id in live.keys() {
+            if table.rules().all(|rule| rule.id != id) {
+                classifier.clear_rule(id)?;
+                cleared += 1;
+            }
+        }
+        if !live.is_empty() {
+            log::info!(
+                "pinned datapath: {kept} rule(s) carried on unchanged, {cleared} cleared, {} \
+                 written",
+                table.len() - kept
+            );
+        }
         self.table = table;
         Ok(())
     }

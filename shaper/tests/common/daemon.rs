@@ -16,13 +16,47 @@ use super::netns::Namespace;
 
 pub const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
 
-/// A daemon that is killed (and its files removed) on drop if the test did not stop it.
+/// Where the tests' daemons pin: a bpffs of their own, mounted once in the root mount
+/// namespace. `ip netns exec` remounts /sys privately for the program it runs, so a bpffs the
+/// daemon found (or mounted) at /sys/fs/bpf there would vanish with the daemon, and a restarted
+/// daemon could adopt nothing; a mount made here is seen by every `ip netns exec` child.
+pub const TEST_BPFFS: &str = "/run/shaper-test-bpffs";
+
+/// This test process's pin base below [`TEST_BPFFS`] (each namespace gets its own directory
+/// below it, by cookie), with bpffs mounted there first if it is not.
+pub fn pin_base() -> PathBuf {
+    static MOUNT: std::sync::Once = std::sync::Once::new();
+    MOUNT.call_once(|| {
+        std::fs::create_dir_all(TEST_BPFFS).expect("create the test bpffs mount point");
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .expect("read /proc/self/mounts")
+            .lines()
+            .any(|line| {
+                let mut fields = line.split_whitespace();
+                fields.nth(1) == Some(TEST_BPFFS) && fields.next() == Some("bpf")
+            });
+        if !mounted {
+            let status = Command::new("mount")
+                .args(["-t", "bpf", "bpf", TEST_BPFFS])
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount -t bpf bpf {TEST_BPFFS}: {status}");
+        }
+    });
+    Path::new(TEST_BPFFS).join(std::process::id().to_string())
+}
+
+/// A daemon that is killed (and its files and pins removed) on drop if the test did not stop
+/// it.
 #[derive(Debug)]
 pub struct Daemon {
     child: Option<Child>,
     dir: PathBuf,
     pub socket: PathBuf,
     log: PathBuf,
+    /// The namespace it runs in, for `shaper down` on drop.
+    netns: String,
+    pub pin_base: PathBuf,
 }
 
 impl Daemon {
@@ -46,6 +80,7 @@ impl Daemon {
         let socket = dir.join("shaper.sock");
         let log = dir.join("daemon.log");
         let log_file = std::fs::File::create(&log).expect("log file");
+        let pin_base = pin_base();
         let child = ns
             .command(SHAPER)
             .arg("--socket")
@@ -53,6 +88,8 @@ impl Daemon {
             .arg("run")
             .arg("--state")
             .arg(state)
+            .arg("--pin-dir")
+            .arg(&pin_base)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -64,6 +101,8 @@ impl Daemon {
             dir,
             socket,
             log,
+            netns: ns.name.clone(),
+            pin_base,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -156,7 +195,10 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits (at most 10 s) for the exit status and returns it with the log.
+    /// What the daemon leaves pinned (with `--persist`) stays for the test to look at; the next
+    /// daemon in the namespace, or `down`, removes it.
     pub fn stop(mut self) -> (ExitStatus, String) {
+        self.pin_base = PathBuf::new();
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) touches no memory of ours, and the child is not reaped yet (no wait has
         // returned its status), so its pid cannot belong to another process. `ip netns exec` execs
@@ -178,11 +220,50 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The daemon's pid (`ip netns exec` execs it, so the child's pid is shaper's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, as a crash: nothing of the daemon's own shutdown runs; its pins stay.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Drop now removes the files but must not take the datapath down: the test goes on
+        // with it.
+        self.pin_base = PathBuf::new();
+    }
+
+    /// `shaper ARGS` run inside the daemon's namespace (for `status` and `down`, which act on
+    /// the namespace's pinned datapath).
+    pub fn in_netns(netns: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", netns, SHAPER])
+            .args(args)
+            .output()
+            .expect("run shaper in the namespace")
+    }
+}
+
+/// `shaper down` for `netns`'s datapath under `pin_base`: what a test leaves pinned goes, even
+/// when it fails.
+pub fn down(netns: &str, pin_base: &Path) {
+    let base = pin_base.to_string_lossy();
+    let _ = Daemon::in_netns(netns, &["down", "--pin-dir", &base]);
+    let _ = std::fs::remove_dir(pin_base);
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !self.pin_base.as_os_str().is_empty() {
+            down(&self.netns, &self.pin_base);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

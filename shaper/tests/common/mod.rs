@@ -23,3 +23,23 @@ pub fn require_root(test: &str) -> bool {
     eprintln!("skipping {test}: needs root (BPF_PROG_LOAD, network namespaces)");
     false
 }
+
+/// A tool the tests drive (`promtool`, `prometheus`, `bpftool`: Debian packages that .ci/run
+/// installs). Outside CI a machine without it skips that part; with CI=true its absence fails.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        found.is_some() || !in_ci,
+        "{name} not found, and CI=true forbids skipping (.ci/run installs it)"
+    );
+    if found.is_none() {
+        eprintln!("skipping the {name} part: {name} is not installed");
+    }
+    found
+}
