@@ -284,8 +284,20 @@ fn attach_one(
                 let pinned = PinnedLink::from_pin(pin).map_err(link_failed(pin))?;
                 let link = SchedClassifierLink::try_from(FdLink::from(pinned))
                     .map_err(link_failed(pin))?;
-                let id = program.attach_to_link(link).map_err(failed)?;
-                return program.take_link(id).map_err(failed);
+                match program.attach_to_link(link) {
+                    Ok(id) => return program.take_link(id).map_err(failed),
+                    // The link's device is gone (ENOLINK: the interface was deleted, perhaps
+                    // recreated under the same name): nothing is attached through it any
+                    // more. Its pin goes and a new link is made below.
+                    Err(e) => {
+                        warn!(
+                            "{iface}: the pinned {} link is defunct, attaching anew ({})",
+                            direction.name(),
+                            chain(&Error::from(e))
+                        );
+                        std::fs::remove_file(pin).map_err(Error::path(pin))?;
+                    }
+                }
             }
             let options = TcAttachOptions::TcxOrder(LinkOrder::default());
             let id = program

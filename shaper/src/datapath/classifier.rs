@@ -276,13 +276,23 @@ impl Classifier {
             iface.name = name.to_owned();
             return Ok(slot as u32);
         }
-        if self.interfaces.len() as u32 >= self.capacity {
-            return Err(Error::TooManyInterfaces {
-                requested: self.interfaces.len() + 1,
-                max: self.capacity,
-            });
-        }
-        let slot = self.interfaces.len() as u32;
+        // An adopted slot whose interface no longer exists (deleted, or recreated with a new
+        // index, as container runtimes do) is handed to the newcomer once the map is full: a
+        // pinned datapath cannot grow.
+        let stale = self
+            .interfaces
+            .iter()
+            .position(|i| !i.current && interfaces::name(i.ifindex).is_none());
+        let slot = match stale {
+            _ if (self.interfaces.len() as u32) < self.capacity => self.interfaces.len(),
+            Some(slot) => slot,
+            None => {
+                return Err(Error::TooManyInterfaces {
+                    requested: self.interfaces.len() + 1,
+                    max: self.capacity,
+                });
+            }
+        };
         let mut slots: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(self.ebpf.map_mut(maps::IFACE_SLOTS).ok_or(
                 Error::MissingInObject {
@@ -290,14 +300,21 @@ impl Classifier {
                     name: maps::IFACE_SLOTS,
                 },
             )?)?;
-        slots.insert(ifindex, slot, 0)?;
-        self.interfaces.push(Interface {
+        let interface = Interface {
             name: name.to_owned(),
             ifindex,
             attachment: None,
             current: true,
-        });
-        Ok(slot)
+        };
+        if slot < self.interfaces.len() {
+            let _ = slots.remove(&self.interfaces[slot].ifindex);
+            slots.insert(ifindex, slot as u32, 0)?;
+            self.interfaces[slot] = interface;
+        } else {
+            slots.insert(ifindex, slot as u32, 0)?;
+            self.interfaces.push(interface);
+        }
+        Ok(slot as u32)
     }
 
     /// Attaches both programs to the ingress and egress hooks of `name`.
