@@ -198,7 +198,7 @@ impl Daemon {
     /// What the daemon leaves pinned (with `--persist`) stays for the test to look at; the next
     /// daemon in the namespace, or `down`, removes it.
     pub fn stop(mut self) -> (ExitStatus, String) {
-        self.pin_base = PathBuf::new();
+        let pin_base = std::mem::take(&mut self.pin_base);
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) touches no memory of ours, and the child is not reaped yet (no wait has
         // returned its status), so its pid cannot belong to another process. `ip netns exec` execs
@@ -216,6 +216,9 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        // Empty unless the daemon left its datapath pinned (`--persist`): the base goes with the
+        // last pins.
+        let _ = std::fs::remove_dir(&pin_base);
         (status, self.log())
     }
 }
