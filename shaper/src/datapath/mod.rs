@@ -6,3 +6,4 @@ pub mod interfaces;
 pub mod ktime;
 pub mod mapped_arrays;
 pub(crate) mod netlink;
+pub(crate) mod tcx_query;
