@@ -98,6 +98,7 @@ impl Daemon {
         let control = ControlSocket::bind(&settings.socket)?;
         info!("control socket {}", control.path().display());
         drop(_entered);
+        capabilities::drop_after_attach().unwrap_or_else(capabilities::warn_not_dropped);
         Ok(Self {
             in_force,
             control,
