@@ -118,6 +118,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid (`ip netns exec` execs the binary, so it is shaper's own).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
