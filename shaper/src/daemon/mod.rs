@@ -135,6 +135,7 @@ impl Daemon {
             .classifier
             .mark_serving();
         drop(_entered);
+        capabilities::drop_after_attach().unwrap_or_else(capabilities::warn_not_dropped);
         Ok(Self {
             in_force,
             control,

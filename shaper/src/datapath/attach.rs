@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     daemon::pid_lock::PidLock,
-    datapath::{netlink, pins::PinDir},
+    datapath::{netlink, pins::PinDir, tcx_query},
     error::{Error, Result, chain},
 };
 
@@ -562,11 +562,15 @@ pub(crate) fn attached_now(
         .try_into()?;
     let ours = program.info()?.id();
     match mode {
-        AttachMode::Tcx => match SchedClassifier::query_tcx(iface, direction.tc_attach_type()) {
-            Ok((_revision, programs)) => Ok(programs.iter().any(|p| p.id() == ours)),
+        // Ids only: aya's query_tcx needs CAP_SYS_ADMIN, which the daemon has dropped by now.
+        AttachMode::Tcx => match tcx_query::program_ids(ifindex, direction == Direction::Ingress) {
+            Ok(ids) => Ok(ids.contains(&ours)),
             // The interface is gone (or renamed): nothing of ours can be attached to it.
             Err(_) if crate::datapath::interfaces::index(iface).is_err() => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(source) => Err(Error::AttachQuery {
+                iface: iface.to_owned(),
+                source,
+            }),
         },
         AttachMode::Clsact => {
             match netlink::clsact_bpf_program_ids(ifindex, direction == Direction::Ingress) {

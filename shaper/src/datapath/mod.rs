@@ -8,3 +8,4 @@ pub mod mapped_arrays;
 pub(crate) mod netlink;
 pub mod pinned_datapath;
 pub mod pins;
+pub(crate) mod tcx_query;

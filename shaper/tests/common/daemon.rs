@@ -157,6 +157,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid (`ip netns exec` execs the binary, so it is shaper's own).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -224,11 +229,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// The daemon's pid (`ip netns exec` execs it, so the child's pid is shaper's).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     /// SIGKILL, as a crash: nothing of the daemon's own shutdown runs; its pins stay.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {
