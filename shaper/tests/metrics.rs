@@ -27,7 +27,7 @@ use common::{
 use shaper::{
     Classifier, Direction,
     policy::rules_in_force::Limits,
-    telemetry::metrics::{Exporter, Format, Inventory},
+    telemetry::metrics::{Exporter, Format, Inventory, selection_file_beside},
 };
 
 /// Where the daemon serves metrics by default, inside its namespace.
@@ -270,6 +270,40 @@ struct Phase {
     shown: &'static [&'static str],
 }
 
+/// The ports of (iface, ingress, udp) in the selection saved beside the state file `state`.
+fn saved_udp_ingress_ports(state: &Path, iface: &str) -> Vec<String> {
+    let path = selection_file_beside(state);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let saved: serde_json::Value = serde_json::from_str(&text).expect("a JSON selection");
+    assert_eq!(saved["version"], 1, "{text}");
+    saved["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter(|g| g["iface"] == iface && g["direction"] == "ingress" && g["proto"] == "udp")
+        .flat_map(|g| g["shown"].as_array().expect("shown").clone())
+        .map(|port| port[0].to_string())
+        .collect()
+}
+
+/// A directory of the test's own, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("shaper-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
     if !common::require_root("counters_stay_monotonic_across_top_n_churn_and_rule_changes") {
@@ -277,10 +311,13 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
     }
     let pair = veth_pair("mm");
     let iface = pair.a_if.as_str();
-    let daemon = Daemon::start(
+    let state_dir = TempDir::new("mm-state");
+    let state = state_dir.0.join("state.json");
+    let daemon = Daemon::start_with_state(
         &pair.a,
         "mm",
         &["--iface", iface, "--metrics-top-ports", "2"],
+        &state,
     );
     // Phases of (datagrams per port), then the rule change made before the next scrape.
     // Nothing listens on these ports, so only the top 2 by bytes and ruled ports are shown.
@@ -365,6 +402,12 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
             other_before + grew as f64
         };
         assert_eq!(other_now, expected_other, "phase {phase}: {bytes:?}");
+        // The selection a restarted daemon would resume is the one this scrape showed.
+        assert_eq!(
+            saved_udp_ingress_ports(&state, iface),
+            expected,
+            "phase {phase}"
+        );
         println!("phase {phase}: udp ingress bytes by series {bytes:?}");
         previous = bytes;
         previous_samples = got;

@@ -117,7 +117,12 @@ impl Daemon {
             .build()?;
         // Tokio's sockets register with the runtime they are made in.
         let _entered = runtime.enter();
-        let exporter = Exporter::new(classifier.port_counters(), settings.metrics_top_ports);
+        let exporter = Exporter::resume(
+            classifier.port_counters(),
+            settings.metrics_top_ports,
+            &settings.state,
+            metrics::unpinned_datapath_id(),
+        );
         let in_force = Arc::new(Mutex::new(InForce { classifier, limits }));
         let metrics = match metrics_listener {
             None => None,

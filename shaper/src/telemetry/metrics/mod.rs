@@ -3,24 +3,29 @@
 //! A scrape copies the little it needs from the daemon under its lock ([`Inventory`]: the
 //! interfaces and whether the programs are on them, the rules, the unclassified counters), then
 //! reads the per-port counters from shared memory without it ([`PortCounters`]), so a scrape
-//! never holds up `shaper limit set` for the length of a 65,536-port scan.
+//! never holds up `shaper limit set` for the length of a 65,536-port scan. The selection is
+//! saved beside the state file after each scrape that changed it, and resumed by the next
+//! daemon ([`saved_selection`]).
 
 mod http_endpoint;
 mod metric_families;
 mod port_selection;
+mod saved_selection;
 mod text_formats;
 
 use std::{
     collections::HashSet,
     fmt,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::Path,
     str::FromStr,
     sync::Mutex,
     time::Instant,
 };
 
 pub use http_endpoint::{ScrapeFn, serve};
-pub use port_selection::{Group, PortKey, Selection, Selector, Totals};
+pub use port_selection::{Group, Memory, Offset, PortKey, Selection, Selector, Totals};
+pub use saved_selection::{path_beside as selection_file_beside, unpinned_datapath_id};
 use shaper_common::{Counter, reason};
 pub use text_formats::Format;
 
@@ -153,7 +158,14 @@ impl Inventory {
 pub struct Exporter {
     counters: PortCounters,
     top_ports: usize,
-    selector: Mutex<Selector>,
+    selection: Mutex<Remembered>,
+}
+
+/// The selection's memory, and the file it is saved to (if any).
+#[derive(Debug)]
+struct Remembered {
+    selector: Selector,
+    file: Option<saved_selection::SelectionFile>,
 }
 
 /// One scrape's data, ready to encode.
@@ -167,21 +179,49 @@ pub struct Scrape {
 }
 
 impl Exporter {
+    /// An exporter whose selection starts afresh and is not saved.
     pub fn new(counters: PortCounters, top_ports: usize) -> Self {
         Self {
             counters,
             top_ports,
-            selector: Mutex::new(Selector::default()),
+            selection: Mutex::new(Remembered {
+                selector: Selector::default(),
+                file: None,
+            }),
+        }
+    }
+
+    /// An exporter that resumes the selection saved beside the state file `state` over the
+    /// datapath `datapath_id` (opaque: equal only for the same kernel counters), and saves it
+    /// there after every scrape that changes it. A selection that cannot be resumed is logged
+    /// and the selection starts afresh.
+    pub fn resume(
+        counters: PortCounters,
+        top_ports: usize,
+        state: &Path,
+        datapath_id: String,
+    ) -> Self {
+        let file =
+            saved_selection::SelectionFile::open(saved_selection::path_beside(state), datapath_id);
+        Self {
+            counters,
+            top_ports,
+            selection: Mutex::new(Remembered {
+                selector: Selector::default(),
+                file: Some(file),
+            }),
         }
     }
 
     /// Scans every port's counters and selects the series. Scrapes are serialized: the
-    /// selection of one depends on the one before.
+    /// selection of one depends on the one before. The selection is saved before the scrape is
+    /// returned, so the file never lags what a scraper saw.
     pub fn collect(&self, inventory: Inventory, started: Instant) -> Scrape {
-        let mut selector = self
-            .selector
+        let mut remembered = self
+            .selection
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Remembered { selector, file } = &mut *remembered;
         let listeners = listeners();
         let mut pinned = inventory.rule_ports();
         let listening: HashSet<(u32, u16)> = listeners
@@ -212,7 +252,13 @@ impl Exporter {
                 }
             }
         }
+        if let Some(file) = file.as_mut() {
+            file.resume(selector, &inventory.interfaces, &active);
+        }
         let selection = selector.select(active, |key| pinned.contains(key), self.top_ports);
+        if let Some(file) = file.as_mut() {
+            file.save(selector, &inventory.interfaces);
+        }
         Scrape {
             inventory,
             listeners,

@@ -16,6 +16,11 @@
 //! Hence `sum(rate(...))` over all of a family's series is the true total, and `other` grows
 //! only by traffic. At the first scrape there is no earlier one: `other` starts as the sum of
 //! the ports not shown.
+//!
+//! What a selector remembers between scrapes ([`Memory`]: the ports shown and their counters at
+//! the last scrape, and the offsets) is all the next scrape needs, so a selector resumed from a
+//! saved memory continues exactly as the one that saved it would have (`saved_selection.rs`
+//! keeps it across daemon restarts).
 
 use std::collections::HashMap;
 
@@ -71,16 +76,81 @@ pub struct Selection {
     pub other: Vec<(Group, Totals)>,
 }
 
+/// The `other` offset of a group: what was added or taken away as ports moved in and out. It can
+/// be negative (a demoted port takes away the traffic its own series counted), hence `i128`.
+pub type Offset = [i128; 6];
+
+/// What a selector remembers from one scrape to the next, in a form to save and resume from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// The ports shown at the last scrape, with their counters then, sorted.
+    pub shown: Vec<(PortKey, Totals)>,
+    /// The offsets, sorted; a group whose offset is zero is left out (the same as none).
+    pub offsets: Vec<(Group, Offset)>,
+}
+
 /// Remembers which ports were shown, and the `other` offsets, from scrape to scrape.
 #[derive(Debug, Default)]
 pub struct Selector {
     /// The ports shown at the last scrape, with their counters then.
     shown: HashMap<PortKey, Totals>,
-    offsets: HashMap<Group, [i128; 6]>,
+    offsets: HashMap<Group, Offset>,
     started: bool,
+    /// Counts the scrapes that changed what the selector remembers: one that saves the memory
+    /// need not save it again until this moves.
+    revision: u64,
 }
 
 impl Selector {
+    /// A selector that continues from `memory`, as if it had made the scrape that left it.
+    pub fn resume(memory: Memory) -> Self {
+        Self {
+            shown: memory.shown.into_iter().collect(),
+            offsets: memory.offsets.into_iter().collect(),
+            started: true,
+            revision: 0,
+        }
+    }
+
+    /// What the selector remembers now; `None` before its first scrape (there is nothing to
+    /// continue from: a new selector starts `other` afresh anyway).
+    pub fn memory(&self) -> Option<Memory> {
+        if !self.started {
+            return None;
+        }
+        let mut shown: Vec<(PortKey, Totals)> = self.shown.iter().map(|(k, t)| (*k, *t)).collect();
+        shown.sort_unstable_by_key(|(key, _)| *key);
+        let mut offsets: Vec<(Group, Offset)> = self
+            .offsets
+            .iter()
+            .filter(|(_, offset)| **offset != [0; 6])
+            .map(|(g, o)| (*g, *o))
+            .collect();
+        offsets.sort_unstable_by_key(|(group, _)| *group);
+        Some(Memory { shown, offsets })
+    }
+
+    /// Moves on every scrape that changes [`memory`](Self::memory).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Whether a port shown at the last scrape is now missing from `active`, or has a counter
+    /// lower than it had then: counters that went back mean the datapath under the selector
+    /// started afresh, and so must `other`.
+    pub fn counters_went_back(&self, active: &[(PortKey, Totals)]) -> bool {
+        let mut found = 0;
+        for (key, now) in active {
+            if let Some(then) = self.shown.get(key) {
+                if now.iter().zip(then).any(|(now, then)| now < then) {
+                    return true;
+                }
+                found += 1;
+            }
+        }
+        found < self.shown.len()
+    }
+
     /// Selects the series for one scrape. `active` holds every port that has seen a packet (each
     /// once), `pinned` says which ports always get a series, and `top` is how many of the rest,
     /// by bytes, get one too.
@@ -106,12 +176,16 @@ impl Selector {
         shown.sort_unstable_by_key(|(key, _)| *key);
 
         let now_shown: HashMap<PortKey, Totals> = shown.iter().copied().collect();
+        // The offsets move only when the shown ports do, so this covers them too.
+        if !self.started || now_shown != self.shown {
+            self.revision += 1;
+        }
         for (key, totals) in &shown {
             if self.started && !self.shown.contains_key(key) {
                 self.shift(key.group(), totals, 1);
             }
         }
-        let mut sums: HashMap<Group, [i128; 6]> = HashMap::new();
+        let mut sums: HashMap<Group, Offset> = HashMap::new();
         for (key, totals) in &rest {
             if let Some(then) = self.shown.get(key).copied() {
                 self.shift(key.group(), &then, -1);
@@ -239,28 +313,37 @@ mod tests {
         assert_eq!(other_bytes(&s4), 1_700);
     }
 
-    #[test]
-    fn churn_never_makes_any_series_fall() {
-        // Deterministic pseudo-random traffic over 40 ports, top 5, 200 scrapes.
-        let mut selector = Selector::default();
+    /// Deterministic pseudo-random traffic over 40 ports: each port's bytes at each scrape.
+    fn churn(scrapes: usize) -> Vec<[u64; 40]> {
         let mut counters = [0u64; 40];
         let mut state = 0x2545_f491_4f6c_dd1du64;
+        (0..scrapes)
+            .map(|_| {
+                for counter in counters.iter_mut() {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *counter += state % 1_000;
+                }
+                counters
+            })
+            .collect()
+    }
+
+    #[test]
+    fn churn_never_makes_any_series_fall() {
+        // Top 5 of 40 ports, 200 scrapes.
+        let mut selector = Selector::default();
         let mut last_other = 0u64;
         let mut last_shown: HashMap<u16, u64> = HashMap::new();
-        let mut churn = 0;
+        let mut changes = 0;
         let mut previous: Vec<u16> = Vec::new();
         // The model: between scrapes a port's traffic goes to other unless the port is shown at
         // both.
         let mut expected_other = 0u64;
-        let mut previous_counters = counters;
+        let mut previous_counters = [0u64; 40];
         let mut previous_shown: Vec<usize> = Vec::new();
-        for scrape in 0..200 {
-            for counter in counters.iter_mut() {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                *counter += state % 1_000;
-            }
+        for (scrape, counters) in churn(200).into_iter().enumerate() {
             let active = counters
                 .iter()
                 .enumerate()
@@ -296,14 +379,98 @@ mod tests {
             let now = shown_ports(&selection);
             assert_eq!(now.len(), 6);
             if now != previous {
-                churn += 1;
+                changes += 1;
             }
             previous = now;
         }
         assert!(
-            churn > 10,
-            "the test must actually move ports around ({churn})"
+            changes > 10,
+            "the test must actually move ports around ({changes})"
         );
+    }
+
+    #[test]
+    fn a_resumed_selector_continues_exactly_as_if_it_had_never_stopped() {
+        // Two groups (ingress and egress), so offsets of several groups are carried over.
+        let active = |counters: &[u64; 40]| -> Vec<(PortKey, Totals)> {
+            counters
+                .iter()
+                .enumerate()
+                .map(|(port, &b)| {
+                    let key = PortKey {
+                        direction: port as u32 % 2,
+                        ..key(port as u16)
+                    };
+                    (key, bytes(b))
+                })
+                .collect()
+        };
+        let pinned = |k: &PortKey| k.port == 7;
+        let scrapes = churn(200);
+        let mut uninterrupted = Selector::default();
+        let expected: Vec<Selection> = scrapes
+            .iter()
+            .map(|counters| uninterrupted.select(active(counters), pinned, 5))
+            .collect();
+        // Every series at every scrape equals the uninterrupted run's, which never falls
+        // (`churn_never_makes_any_series_fall`): so nothing falls across the restart either.
+        for stop in 1..scrapes.len() {
+            let mut first = Selector::default();
+            for counters in &scrapes[..stop] {
+                first.select(active(counters), pinned, 5);
+            }
+            let memory = first.memory().expect("it has scraped");
+            drop(first);
+            let mut resumed = Selector::resume(memory);
+            assert!(!resumed.counters_went_back(&active(&scrapes[stop])));
+            for (scrape, counters) in scrapes.iter().enumerate().skip(stop) {
+                let selection = resumed.select(active(counters), pinned, 5);
+                assert_eq!(
+                    selection, expected[scrape],
+                    "stopped after {stop} scrapes; scrape {scrape} differs"
+                );
+            }
+        }
+        let offsets = uninterrupted.memory().expect("scraped").offsets;
+        assert_eq!(offsets.len(), 2, "both groups have an offset: {offsets:?}");
+    }
+
+    #[test]
+    fn memory_and_revision_follow_the_shown_ports() {
+        let mut selector = Selector::default();
+        assert_eq!(selector.memory(), None);
+        let active = |a: u64, b: u64| vec![(key(80), bytes(a)), (key(81), bytes(b))];
+        selector.select(active(1_000, 500), |_| false, 1);
+        let first = selector.revision();
+        let memory = selector.memory().expect("scraped");
+        assert_eq!(memory.shown, [(key(80), bytes(1_000))]);
+        assert!(memory.offsets.is_empty(), "no port moved yet");
+        // Nothing moved: nothing new to remember.
+        selector.select(active(1_000, 500), |_| false, 1);
+        assert_eq!(selector.revision(), first);
+        // 80's counters moved: its memory did too.
+        selector.select(active(1_100, 500), |_| false, 1);
+        assert!(selector.revision() > first);
+        let second = selector.revision();
+        // 81 overtakes 80: promoted at 2,000 bytes, demoted at its 1,100 of the last scrape.
+        selector.select(active(1_100, 2_000), |_| false, 1);
+        assert!(selector.revision() > second);
+        let memory = selector.memory().expect("scraped");
+        assert_eq!(memory.shown, [(key(81), bytes(2_000))]);
+        let offset = memory.offsets[0].1;
+        assert_eq!(offset[1], 2_000 - 1_100);
+    }
+
+    #[test]
+    fn counters_below_the_remembered_ones_are_noticed() {
+        let mut selector = Selector::default();
+        selector.select(vec![(key(80), bytes(1_000))], |_| false, 1);
+        let resumed = Selector::resume(selector.memory().expect("scraped"));
+        assert!(!resumed.counters_went_back(&[(key(80), bytes(1_000))]));
+        assert!(!resumed.counters_went_back(&[(key(80), bytes(5_000)), (key(81), bytes(1))]));
+        assert!(resumed.counters_went_back(&[(key(80), bytes(999))]));
+        // Not active at all: its counter is zero.
+        assert!(resumed.counters_went_back(&[(key(81), bytes(1_000))]));
     }
 
     #[test]
