@@ -399,12 +399,33 @@ fn no_counter_series_decreases_across_a_crash_and_restart() {
     let pair = veth_pair("sr");
     let state = StateDir::new("sr");
     let addr: SocketAddr = "127.0.0.1:19350".parse().expect("addr");
-    let args = ["--iface", pair.a_if.as_str()];
+    // One port of series beyond the pinned ones, so two busy unlimited ports trade places and
+    // `other` carries an offset when the daemon dies.
+    let args = ["--iface", pair.a_if.as_str(), "--metrics-top-ports", "1"];
     let first = Daemon::start_with_state(&pair.a, "sr1", &args, &state.file());
     set_limit(&first);
     let flood = Flood::start(&pair, Duration::from_secs(3));
-    std::thread::sleep(Duration::from_millis(1500));
+    let client = pair
+        .b
+        .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+    let send = |port: u16, datagrams: usize| {
+        for _ in 0..datagrams {
+            let _ = client.send_to(&[0u8; 100], (pair.a_addr, port));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    send(7310, 100);
+    send(7311, 10);
+    metrics::get(&pair.a, addr, "/metrics", None);
+    send(7311, 200);
+    std::thread::sleep(Duration::from_millis(1000));
     let before = metrics::samples(&metrics::get(&pair.a, addr, "/metrics", None).body);
+    assert!(
+        before
+            .keys()
+            .any(|series| series.contains("port=\"other\"")),
+        "{before:#?}"
+    );
     first.kill9();
     let second = Daemon::start_with_state(&pair.a, "sr2", &args, &state.file());
     let after = metrics::samples(&metrics::get(&pair.a, addr, "/metrics", None).body);

@@ -121,7 +121,9 @@ impl Daemon {
             classifier.port_counters(),
             settings.metrics_top_ports,
             &settings.state,
-            metrics::unpinned_datapath_id(),
+            classifier
+                .datapath_id()
+                .unwrap_or_else(metrics::unpinned_datapath_id),
         );
         let in_force = Arc::new(Mutex::new(InForce { classifier, limits }));
         let metrics = match metrics_listener {

@@ -255,6 +255,25 @@ impl Classifier {
         self.serving = true;
     }
 
+    /// What identifies this datapath for as long as its counters live, `None` unpinned (they
+    /// die with the process): the boot, the pin directory and the pinned counter map's id. Map
+    /// ids are not reused while the machine is up, so a datapath made anew after `shaper down`
+    /// has another identity even at the same path.
+    pub fn datapath_id(&self) -> Option<String> {
+        let pins = self.pins.as_ref()?;
+        let map: &MapData = match self.ebpf.map(maps::PORT_COUNTERS)? {
+            Map::Array(data) => data,
+            _ => return None,
+        };
+        let id = map.info().ok()?.id();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        Some(format!(
+            "pinned {} {} map {id}",
+            boot.trim(),
+            pins.root().display()
+        ))
+    }
+
     /// Where this classifier's maps and attachments are pinned, if they are.
     pub fn pins(&self) -> Option<&PinDir> {
         self.pins.as_ref()
