@@ -19,7 +19,8 @@
 //!    attachments; interfaces pinned by an earlier run that are no longer named are detached;
 //! 7. the metrics port is bound — after attaching, so a second daemon on the same interface is
 //!    told that, with the holder's pid, rather than that the port is taken;
-//! 8. the control socket is bound: from then on the CLI can reach the daemon.
+//! 8. the control socket is bound: from then on the CLI can reach the daemon;
+//! 9. every capability serving no longer needs is dropped ([`capabilities`]).
 //!
 //! A failure at any step returns an error. Attachments this start made anew are detached again;
 //! what it adopted stays as it was, so a failed upgrade leaves the old datapath in force.
