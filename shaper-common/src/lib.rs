@@ -86,6 +86,10 @@ pub mod reason {
 /// IPv6 extension headers walked before giving up with [`reason::IPV6_EXT_LIMIT`].
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 
+/// In-packet VLAN tags (802.1Q, 802.1ad) walked; behind a third the EtherType is a VLAN TPID
+/// and the packet counts as [`reason::NON_IP`].
+pub const MAX_VLAN_TAGS: u32 = 2;
+
 /// Packets and bytes. Bytes are wire bytes including the L2 header (no preamble or FCS); a GSO
 /// aggregate counts as its segments, each with its own copy of the headers.
 #[repr(C)]

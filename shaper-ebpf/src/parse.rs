@@ -13,7 +13,7 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
-use shaper_common::{MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP, reason};
+use shaper_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, reason};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -29,10 +29,6 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
-
-/// In-packet VLAN tags walked (802.1Q, and 802.1ad outer tags for QinQ). A tag that the NIC or
-/// veth offloaded lives in skb metadata (`vlan_present`/`vlan_tci`) and is not in the data.
-const MAX_VLAN_TAGS: usize = 2;
 
 /// How much of a non-linear skb is pulled into the linear area when headers straddle it: enough
 /// for two VLAN tags, IPv4 with options or IPv6 with a chain of extension headers, and TCP.
@@ -94,6 +90,8 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
     // aligned, so it is read unaligned; `&raw const` makes no reference.
     let mut ether_type = u16::from_be(unsafe { (&raw const (*eth).ether_type).read_unaligned() });
     let mut offset = EthHdr::LEN;
+    // In-packet tags (802.1Q, and 802.1ad outer tags for QinQ). A tag that the NIC or veth
+    // offloaded lives in skb metadata (`vlan_present`/`vlan_tci`) and is not in the data.
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
