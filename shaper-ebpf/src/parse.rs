@@ -1,8 +1,17 @@
 //! Packet parsing: from the Ethernet header to the L4 protocol and ports.
 //!
-//! All reads use direct packet access with a bounds check the verifier can see ([`ptr_at`]).
-//! A header that lies beyond the linear part of a non-linear skb is pulled in once and the parse
-//! retried (see [`parse`]).
+//! The rule: a packet counts under a port only if every header up to and including its whole
+//! L4 header, as the headers' own length fields declare them (IPv4 IHL, IPv6 extension header
+//! lengths, TCP data offset), is present. Otherwise it is `truncated` (the bytes end first) or
+//! `malformed` (a length field below the header's fixed size). This is the kernel's receive
+//! path, which drops such packets before any socket sees them (`ip_rcv_core()`,
+//! `tcp_v4_rcv()`, ...; each check below cites its own). The reasons further in (`fragment`,
+//! `icmp`, `other_l4`) are decided on whole headers too. The IP length fields are not consulted:
+//! BIG TCP aggregates carry 0 there, and Ethernet pads short frames.
+//!
+//! All reads use direct packet access with a bounds check the verifier can see ([`ptr_at`],
+//! [`ensure_len`]). A header that lies beyond the linear part of a non-linear skb is pulled in
+//! once and the parse retried (see [`parse`]).
 
 use aya_ebpf::programs::TcContext;
 use core::mem::size_of;
@@ -82,6 +91,16 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
     Ok((start + offset) as *const T)
 }
 
+/// `TRUNCATED` unless the linear data holds the packet's first `end` bytes: where a header's
+/// length field says it ends. Inlined like [`ptr_at`], for the verifier.
+#[inline(always)]
+fn ensure_len(ctx: &TcContext, end: usize) -> Result<(), u32> {
+    if ctx.data() + end > ctx.data_end() {
+        return Err(reason::TRUNCATED);
+    }
+    Ok(())
+}
+
 #[inline(always)]
 fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
@@ -124,6 +143,11 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     if ihl < 5 {
         return Err(reason::MALFORMED);
     }
+    // The options too: the kernel drops a packet cut inside them before reassembly
+    // (`ip_rcv_core()`, net/ipv4/ip_input.c: `pskb_may_pull(skb, iph->ihl*4)`), so this comes
+    // before the fragment check.
+    let l4_offset = offset + ihl * 4;
+    ensure_len(ctx, l4_offset)?;
     // A fragment offset other than 0 means this fragment starts past the L4 header: whatever is
     // where ports would be is payload. The first fragment (offset 0, MF set) has the header.
     // SAFETY: in bounds by ptr_at above; a byte array.
@@ -132,7 +156,7 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
         return Err(reason::FRAGMENT);
     }
     // SAFETY: in bounds by ptr_at above; a byte.
-    Ok((unsafe { (*ip).proto }, offset + ihl * 4))
+    Ok((unsafe { (*ip).proto }, l4_offset))
 }
 
 /// Walks the IPv6 extension-header chain (RFC 8200 section 4) with a bounded loop and returns
@@ -157,6 +181,10 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
                 next = nh;
                 offset += (len as usize + 1) * 8;
+                // The whole header, as the kernel pulls it before it looks at the next
+                // (`ipv6_parse_hopopts()`, `ipv6_rthdr_rcv()`, `ipv6_destopt_rcv()`,
+                // net/ipv6/exthdrs.c: `pskb_may_pull(skb, ... + ((hdrlen + 1) << 3))`).
+                ensure_len(ctx, offset)?;
             }
             IPPROTO_AH => {
                 // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2).
@@ -165,6 +193,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
                 next = nh;
                 offset += (len as usize + 2) * 4;
+                ensure_len(ctx, offset)?;
             }
             IPPROTO_FRAGMENT => {
                 let frag = ptr_at::<[u8; 8]>(ctx, offset)?;
@@ -196,11 +225,16 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
             if data_offset < 5 {
                 return Err(reason::MALFORMED);
             }
+            // The options too: the kernel discards a segment cut inside them (`tcp_v4_rcv()`,
+            // `tcp_v6_rcv()`: `pskb_may_pull(skb, th->doff * 4)`), and `header_len` is what
+            // every GSO segment repeats on the wire.
+            let header_len = offset + data_offset as usize * 4;
+            ensure_len(ctx, header_len)?;
             Ok(Flow {
                 proto: PROTO_TCP,
                 src_port: u16::from_be_bytes(source),
                 dst_port: u16::from_be_bytes(dest),
-                header_len: (offset + data_offset as usize * 4) as u32,
+                header_len: header_len as u32,
             })
         }
         IPPROTO_UDP => {
@@ -214,7 +248,12 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
                 header_len: (offset + UdpHdr::LEN) as u32,
             })
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => Err(reason::ICMP),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // The 8-byte header (type, code, checksum, 4 bytes of the message), which the
+            // kernel pulls first (`icmp_rcv()`, `icmpv6_rcv()`).
+            ptr_at::<[u8; 8]>(ctx, offset)?;
+            Err(reason::ICMP)
+        }
         _ => Err(reason::OTHER_L4),
     }
 }

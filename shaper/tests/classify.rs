@@ -375,3 +375,93 @@ kernel_test!(gso_aggregate_counts_its_segments_and_their_headers, |c| {
         only("egress/udp/9999", 3, 3 * (14 + 40 + 8) + 3000)
     );
 });
+
+// Regression cases found by the differential fuzzer (`tests/classify_fuzz.rs`, `cargo xtask
+// fuzz`): each hex frame is a minimised one as it printed it, run on the ingress program.
+
+kernel_test!(tcp_segment_cut_inside_its_options_is_truncated, |c| {
+    // Data offset 7 declares a 28-byte header; with only 20 to 27 of those bytes present the
+    // kernel discards the segment (`tcp_v4_rcv()`: `pskb_may_pull(skb, th->doff * 4)`).
+    let frame = ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4(IPPROTO_TCP, &tcp_with(40000, 443, 7, b"")),
+    );
+    let options_start = ETH_HLEN + 20 + 20;
+    for len in options_start..frame.len() {
+        assert_eq!(
+            run(c, Direction::Ingress, &frame[..len], None),
+            only("ingress/truncated", 1, len),
+            "{} of the 8 option bytes",
+            len - options_start
+        );
+    }
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/tcp/443", 1, frame.len())
+    );
+    // Found: data offset 14 (56 bytes), 20 present; it counted under tcp/0.
+    let found = from_hex(
+        "00000000000000000000000008004500000000000000000600000000000000000000000000000000000000\
+         000000eb00000000000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+});
+
+kernel_test!(ipv4_packet_cut_inside_its_options_is_truncated, |c| {
+    // Found: IHL 13 (52 bytes), cut after 20; protocol ICMPv6, which it counted as `icmp`.
+    let found = from_hex("00000000000000000000000008004d00000000000000003a00000000000000000000");
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+    // Found: behind an 802.1ad tag, IHL 11 (44 bytes), cut after 20, fragment offset 0x6b: it
+    // counted as `fragment`. The kernel drops it before reassembly (`ip_rcv_core()`:
+    // `pskb_may_pull(skb, iph->ihl*4)`).
+    let found =
+        from_hex("00000000000000000000000088a8000008004b0000000000006b000000000000000000000000");
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+});
+
+kernel_test!(ipv6_extension_header_cut_short_is_truncated, |c| {
+    // Found: a Hop-by-Hop header of which 2 bytes are present (next header ESP): it counted as
+    // `other_l4`.
+    let found = from_hex(
+        "00000000000000000000000086dd6b0000000000000000000000000000000000000000000000000000000000\
+         000000000000000000003200",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+    // A Destination Options header of 16 bytes before UDP, cut anywhere inside it.
+    let mut chain = ipv6_ext(IPPROTO_UDP, 1);
+    chain.extend(udp(1, 53, b""));
+    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    for len in ETH_HLEN + 40 + 2..ETH_HLEN + 40 + 16 {
+        assert_eq!(
+            run(c, Direction::Ingress, &frame[..len], None),
+            only("ingress/truncated", 1, len),
+            "cut at {len}"
+        );
+    }
+});
+
+kernel_test!(icmp_cut_inside_its_header_is_truncated, |c| {
+    let ping = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_ICMP, &icmp_echo(8)));
+    let header_end = ETH_HLEN + 20 + 8;
+    assert_eq!(
+        run(c, Direction::Ingress, &ping[..header_end - 1], None),
+        only("ingress/truncated", 1, header_end - 1)
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &ping[..header_end], None),
+        only("ingress/icmp", 1, header_end)
+    );
+});
