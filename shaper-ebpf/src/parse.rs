@@ -125,7 +125,7 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
         ETH_P_IPV6 => ipv6(ctx, offset)?,
         _ => return Err(reason::NON_IP),
     };
-    l4(ctx, l4_proto, l4_offset)
+    l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)
 }
 
 /// Returns the L4 protocol and where its header starts.
@@ -187,10 +187,16 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
                 ensure_len(ctx, offset)?;
             }
             IPPROTO_AH => {
-                // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2).
-                let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
-                // SAFETY: ptr_at checked both bytes lie in the linear data.
+                // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2). Its 12
+                // fixed bytes (next header, length, reserved, SPI, sequence number) come
+                // first, and a Payload Len of 0 (8 bytes) is shorter than them: the kernel pulls
+                // those 12 and drops a length that fits no ICV (`ah6_input()`, net/ipv6/ah6.c).
+                let ext = ptr_at::<[u8; 12]>(ctx, offset)?;
+                // SAFETY: ptr_at checked all 12 bytes lie in the linear data.
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+                if len == 0 {
+                    return Err(reason::MALFORMED);
+                }
                 next = nh;
                 offset += (len as usize + 2) * 4;
                 ensure_len(ctx, offset)?;
@@ -213,7 +219,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
 }
 
 #[inline(always)]
-fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
+fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow, u32> {
     match proto {
         IPPROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, offset)?;
@@ -240,7 +246,16 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
         IPPROTO_UDP => {
             let udp = ptr_at::<UdpHdr>(ctx, offset)?;
             // SAFETY: ptr_at checked the header lies in the linear data; byte arrays.
-            let (src, dst) = unsafe { ((*udp).src, (*udp).dst) };
+            let (src, dst, len) = unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
+            // A length below the 8-byte header is `short_packet` to the kernel
+            // (`__udp4_lib_rcv()`, net/ipv4/udp.c), except 0 over IPv6, which means a jumbo
+            // payload, the rest of the packet (`__udp6_lib_rcv()`, net/ipv6/udp.c; RFC 2675
+            // section 4). A length beyond the bytes present is not checked: a first fragment's
+            // UDP length is the whole datagram's.
+            let len = u16::from_be_bytes(len);
+            if len < UdpHdr::LEN as u16 && !(over_ipv6 && len == 0) {
+                return Err(reason::MALFORMED);
+            }
             Ok(Flow {
                 proto: PROTO_UDP,
                 src_port: u16::from_be_bytes(src),

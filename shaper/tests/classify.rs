@@ -465,3 +465,68 @@ kernel_test!(icmp_cut_inside_its_header_is_truncated, |c| {
         only("ingress/icmp", 1, header_end)
     );
 });
+
+kernel_test!(udp_length_below_its_header_is_malformed, |c| {
+    // Found: IPv4 UDP with length 0; it counted under udp/0. `__udp4_lib_rcv()` drops a length
+    // below 8 (`short_packet`).
+    let found = from_hex(
+        "000000000000000000000000080045000000000000000011000000000000000000000000000000000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/malformed", 1, found.len())
+    );
+    let with_length = |ether_type: u16, ip: fn(u8, &[u8]) -> Vec<u8>, length: u16| {
+        let mut datagram = udp(5353, 53, &[0; 8]);
+        datagram[4..6].copy_from_slice(&length.to_be_bytes());
+        ethernet(&[], ether_type, &ip(IPPROTO_UDP, &datagram))
+    };
+    for length in 1..8 {
+        for frame in [
+            with_length(ETH_P_IP, ipv4, length),
+            with_length(ETH_P_IPV6, ipv6, length),
+        ] {
+            assert_eq!(
+                run(c, Direction::Ingress, &frame, None),
+                only("ingress/malformed", 1, frame.len()),
+                "length {length}"
+            );
+        }
+    }
+    // Over IPv6, 0 means a jumbo payload (`__udp6_lib_rcv()`, RFC 2675): counted.
+    let jumbo = with_length(ETH_P_IPV6, ipv6, 0);
+    assert_eq!(
+        run(c, Direction::Ingress, &jumbo, None),
+        only("ingress/udp/53", 1, jumbo.len())
+    );
+    // A length beyond the frame is a first fragment's, or a GSO aggregate's: counted.
+    let long = with_length(ETH_P_IP, ipv4, 9000);
+    assert_eq!(
+        run(c, Direction::Ingress, &long, None),
+        only("ingress/udp/53", 1, long.len())
+    );
+});
+
+kernel_test!(
+    ipv6_authentication_header_is_walked_by_its_own_length_rule,
+    |c| {
+        // AH's length is (Payload Len + 2) * 4 bytes: Payload Len 4 is 24 bytes.
+        let mut chain = vec![IPPROTO_UDP, 4];
+        chain.resize(24, 0xa5);
+        chain.extend(udp(1, 4500, b"esp-in-udp"));
+        let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_AH, &chain));
+        assert_eq!(
+            run(c, Direction::Ingress, &frame, None),
+            only("ingress/udp/4500", 1, frame.len())
+        );
+        // Payload Len 0 declares 8 bytes, less than AH's 12 fixed ones: `ah6_input()` drops it.
+        let mut chain = vec![IPPROTO_UDP, 0];
+        chain.resize(12, 0xa5);
+        chain.extend(udp(1, 4500, b"esp-in-udp"));
+        let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_AH, &chain));
+        assert_eq!(
+            run(c, Direction::Ingress, &frame, None),
+            only("ingress/malformed", 1, frame.len())
+        );
+    }
+);
