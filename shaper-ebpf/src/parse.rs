@@ -172,8 +172,12 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     // SAFETY: in bounds by ptr_at above; a byte.
     let mut next = unsafe { (*ip).next_hdr };
     let mut offset = offset + Ipv6Hdr::LEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    for walked in 0..MAX_IPV6_EXT_HEADERS {
         match next {
+            // Hop-by-Hop only right after the IPv6 header (RFC 8200 section 4.1). Elsewhere the
+            // kernel finds no handler for next header 0 and drops the packet
+            // (`ip6_protocol_deliver_rcu()`, net/ipv6/ip6_input.c: ICMPv6 parameter problem).
+            IPPROTO_HOPOPTS if walked > 0 => return Err(reason::MALFORMED),
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 // Next Header, then Hdr Ext Len in 8-octet units not counting the first 8.
                 let ext = ptr_at::<[u8; 2]>(ctx, offset)?;

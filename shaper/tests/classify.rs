@@ -530,3 +530,37 @@ kernel_test!(
         );
     }
 );
+
+kernel_test!(hop_by_hop_header_anywhere_but_first_is_malformed, |c| {
+    // RFC 8200 section 4.1; the kernel has no handler for next header 0 past the first
+    // (`ip6_protocol_deliver_rcu()`) and drops the packet.
+    let mut chain = ipv6_ext(IPPROTO_HOPOPTS, 0); // Destination Options, then Hop-by-Hop
+    chain.extend(ipv6_ext(IPPROTO_UDP, 0));
+    chain.extend(udp(1, 53, b""));
+    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/malformed", 1, frame.len())
+    );
+    // Found: behind two tags, Hop-by-Hop twice, the second cut after 2 bytes; it counted as
+    // `other_l4` (next header ESP).
+    let found = from_hex(
+        "00000000000000000000000088a800008100000086dd630000000000000000000000000000000000\
+         0000000000000000000000000000000000000000000000000000000000003200",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/malformed", 1, found.len())
+    );
+    // Found: AH (12 bytes), then Hop-by-Hop headers, then what looked like a later fragment;
+    // it counted as `fragment`.
+    let found = from_hex(
+        "00000000000000000000000086dd6600000000003300000000000000000000000000000000000000\
+         00000000000000000000000000000001000000000000000000000000000000000000000000000000\
+         0000000000000000000000000000000000002c000000000000000000003800000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/malformed", 1, found.len())
+    );
+});
