@@ -219,7 +219,13 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
             _ => return Ok((next, offset)),
         }
     }
-    Err(reason::IPV6_EXT_LIMIT)
+    // MAX_IPV6_EXT_HEADERS walked: only another extension header is one too many.
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(reason::IPV6_EXT_LIMIT)
+        }
+        _ => Ok((next, offset)),
+    }
 }
 
 #[inline(always)]

@@ -218,6 +218,36 @@ kernel_test!(
     }
 );
 
+kernel_test!(ipv6_chain_as_long_as_the_walk_is_walked_to_its_end, |c| {
+    // Exactly MAX_IPV6_EXT_HEADERS (8): the upper layer after them has its ports. The loop used
+    // to give up after the eighth header without looking at what came next.
+    let mut chain = Vec::new();
+    for _ in 0..8 {
+        chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
+    }
+    let last = chain.len() - 8;
+    chain[last] = IPPROTO_UDP;
+    chain.extend(udp(1, 2, b"x"));
+    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/udp/2", 1, frame.len())
+    );
+    // Found: behind an 802.1Q tag, eight headers (AH, Destination Options, a first Fragment,
+    // AH again) and UDP; it counted as `ipv6_ext_limit`.
+    let found = from_hex(
+        "0000000000000000000000008100000086dd63000000000033000000000000000000000000000000\
+         0000000000000000000000000000000000003c01000000000000000000003c030000000000000000\
+         000000000000000000000000000000000000000000003c000000000000002c010000000000000000\
+         0000000000003c000000000000003c00000000000000330000000000000011060000000000000000\
+         000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/udp/0", 1, found.len())
+    );
+});
+
 kernel_test!(ipv6_chain_longer_than_the_walk_is_counted_as_such, |c| {
     let mut chain = Vec::new();
     for _ in 0..9 {
