@@ -152,11 +152,16 @@ pub fn signature(d: &Disagreement) -> String {
             s.push_str(" (other packets or bytes)");
         }
     }
-    if d.verdict != PASS {
+    if d.verdict == REFUSED {
+        s.push_str(" (BPF_PROG_TEST_RUN refused the frame)");
+    } else if d.verdict != PASS {
         let _ = write!(s, ", verdict {}", d.verdict);
     }
     s
 }
+
+/// The "verdict" of a frame BPF_PROG_TEST_RUN refused: the program never ran.
+const REFUSED: i32 = i32::MIN;
 
 fn describe(outcome: &Outcome) -> String {
     if outcome.is_empty() {
@@ -186,7 +191,9 @@ impl std::fmt::Display for Disagreement {
         )?;
         writeln!(f, "    expected: {}", describe(&self.expected))?;
         write!(f, "    counted:  {}", describe(&self.observed))?;
-        if self.verdict != PASS {
+        if self.verdict == REFUSED {
+            write!(f, " (BPF_PROG_TEST_RUN refused it)")?;
+        } else if self.verdict != PASS {
             write!(f, " (verdict {})", self.verdict)?;
         }
         Ok(())
@@ -309,7 +316,7 @@ pub fn run(options: &Options) -> Summary {
                             case,
                             expected,
                             observed: Vec::new(),
-                            verdict: PASS,
+                            verdict: REFUSED,
                         });
                     }
                     continue;
@@ -325,7 +332,7 @@ pub fn run(options: &Options) -> Summary {
                 continue;
             }
             // Replay the frame alone to see what it moves; the first run moved the same.
-            let (verdict, observed) = kernel.observe(&case).unwrap_or((PASS, Vec::new()));
+            let (verdict, observed) = kernel.observe(&case).unwrap_or((REFUSED, Vec::new()));
             model.add(&observed);
             model.add(&observed);
             disagreements.push(Disagreement {
