@@ -131,7 +131,10 @@ pub fn skb_context(gso_segs: u32, gso_size: u32) -> Vec<u8> {
 /// long frame can be split over lines.
 pub fn from_hex(hex: &str) -> Vec<u8> {
     let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "an odd number of hex digits");
+    assert!(
+        digits.len().is_multiple_of(2),
+        "an odd number of hex digits"
+    );
     digits
         .chunks(2)
         .map(|pair| {
