@@ -69,9 +69,12 @@ pub const MAX_IFACES: u32 = 64;
 pub mod reason {
     /// Not IPv4 or IPv6 (ARP, LLDP, ...), after up to two VLAN tags.
     pub const NON_IP: u32 = 0;
-    /// The packet ends inside a header the classifier needs.
+    /// The packet ends inside a header the classifier needs, as that header's length field
+    /// declares it (IPv4 IHL, an IPv6 extension header's length, the TCP data offset).
     pub const TRUNCATED: u32 = 1;
-    /// A header is inconsistent: IP version mismatch, IPv4 IHL < 5, TCP data offset < 5.
+    /// A header is inconsistent: IP version mismatch, a length field below its header's fixed
+    /// size (IPv4 IHL < 5, TCP data offset < 5, UDP length < 8 but for 0 over IPv6, AH Payload
+    /// Len 0), a Hop-by-Hop header that is not first.
     pub const MALFORMED: u32 = 2;
     /// A non-first fragment: it carries no L4 header, so it has no ports.
     pub const FRAGMENT: u32 = 3;
@@ -97,6 +100,10 @@ pub mod reason {
 
 /// IPv6 extension headers walked before giving up with [`reason::IPV6_EXT_LIMIT`].
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
+
+/// In-packet VLAN tags (802.1Q, 802.1ad) walked; behind a third the EtherType is a VLAN TPID
+/// and the packet counts as [`reason::NON_IP`].
+pub const MAX_VLAN_TAGS: u32 = 2;
 
 /// Packets and bytes. Bytes are wire bytes including the L2 header (no preamble or FCS); a GSO
 /// aggregate counts as its segments, each with its own copy of the headers.

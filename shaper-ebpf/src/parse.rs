@@ -1,8 +1,17 @@
 //! Packet parsing: from the Ethernet header to the L4 protocol and ports.
 //!
-//! All reads use direct packet access with a bounds check the verifier can see ([`ptr_at`]).
-//! A header that lies beyond the linear part of a non-linear skb is pulled in once and the parse
-//! retried (see [`parse`]).
+//! The rule: a packet counts under a port only if every header up to and including its whole
+//! L4 header, as the headers' own length fields declare them (IPv4 IHL, IPv6 extension header
+//! lengths, TCP data offset), is present. Otherwise it is `truncated` (the bytes end first) or
+//! `malformed` (a length field below the header's fixed size). This is the kernel's receive
+//! path, which drops such packets before any socket sees them (`ip_rcv_core()`,
+//! `tcp_v4_rcv()`, ...; each check below cites its own). The reasons further in (`fragment`,
+//! `icmp`, `other_l4`) are decided on whole headers too. The IP length fields are not consulted:
+//! BIG TCP aggregates carry 0 there, and Ethernet pads short frames.
+//!
+//! All reads use direct packet access with a bounds check the verifier can see ([`ptr_at`],
+//! [`ensure_len`]). A header that lies beyond the linear part of a non-linear skb is pulled in
+//! once and the parse retried (see [`parse`]).
 
 use aya_ebpf::programs::TcContext;
 use core::mem::size_of;
@@ -13,7 +22,7 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
-use shaper_common::{MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP, reason};
+use shaper_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, reason};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -29,10 +38,6 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
-
-/// In-packet VLAN tags walked (802.1Q, and 802.1ad outer tags for QinQ). A tag that the NIC or
-/// veth offloaded lives in skb metadata (`vlan_present`/`vlan_tci`) and is not in the data.
-const MAX_VLAN_TAGS: usize = 2;
 
 /// How much of a non-linear skb is pulled into the linear area when headers straddle it: enough
 /// for two VLAN tags, IPv4 with options or IPv6 with a chain of extension headers, and TCP.
@@ -86,6 +91,16 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
     Ok((start + offset) as *const T)
 }
 
+/// `TRUNCATED` unless the linear data holds the packet's first `end` bytes: where a header's
+/// length field says it ends. Inlined like [`ptr_at`], for the verifier.
+#[inline(always)]
+fn ensure_len(ctx: &TcContext, end: usize) -> Result<(), u32> {
+    if ctx.data() + end > ctx.data_end() {
+        return Err(reason::TRUNCATED);
+    }
+    Ok(())
+}
+
 #[inline(always)]
 fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
@@ -94,6 +109,8 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
     // aligned, so it is read unaligned; `&raw const` makes no reference.
     let mut ether_type = u16::from_be(unsafe { (&raw const (*eth).ether_type).read_unaligned() });
     let mut offset = EthHdr::LEN;
+    // In-packet tags (802.1Q, and 802.1ad outer tags for QinQ). A tag that the NIC or veth
+    // offloaded lives in skb metadata (`vlan_present`/`vlan_tci`) and is not in the data.
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
@@ -108,7 +125,7 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
         ETH_P_IPV6 => ipv6(ctx, offset)?,
         _ => return Err(reason::NON_IP),
     };
-    l4(ctx, l4_proto, l4_offset)
+    l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)
 }
 
 /// Returns the L4 protocol and where its header starts.
@@ -126,6 +143,11 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     if ihl < 5 {
         return Err(reason::MALFORMED);
     }
+    // The options too: the kernel drops a packet cut inside them before reassembly
+    // (`ip_rcv_core()`, net/ipv4/ip_input.c: `pskb_may_pull(skb, iph->ihl*4)`), so this comes
+    // before the fragment check.
+    let l4_offset = offset + ihl * 4;
+    ensure_len(ctx, l4_offset)?;
     // A fragment offset other than 0 means this fragment starts past the L4 header: whatever is
     // where ports would be is payload. The first fragment (offset 0, MF set) has the header.
     // SAFETY: in bounds by ptr_at above; a byte array.
@@ -134,7 +156,7 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
         return Err(reason::FRAGMENT);
     }
     // SAFETY: in bounds by ptr_at above; a byte.
-    Ok((unsafe { (*ip).proto }, offset + ihl * 4))
+    Ok((unsafe { (*ip).proto }, l4_offset))
 }
 
 /// Walks the IPv6 extension-header chain (RFC 8200 section 4) with a bounded loop and returns
@@ -150,8 +172,12 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     // SAFETY: in bounds by ptr_at above; a byte.
     let mut next = unsafe { (*ip).next_hdr };
     let mut offset = offset + Ipv6Hdr::LEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    for walked in 0..MAX_IPV6_EXT_HEADERS {
         match next {
+            // Hop-by-Hop only right after the IPv6 header (RFC 8200 section 4.1). Elsewhere the
+            // kernel finds no handler for next header 0 and drops the packet
+            // (`ip6_protocol_deliver_rcu()`, net/ipv6/ip6_input.c: ICMPv6 parameter problem).
+            IPPROTO_HOPOPTS if walked > 0 => return Err(reason::MALFORMED),
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 // Next Header, then Hdr Ext Len in 8-octet units not counting the first 8.
                 let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
@@ -159,14 +185,25 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
                 next = nh;
                 offset += (len as usize + 1) * 8;
+                // The whole header, as the kernel pulls it before it looks at the next
+                // (`ipv6_parse_hopopts()`, `ipv6_rthdr_rcv()`, `ipv6_destopt_rcv()`,
+                // net/ipv6/exthdrs.c: `pskb_may_pull(skb, ... + ((hdrlen + 1) << 3))`).
+                ensure_len(ctx, offset)?;
             }
             IPPROTO_AH => {
-                // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2).
-                let ext = ptr_at::<[u8; 2]>(ctx, offset)?;
-                // SAFETY: ptr_at checked both bytes lie in the linear data.
+                // AH's Payload Len is in 4-octet units minus 2 (RFC 4302 section 2.2). Its 12
+                // fixed bytes (next header, length, reserved, SPI, sequence number) come
+                // first, and a Payload Len of 0 (8 bytes) is shorter than them: the kernel pulls
+                // those 12 and drops a length that fits no ICV (`ah6_input()`, net/ipv6/ah6.c).
+                let ext = ptr_at::<[u8; 12]>(ctx, offset)?;
+                // SAFETY: ptr_at checked all 12 bytes lie in the linear data.
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+                if len == 0 {
+                    return Err(reason::MALFORMED);
+                }
                 next = nh;
                 offset += (len as usize + 2) * 4;
+                ensure_len(ctx, offset)?;
             }
             IPPROTO_FRAGMENT => {
                 let frag = ptr_at::<[u8; 8]>(ctx, offset)?;
@@ -182,11 +219,17 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
             _ => return Ok((next, offset)),
         }
     }
-    Err(reason::IPV6_EXT_LIMIT)
+    // MAX_IPV6_EXT_HEADERS walked: only another extension header is one too many.
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(reason::IPV6_EXT_LIMIT)
+        }
+        _ => Ok((next, offset)),
+    }
 }
 
 #[inline(always)]
-fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
+fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow, u32> {
     match proto {
         IPPROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, offset)?;
@@ -198,17 +241,31 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
             if data_offset < 5 {
                 return Err(reason::MALFORMED);
             }
+            // The options too: the kernel discards a segment cut inside them (`tcp_v4_rcv()`,
+            // `tcp_v6_rcv()`: `pskb_may_pull(skb, th->doff * 4)`), and `header_len` is what
+            // every GSO segment repeats on the wire.
+            let header_len = offset + data_offset as usize * 4;
+            ensure_len(ctx, header_len)?;
             Ok(Flow {
                 proto: PROTO_TCP,
                 src_port: u16::from_be_bytes(source),
                 dst_port: u16::from_be_bytes(dest),
-                header_len: (offset + data_offset as usize * 4) as u32,
+                header_len: header_len as u32,
             })
         }
         IPPROTO_UDP => {
             let udp = ptr_at::<UdpHdr>(ctx, offset)?;
             // SAFETY: ptr_at checked the header lies in the linear data; byte arrays.
-            let (src, dst) = unsafe { ((*udp).src, (*udp).dst) };
+            let (src, dst, len) = unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
+            // A length below the 8-byte header is `short_packet` to the kernel
+            // (`__udp4_lib_rcv()`, net/ipv4/udp.c), except 0 over IPv6, which means a jumbo
+            // payload, the rest of the packet (`__udp6_lib_rcv()`, net/ipv6/udp.c; RFC 2675
+            // section 4). A length beyond the bytes present is not checked: a first fragment's
+            // UDP length is the whole datagram's.
+            let len = u16::from_be_bytes(len);
+            if len < UdpHdr::LEN as u16 && !(over_ipv6 && len == 0) {
+                return Err(reason::MALFORMED);
+            }
             Ok(Flow {
                 proto: PROTO_UDP,
                 src_port: u16::from_be_bytes(src),
@@ -216,7 +273,12 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize) -> Result<Flow, u32> {
                 header_len: (offset + UdpHdr::LEN) as u32,
             })
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => Err(reason::ICMP),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // The 8-byte header (type, code, checksum, 4 bytes of the message), which the
+            // kernel pulls first (`icmp_rcv()`, `icmpv6_rcv()`).
+            ptr_at::<[u8; 8]>(ctx, offset)?;
+            Err(reason::ICMP)
+        }
         _ => Err(reason::OTHER_L4),
     }
 }

@@ -218,6 +218,36 @@ kernel_test!(
     }
 );
 
+kernel_test!(ipv6_chain_as_long_as_the_walk_is_walked_to_its_end, |c| {
+    // Exactly MAX_IPV6_EXT_HEADERS (8): the upper layer after them has its ports. The loop used
+    // to give up after the eighth header without looking at what came next.
+    let mut chain = Vec::new();
+    for _ in 0..8 {
+        chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
+    }
+    let last = chain.len() - 8;
+    chain[last] = IPPROTO_UDP;
+    chain.extend(udp(1, 2, b"x"));
+    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/udp/2", 1, frame.len())
+    );
+    // Found: behind an 802.1Q tag, eight headers (AH, Destination Options, a first Fragment,
+    // AH again) and UDP; it counted as `ipv6_ext_limit`.
+    let found = from_hex(
+        "0000000000000000000000008100000086dd63000000000033000000000000000000000000000000\
+         0000000000000000000000000000000000003c01000000000000000000003c030000000000000000\
+         000000000000000000000000000000000000000000003c000000000000002c010000000000000000\
+         0000000000003c000000000000003c00000000000000330000000000000011060000000000000000\
+         000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/udp/0", 1, found.len())
+    );
+});
+
 kernel_test!(ipv6_chain_longer_than_the_walk_is_counted_as_such, |c| {
     let mut chain = Vec::new();
     for _ in 0..9 {
@@ -373,5 +403,194 @@ kernel_test!(gso_aggregate_counts_its_segments_and_their_headers, |c| {
     assert_eq!(
         run(c, Direction::Egress, &frame, Some(&ctx)),
         only("egress/udp/9999", 3, 3 * (14 + 40 + 8) + 3000)
+    );
+});
+
+// Regression cases found by the differential fuzzer (`tests/classify_fuzz.rs`, `cargo xtask
+// fuzz`): each hex frame is a minimised one as it printed it, run on the ingress program.
+
+kernel_test!(tcp_segment_cut_inside_its_options_is_truncated, |c| {
+    // Data offset 7 declares a 28-byte header; with only 20 to 27 of those bytes present the
+    // kernel discards the segment (`tcp_v4_rcv()`: `pskb_may_pull(skb, th->doff * 4)`).
+    let frame = ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4(IPPROTO_TCP, &tcp_with(40000, 443, 7, b"")),
+    );
+    let options_start = ETH_HLEN + 20 + 20;
+    for len in options_start..frame.len() {
+        assert_eq!(
+            run(c, Direction::Ingress, &frame[..len], None),
+            only("ingress/truncated", 1, len),
+            "{} of the 8 option bytes",
+            len - options_start
+        );
+    }
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/tcp/443", 1, frame.len())
+    );
+    // Found: data offset 14 (56 bytes), 20 present; it counted under tcp/0.
+    let found = from_hex(
+        "00000000000000000000000008004500000000000000000600000000000000000000000000000000000000\
+         000000eb00000000000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+});
+
+kernel_test!(ipv4_packet_cut_inside_its_options_is_truncated, |c| {
+    // Found: IHL 13 (52 bytes), cut after 20; protocol ICMPv6, which it counted as `icmp`.
+    let found = from_hex("00000000000000000000000008004d00000000000000003a00000000000000000000");
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+    // Found: behind an 802.1ad tag, IHL 11 (44 bytes), cut after 20, fragment offset 0x6b: it
+    // counted as `fragment`. The kernel drops it before reassembly (`ip_rcv_core()`:
+    // `pskb_may_pull(skb, iph->ihl*4)`).
+    let found =
+        from_hex("00000000000000000000000088a8000008004b0000000000006b000000000000000000000000");
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+});
+
+kernel_test!(ipv6_extension_header_cut_short_is_truncated, |c| {
+    // Found: a Hop-by-Hop header of which 2 bytes are present (next header ESP): it counted as
+    // `other_l4`.
+    let found = from_hex(
+        "00000000000000000000000086dd6b0000000000000000000000000000000000000000000000000000000000\
+         000000000000000000003200",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/truncated", 1, found.len())
+    );
+    // A Destination Options header of 16 bytes before UDP, cut anywhere inside it.
+    let mut chain = ipv6_ext(IPPROTO_UDP, 1);
+    chain.extend(udp(1, 53, b""));
+    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    for len in ETH_HLEN + 40 + 2..ETH_HLEN + 40 + 16 {
+        assert_eq!(
+            run(c, Direction::Ingress, &frame[..len], None),
+            only("ingress/truncated", 1, len),
+            "cut at {len}"
+        );
+    }
+});
+
+kernel_test!(icmp_cut_inside_its_header_is_truncated, |c| {
+    let ping = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_ICMP, &icmp_echo(8)));
+    let header_end = ETH_HLEN + 20 + 8;
+    assert_eq!(
+        run(c, Direction::Ingress, &ping[..header_end - 1], None),
+        only("ingress/truncated", 1, header_end - 1)
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &ping[..header_end], None),
+        only("ingress/icmp", 1, header_end)
+    );
+});
+
+kernel_test!(udp_length_below_its_header_is_malformed, |c| {
+    // Found: IPv4 UDP with length 0; it counted under udp/0. `__udp4_lib_rcv()` drops a length
+    // below 8 (`short_packet`).
+    let found = from_hex(
+        "000000000000000000000000080045000000000000000011000000000000000000000000000000000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/malformed", 1, found.len())
+    );
+    let with_length = |ether_type: u16, ip: fn(u8, &[u8]) -> Vec<u8>, length: u16| {
+        let mut datagram = udp(5353, 53, &[0; 8]);
+        datagram[4..6].copy_from_slice(&length.to_be_bytes());
+        ethernet(&[], ether_type, &ip(IPPROTO_UDP, &datagram))
+    };
+    for length in 1..8 {
+        for frame in [
+            with_length(ETH_P_IP, ipv4, length),
+            with_length(ETH_P_IPV6, ipv6, length),
+        ] {
+            assert_eq!(
+                run(c, Direction::Ingress, &frame, None),
+                only("ingress/malformed", 1, frame.len()),
+                "length {length}"
+            );
+        }
+    }
+    // Over IPv6, 0 means a jumbo payload (`__udp6_lib_rcv()`, RFC 2675): counted.
+    let jumbo = with_length(ETH_P_IPV6, ipv6, 0);
+    assert_eq!(
+        run(c, Direction::Ingress, &jumbo, None),
+        only("ingress/udp/53", 1, jumbo.len())
+    );
+    // A length beyond the frame is a first fragment's, or a GSO aggregate's: counted.
+    let long = with_length(ETH_P_IP, ipv4, 9000);
+    assert_eq!(
+        run(c, Direction::Ingress, &long, None),
+        only("ingress/udp/53", 1, long.len())
+    );
+});
+
+kernel_test!(
+    ipv6_authentication_header_is_walked_by_its_own_length_rule,
+    |c| {
+        // AH's length is (Payload Len + 2) * 4 bytes: Payload Len 4 is 24 bytes.
+        let mut chain = vec![IPPROTO_UDP, 4];
+        chain.resize(24, 0xa5);
+        chain.extend(udp(1, 4500, b"esp-in-udp"));
+        let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_AH, &chain));
+        assert_eq!(
+            run(c, Direction::Ingress, &frame, None),
+            only("ingress/udp/4500", 1, frame.len())
+        );
+        // Payload Len 0 declares 8 bytes, less than AH's 12 fixed ones: `ah6_input()` drops it.
+        let mut chain = vec![IPPROTO_UDP, 0];
+        chain.resize(12, 0xa5);
+        chain.extend(udp(1, 4500, b"esp-in-udp"));
+        let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_AH, &chain));
+        assert_eq!(
+            run(c, Direction::Ingress, &frame, None),
+            only("ingress/malformed", 1, frame.len())
+        );
+    }
+);
+
+kernel_test!(hop_by_hop_header_anywhere_but_first_is_malformed, |c| {
+    // RFC 8200 section 4.1; the kernel has no handler for next header 0 past the first
+    // (`ip6_protocol_deliver_rcu()`) and drops the packet.
+    let mut chain = ipv6_ext(IPPROTO_HOPOPTS, 0); // Destination Options, then Hop-by-Hop
+    chain.extend(ipv6_ext(IPPROTO_UDP, 0));
+    chain.extend(udp(1, 53, b""));
+    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    assert_eq!(
+        run(c, Direction::Ingress, &frame, None),
+        only("ingress/malformed", 1, frame.len())
+    );
+    // Found: behind two tags, Hop-by-Hop twice, the second cut after 2 bytes; it counted as
+    // `other_l4` (next header ESP).
+    let found = from_hex(
+        "00000000000000000000000088a800008100000086dd630000000000000000000000000000000000\
+         0000000000000000000000000000000000000000000000000000000000003200",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/malformed", 1, found.len())
+    );
+    // Found: AH (12 bytes), then Hop-by-Hop headers, then what looked like a later fragment;
+    // it counted as `fragment`.
+    let found = from_hex(
+        "00000000000000000000000086dd6600000000003300000000000000000000000000000000000000\
+         00000000000000000000000000000001000000000000000000000000000000000000000000000000\
+         0000000000000000000000000000000000002c000000000000000000003800000000",
+    );
+    assert_eq!(
+        run(c, Direction::Ingress, &found, None),
+        only("ingress/malformed", 1, found.len())
     );
 });

@@ -1,4 +1,4 @@
-//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | bench | demo`.
+//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo`.
 
 mod bootstrap;
 mod demo;
@@ -38,6 +38,17 @@ enum Job {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Bootstrap and run the differential fuzzer of the classifier (root needed): seeded random
+    /// frames through the real object with BPF_PROG_TEST_RUN, each checked against etherparse.
+    /// Prints frames/s and every disagreement with its seed and frame in hex, minimised.
+    Fuzz {
+        /// Frames to run (the default takes about 4 s in a release build).
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// The seed (decimal or 0x-hex); by default one from the clock, printed first.
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+    },
     /// Bootstrap, build in release and run the benchmarks (root needed): prints a table and
     /// writes report.json under the target directory's bench/. About 12 minutes; `--quick` under 3.
     Bench {
@@ -76,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Job::Bootstrap => bootstrap::run().map(|_| ()),
         Job::Run { args } => run(args),
         Job::Test { args } => test(args),
+        Job::Fuzz { frames, seed } => fuzz(frames, seed),
         Job::Bench { quick, args } => bench(quick, args),
         Job::Demo { ci, duration } => demo::run(&demo::Options {
             ci,
@@ -174,6 +186,47 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
             .arg("--show-output")
             .args(&test_args),
     )
+}
+
+/// The fuzzer is one of shaper's integration tests (`shaper/tests/classify_fuzz.rs`, an ignored
+/// test that reads its frames and seed from the environment), so that it reaches the library
+/// and the tests' packet helpers without xtask depending on `shaper` (see `bench`), and
+/// etherparse stays a dev-dependency. Built in release: the reference parser is then no
+/// slower than the syscall per frame.
+fn fuzz(frames: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    bootstrap::run()?;
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as u64)
+    });
+    eprintln!("xtask: fuzz: {frames} frames, seed {seed:#x} (`--seed {seed:#x}` repeats them)");
+    check(
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "shaper",
+                "--test",
+                "classify_fuzz",
+                "--",
+                "--ignored",
+                "--exact",
+                "fuzz_as_asked_by_xtask",
+                "--nocapture",
+            ])
+            .env("SHAPER_FUZZ_FRAMES", frames.to_string())
+            .env("SHAPER_FUZZ_SEED", format!("{seed:#x}")),
+    )
+}
+
+fn parse_seed(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e} (a decimal or 0x-hex 64-bit number)"))
 }
 
 /// The bench is its own crate (`shaper-bench`, which depends on `shaper`), so that xtask never

@@ -14,6 +14,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_GRE: u8 = 47;
+pub const IPPROTO_AH: u8 = 51;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 
@@ -124,4 +125,21 @@ pub fn skb_context(gso_segs: u32, gso_size: u32) -> Vec<u8> {
     ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
     ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
     ctx
+}
+
+/// A frame written as hex, as the fuzzer (`tests/fuzz`) prints it; whitespace is ignored, so a
+/// long frame can be split over lines.
+pub fn from_hex(hex: &str) -> Vec<u8> {
+    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    assert!(
+        digits.len().is_multiple_of(2),
+        "an odd number of hex digits"
+    );
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).expect("ASCII");
+            u8::from_str_radix(pair, 16).unwrap_or_else(|e| panic!("{pair:?}: {e}"))
+        })
+        .collect()
 }
