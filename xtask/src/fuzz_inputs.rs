@@ -10,7 +10,8 @@
 //!   is a failure, as is a panic (each target's assertions) or an AddressSanitizer report.
 //! - **Files**: the seeds are only read; what libFuzzer finds is kept in the target directory
 //!   (`fuzz/corpus/TARGET`, reused by the next run) and a failing input is saved under
-//!   `fuzz/artifacts/TARGET/`, with the log in `fuzz/logs/TARGET.log`.
+//!   `fuzz/artifacts/TARGET/`, with the log in `fuzz/logs/TARGET.log`. The targets are built in
+//!   `fuzz/build/`, apart from every other build.
 
 use std::{
     fs,
@@ -38,7 +39,7 @@ const LIBFUZZER_LIMITS: [&str; 4] = [
 
 pub struct Options {
     pub seconds: u64,
-    /// Unoptimized build: builds in well under half the time, runs several times slower.
+    /// Unoptimized build: builds in under half the time, runs several times slower.
     pub dev: bool,
     /// Only these targets; all when empty.
     pub targets: Vec<String>,
@@ -48,7 +49,7 @@ pub struct Options {
 struct Outcome {
     target: String,
     passed: bool,
-    /// libFuzzer's final status line ("#123 DONE cov: ... exec/s: ..."), if it printed one.
+    /// libFuzzer's last status ("cov: ... exec/s: ... rss: ..."), if it printed one.
     summary: String,
     executions: Option<u64>,
     log: PathBuf,
@@ -62,12 +63,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
+    let work = target_dir()?.join("fuzz");
+    // A target directory of its own: cargo counts RUSTC_BOOTSTRAP in its fingerprints, so in
+    // the shared one every fuzz build and every ordinary build would rebuild the other's build
+    // scripts and proc-macros.
+    let build_dir = work.join("build");
     // `cargo fuzz SUBCOMMAND`, with the build flags when it builds (build, run).
     let cargo_fuzz = |subcommand: &str, builds: bool| {
         let mut cmd = cargo();
         cmd.env("PATH", &path)
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", subcommand]);
+        if builds {
+            cmd.arg("--target-dir").arg(&build_dir);
+        }
         if builds && options.dev {
             cmd.arg("--dev");
         } else if builds {
@@ -103,7 +112,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     eprintln!("xtask: fuzz targets built in {:.0?}", started.elapsed());
 
-    let work = target_dir()?.join("fuzz");
     let mut outcomes = Vec::new();
     for target in &targets {
         outcomes.push(run_target(target, &work, options.seconds, &cargo_fuzz)?);
