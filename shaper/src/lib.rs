@@ -17,6 +17,8 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod policy;
 pub mod telemetry;
 

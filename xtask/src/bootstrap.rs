@@ -18,6 +18,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+/// The cache every tool xtask installs goes under (cargo-fuzz too, see `fuzz_inputs`).
+pub use bpf_linker::cache_root;
 use bpf_linker::{LinkerKey, linker_root};
 
 use crate::check;

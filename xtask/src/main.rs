@@ -1,7 +1,9 @@
-//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo`.
+//! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo |
+//! fuzz-inputs`.
 
 mod bootstrap;
 mod demo;
+mod fuzz_inputs;
 
 use std::{
     path::{Path, PathBuf},
@@ -77,6 +79,21 @@ enum Job {
         )]
         duration: u64,
     },
+    /// Fuzz every parser of the daemon's outside input (rates and sizes, the config file,
+    /// control requests, netlink replies, the state file) with cargo-fuzz, installed into the
+    /// cache on first use. Fails on a panic, a sanitizer report, or an input that allocates
+    /// 64 MiB at once; the failing input is saved under the target directory's fuzz/artifacts/.
+    FuzzInputs {
+        /// How long each target runs.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+        /// Unoptimized build: builds in less than half the time, runs several times slower
+        /// (what CI runs, for a few seconds per target).
+        #[arg(long)]
+        dev: bool,
+        /// Only these targets (`cargo fuzz list` in fuzz/); default all.
+        targets: Vec<String>,
+    },
 }
 
 /// The longest `cargo xtask demo --duration`: the demo is a tour, not a service.
@@ -92,6 +109,15 @@ fn main() -> anyhow::Result<()> {
         Job::Demo { ci, duration } => demo::run(&demo::Options {
             ci,
             duration: Duration::from_secs(duration),
+        }),
+        Job::FuzzInputs {
+            seconds,
+            dev,
+            targets,
+        } => fuzz_inputs::run(&fuzz_inputs::Options {
+            seconds,
+            dev,
+            targets,
         }),
     }
 }

@@ -767,6 +767,55 @@ fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
     Some(i32::from_ne_bytes(bytes.try_into().ok()?))
 }
 
+/// What each request's handler makes of one reply (see [`replay`]): its answer, `None` where
+/// the reply would go on past the last datagram, or the error.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Replayed {
+    pub ack: io::Result<Option<()>>,
+    pub link: io::Result<Option<AggregateLimits>>,
+    pub filter_ids: io::Result<Option<Vec<u32>>>,
+}
+
+/// For the fuzz target `netlink_reply` (`shaper::fuzz`): `datagrams` as the reply to each request
+/// this module sends (an ack, RTM_GETLINK, a filter dump of the `ingress` or egress hook), walked
+/// as `talk` walks them, for the exchange the first message names. Only the socket is left out.
+#[doc(hidden)]
+pub fn replay(datagrams: &[&[u8]], ingress: bool) -> Replayed {
+    fn run<T>(
+        exchange: Exchange,
+        datagrams: &[&[u8]],
+        mut handle: impl FnMut(Reply<'_>) -> io::Result<ControlFlow<T>>,
+    ) -> io::Result<Option<T>> {
+        for datagram in datagrams {
+            if let ControlFlow::Break(answer) = exchange.walk(datagram, &mut handle)? {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(None)
+    }
+    let first = datagrams.first().copied().unwrap_or_default();
+    let exchange = Exchange {
+        seq: read_u32(first, 8).unwrap_or(0),
+        port: read_u32(first, 12).unwrap_or(0),
+    };
+    let hook = if ingress {
+        TC_H_MIN_INGRESS
+    } else {
+        TC_H_MIN_EGRESS
+    };
+    let parent = (TC_H_CLSACT & TC_H_MAJ_MASK) | hook;
+    let mut ids = Vec::new();
+    let filters = run(exchange, datagrams, |reply| {
+        filter_dump_reply(reply, parent, &mut ids)
+    });
+    Replayed {
+        ack: run(exchange, datagrams, acknowledged),
+        link: run(exchange, datagrams, link_reply),
+        filter_ids: filters.map(|done| done.map(|()| ids)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,25 +29,52 @@ pub(crate) struct State {
 /// Reads the state file at `path`: `None` when there is none yet. A file that is not a state
 /// file, or of another version, is refused with a message naming it and what to do.
 pub(crate) fn read(path: &Path) -> Result<Option<State>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    // Bytes, not a `String`: a file that is not UTF-8 is a corrupt state file, refused as such
+    // below, not an I/O error without the advice.
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::path(path)(e)),
     };
-    let state: State = serde_json::from_str(&text).map_err(|e| Error::State {
+    parse(&bytes, path).map(Some)
+}
+
+/// Parses the contents of the state file at `path` (named in every error). The version is read
+/// first, so a file from a newer shaper is refused as that even when the rest of its format
+/// changed; a file cut short says so.
+pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<State> {
+    let refuse = |reason: String| Error::State {
         path: path.to_owned(),
-        reason: format!("not a shaper state file: {e}"),
-    })?;
-    if state.version != VERSION {
-        return Err(Error::State {
-            path: path.to_owned(),
-            reason: format!(
-                "version {} (this shaper reads version {VERSION})",
-                state.version
-            ),
-        });
+        reason,
+    };
+    if bytes.trim_ascii().is_empty() {
+        return Err(refuse("empty".to_owned()));
     }
-    Ok(Some(state))
+    let unreadable = |e: serde_json::Error| {
+        refuse(if e.is_eof() {
+            format!("truncated (it ends in the middle: {e})")
+        } else {
+            format!("not a shaper state file: {e}")
+        })
+    };
+    /// Only the version; every other field is skipped unread.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let Versioned { version } = serde_json::from_slice(bytes).map_err(unreadable)?;
+    if version != VERSION {
+        let newer = if version > VERSION {
+            ", written by a newer shaper"
+        } else {
+            ""
+        };
+        return Err(refuse(format!(
+            "version {version}{newer} (this shaper reads version {VERSION})"
+        )));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| refuse(format!("not a valid version {VERSION} state file: {e}")))
 }
 
 /// Saves `rules` (and the config rules they grew from) to `path`, whole or not at all.
@@ -63,7 +90,7 @@ pub(crate) fn write<'a>(
 /// The state file's text: a [`State`] with one rule per line. Compact lines keep the file small
 /// enough to rewrite on every change with tens of thousands of rules (pretty-printing 65,535
 /// rules took 34 MB and most of a `limit set`), and a line per rule keeps it readable.
-fn to_json<'a>(
+pub(crate) fn to_json<'a>(
     config_rules: &[RuleSpec],
     rules: impl Iterator<Item = &'a Rule>,
 ) -> serde_json::Result<Vec<u8>> {
@@ -184,5 +211,139 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(read(&path).unwrap().is_none());
+    }
+
+    /// A saved file with a config rule and two rules, as the daemon writes it.
+    fn saved() -> Vec<u8> {
+        use crate::policy::rule_table::Limit;
+        let config_rules = [RuleSpec {
+            key: RuleKey::local(PortRange::single(53)),
+            rate_bps: 8_000,
+            burst_bytes: None,
+            action: Action::Drop,
+        }];
+        let rules: Vec<Rule> = [(1, 9090), (2, 443)]
+            .map(|(id, port)| Rule {
+                id,
+                key: RuleKey::local(PortRange::single(port)),
+                limit: Limit {
+                    rate_bps: 10_000_000,
+                    burst_bytes: 375_000,
+                    action: Action::Drop,
+                },
+            })
+            .into();
+        to_json(&config_rules, rules.iter()).unwrap()
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        match parse(bytes, Path::new("/state/here.json")) {
+            Ok(state) => panic!(
+                "accepted {state:?} from {:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.starts_with("state file /state/here.json: ")
+                        && message.ends_with("move it away to start from the config file's rules"),
+                    "{message}"
+                );
+                message
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_file_cut_anywhere_is_refused_as_truncated() {
+        let whole = saved();
+        // Everything up to the closing brace; only the final newline may go.
+        let end = whole.iter().rposition(|&b| b == b'}').unwrap();
+        assert!(refusal(&whole[..0]).contains(": empty;"));
+        for cut in 1..=end {
+            let message = refusal(&whole[..cut]);
+            assert!(
+                message.contains("truncated (it ends in the middle"),
+                "cut at {cut}: {message}"
+            );
+        }
+        assert_eq!(
+            parse(&whole[..=end], Path::new("s")).unwrap().rules.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_state_file_that_is_not_utf8_is_refused_as_a_state_file_not_as_an_io_error() {
+        let dir = std::env::temp_dir().join(format!("shaper-state-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let mut bytes = saved();
+        let at = bytes.windows(4).position(|w| w == b"9090").unwrap();
+        bytes[at] = 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let in_a_rule = read(&path).unwrap_err().to_string();
+        std::fs::write(&path, b"\xff\xfe{}").unwrap();
+        let at_the_start = read(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for message in [in_a_rule, at_the_start] {
+            assert!(
+                message.starts_with(&format!("state file {}: ", path.display()))
+                    && (message.contains("not a shaper state file: ")
+                        || message.contains("not a valid version 1 state file: "))
+                    && message.ends_with("move it away to start from the config file's rules"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_file_of_a_newer_version_is_named_as_that_whatever_its_format() {
+        for text in [
+            r#"{"version": 2, "config_rules": [], "rules": []}"#,
+            r#"{"version": 2, "rules": {"by_port": {"9090": "10mbit"}}}"#,
+            r#"{"format": "v2", "version": 7}"#,
+        ] {
+            let message = refusal(text.as_bytes());
+            assert!(
+                message.contains(", written by a newer shaper (this shaper reads version 1)"),
+                "{message}"
+            );
+        }
+        let message = refusal(br#"{"version": 0, "config_rules": [], "rules": []}"#);
+        assert!(
+            message.contains(": version 0 (this shaper reads version 1)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_with_a_bad_rule_is_refused_with_the_reason() {
+        let text = String::from_utf8(saved())
+            .unwrap()
+            .replace("\"9090\"", "\"90-80\"");
+        let message = refusal(text.as_bytes());
+        assert!(
+            message.contains("not a valid version 1 state file: "),
+            "{message}"
+        );
+        assert!(
+            message.contains("'90-80' is not a port or port range"),
+            "{message}"
+        );
+        assert!(refusal(b"  \n").contains(": empty;"));
+        for text in [
+            "null",
+            "[]",
+            r#"{"version": "1"}"#,
+            r#"{"rules": []}"#,
+            "{} {}",
+        ] {
+            let message = refusal(text.as_bytes());
+            assert!(
+                message.contains("not a shaper state file"),
+                "{text:?}: {message}"
+            );
+        }
     }
 }
