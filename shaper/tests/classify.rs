@@ -218,17 +218,24 @@ kernel_test!(
     }
 );
 
-kernel_test!(ipv6_chain_as_long_as_the_walk_is_walked_to_its_end, |c| {
-    // Exactly MAX_IPV6_EXT_HEADERS (8): the upper layer after them has its ports. The loop used
-    // to give up after the eighth header without looking at what came next.
+/// An IPv6 frame whose UDP datagram (port 1 to 2) sits behind `headers` Destination Options
+/// headers.
+fn udp_behind_dstopts(headers: usize) -> Vec<u8> {
     let mut chain = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..headers {
         chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
     }
+    // The last header's Next Header byte names UDP.
     let last = chain.len() - 8;
     chain[last] = IPPROTO_UDP;
     chain.extend(udp(1, 2, b"x"));
-    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain))
+}
+
+kernel_test!(ipv6_chain_as_long_as_the_walk_is_walked_to_its_end, |c| {
+    // Exactly MAX_IPV6_EXT_HEADERS (8): the upper layer after them has its ports. The loop used
+    // to give up after the eighth header without looking at what came next.
+    let frame = udp_behind_dstopts(8);
     assert_eq!(
         run(c, Direction::Ingress, &frame, None),
         only("ingress/udp/2", 1, frame.len())
@@ -249,14 +256,7 @@ kernel_test!(ipv6_chain_as_long_as_the_walk_is_walked_to_its_end, |c| {
 });
 
 kernel_test!(ipv6_chain_longer_than_the_walk_is_counted_as_such, |c| {
-    let mut chain = Vec::new();
-    for _ in 0..9 {
-        chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
-    }
-    let last = chain.len() - 8;
-    chain[last] = IPPROTO_UDP;
-    chain.extend(udp(1, 2, b"x"));
-    let frame = ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain));
+    let frame = udp_behind_dstopts(9);
     assert_eq!(
         run(c, Direction::Ingress, &frame, None),
         only("ingress/ipv6_ext_limit", 1, frame.len())
