@@ -113,11 +113,14 @@ impl Limits {
                     .rules
                     .iter()
                     .filter(|saved| {
-                        saved.origin.unwrap_or(if limits.config_keys.contains(&saved.rule.key) {
-                            Origin::Config
-                        } else {
-                            Origin::Runtime
-                        }) == Origin::Config
+                        saved
+                            .origin
+                            .unwrap_or(if limits.config_keys.contains(&saved.rule.key) {
+                                Origin::Config
+                            } else {
+                                Origin::Runtime
+                            })
+                            == Origin::Config
                     })
                     .map(|saved| saved.rule.key.clone())
                     .collect();

@@ -211,7 +211,8 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         );
-        let empty: State = serde_json::from_slice(&to_json(&[], std::iter::empty()).unwrap()).unwrap();
+        let empty: State =
+            serde_json::from_slice(&to_json(&[], std::iter::empty()).unwrap()).unwrap();
         assert!(empty.config_rules.is_empty() && empty.rules.is_empty());
     }
 

@@ -33,8 +33,8 @@ use crate::{
     Classifier, Direction,
     datapath::classifier::{InterfaceState, PROTOCOLS},
     datapath::mapped_arrays::PortCounters,
-    policy::rule_table::{Rule, Side},
     policy::config_reload::ReloadStatus,
+    policy::rule_table::{Rule, Side},
     policy::rules_in_force::Limits,
     telemetry::listening_sockets::{Listener, listeners},
 };
