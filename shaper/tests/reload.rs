@@ -198,7 +198,7 @@ fn reload_under_flood(writer: Writer, tag: &str) {
     );
     // A refilled bucket would add 256 KiB (0.17 of 1.5 s at the new rate) on top.
     assert!(
-        rate >= NEW_BYTES_PER_SEC * 0.85 && rate <= NEW_BYTES_PER_SEC * 1.08,
+        (NEW_BYTES_PER_SEC * 0.85..=NEW_BYTES_PER_SEC * 1.08).contains(&rate),
         "{writer:?}: {rate:.0} B/s arrived after the reload, not the new rate \
          {NEW_BYTES_PER_SEC} B/s"
     );
