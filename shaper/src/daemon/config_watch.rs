@@ -77,8 +77,10 @@ pub(super) async fn serve(
                 watcher.reload(&in_force, "SIGHUP");
             }
             Some(()) = next_change(&mut events) => {
-                settle(&mut events).await;
-                if watcher.changed() {
+                if settle(&mut events, &mut sighup).await == Settled::Sighup {
+                    watcher.changed();
+                    watcher.reload(&in_force, "SIGHUP");
+                } else if watcher.changed() {
                     watcher.reload(&in_force, "the file changed");
                 }
             }
@@ -143,14 +145,24 @@ async fn next_change(events: &mut Events) -> Option<()> {
     }
 }
 
-/// Waits until the directory has been quiet for [`QUIET`], or [`MOST_DELAY`] has passed.
-async fn settle(events: &mut Events) {
+/// How waiting for a quiet directory ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    Quiet,
+    /// SIGHUP came first: it reloads at once, whatever the file holds.
+    Sighup,
+}
+
+/// Waits until the directory has been quiet for [`QUIET`], or [`MOST_DELAY`] has passed, or
+/// SIGHUP comes.
+async fn settle(events: &mut Events, sighup: &mut tokio::signal::unix::Signal) -> Settled {
     let deadline = tokio::time::Instant::now() + MOST_DELAY;
     loop {
         let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
         tokio::select! {
-            _ = tokio::time::sleep_until(quiet_until) => return,
-            change = next_change(events) => if change.is_none() { return },
+            _ = tokio::time::sleep_until(quiet_until) => return Settled::Quiet,
+            _ = sighup.recv() => return Settled::Sighup,
+            change = next_change(events) => if change.is_none() { return Settled::Quiet },
         }
     }
 }
@@ -192,6 +204,9 @@ impl Watcher {
 
     fn reload(&self, in_force: &Mutex<InForce>, why: &str) {
         let path = self.path.display();
+        // Read and parsed before the lock: the control socket and scrapes wait only for the
+        // map writes.
+        let loaded = config_file::load(&self.path);
         let mut in_force = match in_force.lock() {
             Ok(in_force) => in_force,
             Err(_) => {
@@ -200,7 +215,7 @@ impl Watcher {
             }
         };
         let InForce { classifier, limits } = &mut *in_force;
-        let config = match config_file::load(&self.path) {
+        let config = match loaded {
             Ok(config) => config,
             Err(e) => {
                 limits.reload_failed();
