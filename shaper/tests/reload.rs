@@ -361,8 +361,21 @@ fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
     }
 
     std::thread::sleep(Duration::from_millis(1100));
-    Writer::Rename.update(&dir.0, &config(NEW_RATE));
+    // A good file with a setting a reload does not change: the rules apply, the setting is
+    // named in the log as not applied.
+    Writer::Rename.update(
+        &dir.0,
+        &format!("metrics_top_ports = 5\n{}", config(NEW_RATE)),
+    );
     let (got, body) = wait_for_gauge(&pair, 1.0, &daemon);
+    assert!(
+        daemon.log().contains(
+            "`metrics_top_ports` changed from (not set) to 5: not applied; it takes effect at the \
+             next start"
+        ),
+        "{}",
+        daemon.log()
+    );
     assert!(got[SUCCESS_TIME] > started + 1.0, "{body}");
     wait_for_rate(&daemon, PORT, 8_000_000, IN_FORCE_WITHIN);
     assert_eq!(daemon.rules()[0].id, before[0].id);
