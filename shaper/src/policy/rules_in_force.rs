@@ -155,7 +155,9 @@ impl Limits {
                         .map_err(|e| refused(e.into()))?;
                 }
                 limits.install(classifier, table)?;
-                limits.save(&limits.table, &limits.config_rules, &limits.config_keys)?;
+                limits.save(&limits.table, &limits.config_rules, |key| {
+                    limits.config_keys.contains(key)
+                })?;
             }
         }
         Ok(limits)
@@ -169,16 +171,18 @@ impl Limits {
         let outcome = next.set(spec.key.clone(), limit)?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
         // next reload puts the file's rule back (see the README, *Reloading*).
-        let mut config_keys = self.config_keys.clone();
-        config_keys.remove(&spec.key);
-        self.save(&next, &self.config_rules, &config_keys)?;
+        self.save(&next, &self.config_rules, |key| {
+            key != &spec.key && self.config_keys.contains(key)
+        })?;
         let (id, fresh) = match outcome {
             SetOutcome::Added(id) => (id, true),
             SetOutcome::Replaced(id) => (id, false),
         };
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
-            if let Err(undo) = self.save(&self.table, &self.config_rules, &self.config_keys) {
+            if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
+                self.config_keys.contains(key)
+            }) {
                 log::error!(
                     "restoring {} after a failed change: {}",
                     self.state_file.display(),
@@ -189,7 +193,7 @@ impl Limits {
         }
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
-        self.config_keys = config_keys;
+        self.config_keys.remove(&spec.key);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
@@ -216,14 +220,14 @@ impl Limits {
                 },
             });
         };
-        let mut config_keys = self.config_keys.clone();
-        config_keys.remove(key);
-        self.save(&next, &self.config_rules, &config_keys)?;
+        self.save(&next, &self.config_rules, |other| {
+            other != key && self.config_keys.contains(other)
+        })?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         let removed = view(classifier, &rule, self.origin(&rule.key));
         self.table = next;
-        self.config_keys = config_keys;
+        self.config_keys.remove(key);
         // The rule is already out of the index: a stale limit left behind is never read.
         if let Err(e) = classifier.clear_rule(rule.id) {
             log::warn!(
@@ -319,13 +323,15 @@ impl Limits {
                 summary.removed += 1;
             }
         }
-        self.save(&next, &config_rules, &config_keys)?;
+        self.save(&next, &config_rules, |key| config_keys.contains(key))?;
         if let Err(e) = apply(classifier, &self.table, &next) {
             // Put back what was in force, as far as the maps let us.
             if let Err(undo) = apply(classifier, &next, &self.table) {
                 log::error!("undoing a reload that failed: {}", chain(&undo));
             }
-            if let Err(undo) = self.save(&self.table, &self.config_rules, &self.config_keys) {
+            if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
+                self.config_keys.contains(key)
+            }) {
                 log::error!(
                     "restoring {} after a failed reload: {}",
                     self.state_file.display(),
@@ -403,17 +409,18 @@ impl Limits {
         Ok(())
     }
 
+    /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's.
     fn save(
         &self,
         table: &RuleTable,
         config_rules: &[RuleSpec],
-        config_keys: &HashSet<RuleKey>,
+        is_config: impl Fn(&RuleKey) -> bool,
     ) -> Result<()> {
         state_file::write(
             &self.state_file,
             config_rules,
             table.rules().map(|rule| {
-                let origin = if config_keys.contains(&rule.key) {
+                let origin = if is_config(&rule.key) {
                     Origin::Config
                 } else {
                     Origin::Runtime
