@@ -25,10 +25,18 @@ pub fn netlink_replies(datagrams: &[&[u8]], ingress: bool) -> NetlinkReplies {
 /// The state file's parser on `bytes`, as if read from `path`: the config rules and the rules.
 pub fn parse_state_file(bytes: &[u8], path: &Path) -> Result<(Vec<RuleSpec>, Vec<Rule>)> {
     let state = state_file::parse(bytes, path)?;
-    Ok((state.config_rules, state.rules))
+    Ok((
+        state.config_rules,
+        state.rules.into_iter().map(|saved| saved.rule).collect(),
+    ))
 }
 
 /// The state file the daemon writes for `config_rules` and `rules`.
 pub fn state_file_text(config_rules: &[RuleSpec], rules: &[Rule]) -> serde_json::Result<Vec<u8>> {
-    state_file::to_json(config_rules, rules.iter())
+    state_file::to_json(
+        config_rules,
+        rules
+            .iter()
+            .map(|rule| (rule, crate::policy::config_reload::Origin::Runtime)),
+    )
 }

@@ -175,10 +175,10 @@ fn table(rules: &[RuleView]) -> String {
         return "no rules; add one with `shaper limit set PORT --rate RATE`\n".into();
     }
     let mut out = String::new();
-    let row = |out: &mut String, cells: [&str; 13]| {
+    let row = |out: &mut String, cells: [&str; 14]| {
         let _ = writeln!(
             out,
-            "{:>4} {:<11} {:<6} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14}",
+            "{:>4} {:<11} {:<6} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14} {}",
             cells[0],
             cells[1],
             cells[2],
@@ -191,7 +191,8 @@ fn table(rules: &[RuleView]) -> String {
             cells[9],
             cells[10],
             cells[11],
-            cells[12]
+            cells[12],
+            cells[13]
         );
     };
     row(
@@ -210,6 +211,7 @@ fn table(rules: &[RuleView]) -> String {
             "DROPPED",
             "WOULD-DROP",
             "PASSED-BYTES",
+            "ORIGIN",
         ],
     );
     for r in rules {
@@ -229,6 +231,7 @@ fn table(rules: &[RuleView]) -> String {
                 &r.dropped_packets.to_string(),
                 &r.would_drop_packets.to_string(),
                 &r.passed_bytes.to_string(),
+                r.origin.name(),
             ],
         );
     }
@@ -260,6 +263,7 @@ mod tests {
             would_drop_bytes: 1_500,
             ingress_bucket_bytes: 0,
             egress_bucket_bytes: 0,
+            origin: shaper::policy::config_reload::Origin::Runtime,
         }
     }
 
@@ -281,7 +285,7 @@ mod tests {
         let table = table(&[view("443", Side::Remote, None, Action::Observe)]);
         assert_eq!(
             table,
-            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES\n   3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000\n"
+            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES ORIGIN\n   3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000 runtime\n"
         );
     }
 }

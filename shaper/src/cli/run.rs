@@ -22,7 +22,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     attach: Option<AttachChoice>,
 
-    /// TOML file with the interfaces and the limit rules to start with (see shaper.toml).
+    /// TOML file with the interfaces and the limit rules to start with (see shaper.toml). Its
+    /// rules are reloaded on SIGHUP and when the file changes.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 

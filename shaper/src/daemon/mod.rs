@@ -25,11 +25,15 @@
 //! A failure at any step returns an error. Attachments this start made anew are detached again;
 //! what it adopted stays as it was, so a failed upgrade leaves the old datapath in force.
 //!
+//! While it serves, SIGHUP and a change of the config file reload the file's rules
+//! ([`config_watch`]).
+//!
 //! Stopping: SIGTERM or SIGINT detach everything and remove the pins (an operator's Ctrl-C stops
 //! shaping), unless `--persist` (the service's mode), which leaves the datapath attached and
 //! pinned for the next daemon. `shaper down` removes a datapath no daemon runs.
 
 pub mod capabilities;
+pub mod config_watch;
 pub mod pid_lock;
 mod requests;
 pub mod settings;
@@ -37,7 +41,7 @@ pub mod settings;
 use std::{
     future::Future,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -51,7 +55,7 @@ use crate::{
     control::ControlSocket,
     datapath::{attach::AttachChoice, classifier::Classifier, pins::PinDir},
     error::{Error, Result, chain},
-    policy::rules_in_force::Limits,
+    policy::{config_file::Config, rules_in_force::Limits},
     telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
 };
 
@@ -69,6 +73,8 @@ pub struct Daemon {
     runtime: tokio::runtime::Runtime,
     /// Leave the datapath attached and pinned when stopped.
     persist: bool,
+    /// The config file and what it held at start-up, to reload from.
+    config: Option<(PathBuf, Config)>,
     /// The state file and the pinned datapath, held for the daemon's life: two daemons never
     /// save over each other's rules or reconcile each other's maps.
     _locks: [pid_lock::PidLock; 2],
@@ -80,6 +86,7 @@ impl Daemon {
     pub fn start(flags: Flags) -> Result<Self> {
         let config = settings::read_config(&flags)?;
         capabilities::check()?;
+        let reload_from = flags.config.clone().map(|path| (path, config.clone()));
         let settings = Settings::resolve(flags, config)?;
 
         let state_lock = pid_lock::PidLock::acquire_state(&settings.state)?;
@@ -150,6 +157,7 @@ impl Daemon {
             metrics,
             runtime,
             persist: settings.persist,
+            config: reload_from,
             _locks: [state_lock, datapath_lock],
         })
     }
@@ -189,9 +197,16 @@ impl Daemon {
             metrics,
             runtime,
             persist,
+            config,
             _locks,
         } = self;
-        let served = runtime.block_on(serve(Arc::clone(&in_force), &control, metrics, shutdown));
+        let served = runtime.block_on(serve(
+            Arc::clone(&in_force),
+            &control,
+            metrics,
+            config,
+            shutdown,
+        ));
         drop(control);
         let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
         if persist {
@@ -241,8 +256,10 @@ async fn serve(
     in_force: Arc<Mutex<InForce>>,
     control: &ControlSocket,
     metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
+    config: Option<(PathBuf, Config)>,
     shutdown: impl Future<Output = Result<()>>,
 ) -> Result<()> {
+    let reloads = config_watch::serve(Arc::clone(&in_force), config);
     let handle = move |request| requests::answer(&in_force, request);
     let metrics = async move {
         match metrics {
@@ -254,5 +271,6 @@ async fn serve(
         served = control.serve(handle) => served,
         served = metrics => served.map_err(|error| Error::MetricsServe { error }),
         stopped = shutdown => stopped,
+        reloaded = reloads => reloaded,
     }
 }

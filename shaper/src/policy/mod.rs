@@ -2,6 +2,7 @@
 //! Everything here but [`rules_in_force`] is pure logic that never touches the kernel.
 
 pub mod config_file;
+pub mod config_reload;
 pub mod rates_and_sizes;
 pub mod rule_table;
 pub mod rules_in_force;

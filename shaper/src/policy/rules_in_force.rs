@@ -7,7 +7,10 @@
 //! map write the program reads on its next packet, a new or removed rule a repaint of the ports
 //! whose winning rule changes.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use shaper_common::Counter;
@@ -17,6 +20,7 @@ use crate::{
     datapath::classifier::Classifier,
     datapath::interfaces,
     error::{Error, Result, chain},
+    policy::config_reload::{Origin, ReloadStatus, ReloadSummary},
     policy::rates_and_sizes,
     policy::rule_table::{
         Action, DirSel, PortRange, ProtoSel, Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, Side,
@@ -55,6 +59,10 @@ pub struct RuleView {
     pub ingress_bucket_bytes: u64,
     #[serde(default)]
     pub egress_bucket_bytes: u64,
+    /// `config` when the config file names this rule as it is, `runtime` when it was set with
+    /// `shaper limit set` (see the README, *Reloading*).
+    #[serde(default)]
+    pub origin: Origin,
 }
 
 impl RuleView {
@@ -74,8 +82,13 @@ impl RuleView {
 #[derive(Debug)]
 pub struct Limits {
     table: RuleTable,
+    /// The rules of the config file last loaded (at start-up or by a reload).
     config_rules: Vec<RuleSpec>,
+    /// The keys of the rules in force whose origin is the config file; every other rule was
+    /// set at runtime.
+    config_keys: HashSet<RuleKey>,
     state_file: PathBuf,
+    reload: ReloadStatus,
 }
 
 impl Limits {
@@ -88,12 +101,31 @@ impl Limits {
     ) -> Result<Self> {
         let mut limits = Self {
             table: RuleTable::new(),
+            config_keys: config_rules.iter().map(|spec| spec.key.clone()).collect(),
             config_rules,
             state_file: state_file.to_owned(),
+            reload: ReloadStatus::succeeded_now(),
         };
         match state_file::read(state_file)? {
             Some(state) if state.config_rules == limits.config_rules => {
-                limits.restore(classifier, state.rules)?;
+                // A file saved before origins were: a rule under a config key is the config's.
+                limits.config_keys = state
+                    .rules
+                    .iter()
+                    .filter(|saved| {
+                        saved
+                            .origin
+                            .unwrap_or(if limits.config_keys.contains(&saved.rule.key) {
+                                Origin::Config
+                            } else {
+                                Origin::Runtime
+                            })
+                            == Origin::Config
+                    })
+                    .map(|saved| saved.rule.key.clone())
+                    .collect();
+                let rules = state.rules.into_iter().map(|saved| saved.rule).collect();
+                limits.restore(classifier, rules)?;
                 log::info!(
                     "restored {} rule(s) from {}",
                     limits.table.len(),
@@ -123,7 +155,9 @@ impl Limits {
                         .map_err(|e| refused(e.into()))?;
                 }
                 limits.install(classifier, table)?;
-                limits.save(&limits.table)?;
+                limits.save(&limits.table, &limits.config_rules, |key| {
+                    limits.config_keys.contains(key)
+                })?;
             }
         }
         Ok(limits)
@@ -135,14 +169,20 @@ impl Limits {
         let limit = Attached::read(classifier)?.validate(&spec)?;
         let mut next = self.table.clone();
         let outcome = next.set(spec.key.clone(), limit)?;
-        self.save(&next)?;
+        // A runtime change makes the rule a runtime rule, even under a key the file names: the
+        // next reload puts the file's rule back (see the README, *Reloading*).
+        self.save(&next, &self.config_rules, |key| {
+            key != &spec.key && self.config_keys.contains(key)
+        })?;
         let (id, fresh) = match outcome {
             SetOutcome::Added(id) => (id, true),
             SetOutcome::Replaced(id) => (id, false),
         };
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
-            if let Err(undo) = self.save(&self.table) {
+            if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
+                self.config_keys.contains(key)
+            }) {
                 log::error!(
                     "restoring {} after a failed change: {}",
                     self.state_file.display(),
@@ -153,11 +193,12 @@ impl Limits {
         }
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
+        self.config_keys.remove(&spec.key);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
         })?;
-        Ok((view(classifier, rule), !fresh))
+        Ok((view(classifier, rule, Origin::Runtime), !fresh))
     }
 
     /// Removes the rule with exactly this key; returns it with its final counters.
@@ -179,11 +220,14 @@ impl Limits {
                 },
             });
         };
-        self.save(&next)?;
+        self.save(&next, &self.config_rules, |other| {
+            other != key && self.config_keys.contains(other)
+        })?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
-        let removed = view(classifier, &rule);
+        let removed = view(classifier, &rule, self.origin(&rule.key));
         self.table = next;
+        self.config_keys.remove(key);
         // The rule is already out of the index: a stale limit left behind is never read.
         if let Err(e) = classifier.clear_rule(rule.id) {
             log::warn!(
@@ -208,8 +252,98 @@ impl Limits {
         rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));
         rules
             .into_iter()
-            .map(|rule| view(classifier, rule))
+            .map(|rule| view(classifier, rule, self.origin(&rule.key)))
             .collect()
+    }
+
+    fn origin(&self, key: &RuleKey) -> Origin {
+        if self.config_keys.contains(key) {
+            Origin::Config
+        } else {
+            Origin::Runtime
+        }
+    }
+
+    /// Whether the last reload worked, and when one last did.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload
+    }
+
+    /// Makes the rules of a reloaded config file (`config_rules`, from `file`) true: every rule
+    /// the file names is set as written (an unchanged one keeps its id, bucket and counters, a
+    /// changed one keeps them too and gets the new limit, as `limit set` replacing does), a
+    /// config rule the file no longer names is removed, and a runtime rule under a key the file
+    /// does not name stays. Every rule is checked first: a file with one bad rule changes
+    /// nothing, and the reload status says so.
+    pub fn reload(
+        &mut self,
+        classifier: &mut Classifier,
+        config_rules: Vec<RuleSpec>,
+    ) -> Result<ReloadSummary> {
+        let outcome = self.try_reload(classifier, config_rules);
+        self.reload = match outcome {
+            Ok(_) => ReloadStatus::succeeded_now(),
+            Err(_) => self.reload.failed(),
+        };
+        outcome
+    }
+
+    /// Counts a reload that failed before it reached the rules (an unreadable or invalid file).
+    pub fn reload_failed(&mut self) {
+        self.reload = self.reload.failed();
+    }
+
+    fn try_reload(
+        &mut self,
+        classifier: &mut Classifier,
+        config_rules: Vec<RuleSpec>,
+    ) -> Result<ReloadSummary> {
+        let attached = Attached::read(classifier)?;
+        let mut next = self.table.clone();
+        let mut summary = ReloadSummary::default();
+        let config_keys: HashSet<RuleKey> =
+            config_rules.iter().map(|spec| spec.key.clone()).collect();
+        for spec in &config_rules {
+            let refused = |e: Error| Error::ConfigRule {
+                rule: spec.key.to_string(),
+                source: Box::new(e),
+            };
+            let limit = attached.validate(spec).map_err(refused)?;
+            match next.find(&spec.key) {
+                Some(rule) if rule.limit == limit => summary.unchanged += 1,
+                Some(_) => summary.changed += 1,
+                None => summary.added += 1,
+            }
+            next.set(spec.key.clone(), limit)
+                .map_err(|e| refused(e.into()))?;
+        }
+        // Removed after every set, so no id is freed and handed out again in the same reload.
+        for key in &self.config_keys {
+            if !config_keys.contains(key) && next.remove(key).is_some() {
+                summary.removed += 1;
+            }
+        }
+        self.save(&next, &config_rules, |key| config_keys.contains(key))?;
+        if let Err(e) = apply(classifier, &self.table, &next) {
+            // Put back what was in force, as far as the maps let us.
+            if let Err(undo) = apply(classifier, &next, &self.table) {
+                log::error!("undoing a reload that failed: {}", chain(&undo));
+            }
+            if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
+                self.config_keys.contains(key)
+            }) {
+                log::error!(
+                    "restoring {} after a failed reload: {}",
+                    self.state_file.display(),
+                    chain(&undo)
+                );
+            }
+            return Err(e);
+        }
+        self.table = next;
+        self.config_rules = config_rules;
+        self.config_keys = config_keys;
+        Ok(summary)
     }
 
     fn restore(&mut self, classifier: &mut Classifier, rules: Vec<Rule>) -> Result<()> {
@@ -275,9 +409,48 @@ impl Limits {
         Ok(())
     }
 
-    fn save(&self, table: &RuleTable) -> Result<()> {
-        state_file::write(&self.state_file, &self.config_rules, table.rules())
+    /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's.
+    fn save(
+        &self,
+        table: &RuleTable,
+        config_rules: &[RuleSpec],
+        is_config: impl Fn(&RuleKey) -> bool,
+    ) -> Result<()> {
+        state_file::write(
+            &self.state_file,
+            config_rules,
+            table.rules().map(|rule| {
+                let origin = if is_config(&rule.key) {
+                    Origin::Config
+                } else {
+                    Origin::Runtime
+                };
+                (rule, origin)
+            }),
+        )
     }
+}
+
+/// Changes the maps from the rules `from` to the rules `to` (which grew from `from`, so a key
+/// in both has the same id): new limits first, then the rule index, then the removed ids are
+/// cleared once no port names them. A rule whose limit changed keeps its bucket and counters.
+fn apply(classifier: &mut Classifier, from: &RuleTable, to: &RuleTable) -> Result<()> {
+    for rule in to.rules() {
+        match from.find(&rule.key) {
+            Some(old) if old.id == rule.id && old.limit == rule.limit => {}
+            Some(old) if old.id == rule.id => {
+                classifier.write_rule(rule.id, &rule.limit.config(), false)?
+            }
+            _ => classifier.write_rule(rule.id, &rule.limit.config(), true)?,
+        }
+    }
+    classifier.paint_rule_index(&to.resolve(&classifier.interface_names()));
+    for rule in from.rules() {
+        if to.find(&rule.key).is_none_or(|new| new.id != rule.id) {
+            classifier.clear_rule(rule.id)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a rule is checked against: the attached interfaces and the largest aggregate their
@@ -356,7 +529,7 @@ fn bucket_bytes_now(
     tokens / shaper_common::bucket::NANOBITS_PER_BYTE
 }
 
-fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
+fn view(classifier: &Classifier, rule: &Rule, origin: Origin) -> RuleView {
     let now_ns = crate::datapath::ktime::monotonic_ns();
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
@@ -392,6 +565,7 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
         would_drop_bytes: would_drop.bytes,
         ingress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Ingress, now_ns),
         egress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Egress, now_ns),
+        origin,
     }
 }
 
@@ -422,11 +596,12 @@ mod tests {
             would_drop_bytes: 6,
             ingress_bucket_bytes: 7,
             egress_bucket_bytes: 8,
+            origin: Origin::Config,
         };
         let json = serde_json::to_string(&view).unwrap();
         assert_eq!(
             json,
-            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8}"#
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config"}"#
         );
         assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
+    policy::config_reload::Origin,
     policy::rule_table::{Rule, RuleSpec},
 };
 
@@ -23,7 +24,25 @@ pub(crate) struct State {
     /// The `[[limit]]` rules of the config file the daemon started with. A restart with the
     /// same config rules resumes `rules`; a changed config starts over from the config.
     pub(crate) config_rules: Vec<RuleSpec>,
-    pub(crate) rules: Vec<Rule>,
+    pub(crate) rules: Vec<SavedRule>,
+}
+
+/// A rule as saved: the rule and where it came from. `origin` was added within version 1: a
+/// file saved before it has none, and the daemon infers it from `config_rules`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedRule {
+    #[serde(flatten)]
+    pub(crate) rule: Rule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) origin: Option<Origin>,
+}
+
+/// A rule to save, borrowed.
+#[derive(Serialize)]
+struct RuleToSave<'a> {
+    #[serde(flatten)]
+    rule: &'a Rule,
+    origin: Origin,
 }
 
 /// Reads the state file at `path`: `None` when there is none yet. A file that is not a state
@@ -77,11 +96,12 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<State> {
         .map_err(|e| refuse(format!("not a valid version {VERSION} state file: {e}")))
 }
 
-/// Saves `rules` (and the config rules they grew from) to `path`, whole or not at all.
+/// Saves `rules` with their origins (and the config rules they grew from) to `path`, whole or
+/// not at all.
 pub(crate) fn write<'a>(
     path: &Path,
     config_rules: &[RuleSpec],
-    rules: impl Iterator<Item = &'a Rule>,
+    rules: impl Iterator<Item = (&'a Rule, Origin)>,
 ) -> Result<()> {
     let text = to_json(config_rules, rules).map_err(std::io::Error::other)?;
     write_atomically(path, &text)
@@ -92,7 +112,7 @@ pub(crate) fn write<'a>(
 /// rules took 34 MB and most of a `limit set`), and a line per rule keeps it readable.
 pub(crate) fn to_json<'a>(
     config_rules: &[RuleSpec],
-    rules: impl Iterator<Item = &'a Rule>,
+    rules: impl Iterator<Item = (&'a Rule, Origin)>,
 ) -> serde_json::Result<Vec<u8>> {
     fn list<T: Serialize>(
         out: &mut Vec<u8>,
@@ -109,7 +129,10 @@ pub(crate) fn to_json<'a>(
     let mut out = format!("{{\n\"version\": {VERSION},\n\"config_rules\": ").into_bytes();
     list(&mut out, config_rules.iter())?;
     out.extend_from_slice(b",\n\"rules\": ");
-    list(&mut out, rules)?;
+    list(
+        &mut out,
+        rules.map(|(rule, origin)| RuleToSave { rule, origin }),
+    )?;
     out.extend_from_slice(b"\n}\n");
     Ok(out)
 }
@@ -166,7 +189,10 @@ mod tests {
                 },
             })
             .collect();
-        let text = String::from_utf8(to_json(&config_rules, rules.iter()).unwrap()).unwrap();
+        let text = String::from_utf8(
+            to_json(&config_rules, rules.iter().map(|r| (r, Origin::Runtime))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             text.lines().filter(|l| l.contains("\"id\"")).count(),
             3,
@@ -175,8 +201,18 @@ mod tests {
         let state: State = serde_json::from_str(&text).unwrap();
         assert_eq!(state.version, VERSION);
         assert_eq!(state.config_rules, config_rules);
-        assert_eq!(state.rules, rules);
-        let empty: State = serde_json::from_slice(&to_json(&[], [].iter()).unwrap()).unwrap();
+        assert_eq!(
+            state.rules,
+            rules
+                .iter()
+                .map(|rule| SavedRule {
+                    rule: rule.clone(),
+                    origin: Some(Origin::Runtime)
+                })
+                .collect::<Vec<_>>()
+        );
+        let empty: State =
+            serde_json::from_slice(&to_json(&[], std::iter::empty()).unwrap()).unwrap();
         assert!(empty.config_rules.is_empty() && empty.rules.is_empty());
     }
 
@@ -233,7 +269,18 @@ mod tests {
                 },
             })
             .into();
-        to_json(&config_rules, rules.iter()).unwrap()
+        to_json(&config_rules, rules.iter().map(|r| (r, Origin::Config))).unwrap()
+    }
+
+    #[test]
+    fn a_state_file_saved_before_origins_reads_with_none() {
+        let text = r#"{"version": 1, "config_rules": [], "rules": [
+            {"id":1,"key":{"ports":"9090","side":"local","dir":"both","proto":"any","iface":null},"limit":{"rate_bps":8000,"burst_bytes":1500,"action":"drop"}}]}"#;
+        let state = parse(text.as_bytes(), Path::new("s")).unwrap();
+        assert_eq!(state.rules.len(), 1);
+        assert_eq!(state.rules[0].origin, None);
+        let saved = parse(&saved(), Path::new("s")).unwrap();
+        assert!(saved.rules.iter().all(|r| r.origin == Some(Origin::Config)));
     }
 
     fn refusal(bytes: &[u8]) -> String {

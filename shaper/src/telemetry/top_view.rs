@@ -434,6 +434,7 @@ mod tests {
                 would_drop_bytes: 0,
                 ingress_bucket_bytes: 75_000,
                 egress_bucket_bytes: 300_000,
+                origin: crate::policy::config_reload::Origin::Config,
             }],
         }
     }

@@ -265,6 +265,23 @@ impl Collector for ScrapeCollector {
         ];
         ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
 
+        // Prometheus's own names for the same facts, so alerts written for it read alike.
+        let reload = scrape.inventory.config_reload;
+        let family = encoder.encode_descriptor(
+            "shaper_config_last_reload_successful",
+            "1 if the last load of the config file (at start-up, on SIGHUP or on a change of the file) succeeded, 0 if it was refused.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(reload.successful)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "shaper_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last load of the config file that succeeded (start-up counts).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(reload.last_success_unix_seconds).encode(family)?;
+
         let mut family = encoder.encode_descriptor(
             "shaper_metrics_series",
             "Per-port series in this scrape: ports shown on their own, and other groups.",

@@ -33,6 +33,7 @@ use crate::{
     Classifier, Direction,
     datapath::classifier::{InterfaceState, PROTOCOLS},
     datapath::mapped_arrays::PortCounters,
+    policy::config_reload::ReloadStatus,
     policy::rule_table::{Rule, Side},
     policy::rules_in_force::Limits,
     telemetry::listening_sockets::{Listener, listeners},
@@ -88,6 +89,8 @@ pub struct Inventory {
     pub rules: Vec<Rule>,
     /// (interface slot, direction index, reason, counter) for every reason.
     pub unclassified: Vec<(u32, u32, u32, Counter)>,
+    /// Whether the last config reload worked and when one last did.
+    pub config_reload: ReloadStatus,
 }
 
 impl Inventory {
@@ -106,6 +109,7 @@ impl Inventory {
             interfaces,
             rules: limits.rules(),
             unclassified,
+            config_reload: limits.reload_status(),
         })
     }
 
@@ -310,6 +314,7 @@ mod tests {
             }],
             rules,
             unclassified: Vec::new(),
+            config_reload: ReloadStatus::succeeded_now(),
         }
     }
 
