@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
     PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
-    RuleIndexRow, SIDE_LOCAL, bucket_index, maps, reason, rule_index_row, unclassified_index,
+    RTT_HISTOGRAMS_PER_IFACE, RuleIndexRow, SIDE_LOCAL, TCP_EVENTS_PER_IFACE, bucket_index, maps,
+    reason, rule_index_row, unclassified_index,
 };
 
 use crate::{
@@ -20,6 +21,7 @@ use crate::{
     datapath::ktime,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, ReadOnlyMapping, WritableMapping},
     datapath::pins::{MapLayout, PinDir},
+    datapath::tcp_telemetry::TcpTelemetry,
     error::{Error, Result, chain},
     telemetry::counter_snapshot::{
         InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
@@ -198,9 +200,10 @@ impl Classifier {
         let rule_index = map_shared(&ebpf, maps::RULE_INDEX, |fd| {
             WritableMapping::new(fd, index_rows as usize * size_of::<RuleIndexRow>())
         })?;
+        let tcp = TcpTelemetry::map(&ebpf, capacity)?;
         let mut classifier = Self {
             ebpf,
-            ports: PortCounters::new(port_counters, port_verdicts),
+            ports: PortCounters::new(port_counters, port_verdicts, tcp),
             rule_counters,
             rule_index,
             interfaces: Vec::new(),
@@ -429,6 +432,11 @@ impl Classifier {
                 }
             })
             .collect()
+    }
+
+    /// The handshake tracker's totals, and the samples it lost to LRU evictions.
+    pub fn handshake_tracking(&self) -> Result<crate::datapath::tcp_telemetry::HandshakeTracking> {
+        crate::datapath::tcp_telemetry::tracking(&self.ebpf)
     }
 
     /// The per-port counters, shared with whoever reads them (the metrics endpoint).
@@ -709,13 +717,15 @@ impl Drop for Classifier {
 }
 
 /// The maps whose size depends on the number of interface slots, with that size.
-fn sized_maps(capacity: u32) -> [(&'static str, u32); 4] {
+fn sized_maps(capacity: u32) -> [(&'static str, u32); 6] {
     let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
     [
         (maps::PORT_COUNTERS, port_entries),
         (maps::PORT_VERDICTS, port_entries),
         (maps::RULE_INDEX, capacity * RULE_INDEX_ROWS_PER_IFACE),
         (maps::UNCLASSIFIED, capacity * DIRECTIONS * reason::COUNT),
+        (maps::TCP_EVENTS, capacity * TCP_EVENTS_PER_IFACE),
+        (maps::HANDSHAKE_RTT, capacity * RTT_HISTOGRAMS_PER_IFACE),
     ]
 }
 
@@ -780,7 +790,7 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
 }
 
 /// Maps the mmapable array `name` of the loaded object with `map`.
-fn map_shared<T>(
+pub(crate) fn map_shared<T>(
     ebpf: &Ebpf,
     name: &'static str,
     map: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T>,

@@ -1,0 +1,124 @@
+//! TCP connection telemetry as userspace reads it: the per-port event counters and handshake
+//! round-trip histograms (mmapable arrays, read from shared memory like the port counters), and
+//! the totals of the handshake tracker.
+
+use std::os::fd::BorrowedFd;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+};
+use serde::{Deserialize, Serialize};
+use shaper_common::{
+    Handshake, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
+    TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
+};
+
+use crate::{
+    datapath::{classifier::map_shared, mapped_arrays::ReadOnlyMapping},
+    error::{Error, Result},
+};
+
+const EVENT_WORDS: usize = size_of::<TcpEvents>() / 8;
+const RTT_WORDS: usize = size_of::<RttHistogram>() / 8;
+
+/// The mapped `TCP_EVENTS` and `HANDSHAKE_RTT` arrays.
+#[derive(Debug)]
+pub struct TcpTelemetry {
+    events: ReadOnlyMapping,
+    rtt: ReadOnlyMapping,
+}
+
+impl TcpTelemetry {
+    /// Maps both arrays of the loaded object, sized for `capacity` interfaces.
+    pub(crate) fn map(ebpf: &Ebpf, capacity: u32) -> Result<Self> {
+        let events = map_shared(ebpf, maps::TCP_EVENTS, |fd: BorrowedFd<'_>| {
+            ReadOnlyMapping::new(
+                fd,
+                (capacity * TCP_EVENTS_PER_IFACE) as usize * size_of::<TcpEvents>(),
+            )
+        })?;
+        let rtt = map_shared(ebpf, maps::HANDSHAKE_RTT, |fd: BorrowedFd<'_>| {
+            ReadOnlyMapping::new(
+                fd,
+                (capacity * RTT_HISTOGRAMS_PER_IFACE) as usize * size_of::<RttHistogram>(),
+            )
+        })?;
+        Ok(Self { events, rtt })
+    }
+
+    /// The events of (interface slot, direction index, port); zero outside the map. Each field
+    /// is loaded atomically on its own.
+    pub fn events(&self, slot: u32, direction: u32, port: u16) -> TcpEvents {
+        let word = tcp_events_index(slot, direction, port) as usize * EVENT_WORDS;
+        let load = |field: usize| self.events.load(word + field).unwrap_or(0);
+        TcpEvents {
+            syn: load(0),
+            synack: load(1),
+            rst: load(2),
+            fin: load(3),
+            probes: load(4),
+            pending: load(5),
+        }
+    }
+
+    /// The handshake round trips of (interface slot, side, port).
+    pub fn histogram(&self, slot: u32, side: u32, port: u16) -> RttHistogram {
+        let word = rtt_index(slot, side, port) as usize * RTT_WORDS;
+        let mut histogram = RttHistogram::default();
+        for (i, bucket) in histogram.buckets.iter_mut().enumerate() {
+            *bucket = self.rtt.load(word + i).unwrap_or(0);
+        }
+        histogram.sum_ns = self.rtt.load(word + RTT_BUCKETS).unwrap_or(0);
+        histogram
+    }
+}
+
+/// What the handshake tracker did since the datapath was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeTracking {
+    /// Handshakes whose clock started (a SYN-ACK sent after a tracked SYN, or a SYN sent).
+    pub timed: u64,
+    /// Samples in the histograms.
+    pub measured: u64,
+    /// Ended without a sample by a retransmission or a reset.
+    pub discarded: u64,
+    /// Timed and still waiting for their reply in the LRU.
+    pub in_flight: u64,
+    /// Timed handshakes the LRU evicted before their reply: samples lost. Counted as
+    /// `timed - measured - discarded - in_flight`, so a handshake timed between reading the
+    /// totals and walking the LRU is briefly counted in neither.
+    pub lost: u64,
+}
+
+/// Reads the tracker's totals and counts its timed entries (at most `HANDSHAKE_ENTRIES` keys).
+pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
+    let stats: Array<&MapData, HandshakeStats> = Array::try_from(ebpf.map(maps::HANDSHAKE_STATS).ok_or(
+        Error::MissingInObject {
+            kind: "map",
+            name: maps::HANDSHAKE_STATS,
+        },
+    )?)?;
+    let totals = stats.get(&0, 0)?;
+    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> = HashMap::try_from(
+        ebpf.map(maps::HANDSHAKES).ok_or(Error::MissingInObject {
+            kind: "map",
+            name: maps::HANDSHAKES,
+        })?,
+    )?;
+    // An entry may be evicted or removed while the walk runs; such an error ends the walk.
+    let in_flight = handshakes
+        .iter()
+        .map_while(|entry| entry.ok())
+        .filter(|(_, h)| h.state == handshake::SYNACK_SENT || h.state == handshake::SYN_SENT)
+        .count() as u64;
+    Ok(HandshakeTracking {
+        timed: totals.timed,
+        measured: totals.measured,
+        discarded: totals.discarded,
+        in_flight,
+        lost: totals
+            .timed
+            .saturating_sub(totals.measured + totals.discarded + in_flight),
+    })
+}
