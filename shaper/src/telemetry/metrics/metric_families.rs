@@ -13,7 +13,7 @@ use prometheus_client::{
 };
 use shaper_common::{DIR_INGRESS, reason};
 
-use super::{Format, Scrape, port_selection::Totals, text_formats};
+use super::{Format, Scrape, port_selection::Totals, tcp_families, text_formats};
 use crate::datapath::classifier::PROTOCOLS;
 
 /// The port counter families: (name, help, index into [`Totals`]).
@@ -218,6 +218,13 @@ impl Collector for ScrapeCollector {
         for (labels, rule) in &rules {
             ConstGauge::new(rule.limit.burst_bytes).encode(family.encode_family(labels)?)?;
         }
+
+        tcp_families::encode(
+            &mut encoder,
+            &scrape.tcp,
+            scrape.inventory.handshakes.as_ref(),
+            iface_name,
+        )?;
 
         let mut family = encoder.encode_descriptor(
             "shaper_port_listening",

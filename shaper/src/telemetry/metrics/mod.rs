@@ -11,6 +11,7 @@ mod http_endpoint;
 mod metric_families;
 mod port_selection;
 mod saved_selection;
+mod tcp_families;
 mod text_formats;
 
 use std::{
@@ -88,6 +89,8 @@ pub struct Inventory {
     pub rules: Vec<Rule>,
     /// (interface slot, direction index, reason, counter) for every reason.
     pub unclassified: Vec<(u32, u32, u32, Counter)>,
+    /// The TCP handshake tracker's totals; `None` if they could not be read.
+    pub handshakes: Option<crate::datapath::tcp_telemetry::HandshakeTracking>,
 }
 
 impl Inventory {
@@ -106,6 +109,7 @@ impl Inventory {
             interfaces,
             rules: limits.rules(),
             unclassified,
+            handshakes: classifier.handshake_tracking().ok(),
         })
     }
 
@@ -174,6 +178,8 @@ pub struct Scrape {
     pub inventory: Inventory,
     pub listeners: Vec<Listener>,
     pub selection: Selection,
+    /// TCP connection telemetry of the shown TCP ports.
+    pub tcp: Vec<tcp_families::TcpSeries>,
     /// When the scrape began (before the daemon's lock was taken).
     pub started: Instant,
 }
@@ -260,6 +266,7 @@ impl Exporter {
             file.save(selector, &inventory.interfaces);
         }
         Scrape {
+            tcp: tcp_families::collect(&self.counters, &selection),
             inventory,
             listeners,
             selection,
@@ -310,6 +317,7 @@ mod tests {
             }],
             rules,
             unclassified: Vec::new(),
+            handshakes: None,
         }
     }
 
