@@ -29,7 +29,12 @@ fn scrape(pair: &VethPair) -> (String, Samples) {
     (response.body, parsed)
 }
 
+/// The sample of `name` with `labels` (in exposition order), 0 when absent (a family writes a
+/// port's series only once it counted something); a series without labels must be present.
 fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    if labels.is_empty() {
+        return *samples.get(name).unwrap_or_else(|| panic!("{name} missing"));
+    }
     samples.get(&series(name, labels)).copied().unwrap_or(0.0)
 }
 
@@ -142,6 +147,139 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
         let (ok, text) = promtool_check(&promtool, &body);
         assert!(ok, "promtool check metrics:\n{text}\n{body}");
     }
+    drop(daemon);
+}
+
+/// A hand-driven client (scapy, in namespace `b`): for each source port, SYN, the server's
+/// SYN-ACK, then the ACK after `ACK_DELAY_MS`; and one handshake whose SYN-ACK the client lets
+/// the server retransmit (after its 1 s initial RTO, `TCP_TIMEOUT_INIT`) before it ACKs. The
+/// client's own kernel would answer the unexpected SYN-ACK with a RST; an nftables rule drops
+/// its RSTs.
+const SCAPY_CLIENT: &str = r#"
+import sys, time
+from scapy.all import IP, TCP, conf, sniff
+conf.verb = 0
+server, port, delay_ms, ports = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+# One socket for every send: scapy opens one per send() otherwise, which takes milliseconds.
+l3 = conf.L3socket()
+def synack(sport):
+    syn = IP(dst=server) / TCP(sport=sport, dport=port, flags="S", seq=1000)
+    answer = l3.sr1(syn, timeout=5)
+    assert answer is not None and answer[TCP].flags == "SA", answer
+    return answer
+def ack(sport, answer):
+    return IP(dst=server) / TCP(sport=sport, dport=port, flags="A", seq=1001, ack=answer[TCP].seq + 1)
+for sport in map(int, ports.split(",")):
+    answer = synack(sport)
+    packet = ack(sport, answer)
+    # The delay counts from the SYN-ACK's arrival (its capture time), not from when sr1
+    # returned it.
+    time.sleep(max(0.0, float(answer.time) + delay_ms / 1000 - time.time()))
+    l3.send(packet)
+sport = int(sys.argv[5])
+answer = synack(sport)
+again = sniff(iface=sys.argv[6], timeout=5, count=1,
+              lfilter=lambda p: TCP in p and p[TCP].dport == sport and p[TCP].flags == "SA")
+assert again, "the server did not retransmit its SYN-ACK"
+l3.send(ack(sport, answer))
+print("done")
+"#;
+
+/// Whether Debian's python3 has scapy (`python3-scapy`, which .ci/run installs); outside CI its
+/// absence skips the test.
+fn scapy() -> bool {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", "import scapy"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        found || !in_ci,
+        "python3-scapy not found, and CI=true forbids skipping (.ci/run installs it)"
+    );
+    if !found {
+        eprintln!("skipping: /usr/bin/python3 has no scapy (apt-get install python3-scapy)");
+    }
+    found
+}
+
+const ACK_DELAY_MS: u64 = 50;
+
+#[test]
+fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_none() {
+    if !common::require_root(
+        "a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_none",
+    ) || !scapy()
+    {
+        return;
+    }
+    let pair = veth_pair("sc");
+    let daemon = Daemon::start(&pair.a, "sc", &["--iface", &pair.a_if]);
+    // Listens, never accepts: the handshakes complete into its backlog.
+    let _listener = pair
+        .a
+        .within(|| TcpListener::bind((pair.a_addr, OPEN_PORT)).expect("bind"));
+    for rule in [
+        "add table inet scapy",
+        "add chain inet scapy out { type filter hook output priority 0; }",
+        "add rule inet scapy out tcp flags rst drop",
+    ] {
+        let args: Vec<&str> = rule.split(' ').collect();
+        pair.b.run("nft", &args).expect("nft in the client namespace");
+    }
+    let delayed = ["41000", "41001", "41002"];
+    let output = pair
+        .b
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            SCAPY_CLIENT,
+            &pair.a_addr.to_string(),
+            &OPEN_PORT.to_string(),
+            &ACK_DELAY_MS.to_string(),
+            &delayed.join(","),
+            "41003",
+            &pair.b_if,
+        ])
+        .output()
+        .expect("run the scapy client");
+    assert!(
+        output.status.success(),
+        "scapy client: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    daemon.settled();
+    let (body, got) = scrape(&pair);
+    let iface = pair.a_if.as_str();
+    let open = OPEN_PORT.to_string();
+    let labels = [("iface", iface), ("port", open.as_str()), ("side", "client")];
+    let n = delayed.len() as f64;
+    assert_eq!(
+        value(&got, "shaper_tcp_handshake_rtt_seconds_count", &labels),
+        n,
+        "the retransmitted handshake gave no sample\n{body}"
+    );
+    let bucket = |le: &str| {
+        let mut with_le = vec![("le", le)];
+        with_le.extend_from_slice(&labels);
+        value(&got, "shaper_tcp_handshake_rtt_seconds_bucket", &with_le)
+    };
+    // 50 ms lies in (2^25 ns, 2^26 ns] = (33.6 ms, 67.1 ms].
+    assert_eq!(bucket("0.033554432"), 0.0, "{body}");
+    assert_eq!(bucket("0.067108864"), n, "{body}");
+    let sum = value(&got, "shaper_tcp_handshake_rtt_seconds_sum", &labels);
+    assert!(sum >= n * 0.050, "{sum}");
+    assert_eq!(
+        value(&got, "shaper_tcp_handshakes_discarded_total", &[]),
+        1.0,
+        "{body}"
+    );
+    // Four SYNs, and five SYN-ACKs with the retransmitted one.
+    let on = |direction| [("iface", iface), ("direction", direction), ("port", open.as_str())];
+    assert_eq!(value(&got, "shaper_tcp_syn_total", &on("ingress")), 4.0);
+    assert_eq!(value(&got, "shaper_tcp_synack_total", &on("egress")), 5.0);
     drop(daemon);
 }
 
