@@ -21,7 +21,7 @@ use crate::{
     datapath::ktime,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, ReadOnlyMapping, WritableMapping},
     datapath::pins::{MapLayout, PinDir},
-    datapath::tcp_telemetry::TcpTelemetry,
+    datapath::tcp_telemetry::{self, TcpTelemetry},
     error::{Error, Result, chain},
     telemetry::counter_snapshot::{
         InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
@@ -79,9 +79,11 @@ pub struct InterfaceState {
 
 /// Bytes of BPF map memory the classifier takes for `interfaces` interfaces on `cpus` CPUs
 /// (values only; the kernel adds a page or so of bookkeeping per map): per interface 4 MiB of
-/// port counters, 8 MiB of per-port verdict counters and 1 MiB of rule index, plus the per-CPU
-/// unclassified counters and the fixed-size rule maps (10 MiB for 65,536 rule ids).
+/// port counters, 8 MiB of per-port verdict counters, 1 MiB of rule index, 6 MiB of TCP event
+/// counters and 20 MiB of handshake round-trip histograms, plus the per-CPU unclassified
+/// counters and the fixed-size rule maps (10 MiB for 65,536 rule ids) and handshake tracker.
 pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
+    let tcp = tcp_telemetry::map_memory_bytes(interfaces);
     let interfaces = u64::from(interfaces);
     let counter = size_of::<Counter>() as u64;
     let port_entries = interfaces * u64::from(PORT_COUNTERS_PER_IFACE);
@@ -94,7 +96,7 @@ pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
         * (size_of::<RuleConfig>() as u64
             + u64::from(DIRECTIONS)
                 * (size_of::<BucketState>() + size_of::<RuleCounters>()) as u64);
-    ports + index + unclassified + rules
+    ports + index + unclassified + rules + tcp
 }
 
 #[derive(Debug)]
@@ -845,12 +847,19 @@ mod tests {
     }
 
     #[test]
-    fn map_memory_is_thirteen_mib_per_interface_ten_for_the_rules_and_a_little_per_cpu() {
+    fn map_memory_is_39_mib_per_interface_ten_for_the_rules_and_a_little_per_cpu() {
         // 65,536 rule ids × (32 B limit + 2 directions × (16 B bucket + 48 B counters)).
         let rules = 65536 * (32 + 2 * (16 + 48));
         assert_eq!(rules, 10 * 1024 * 1024);
-        assert_eq!(map_memory_bytes(1, 1), 13 * 1024 * 1024 + 14 * 16 + rules);
-        // Two interfaces on a 128-CPU host stay below 37 MiB.
-        assert!(map_memory_bytes(2, 128) < 37 * 1024 * 1024);
+        // The handshake tracker: 16,384 entries of 40 B key + 16 B value + 64 B of the kernel's
+        // element header (`struct htab_elem`, kernel/bpf/hashtab.c; bpftool reports 1,966,976 B
+        // for the map), plus the 32 B tracker totals.
+        let tracker = 16384 * (40 + 16 + 64) + 32;
+        assert_eq!(
+            map_memory_bytes(1, 1),
+            (13 + 6 + 20) * 1024 * 1024 + 14 * 16 + rules + tracker
+        );
+        // One interface on a 128-CPU host stays below the 64 MiB budget.
+        assert!(map_memory_bytes(1, 128) < 51 * 1024 * 1024);
     }
 }

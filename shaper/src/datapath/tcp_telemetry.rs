@@ -10,7 +10,7 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use shaper_common::{
-    Handshake, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
+    HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
     TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
 };
 
@@ -72,6 +72,17 @@ impl TcpTelemetry {
         histogram.sum_ns = self.rtt.load(word + RTT_BUCKETS).unwrap_or(0);
         histogram
     }
+}
+
+/// Bytes of map memory the TCP telemetry takes for `interfaces` interfaces (values and keys;
+/// the LRU's elements also carry the kernel's `struct htab_elem`, 64 bytes as `bpftool` reports).
+pub fn map_memory_bytes(interfaces: u32) -> u64 {
+    let interfaces = u64::from(interfaces);
+    let events = interfaces * u64::from(TCP_EVENTS_PER_IFACE) * size_of::<TcpEvents>() as u64;
+    let rtt = interfaces * u64::from(RTT_HISTOGRAMS_PER_IFACE) * size_of::<RttHistogram>() as u64;
+    let element = size_of::<HandshakeKey>() + size_of::<Handshake>() + 64;
+    let tracker = u64::from(HANDSHAKE_ENTRIES) * element.next_multiple_of(8) as u64;
+    events + rtt + tracker + size_of::<HandshakeStats>() as u64
 }
 
 /// What the handshake tracker did since the datapath was made.
