@@ -20,6 +20,7 @@ use common::{
 const CONNECTIONS: u64 = 20;
 const OPEN_PORT: u16 = 8443;
 const CLOSED_PORT: u16 = 8999;
+const LOOPBACK_PORT: u16 = 8444;
 
 fn scrape(pair: &VethPair) -> (String, Samples) {
     let addr: SocketAddr = "127.0.0.1:19350".parse().unwrap();
@@ -45,15 +46,22 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
     }
     let pair = veth_pair("tc");
     let daemon = Daemon::start(&pair.a, "tc", &["--iface", &pair.a_if]);
+    // The service on every address; a second one on loopback only, which nothing outside
+    // reaches.
     let listener = pair
         .a
-        .within(|| TcpListener::bind((pair.a_addr, OPEN_PORT)).expect("bind"));
+        .within(|| TcpListener::bind(("0.0.0.0", OPEN_PORT)).expect("bind"));
+    let _loopback = pair
+        .a
+        .within(|| TcpListener::bind(("127.0.0.1", LOOPBACK_PORT)).expect("bind loopback"));
     let server = std::thread::spawn(move || {
         for _ in 0..CONNECTIONS {
             // Accepted and closed at once: the server's FIN, no data, so no RST.
             let (stream, _) = listener.accept().expect("accept");
             drop(stream);
         }
+        // Still listening when the test scrapes.
+        listener
     });
     pair.b.within(|| {
         for _ in 0..CONNECTIONS {
@@ -73,7 +81,7 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
             assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
         }
     });
-    server.join().expect("server thread");
+    let _listener = server.join().expect("server thread");
     daemon.settled();
 
     let iface = pair.a_if.as_str();
@@ -143,6 +151,17 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
             .join("\n")
     );
     assert_eq!(value(&got, "shaper_tcp_handshake_samples_lost_total", &[]), 0.0);
+    let comm = std::fs::read_to_string("/proc/self/comm").expect("comm");
+    for (port, scope) in [(OPEN_PORT, "any"), (LOOPBACK_PORT, "loopback")] {
+        let port = port.to_string();
+        let labels = [
+            ("proto", "tcp"),
+            ("port", port.as_str()),
+            ("process", comm.trim_end()),
+            ("scope", scope),
+        ];
+        assert_eq!(value(&got, "shaper_port_listening", &labels), 1.0, "{body}");
+    }
     if let Some(promtool) = common::tool("promtool") {
         let (ok, text) = promtool_check(&promtool, &body);
         assert!(ok, "promtool check metrics:\n{text}\n{body}");

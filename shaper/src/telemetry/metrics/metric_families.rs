@@ -228,16 +228,18 @@ impl Collector for ScrapeCollector {
 
         let mut family = encoder.encode_descriptor(
             "shaper_port_listening",
-            "1 for each local port a TCP socket listens on or a UDP socket is bound to, with the owning process (comm).",
+            "1 for each local port a TCP socket listens on or a UDP socket is bound to, with the owning process (comm) and the bind scope (loopback, any, or the address).",
             None,
             MetricType::Gauge,
         )?;
-        for listener in &scrape.listeners {
+        for scoped in &scrape.listeners {
+            let listener = &scoped.listener;
             let port = listener.port.to_string();
             let labels = [
                 ("proto", listener.proto.name()),
                 ("port", port.as_str()),
                 ("process", listener.process.as_str()),
+                ("scope", scoped.scope.as_str()),
             ];
             ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
         }

@@ -36,7 +36,7 @@ use crate::{
     datapath::mapped_arrays::PortCounters,
     policy::rule_table::{Rule, Side},
     policy::rules_in_force::Limits,
-    telemetry::listening_sockets::{Listener, listeners},
+    telemetry::listening_sockets::{ScopedListener, scoped_listeners},
 };
 
 /// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
@@ -176,7 +176,8 @@ struct Remembered {
 #[derive(Debug)]
 pub struct Scrape {
     pub inventory: Inventory,
-    pub listeners: Vec<Listener>,
+    /// Listening sockets with their bind scope.
+    pub listeners: Vec<ScopedListener>,
     pub selection: Selection,
     /// TCP connection telemetry of the shown TCP ports.
     pub tcp: Vec<tcp_families::TcpSeries>,
@@ -228,11 +229,11 @@ impl Exporter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Remembered { selector, file } = &mut *remembered;
-        let listeners = listeners();
+        let listeners = scoped_listeners();
         let mut pinned = inventory.rule_ports();
         let listening: HashSet<(u32, u16)> = listeners
             .iter()
-            .map(|l| (l.proto.index(), l.port))
+            .map(|l| (l.listener.proto.index(), l.listener.port))
             .collect();
         let mut active = Vec::new();
         for iface in &inventory.interfaces {
