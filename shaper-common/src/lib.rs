@@ -32,9 +32,11 @@ pub mod maps {
     pub const HANDSHAKE_RTT: &str = "HANDSHAKE_RTT";
     /// `ARRAY` of one [`HandshakeStats`](crate::HandshakeStats).
     pub const HANDSHAKE_STATS: &str = "HANDSHAKE_STATS";
+    /// `LRU_HASH` from [`RemoteKey`](crate::RemoteKey) to the last handshake's time (`u64`).
+    pub const REMOTES: &str = "REMOTES";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -47,6 +49,7 @@ pub mod maps {
         HANDSHAKES,
         HANDSHAKE_RTT,
         HANDSHAKE_STATS,
+        REMOTES,
     ];
 }
 

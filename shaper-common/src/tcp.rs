@@ -125,6 +125,26 @@ const _: () = assert!(size_of::<HandshakeStats>() == 32);
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HandshakeStats {}
 
+/// (local port, remote address) pairs remembered for `shaper exposure`: the remote of every
+/// handshake a local port accepted, the most recent ones when there are more.
+pub const REMOTE_ENTRIES: u32 = 32_768;
+
+/// A remote address a local port accepted a handshake from (sent it a SYN-ACK).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RemoteKey {
+    pub slot: u32,
+    pub local_port: u16,
+    pub _pad: u16,
+    /// IPv4 as IPv4-mapped IPv6, like [`HandshakeKey`].
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<RemoteKey>() == 24);
+
+// SAFETY: repr(C) of a u32, two u16 and a [u8; 16]: no padding (size asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RemoteKey {}
+
 /// Histogram buckets: upper bounds 2^16 ns (65.5 µs) doubling to 2^32 ns (4.29 s), then +Inf.
 /// Powers of two of nanoseconds make the bucket a bit length, with no division in the program,
 /// and each bound an exact decimal number of seconds.

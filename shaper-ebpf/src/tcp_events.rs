@@ -32,7 +32,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use shaper_common::{
     DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats,
-    RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, RttHistogram,
+    REMOTE_ENTRIES, RTT_BUCKETS, RemoteKey, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, RttHistogram,
     TCP_EVENTS_PER_IFACE, TcpEvents, flags, handshake, rtt_bucket, rtt_index, tcp_events_index,
 };
 
@@ -50,6 +50,11 @@ static HANDSHAKES: LruHashMap<HandshakeKey, Handshake> =
 #[map]
 static HANDSHAKE_RTT: Array<RttHistogram> =
     Array::with_max_entries(RTT_HISTOGRAMS_PER_IFACE, BPF_F_MMAPABLE);
+
+/// The remotes each local port accepted handshakes from, for `shaper exposure`; the value is
+/// the last SYN-ACK's `bpf_ktime_get_ns()`.
+#[map]
+static REMOTES: LruHashMap<RemoteKey, u64> = LruHashMap::with_max_entries(REMOTE_ENTRIES, 0);
 
 /// Totals of the handshake tracker, from which userspace counts the samples the LRU lost.
 #[map]
@@ -167,6 +172,18 @@ fn synack(
     let Some(key) = key(ctx, slot, direction, flow, local_port, remote_port) else {
         return;
     };
+    if direction == DIR_EGRESS {
+        let remote = RemoteKey {
+            slot,
+            local_port,
+            _pad: 0,
+            remote_addr: key.remote_addr,
+        };
+        // SAFETY: a helper without arguments or preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // Full, the LRU forgets the pair seen longest ago; only `exposure`'s count suffers.
+        let _ = REMOTES.insert(&remote, &now, 0);
+    }
     let Some(entry) = HANDSHAKES.get_ptr_mut(&key) else {
         return;
     };

@@ -166,6 +166,35 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
         let (ok, text) = promtool_check(&promtool, &body);
         assert!(ok, "promtool check metrics:\n{text}\n{body}");
     }
+
+    // The reached 0.0.0.0 listener comes before the loopback ones (ours and the metrics
+    // endpoint's), and the probed closed port is listed.
+    let report: serde_json::Value =
+        serde_json::from_str(&daemon.cli_ok(&["exposure", "--json"])).expect("exposure JSON");
+    assert_eq!(report["schema_version"], 1, "{report:#}");
+    let listening = report["listening"].as_array().expect("listening");
+    let position = |port: u16| {
+        listening
+            .iter()
+            .position(|l| l["port"] == port && l["proto"] == "tcp")
+            .unwrap_or_else(|| panic!("tcp/{port} missing: {report:#}"))
+    };
+    let open_entry = &listening[position(OPEN_PORT)];
+    assert_eq!(open_entry["scope"], "any", "{report:#}");
+    assert_eq!(open_entry["accepted"], CONNECTIONS, "{report:#}");
+    assert_eq!(open_entry["remotes"], 1, "{report:#}");
+    assert_eq!(open_entry["from_outside"], true, "{report:#}");
+    assert_eq!(open_entry["rule"], false, "{report:#}");
+    assert_eq!(listening[position(LOOPBACK_PORT)]["scope"], "loopback");
+    assert!(position(OPEN_PORT) < position(LOOPBACK_PORT), "{report:#}");
+    assert!(position(OPEN_PORT) < position(19350), "{report:#}");
+    assert_eq!(
+        report["probed_closed"],
+        serde_json::json!([{ "iface": iface, "port": CLOSED_PORT, "probes": CONNECTIONS }]),
+        "{report:#}"
+    );
+    let table = daemon.cli_ok(&["exposure"]);
+    assert!(table.contains("probed closed ports"), "{table}");
     drop(daemon);
 }
 

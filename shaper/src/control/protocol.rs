@@ -8,7 +8,7 @@ use crate::{
         rule_table::{RuleKey, RuleSpec},
         rules_in_force::RuleView,
     },
-    telemetry::counter_snapshot::Snapshot,
+    telemetry::{counter_snapshot::Snapshot, exposure::Exposure},
 };
 
 /// Where the daemon listens unless told otherwise (`--socket`, or `SHAPER_SOCKET`).
@@ -28,6 +28,8 @@ pub enum Request {
     LimitRm { rule: RuleKey },
     /// Every rule with its counters.
     LimitLs,
+    /// Listening ports, who can reach them and who did; probed closed ports.
+    Exposure,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -46,6 +48,7 @@ pub enum Response {
     Rules {
         rules: Vec<RuleView>,
     },
+    Exposure(Exposure),
     Error {
         message: String,
     },

@@ -441,6 +441,17 @@ impl Classifier {
         crate::datapath::tcp_telemetry::tracking(&self.ebpf)
     }
 
+    /// The (slot, local port, remote address) pairs of accepted handshakes the program
+    /// remembers.
+    pub fn accepted_remotes(&self) -> Result<Vec<shaper_common::RemoteKey>> {
+        crate::datapath::tcp_telemetry::remotes(&self.ebpf)
+    }
+
+    /// Whether the interface slot is one this daemon registered (not an adopted leftover).
+    pub fn slot_is_current(&self, slot: u32) -> bool {
+        self.interfaces.get(slot as usize).is_some_and(|i| i.current)
+    }
+
     /// The per-port counters, shared with whoever reads them (the metrics endpoint).
     pub fn port_counters(&self) -> PortCounters {
         self.ports.clone()
@@ -855,11 +866,13 @@ mod tests {
         // element header (`struct htab_elem`, kernel/bpf/hashtab.c; bpftool reports 1,966,976 B
         // for the map), plus the 32 B tracker totals.
         let tracker = 16384 * (40 + 16 + 64) + 32;
+        // The remotes of `exposure`: 32,768 × (24 B key + 8 B value + 64 B) = 3 MiB.
+        let remotes = 3 * 1024 * 1024;
         assert_eq!(
             map_memory_bytes(1, 1),
-            (13 + 6 + 20) * 1024 * 1024 + 14 * 16 + rules + tracker
+            (13 + 6 + 20) * 1024 * 1024 + 14 * 16 + rules + tracker + remotes
         );
         // One interface on a 128-CPU host stays below the 64 MiB budget.
-        assert!(map_memory_bytes(1, 128) < 51 * 1024 * 1024);
+        assert!(map_memory_bytes(1, 128) < 54 * 1024 * 1024);
     }
 }

@@ -10,7 +10,7 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use shaper_common::{
-    HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
+    HANDSHAKE_ENTRIES, Handshake, REMOTE_ENTRIES, RemoteKey, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
     TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
 };
 
@@ -82,7 +82,21 @@ pub fn map_memory_bytes(interfaces: u32) -> u64 {
     let rtt = interfaces * u64::from(RTT_HISTOGRAMS_PER_IFACE) * size_of::<RttHistogram>() as u64;
     let element = size_of::<HandshakeKey>() + size_of::<Handshake>() + 64;
     let tracker = u64::from(HANDSHAKE_ENTRIES) * element.next_multiple_of(8) as u64;
-    events + rtt + tracker + size_of::<HandshakeStats>() as u64
+    let remotes = u64::from(REMOTE_ENTRIES) * (size_of::<RemoteKey>() + size_of::<u64>() + 64) as u64;
+    events + rtt + tracker + remotes + size_of::<HandshakeStats>() as u64
+}
+
+/// The (interface slot, local port, remote address) of every handshake the `REMOTES` LRU
+/// remembers (at most `REMOTE_ENTRIES`).
+pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
+    let remotes: HashMap<&MapData, RemoteKey, u64> = HashMap::try_from(
+        ebpf.map(maps::REMOTES).ok_or(Error::MissingInObject {
+            kind: "map",
+            name: maps::REMOTES,
+        })?,
+    )?;
+    // An entry evicted during the walk ends it early: the count is a lower bound anyway.
+    Ok(remotes.keys().map_while(|key| key.ok()).collect())
 }
 
 /// What the handshake tracker did since the datapath was made.

@@ -2,6 +2,7 @@
 //! listening sockets and the Prometheus metrics.
 
 pub mod counter_snapshot;
+pub mod exposure;
 pub mod listening_sockets;
 pub mod metrics;
 pub mod top_view;
