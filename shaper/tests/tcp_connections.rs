@@ -331,6 +331,71 @@ fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_
     drop(daemon);
 }
 
+#[test]
+fn top_shows_new_connections_resets_and_handshake_quantiles_of_its_interval() {
+    if !common::require_root(
+        "top_shows_new_connections_resets_and_handshake_quantiles_of_its_interval",
+    ) {
+        return;
+    }
+    let pair = veth_pair("tt");
+    let daemon = Daemon::start(&pair.a, "tt", &["--iface", &pair.a_if]);
+    let listener = pair
+        .a
+        .within(|| TcpListener::bind(("0.0.0.0", OPEN_PORT)).expect("bind"));
+    let connect = |port: u16| {
+        pair.b.within(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::new(pair.a_addr.into(), port),
+                Duration::from_secs(5),
+            )
+        })
+    };
+    // Traffic before the interval is not in it.
+    drop(connect(OPEN_PORT).expect("connect"));
+    let json = std::thread::scope(|scope| {
+        let top = scope.spawn(|| daemon.cli_ok(&["top", "--once", "--json", "--interval", "2"]));
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..CONNECTIONS {
+            drop(connect(OPEN_PORT).expect("connect"));
+            assert!(connect(CLOSED_PORT).is_err());
+        }
+        top.join().expect("top")
+    });
+    drop(listener);
+    let view: serde_json::Value = serde_json::from_str(&json).expect("top JSON");
+    let seconds = view["interval_seconds"].as_f64().expect("interval");
+    let row = |direction: &str, port: u16| {
+        view["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["direction"] == direction && r["proto"] == "tcp" && r["port"] == port)
+            .unwrap_or_else(|| panic!("{direction} tcp/{port} missing: {view:#}"))
+            .clone()
+    };
+    let accepted = row("egress", OPEN_PORT);
+    let per_interval = |value: &serde_json::Value| (value.as_f64().expect("rate") * seconds).round();
+    assert_eq!(
+        per_interval(&accepted["tcp"]["new_connections_per_second"]),
+        CONNECTIONS as f64,
+        "{view:#}"
+    );
+    assert_eq!(per_interval(&accepted["tcp"]["resets_per_second"]), 0.0);
+    let refused = row("egress", CLOSED_PORT);
+    assert_eq!(
+        per_interval(&refused["tcp"]["resets_per_second"]),
+        CONNECTIONS as f64,
+        "{view:#}"
+    );
+    // The client-side round trips of the interval, on the veth: well under a millisecond.
+    let client = &row("ingress", OPEN_PORT)["tcp"];
+    let p50 = client["handshake_rtt_p50_seconds"].as_f64().expect("p50");
+    let p99 = client["handshake_rtt_p99_seconds"].as_f64().expect("p99");
+    assert!(p50 <= p99 && p99 <= 0.016777216, "{view:#}");
+    drop(daemon);
+}
+
 fn promtool_check(promtool: &Path, body: &str) -> (bool, String) {
     use std::io::Write as _;
     let mut child = Command::new(promtool)

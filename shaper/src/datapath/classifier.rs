@@ -693,6 +693,9 @@ impl Classifier {
                                 would_drop_packets: reading.would_drop.packets,
                                 would_drop_bytes: reading.would_drop.bytes,
                                 rule: self.local_rule(slot, direction, proto.index(), port),
+                                tcp: (proto == Proto::Tcp)
+                                    .then(|| self.ports.tcp().counts(slot, direction.index(), port))
+                                    .flatten(),
                             });
                         },
                     );

@@ -10,12 +10,13 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use shaper_common::{
-    HANDSHAKE_ENTRIES, Handshake, REMOTE_ENTRIES, RemoteKey, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
+    DIR_INGRESS, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, HANDSHAKE_ENTRIES, Handshake, REMOTE_ENTRIES, RemoteKey, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
     TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
 };
 
 use crate::{
     datapath::{classifier::map_shared, mapped_arrays::ReadOnlyMapping},
+    telemetry::tcp_counts::TcpCounts,
     error::{Error, Result},
 };
 
@@ -97,6 +98,26 @@ pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
     )?;
     // An entry evicted during the walk ends it early: the count is a lower bound anyway.
     Ok(remotes.keys().map_while(|key| key.ok()).collect())
+}
+
+impl TcpTelemetry {
+    /// The events and round trips of a port's row (client side on ingress, server side on
+    /// egress); `None` when it has counted nothing.
+    pub fn counts(&self, slot: u32, direction: u32, port: u16) -> Option<TcpCounts> {
+        let events = self.events(slot, direction, port);
+        let side = if direction == DIR_INGRESS {
+            RTT_SIDE_CLIENT
+        } else {
+            RTT_SIDE_SERVER
+        };
+        let histogram = self.histogram(slot, side, port);
+        let quiet = TcpEvents {
+            pending: events.pending,
+            ..TcpEvents::default()
+        };
+        (events != quiet || histogram.buckets.iter().any(|&b| b != 0))
+            .then(|| TcpCounts::new(&events, &histogram))
+    }
 }
 
 /// What the handshake tracker did since the datapath was made.

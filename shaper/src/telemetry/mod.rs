@@ -5,4 +5,5 @@ pub mod counter_snapshot;
 pub mod exposure;
 pub mod listening_sockets;
 pub mod metrics;
+pub mod tcp_counts;
 pub mod top_view;
