@@ -219,9 +219,6 @@ mod tests {
             tcp_events_index(0, crate::DIR_EGRESS, u16::MAX),
             TCP_EVENTS_PER_IFACE - 1
         );
-        assert_eq!(
-            rtt_index(1, RTT_SIDE_CLIENT, 0),
-            RTT_HISTOGRAMS_PER_IFACE
-        );
+        assert_eq!(rtt_index(1, RTT_SIDE_CLIENT, 0), RTT_HISTOGRAMS_PER_IFACE);
     }
 }

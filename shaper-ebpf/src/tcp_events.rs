@@ -32,8 +32,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use shaper_common::{
     DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats,
-    REMOTE_ENTRIES, RTT_BUCKETS, RemoteKey, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, RttHistogram,
-    TCP_EVENTS_PER_IFACE, TcpEvents, flags, handshake, rtt_bucket, rtt_index, tcp_events_index,
+    REMOTE_ENTRIES, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER,
+    RemoteKey, RttHistogram, TCP_EVENTS_PER_IFACE, TcpEvents, flags, handshake, rtt_bucket,
+    rtt_index, tcp_events_index,
 };
 
 /// Per (interface, direction, port) event counters; sized at load time like `PORT_COUNTERS`
@@ -100,14 +101,7 @@ pub fn observe(
 }
 
 #[inline(always)]
-fn syn(
-    ctx: &TcContext,
-    slot: u32,
-    direction: u32,
-    flow: &Flow,
-    local_port: u16,
-    remote_port: u16,
-) {
+fn syn(ctx: &TcContext, slot: u32, direction: u32, flow: &Flow, local_port: u16, remote_port: u16) {
     // Under the server's port: ours on ingress, the remote one on egress.
     let port = if direction == DIR_INGRESS {
         local_port
@@ -232,7 +226,8 @@ fn client_ack(ctx: &TcContext, slot: u32, flow: &Flow, local_port: u16, remote_p
         return;
     };
     // SAFETY: a value of the LRU map, valid for this run (see `syn`).
-    let (state, entry_flags, stamp) = unsafe { ((*entry).state, (*entry).flags, (*entry).stamp_ns) };
+    let (state, entry_flags, stamp) =
+        unsafe { ((*entry).state, (*entry).flags, (*entry).stamp_ns) };
     if state != handshake::SYNACK_SENT {
         return;
     }

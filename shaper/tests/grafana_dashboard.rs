@@ -30,7 +30,8 @@ const DASHBOARD: &str = include_str!("../../examples/grafana/shaper.json");
 /// Grafana's variables as a query runs outside Grafana: a rate window that holds a few 1 s
 /// scrapes, and every interface.
 fn outside_grafana(expr: &str) -> String {
-    expr.replace("$__rate_interval", "5s").replace("$iface", ".*")
+    expr.replace("$__rate_interval", "5s")
+        .replace("$iface", ".*")
 }
 
 /// Every panel's queries, and the template variables' queries, from the dashboard JSON.
@@ -44,7 +45,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
             queries.push((title.clone(), outside_grafana(expr)));
         }
     }
-    for variable in dashboard["templating"]["list"].as_array().expect("templating") {
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         if let Some(definition) = variable["definition"].as_str() {
             // label_values(METRIC, LABEL) is Grafana's: the metric must exist.
             let metric = definition
@@ -69,7 +73,10 @@ fn the_dashboard_has_every_panel_the_issue_asks_for() {
         "round trip",
         "Listening",
     ] {
-        assert!(titles.iter().any(|t| t.contains(wanted)), "{wanted}: {titles:?}");
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "{wanted}: {titles:?}"
+        );
     }
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("JSON");
     assert!(
@@ -109,7 +116,10 @@ impl Prometheus {
         let child = ns
             .command(binary.to_str().expect("utf-8 path"))
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -124,9 +134,8 @@ impl Prometheus {
 
     /// The result vector of an instant query, `None` while the server does not answer.
     fn query(&self, ns: &Namespace, promql: &str) -> Option<Vec<serde_json::Value>> {
-        let up = ns.within(|| {
-            TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
-        });
+        let up =
+            ns.within(|| TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok());
         if !up {
             return None;
         }
@@ -140,11 +149,21 @@ impl Prometheus {
                 }
             })
             .collect();
-        let response = get(ns, self.addr, &format!("/api/v1/query?query={encoded}"), None);
+        let response = get(
+            ns,
+            self.addr,
+            &format!("/api/v1/query?query={encoded}"),
+            None,
+        );
         let json: serde_json::Value = serde_json::from_str(&response.body)
             .unwrap_or_else(|e| panic!("{e}: {}", response.body));
         assert_eq!(json["status"], "success", "{promql}: {json}");
-        Some(json["data"]["result"].as_array().cloned().unwrap_or_default())
+        Some(
+            json["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -173,7 +192,10 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     }
     let _udp: Vec<UdpSocket> = [9321, 9322]
         .into_iter()
-        .map(|port| pair.a.within(|| UdpSocket::bind((pair.a_addr, port)).expect("bind")))
+        .map(|port| {
+            pair.a
+                .within(|| UdpSocket::bind((pair.a_addr, port)).expect("bind"))
+        })
         .collect();
     let listener = pair
         .a

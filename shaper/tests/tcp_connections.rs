@@ -34,7 +34,9 @@ fn scrape(pair: &VethPair) -> (String, Samples) {
 /// port's series only once it counted something); a series without labels must be present.
 fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     if labels.is_empty() {
-        return *samples.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        return *samples
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
     }
     samples.get(&series(name, labels)).copied().unwrap_or(0.0)
 }
@@ -132,7 +134,10 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
         value(&got, "shaper_tcp_handshake_rtt_seconds_count", &rtt),
         n,
         "every handshake completed once, none retransmitted on the veth\n{}",
-        body.lines().filter(|l| l.contains("shaper_tcp")).collect::<Vec<_>>().join("\n")
+        body.lines()
+            .filter(|l| l.contains("shaper_tcp"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // prometheus-client writes `le` first.
     let inf = [
@@ -150,7 +155,10 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert_eq!(value(&got, "shaper_tcp_handshake_samples_lost_total", &[]), 0.0);
+    assert_eq!(
+        value(&got, "shaper_tcp_handshake_samples_lost_total", &[]),
+        0.0
+    );
     let comm = std::fs::read_to_string("/proc/self/comm").expect("comm");
     for (port, scope) in [(OPEN_PORT, "any"), (LOOPBACK_PORT, "loopback")] {
         let port = port.to_string();
@@ -274,7 +282,9 @@ fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_
         "add rule inet scapy out tcp flags rst drop",
     ] {
         let args: Vec<&str> = rule.split(' ').collect();
-        pair.b.run("nft", &args).expect("nft in the client namespace");
+        pair.b
+            .run("nft", &args)
+            .expect("nft in the client namespace");
     }
     let delayed = ["41000", "41001", "41002"];
     let output = pair
@@ -302,7 +312,11 @@ fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_
     let (body, got) = scrape(&pair);
     let iface = pair.a_if.as_str();
     let open = OPEN_PORT.to_string();
-    let labels = [("iface", iface), ("port", open.as_str()), ("side", "client")];
+    let labels = [
+        ("iface", iface),
+        ("port", open.as_str()),
+        ("side", "client"),
+    ];
     let n = delayed.len() as f64;
     assert_eq!(
         value(&got, "shaper_tcp_handshake_rtt_seconds_count", &labels),
@@ -325,7 +339,13 @@ fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_
         "{body}"
     );
     // Four SYNs, and five SYN-ACKs with the retransmitted one.
-    let on = |direction| [("iface", iface), ("direction", direction), ("port", open.as_str())];
+    let on = |direction| {
+        [
+            ("iface", iface),
+            ("direction", direction),
+            ("port", open.as_str()),
+        ]
+    };
     assert_eq!(value(&got, "shaper_tcp_syn_total", &on("ingress")), 4.0);
     assert_eq!(value(&got, "shaper_tcp_synack_total", &on("egress")), 5.0);
     drop(daemon);
@@ -375,7 +395,8 @@ fn top_shows_new_connections_resets_and_handshake_quantiles_of_its_interval() {
             .clone()
     };
     let accepted = row("egress", OPEN_PORT);
-    let per_interval = |value: &serde_json::Value| (value.as_f64().expect("rate") * seconds).round();
+    let per_interval =
+        |value: &serde_json::Value| (value.as_f64().expect("rate") * seconds).round();
     assert_eq!(
         per_interval(&accepted["tcp"]["new_connections_per_second"]),
         CONNECTIONS as f64,

@@ -74,18 +74,33 @@ kernel_test!(
         run(c, Direction::Ingress, &segment(40000, 8443, ACK, false));
         // Data and the close: ACKs after the handshake look nothing up and sample nothing.
         run(c, Direction::Ingress, &segment(40000, 8443, ACK, false));
-        run(c, Direction::Ingress, &segment(40000, 8443, FIN | ACK, false));
+        run(
+            c,
+            Direction::Ingress,
+            &segment(40000, 8443, FIN | ACK, false),
+        );
         run(c, Direction::Egress, &segment(8443, 40000, FIN | ACK, true));
         let ingress = events(c, DIR_INGRESS, 8443);
         let egress = events(c, DIR_EGRESS, 8443);
-        assert_eq!((ingress.syn, ingress.synack, ingress.fin, ingress.rst), (1, 0, 1, 0));
-        assert_eq!((egress.syn, egress.synack, egress.fin, egress.rst), (0, 1, 1, 0));
+        assert_eq!(
+            (ingress.syn, ingress.synack, ingress.fin, ingress.rst),
+            (1, 0, 1, 0)
+        );
+        assert_eq!(
+            (egress.syn, egress.synack, egress.fin, egress.rst),
+            (0, 1, 1, 0)
+        );
         assert_eq!(ingress.pending, 0, "the ACK ended the pending handshake");
         assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 1);
         assert_eq!(samples(c, RTT_SIDE_SERVER, 40000), 0);
         let tracking = c.handshake_tracking().expect("tracking");
         assert_eq!(
-            (tracking.timed, tracking.measured, tracking.discarded, tracking.lost),
+            (
+                tracking.timed,
+                tracking.measured,
+                tracking.discarded,
+                tracking.lost
+            ),
             (1, 1, 0, 0)
         );
         // The client's ephemeral port has no events of its own.
@@ -101,7 +116,10 @@ kernel_test!(a_retransmitted_synack_makes_no_sample, |c| {
     assert_eq!(events(c, DIR_EGRESS, 8443).synack, 2);
     assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 0);
     let tracking = c.handshake_tracking().expect("tracking");
-    assert_eq!((tracking.timed, tracking.measured, tracking.discarded), (1, 0, 1));
+    assert_eq!(
+        (tracking.timed, tracking.measured, tracking.discarded),
+        (1, 0, 1)
+    );
     assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
 });
 
@@ -122,7 +140,11 @@ kernel_test!(
     a_connection_this_host_opens_counts_under_the_servers_port_with_a_server_sample,
     |c| {
         run(c, Direction::Egress, &segment(40004, 5432, SYN, false));
-        run(c, Direction::Ingress, &segment(5432, 40004, SYN | ACK, true));
+        run(
+            c,
+            Direction::Ingress,
+            &segment(5432, 40004, SYN | ACK, true),
+        );
         run(c, Direction::Egress, &segment(40004, 5432, ACK, false));
         assert_eq!(events(c, DIR_EGRESS, 5432).syn, 1);
         assert_eq!(events(c, DIR_INGRESS, 5432).synack, 1);
@@ -131,7 +153,11 @@ kernel_test!(
         // A retransmitted SYN: no sample from its SYN-ACK.
         run(c, Direction::Egress, &segment(40005, 5432, SYN, false));
         run(c, Direction::Egress, &segment(40005, 5432, SYN, false));
-        run(c, Direction::Ingress, &segment(5432, 40005, SYN | ACK, true));
+        run(
+            c,
+            Direction::Ingress,
+            &segment(5432, 40005, SYN | ACK, true),
+        );
         assert_eq!(events(c, DIR_EGRESS, 5432).syn, 3);
         assert_eq!(samples(c, RTT_SIDE_SERVER, 5432), 1);
     }
@@ -145,7 +171,11 @@ kernel_test!(
         let remote = |i: u32| 1024 + i as u16;
         for i in 0..n {
             run(c, Direction::Ingress, &segment(remote(i), 8443, SYN, false));
-            run(c, Direction::Egress, &segment(8443, remote(i), SYN | ACK, true));
+            run(
+                c,
+                Direction::Egress,
+                &segment(8443, remote(i), SYN | ACK, true),
+            );
         }
         for i in 0..n {
             run(c, Direction::Ingress, &segment(remote(i), 8443, ACK, false));
@@ -156,7 +186,10 @@ kernel_test!(
         assert_eq!(tracking.measured, measured);
         assert_eq!(tracking.in_flight, 0);
         assert_eq!(tracking.measured + tracking.lost, u64::from(n));
-        assert!(tracking.lost >= u64::from(n - HANDSHAKE_ENTRIES), "{tracking:?}");
+        assert!(
+            tracking.lost >= u64::from(n - HANDSHAKE_ENTRIES),
+            "{tracking:?}"
+        );
         assert!(tracking.measured > 0, "{tracking:?}");
         // The counters stay exact: every SYN and SYN-ACK counted.
         let events = events(c, DIR_INGRESS, 8443);

@@ -10,8 +10,8 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
-    PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
-    RTT_HISTOGRAMS_PER_IFACE, RuleIndexRow, SIDE_LOCAL, TCP_EVENTS_PER_IFACE, bucket_index, maps,
+    PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RTT_HISTOGRAMS_PER_IFACE, RULE_INDEX_ROWS_PER_IFACE,
+    RuleConfig, RuleCounters, RuleIndexRow, SIDE_LOCAL, TCP_EVENTS_PER_IFACE, bucket_index, maps,
     reason, rule_index_row, unclassified_index,
 };
 
@@ -449,7 +449,9 @@ impl Classifier {
 
     /// Whether the interface slot is one this daemon registered (not an adopted leftover).
     pub fn slot_is_current(&self, slot: u32) -> bool {
-        self.interfaces.get(slot as usize).is_some_and(|i| i.current)
+        self.interfaces
+            .get(slot as usize)
+            .is_some_and(|i| i.current)
     }
 
     /// The per-port counters, shared with whoever reads them (the metrics endpoint).

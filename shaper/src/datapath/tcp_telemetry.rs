@@ -10,14 +10,15 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use shaper_common::{
-    DIR_INGRESS, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, HANDSHAKE_ENTRIES, Handshake, REMOTE_ENTRIES, RemoteKey, HandshakeKey, HandshakeStats, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RttHistogram,
-    TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
+    DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats, REMOTE_ENTRIES,
+    RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, RemoteKey,
+    RttHistogram, TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
 };
 
 use crate::{
     datapath::{classifier::map_shared, mapped_arrays::ReadOnlyMapping},
-    telemetry::tcp_counts::TcpCounts,
     error::{Error, Result},
+    telemetry::tcp_counts::TcpCounts,
 };
 
 const EVENT_WORDS: usize = size_of::<TcpEvents>() / 8;
@@ -83,19 +84,19 @@ pub fn map_memory_bytes(interfaces: u32) -> u64 {
     let rtt = interfaces * u64::from(RTT_HISTOGRAMS_PER_IFACE) * size_of::<RttHistogram>() as u64;
     let element = size_of::<HandshakeKey>() + size_of::<Handshake>() + 64;
     let tracker = u64::from(HANDSHAKE_ENTRIES) * element.next_multiple_of(8) as u64;
-    let remotes = u64::from(REMOTE_ENTRIES) * (size_of::<RemoteKey>() + size_of::<u64>() + 64) as u64;
+    let remotes =
+        u64::from(REMOTE_ENTRIES) * (size_of::<RemoteKey>() + size_of::<u64>() + 64) as u64;
     events + rtt + tracker + remotes + size_of::<HandshakeStats>() as u64
 }
 
 /// The (interface slot, local port, remote address) of every handshake the `REMOTES` LRU
 /// remembers (at most `REMOTE_ENTRIES`).
 pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
-    let remotes: HashMap<&MapData, RemoteKey, u64> = HashMap::try_from(
-        ebpf.map(maps::REMOTES).ok_or(Error::MissingInObject {
+    let remotes: HashMap<&MapData, RemoteKey, u64> =
+        HashMap::try_from(ebpf.map(maps::REMOTES).ok_or(Error::MissingInObject {
             kind: "map",
             name: maps::REMOTES,
-        })?,
-    )?;
+        })?)?;
     // An entry evicted during the walk ends it early: the count is a lower bound anyway.
     Ok(remotes.keys().map_while(|key| key.ok()).collect())
 }
@@ -139,19 +140,19 @@ pub struct HandshakeTracking {
 
 /// Reads the tracker's totals and counts its timed entries (at most `HANDSHAKE_ENTRIES` keys).
 pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
-    let stats: Array<&MapData, HandshakeStats> = Array::try_from(ebpf.map(maps::HANDSHAKE_STATS).ok_or(
-        Error::MissingInObject {
-            kind: "map",
-            name: maps::HANDSHAKE_STATS,
-        },
-    )?)?;
+    let stats: Array<&MapData, HandshakeStats> = Array::try_from(
+        ebpf.map(maps::HANDSHAKE_STATS)
+            .ok_or(Error::MissingInObject {
+                kind: "map",
+                name: maps::HANDSHAKE_STATS,
+            })?,
+    )?;
     let totals = stats.get(&0, 0)?;
-    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> = HashMap::try_from(
-        ebpf.map(maps::HANDSHAKES).ok_or(Error::MissingInObject {
+    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> =
+        HashMap::try_from(ebpf.map(maps::HANDSHAKES).ok_or(Error::MissingInObject {
             kind: "map",
             name: maps::HANDSHAKES,
-        })?,
-    )?;
+        })?)?;
     // An entry may be evicted or removed while the walk runs; such an error ends the walk.
     let in_flight = handshakes
         .iter()

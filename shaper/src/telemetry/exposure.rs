@@ -220,7 +220,11 @@ impl Exposure {
         if !self.probed_closed.is_empty() {
             let _ = writeln!(out, "\nprobed closed ports (SYNs answered by a reset):");
             for p in &self.probed_closed {
-                let _ = writeln!(out, "  {:<16} tcp/{:<5} {:>9} probes", p.iface, p.port, p.probes);
+                let _ = writeln!(
+                    out,
+                    "  {:<16} tcp/{:<5} {:>9} probes",
+                    p.iface, p.port, p.probes
+                );
             }
         }
         out
@@ -271,7 +275,10 @@ mod tests {
     #[test]
     fn loopback_is_among_the_host_addresses() {
         let own = host_addresses();
-        assert!(own.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()), "{own:?}");
+        assert!(
+            own.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()),
+            "{own:?}"
+        );
         assert_eq!(
             canonical("::ffff:10.0.0.1".parse().unwrap()),
             "10.0.0.1".parse::<IpAddr>().unwrap()

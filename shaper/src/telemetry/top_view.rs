@@ -362,12 +362,9 @@ pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
             Column::WouldDrops => a
                 .would_drop_packets_per_second
                 .total_cmp(&b.would_drop_packets_per_second),
-            Column::Conns => tcp_rate(a, |t| t.new_connections_per_second)
-                .total_cmp(&tcp_rate(b, |t| t.new_connections_per_second)),
-            Column::Resets => tcp_rate(a, |t| t.resets_per_second)
-                .total_cmp(&tcp_rate(b, |t| t.resets_per_second)),
-            Column::Rtt => tcp_rate(a, |t| t.handshake_rtt_p99_seconds.unwrap_or(-1.0))
-                .total_cmp(&tcp_rate(b, |t| t.handshake_rtt_p99_seconds.unwrap_or(-1.0))),
+            Column::Conns | Column::Resets | Column::Rtt => {
+                tcp_value(a, column).total_cmp(&tcp_value(b, column))
+            }
             Column::Rule => rule_rate(a).cmp(&rule_rate(b)),
             Column::Bucket => bucket_fill(a).total_cmp(&bucket_fill(b)),
             Column::Process => a.process.cmp(&b.process),
@@ -381,9 +378,14 @@ pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
     });
 }
 
-/// A TCP rate of the row; -1 for rows without TCP counters, so they sort after zero.
-fn tcp_rate(row: &Row, field: impl Fn(&crate::telemetry::tcp_counts::TcpRates) -> f64) -> f64 {
-    row.tcp.as_ref().map_or(-1.0, field)
+/// The value a TCP column sorts on; -1 for rows without TCP counters (and RTTs without a
+/// sample), so they sort after zero.
+fn tcp_value(row: &Row, column: Column) -> f64 {
+    row.tcp.as_ref().map_or(-1.0, |t| match column {
+        Column::Conns => t.new_connections_per_second,
+        Column::Resets => t.resets_per_second,
+        _ => t.handshake_rtt_p99_seconds.unwrap_or(-1.0),
+    })
 }
 
 fn rule_rate(row: &Row) -> Option<u64> {

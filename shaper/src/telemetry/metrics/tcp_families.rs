@@ -58,8 +58,11 @@ pub fn collect(counters: &PortCounters, selection: &Selection) -> Vec<TcpSeries>
         .collect()
 }
 
+/// Picks one counter of a port's events.
+type EventField = fn(&TcpEvents) -> u64;
+
 /// The counter families: (name without `_total`, help, field).
-const EVENT_FAMILIES: [(&str, &str, fn(&TcpEvents) -> u64); 4] = [
+const EVENT_FAMILIES: [(&str, &str, EventField); 4] = [
     (
         "shaper_tcp_syn",
         "TCP connection attempts (SYN without ACK), under the destination port: a local service's on ingress, a remote server's on egress.",
@@ -89,7 +92,13 @@ pub fn encode<'a>(
     tracking: Option<&HandshakeTracking>,
     iface_name: impl Fn(u32) -> &'a str,
 ) -> Result<(), std::fmt::Error> {
-    let direction_name = |d: u32| if d == DIR_INGRESS { "ingress" } else { "egress" };
+    let direction_name = |d: u32| {
+        if d == DIR_INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        }
+    };
     for (name, help, field) in EVENT_FAMILIES {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for s in series {
@@ -148,12 +157,9 @@ pub fn encode<'a>(
             })
             .collect();
         let count = rtt.buckets.iter().sum();
-        family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-            rtt.sum_ns as f64 / 1e9,
-            count,
-            &buckets,
-            None,
-        )?;
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(rtt.sum_ns as f64 / 1e9, count, &buckets, None)?;
     }
 
     if let Some(tracking) = tracking {
