@@ -115,7 +115,7 @@ fn syn(ctx: &TcContext, slot: u32, direction: u32, flow: &Flow, local_port: u16,
     let Some(key) = key(ctx, slot, direction, flow, local_port, remote_port) else {
         return;
     };
-    if let Some(entry) = HANDSHAKES.get_ptr_mut(&key) {
+    if let Some(entry) = HANDSHAKES.get_ptr_mut(key) {
         // SAFETY: a value of the LRU map, valid for this program run (RCU); fields are plain
         // integers, and a racing writer of the same handshake can only make one sample wrong.
         unsafe {
@@ -142,7 +142,7 @@ fn syn(ctx: &TcContext, slot: u32, direction: u32, flow: &Flow, local_port: u16,
     };
     // A full LRU evicts its least recently used entry; an error here (out of memory) only
     // loses this handshake's telemetry.
-    let _ = HANDSHAKES.insert(&key, &entry, 0);
+    let _ = HANDSHAKES.insert(key, entry, 0);
 }
 
 #[inline(always)]
@@ -176,9 +176,9 @@ fn synack(
         // SAFETY: a helper without arguments or preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         // Full, the LRU forgets the pair seen longest ago; only `exposure`'s count suffers.
-        let _ = REMOTES.insert(&remote, &now, 0);
+        let _ = REMOTES.insert(remote, now, 0);
     }
-    let Some(entry) = HANDSHAKES.get_ptr_mut(&key) else {
+    let Some(entry) = HANDSHAKES.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: `now` from a helper without preconditions; `entry` a value of the LRU map, valid
@@ -222,7 +222,7 @@ fn client_ack(ctx: &TcContext, slot: u32, flow: &Flow, local_port: u16, remote_p
     let Some(key) = key(ctx, slot, DIR_INGRESS, flow, local_port, remote_port) else {
         return;
     };
-    let Some(entry) = HANDSHAKES.get_ptr(&key) else {
+    let Some(entry) = HANDSHAKES.get_ptr(key) else {
         return;
     };
     // SAFETY: a value of the LRU map, valid for this run (see `syn`).
@@ -257,7 +257,7 @@ fn reset(
     let Some(key) = key(ctx, slot, direction, flow, local_port, remote_port) else {
         return;
     };
-    let Some(entry) = HANDSHAKES.get_ptr(&key) else {
+    let Some(entry) = HANDSHAKES.get_ptr(key) else {
         return;
     };
     // SAFETY: a value of the LRU map, valid for this run (see `syn`).
@@ -276,7 +276,7 @@ fn reset(
         }
         stats(|s| &raw mut s.discarded);
     }
-    let _ = HANDSHAKES.remove(&key);
+    let _ = HANDSHAKES.remove(key);
 }
 
 /// Records a sample (unless the timed segment was retransmitted) and forgets the handshake.
