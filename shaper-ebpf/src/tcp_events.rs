@@ -28,7 +28,10 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::TcContext,
 };
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::offset_of,
+};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use shaper_common::{
     DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats,
@@ -132,7 +135,7 @@ fn syn(ctx: &TcContext, slot: u32, direction: u32, flow: &Flow, local_port: u16,
             flags: 0,
         }
     } else {
-        stats(|s| &raw mut s.timed);
+        stats(offset_of!(HandshakeStats, timed));
         Handshake {
             // SAFETY: a helper without arguments or preconditions.
             stamp_ns: unsafe { bpf_ktime_get_ns() },
@@ -191,7 +194,7 @@ fn synack(
                 (*entry).stamp_ns = now;
                 (*entry).state = handshake::SYNACK_SENT;
                 pending(slot, local_port, 1);
-                stats(|s| &raw mut s.timed);
+                stats(offset_of!(HandshakeStats, timed));
             } else if state == handshake::SYNACK_SENT {
                 (*entry).flags |= handshake::RETRANSMITTED;
             }
@@ -274,7 +277,7 @@ fn reset(
         if state == handshake::SYNACK_SENT {
             pending(slot, local_port, u64::MAX);
         }
-        stats(|s| &raw mut s.discarded);
+        stats(offset_of!(HandshakeStats, discarded));
     }
     let _ = HANDSHAKES.remove(key);
 }
@@ -287,7 +290,7 @@ fn finish(key: &HandshakeKey, entry_flags: u32, slot: u32, side: u32, port: u16,
         return;
     }
     if entry_flags & handshake::RETRANSMITTED != 0 {
-        stats(|s| &raw mut s.discarded);
+        stats(offset_of!(HandshakeStats, discarded));
         return;
     }
     let Some(histogram) = HANDSHAKE_RTT.get_ptr_mut(rtt_index(slot, side, port)) else {
@@ -303,7 +306,7 @@ fn finish(key: &HandshakeKey, entry_flags: u32, slot: u32, side: u32, port: u16,
         add((&raw mut (*histogram).buckets).cast::<u64>().add(bucket), 1);
         add(&raw mut (*histogram).sum_ns, ns);
     }
-    stats(|s| &raw mut s.measured);
+    stats(offset_of!(HandshakeStats, measured));
 }
 
 /// Adds `delta` (`u64::MAX` to subtract one) to the ingress `pending` count of `port`.
@@ -315,13 +318,15 @@ fn pending(slot: u32, port: u16, delta: u64) {
     }
 }
 
-/// Adds one to the field `field` picks of the shared tracker totals.
+/// Adds one to the shared tracker total at byte `offset` of [`HandshakeStats`] (an
+/// `offset_of!` of one of its u64 fields).
 #[inline(always)]
-fn stats(field: impl FnOnce(&mut HandshakeStats) -> *mut u64) {
+fn stats(offset: usize) {
     if let Some(totals) = HANDSHAKE_STATS.get_ptr_mut(0) {
-        // SAFETY: the only element of the array, live as long as the map; the closure only
-        // takes a field's address.
-        unsafe { add(field(&mut *totals), 1) };
+        // SAFETY: the only element of the array, live as long as the map; `offset` is a u64
+        // field's, so the pointer stays inside the value and aligned. No reference is made:
+        // other CPUs add to the same fields.
+        unsafe { add(totals.cast::<u8>().add(offset).cast::<u64>(), 1) };
     }
 }
 
