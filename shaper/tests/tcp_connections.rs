@@ -21,6 +21,9 @@ const CONNECTIONS: u64 = 20;
 const OPEN_PORT: u16 = 8443;
 const CLOSED_PORT: u16 = 8999;
 const LOOPBACK_PORT: u16 = 8444;
+/// A port whose SYNs a firewall drops: nothing answers them.
+const FIREWALLED_PORT: u16 = 8998;
+const FIREWALLED_ATTEMPTS: u64 = 5;
 
 fn scrape(pair: &VethPair) -> (String, Samples) {
     let addr: SocketAddr = "127.0.0.1:19350".parse().unwrap();
@@ -81,6 +84,28 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
             )
             .expect_err("nothing listens on the closed port");
             assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+        }
+    });
+    // SYNs dropped by nftables behind the hook: one each, as the client gives up before its
+    // first retransmission (1 s, TCP_TIMEOUT_INIT).
+    for rule in [
+        "add table inet firewall",
+        "add chain inet firewall in { type filter hook input priority 0; }",
+        &format!("add rule inet firewall in tcp dport {FIREWALLED_PORT} drop"),
+    ] {
+        let args: Vec<&str> = rule.split(' ').collect();
+        pair.a
+            .run("nft", &args)
+            .expect("nft in the daemon's namespace");
+    }
+    pair.b.within(|| {
+        for _ in 0..FIREWALLED_ATTEMPTS {
+            let dropped = TcpStream::connect_timeout(
+                &SocketAddr::new(pair.a_addr.into(), FIREWALLED_PORT),
+                Duration::from_millis(300),
+            )
+            .expect_err("the firewall drops the SYN");
+            assert_eq!(dropped.kind(), ErrorKind::TimedOut);
         }
     });
     let _listener = server.join().expect("server thread");
@@ -176,7 +201,7 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
     }
 
     // The reached 0.0.0.0 listener comes before the loopback ones (ours and the metrics
-    // endpoint's), and the probed closed port is listed.
+    // endpoint's), and the probed closed ports are listed: refused, and unanswered.
     let report: serde_json::Value =
         serde_json::from_str(&daemon.cli_ok(&["exposure", "--json"])).expect("exposure JSON");
     assert_eq!(report["schema_version"], 1, "{report:#}");
@@ -198,7 +223,15 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
     assert!(position(OPEN_PORT) < position(19350), "{report:#}");
     assert_eq!(
         report["probed_closed"],
-        serde_json::json!([{ "iface": iface, "port": CLOSED_PORT, "probes": CONNECTIONS }]),
+        serde_json::json!([
+            { "iface": iface, "port": CLOSED_PORT, "probes": CONNECTIONS, "unanswered": 0 },
+            {
+                "iface": iface,
+                "port": FIREWALLED_PORT,
+                "probes": 0,
+                "unanswered": FIREWALLED_ATTEMPTS
+            }
+        ]),
         "{report:#}"
     );
     let table = daemon.cli_ok(&["exposure"]);

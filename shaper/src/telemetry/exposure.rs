@@ -56,7 +56,13 @@ pub struct ExposedPort {
 pub struct ProbedPort {
     pub iface: String,
     pub port: u16,
+    /// SYNs answered by our reset: nothing listens.
     pub probes: u64,
+    /// SYNs that got neither a SYN-ACK nor a reset (retransmissions included): dropped further
+    /// in, by a firewall say. Counted here, in userspace, as SYNs minus SYN-ACKs minus probes
+    /// of a port nothing listens on.
+    #[serde(default)]
+    pub unanswered: u64,
 }
 
 /// How surprising a listener is, higher first: reachable from other hosts, reached from outside,
@@ -133,17 +139,30 @@ pub fn gather(classifier: &Classifier) -> Result<Exposure> {
     for iface in &interfaces {
         for port in 0..PORTS {
             let port = port as u16;
-            let probes = tcp.events(iface.slot, DIR_INGRESS, port).probes;
-            if probes != 0 && !open.contains(&port) {
+            let received = tcp.events(iface.slot, DIR_INGRESS, port);
+            if received.syn == 0 || open.contains(&port) {
+                continue;
+            }
+            let accepted = tcp.events(iface.slot, DIR_EGRESS, port).synack;
+            let unanswered = received
+                .syn
+                .saturating_sub(accepted)
+                .saturating_sub(received.probes);
+            if received.probes != 0 || unanswered != 0 {
                 probed_closed.push(ProbedPort {
                     iface: iface.name.clone(),
                     port,
-                    probes,
+                    probes: received.probes,
+                    unanswered,
                 });
             }
         }
     }
-    probed_closed.sort_by(|a, b| b.probes.cmp(&a.probes).then(a.port.cmp(&b.port)));
+    probed_closed.sort_by(|a, b| {
+        (b.probes + b.unanswered)
+            .cmp(&(a.probes + a.unanswered))
+            .then(a.port.cmp(&b.port))
+    });
     debug_assert_eq!(PROTO_TCP, Proto::Tcp.index());
     Ok(Exposure {
         schema_version: EXPOSURE_SCHEMA_VERSION,
@@ -218,12 +237,15 @@ impl Exposure {
             );
         }
         if !self.probed_closed.is_empty() {
-            let _ = writeln!(out, "\nprobed closed ports (SYNs answered by a reset):");
+            let _ = writeln!(
+                out,
+                "\nprobed closed ports (SYNs answered by a reset, or by nothing):"
+            );
             for p in &self.probed_closed {
                 let _ = writeln!(
                     out,
-                    "  {:<16} tcp/{:<5} {:>9} probes",
-                    p.iface, p.port, p.probes
+                    "  {:<16} tcp/{:<5} {:>9} probes {:>9} unanswered",
+                    p.iface, p.port, p.probes, p.unanswered
                 );
             }
         }
