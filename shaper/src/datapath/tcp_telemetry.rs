@@ -97,8 +97,13 @@ pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
             kind: "map",
             name: maps::REMOTES,
         })?)?;
-    // An entry evicted during the walk ends it early: the count is a lower bound anyway.
-    Ok(remotes.keys().map_while(|key| key.ok()).collect())
+    // A walk that loses its place starts again from the first key (see `tracking`): bounded to
+    // the map's size; the caller counts distinct pairs, so repeats do not matter.
+    Ok(remotes
+        .keys()
+        .take(REMOTE_ENTRIES as usize)
+        .map_while(|key| key.ok())
+        .collect())
 }
 
 impl TcpTelemetry {
@@ -133,8 +138,7 @@ pub struct HandshakeTracking {
     /// Timed and still waiting for their reply in the LRU.
     pub in_flight: u64,
     /// Timed handshakes the LRU evicted before their reply: samples lost. Counted as
-    /// `timed - measured - discarded - in_flight`, so a handshake timed between reading the
-    /// totals and walking the LRU is briefly counted in neither.
+    /// `timed - measured - discarded - in_flight` (see [`tracking`] for the order of reads).
     pub lost: u64,
 }
 
@@ -147,25 +151,32 @@ pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
                 name: maps::HANDSHAKE_STATS,
             })?,
     )?;
-    let totals = stats.get(&0, 0)?;
+    // Timed handshakes are read before the walk and their outcomes after it, so a handshake
+    // that starts or ends during the walk can only make `lost` err low this time (a later
+    // scrape then shows more, as a counter may), never high (a later scrape would show less).
+    let before = stats.get(&0, 0)?;
     let handshakes: HashMap<&MapData, HandshakeKey, Handshake> =
         HashMap::try_from(ebpf.map(maps::HANDSHAKES).ok_or(Error::MissingInObject {
             kind: "map",
             name: maps::HANDSHAKES,
         })?)?;
-    // An entry may be evicted or removed while the walk runs; such an error ends the walk.
+    // Entries come and go during the walk: when the key the walk stands on is gone, the kernel
+    // starts again from the first (`htab_map_get_next_key()`, kernel/bpf/hashtab.c), so a key
+    // may be counted twice (`lost` errs low) and the walk is bounded to the map's size.
     let in_flight = handshakes
         .iter()
+        .take(HANDSHAKE_ENTRIES as usize)
         .map_while(|entry| entry.ok())
         .filter(|(_, h)| h.state == handshake::SYNACK_SENT || h.state == handshake::SYN_SENT)
         .count() as u64;
+    let after = stats.get(&0, 0)?;
     Ok(HandshakeTracking {
-        timed: totals.timed,
-        measured: totals.measured,
-        discarded: totals.discarded,
+        timed: after.timed,
+        measured: after.measured,
+        discarded: after.discarded,
         in_flight,
-        lost: totals
+        lost: before
             .timed
-            .saturating_sub(totals.measured + totals.discarded + in_flight),
+            .saturating_sub(after.measured + after.discarded + in_flight),
     })
 }
