@@ -72,6 +72,14 @@ mod tests {
     }
 
     #[test]
+    fn the_exposure_request_is_one_more_op() {
+        assert_eq!(
+            serde_json::to_string(&Request::Exposure).unwrap(),
+            r#"{"op":"exposure"}"#
+        );
+    }
+
+    #[test]
     fn limit_requests_refuse_unknown_fields_and_bad_ports() {
         let ok = r#"{"op":"limit_set","rule":{"key":{"ports":"8000-8099","dir":"egress"},"rate_bps":8000000}}"#;
         match serde_json::from_str::<Request>(ok).unwrap() {
