@@ -56,6 +56,18 @@ pub fn ipv6_tcp_two_ext(port: u16) -> Vec<u8> {
     ethernet(ETH_P_IPV6, &ip)
 }
 
+/// An IPv4 TCP SYN (no options) to `port`: 14 + 20 + 20 = 54 bytes. Repeated, the first run
+/// records the handshake and every later one finds it: the cost of a SYN to a port that
+/// already has one in flight (a retransmission), which is the path's lookup and counts.
+pub fn ipv4_tcp_syn(port: u16) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0, 0, 64, IPPROTO_TCP, 0, 0];
+    ip.extend_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
+    ip.extend_from_slice(&SRC_PORT.to_be_bytes());
+    ip.extend_from_slice(&port.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 5 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    ethernet(ETH_P_IP, &ip)
+}
+
 /// A non-IP frame: an ARP request, padded to the 60-byte Ethernet minimum.
 pub fn arp() -> Vec<u8> {
     let mut arp = vec![0, 1, 0x08, 0, 6, 4, 0, 1];

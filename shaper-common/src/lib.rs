@@ -24,9 +24,19 @@ pub mod maps {
     pub const BUCKETS: &str = "BUCKETS";
     /// `ARRAY` of [`RuleCounters`](crate::RuleCounters), indexed by [`bucket_index`](crate::bucket_index).
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    /// `ARRAY` of [`TcpEvents`](crate::TcpEvents), indexed by [`tcp_events_index`](crate::tcp_events_index).
+    pub const TCP_EVENTS: &str = "TCP_EVENTS";
+    /// `LRU_HASH` from [`HandshakeKey`](crate::HandshakeKey) to [`Handshake`](crate::Handshake).
+    pub const HANDSHAKES: &str = "HANDSHAKES";
+    /// `ARRAY` of [`RttHistogram`](crate::RttHistogram), indexed by [`rtt_index`](crate::rtt_index).
+    pub const HANDSHAKE_RTT: &str = "HANDSHAKE_RTT";
+    /// `ARRAY` of one [`HandshakeStats`](crate::HandshakeStats).
+    pub const HANDSHAKE_STATS: &str = "HANDSHAKE_STATS";
+    /// `LRU_HASH` from [`RemoteKey`](crate::RemoteKey) to the last handshake's time (`u64`).
+    pub const REMOTES: &str = "REMOTES";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 13] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -35,6 +45,11 @@ pub mod maps {
         RULES,
         BUCKETS,
         RULE_COUNTERS,
+        TCP_EVENTS,
+        HANDSHAKES,
+        HANDSHAKE_RTT,
+        HANDSHAKE_STATS,
+        REMOTES,
     ];
 }
 
@@ -258,6 +273,9 @@ unsafe impl aya::Pod for RuleCounters {}
 // pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortVerdicts {}
+
+pub mod tcp;
+pub use tcp::*;
 
 /// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
 /// (which computes `fill_ns` and tests the arithmetic on the host).

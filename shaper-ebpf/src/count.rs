@@ -1,9 +1,11 @@
 //! Accounting: every packet lands in exactly one counter, a port's or an unclassified reason's.
 
-use crate::{IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, parse};
+use crate::{IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, parse, tcp_events};
 use aya_ebpf::programs::TcContext;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use shaper_common::{Counter, DIR_INGRESS, MAX_IFACES, port_counter_index, unclassified_index};
+use shaper_common::{
+    Counter, DIR_INGRESS, MAX_IFACES, PROTO_TCP, port_counter_index, unclassified_index,
+};
 
 /// A packet with ports, as counted: what the limiter needs to find and charge its rule.
 pub struct Packet {
@@ -56,6 +58,9 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
                 // SAFETY: `get_ptr_mut` returned a non-null pointer to an element of the array
                 // (index checked by the lookup), which lives as long as the map, so past this run.
                 unsafe { add_shared(counter, segments, bytes) };
+            }
+            if flow.proto == PROTO_TCP {
+                tcp_events::observe(ctx, slot, direction, &flow, local_port, remote_port);
             }
             Some(Packet {
                 slot,

@@ -17,6 +17,7 @@ mod bucket;
 mod count;
 mod limit;
 mod parse;
+mod tcp_events;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},

@@ -52,6 +52,11 @@ pub struct Flow {
     /// Bytes from the start of the frame to the end of the L4 header: what each GSO segment
     /// repeats on the wire.
     pub header_len: u32,
+    /// TCP flags (byte 13 of the header); 0 for UDP.
+    pub tcp_flags: u8,
+    /// Where the IP header starts, for the handshake tracker's addresses.
+    pub ip_offset: u32,
+    pub ipv6: bool,
 }
 
 /// Parses the packet, pulling non-linear headers in once if the first attempt ran out of linear
@@ -82,7 +87,7 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
 /// only accepts packet pointers whose bound check it sees in the same function ("pointer
 /// arithmetic on pkt_end prohibited" otherwise).
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
+pub(crate) fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u32> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -125,7 +130,10 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
         ETH_P_IPV6 => ipv6(ctx, offset)?,
         _ => return Err(reason::NON_IP),
     };
-    l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)
+    let mut flow = l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)?;
+    flow.ip_offset = offset as u32;
+    flow.ipv6 = ether_type == ETH_P_IPV6;
+    Ok(flow)
 }
 
 /// Returns the L4 protocol and where its header starts.
@@ -246,11 +254,16 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
             // every GSO segment repeats on the wire.
             let header_len = offset + data_offset as usize * 4;
             ensure_len(ctx, header_len)?;
+            // SAFETY: byte 13 of the 20 bytes ptr_at checked.
+            let tcp_flags = unsafe { *(tcp as *const u8).add(13) };
             Ok(Flow {
                 proto: PROTO_TCP,
                 src_port: u16::from_be_bytes(source),
                 dst_port: u16::from_be_bytes(dest),
                 header_len: header_len as u32,
+                tcp_flags,
+                ip_offset: 0,
+                ipv6: false,
             })
         }
         IPPROTO_UDP => {
@@ -271,6 +284,9 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
                 src_port: u16::from_be_bytes(src),
                 dst_port: u16::from_be_bytes(dst),
                 header_len: (offset + UdpHdr::LEN) as u32,
+                tcp_flags: 0,
+                ip_offset: 0,
+                ipv6: false,
             })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {

@@ -140,6 +140,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
         ("proto", "udp"),
         ("port", "9311"),
         ("process", comm.as_str()),
+        ("scope", "198.18.0.1"),
     ];
     assert_eq!(
         got.get(&series("shaper_port_listening", &listening)),

@@ -97,7 +97,12 @@ fn keeps_only_the_documented_set(mode: &str, tag: &str) {
     }
     for holder in [&root_held, &nobody_held] {
         let port = holder.port.to_string();
-        let labels = [("proto", "tcp"), ("port", &port), ("process", "sleep")];
+        let labels = [
+            ("proto", "tcp"),
+            ("port", &port),
+            ("process", "sleep"),
+            ("scope", "any"),
+        ];
         assert_eq!(
             got.get(&series("shaper_port_listening", &labels)),
             Some(&1.0),

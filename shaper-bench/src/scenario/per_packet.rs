@@ -150,7 +150,7 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     let floor = floor.program()?;
     let repeat = cx.plan.test_run_repeat;
 
-    let frames: [(&str, FrameFn, usize); 3] = [
+    let frames: [(&str, FrameFn, usize); 4] = [
         ("ipv4_udp_64B", packets::ipv4_udp_64, VARIANTS.len()),
         (
             "ipv6_tcp_2ext_90B",
@@ -159,6 +159,8 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
         ),
         // A frame without ports never reaches a rule: only floor and shaper apply.
         ("non_ip_arp_60B", |_| packets::arp(), 2),
+        // The handshake tracker's path (see shaper-ebpf's tcp_events), unlimited.
+        ("ipv4_tcp_syn_54B", packets::ipv4_tcp_syn, 2),
     ];
     for (frame_name, make, variant_count) in frames {
         let variants = &VARIANTS[..variant_count];

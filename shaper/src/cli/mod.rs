@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 mod datapath;
+mod exposure;
 mod limit;
 mod run;
 mod stats;
@@ -39,6 +40,9 @@ enum Command {
     Top(top::TopArgs),
     /// What is pinned and attached in this network namespace, and whether a daemon runs it.
     Status(datapath::StatusArgs),
+    /// Every listening port with its process, bind scope and the connections it accepted;
+    /// probed closed ports. Surprising lines first.
+    Exposure(exposure::ExposureArgs),
     /// Detach and unpin the datapath a stopped daemon left (after `run --persist`, or a
     /// crash), and remove any clsact qdisc shaper added. Refused while a daemon runs.
     Down(datapath::DownArgs),
@@ -52,6 +56,7 @@ impl Cli {
             Command::Limit(command) => limit::limit(command, &self.socket),
             Command::Top(args) => top::top(args, &self.socket),
             Command::Status(args) => datapath::status(args),
+            Command::Exposure(args) => exposure::exposure(args, &self.socket),
             Command::Down(args) => datapath::down(args),
         }
     }

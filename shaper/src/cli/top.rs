@@ -206,6 +206,18 @@ fn si(value: f64) -> String {
     format!("{text}{prefix}")
 }
 
+/// Seconds as milliseconds with two or three significant digits: `0.07`, `4.2`, `67`.
+fn millis(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    if ms < 1.0 {
+        format!("{ms:.2}")
+    } else if ms < 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
 fn cell_text(row: &Row, column: Column, bits: bool) -> String {
     match column {
         Column::Iface => row.iface.clone(),
@@ -219,6 +231,22 @@ fn cell_text(row: &Row, column: Column, bits: bool) -> String {
         Column::Packets => count(row.packets_per_second),
         Column::Drops => count(row.dropped_packets_per_second),
         Column::WouldDrops => count(row.would_drop_packets_per_second),
+        Column::Conns => row
+            .tcp
+            .as_ref()
+            .map_or("-".to_owned(), |t| count(t.new_connections_per_second)),
+        Column::Resets => row
+            .tcp
+            .as_ref()
+            .map_or("-".to_owned(), |t| count(t.resets_per_second)),
+        Column::Rtt => row.tcp.as_ref().map_or("-".to_owned(), |t| {
+            let ms = |s: Option<f64>| s.map_or("-".to_owned(), millis);
+            format!(
+                "{}/{}ms",
+                ms(t.handshake_rtt_p50_seconds),
+                ms(t.handshake_rtt_p99_seconds)
+            )
+        }),
         Column::Rule => row.rule.as_ref().map_or("-".to_owned(), |r| {
             format!(
                 "{}/{} {}",
@@ -249,6 +277,9 @@ fn width(column: Column) -> usize {
         Column::Packets => 6,
         Column::Drops => 6,
         Column::WouldDrops => 7,
+        Column::Conns => 6,
+        Column::Resets => 5,
+        Column::Rtt => 13,
         Column::Rule => 19,
         Column::Bucket => 6,
         Column::Process => 12,
@@ -271,6 +302,10 @@ fn visible_columns(total: usize, several_ifaces: bool) -> Vec<Column> {
         Column::Process,
         Column::WouldDrops,
         Column::Iface,
+        // TCP connection columns, on terminals wide enough.
+        Column::Conns,
+        Column::Rtt,
+        Column::Resets,
     ];
     if several_ifaces {
         priority.retain(|&c| c != Column::Iface);

@@ -8,7 +8,7 @@ use crate::{
         rule_table::{RuleKey, RuleSpec},
         rules_in_force::RuleView,
     },
-    telemetry::counter_snapshot::Snapshot,
+    telemetry::{counter_snapshot::Snapshot, exposure::Exposure},
 };
 
 /// Where the daemon listens unless told otherwise (`--socket`, or `SHAPER_SOCKET`).
@@ -28,6 +28,8 @@ pub enum Request {
     LimitRm { rule: RuleKey },
     /// Every rule with its counters.
     LimitLs,
+    /// Listening ports, who can reach them and who did; probed closed ports.
+    Exposure,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -46,6 +48,7 @@ pub enum Response {
     Rules {
         rules: Vec<RuleView>,
     },
+    Exposure(Exposure),
     Error {
         message: String,
     },
@@ -66,6 +69,14 @@ mod tests {
             Request::Stats
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn the_exposure_request_is_one_more_op() {
+        assert_eq!(
+            serde_json::to_string(&Request::Exposure).unwrap(),
+            r#"{"op":"exposure"}"#
+        );
     }
 
     #[test]

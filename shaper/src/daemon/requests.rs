@@ -8,7 +8,7 @@ use super::InForce;
 use crate::{
     control::{Request, Response},
     error::{Error, Result, chain},
-    telemetry::listening_sockets,
+    telemetry::{exposure, listening_sockets},
 };
 
 /// Answers `request`; an error becomes an error reply, and the daemon goes on serving.
@@ -48,6 +48,7 @@ impl InForce {
             Request::LimitLs => Response::Rules {
                 rules: limits.list(classifier),
             },
+            Request::Exposure => Response::Exposure(exposure::gather(classifier)?),
         })
     }
 }

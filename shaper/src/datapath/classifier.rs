@@ -10,8 +10,9 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
-    PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
-    RuleIndexRow, SIDE_LOCAL, bucket_index, maps, reason, rule_index_row, unclassified_index,
+    PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RTT_HISTOGRAMS_PER_IFACE, RULE_INDEX_ROWS_PER_IFACE,
+    RuleConfig, RuleCounters, RuleIndexRow, SIDE_LOCAL, TCP_EVENTS_PER_IFACE, bucket_index, maps,
+    reason, rule_index_row, unclassified_index,
 };
 
 use crate::{
@@ -20,6 +21,7 @@ use crate::{
     datapath::ktime,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters, ReadOnlyMapping, WritableMapping},
     datapath::pins::{MapLayout, PinDir},
+    datapath::tcp_telemetry::{self, TcpTelemetry},
     error::{Error, Result, chain},
     telemetry::counter_snapshot::{
         InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
@@ -77,9 +79,11 @@ pub struct InterfaceState {
 
 /// Bytes of BPF map memory the classifier takes for `interfaces` interfaces on `cpus` CPUs
 /// (values only; the kernel adds a page or so of bookkeeping per map): per interface 4 MiB of
-/// port counters, 8 MiB of per-port verdict counters and 1 MiB of rule index, plus the per-CPU
-/// unclassified counters and the fixed-size rule maps (10 MiB for 65,536 rule ids).
+/// port counters, 8 MiB of per-port verdict counters, 1 MiB of rule index, 6 MiB of TCP event
+/// counters and 20 MiB of handshake round-trip histograms, plus the per-CPU unclassified
+/// counters and the fixed-size rule maps (10 MiB for 65,536 rule ids) and handshake tracker.
 pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
+    let tcp = tcp_telemetry::map_memory_bytes(interfaces);
     let interfaces = u64::from(interfaces);
     let counter = size_of::<Counter>() as u64;
     let port_entries = interfaces * u64::from(PORT_COUNTERS_PER_IFACE);
@@ -92,7 +96,7 @@ pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
         * (size_of::<RuleConfig>() as u64
             + u64::from(DIRECTIONS)
                 * (size_of::<BucketState>() + size_of::<RuleCounters>()) as u64);
-    ports + index + unclassified + rules
+    ports + index + unclassified + rules + tcp
 }
 
 #[derive(Debug)]
@@ -198,9 +202,10 @@ impl Classifier {
         let rule_index = map_shared(&ebpf, maps::RULE_INDEX, |fd| {
             WritableMapping::new(fd, index_rows as usize * size_of::<RuleIndexRow>())
         })?;
+        let tcp = TcpTelemetry::map(&ebpf, capacity)?;
         let mut classifier = Self {
             ebpf,
-            ports: PortCounters::new(port_counters, port_verdicts),
+            ports: PortCounters::new(port_counters, port_verdicts, tcp),
             rule_counters,
             rule_index,
             interfaces: Vec::new(),
@@ -429,6 +434,24 @@ impl Classifier {
                 }
             })
             .collect()
+    }
+
+    /// The handshake tracker's totals, and the samples it lost to LRU evictions.
+    pub fn handshake_tracking(&self) -> Result<crate::datapath::tcp_telemetry::HandshakeTracking> {
+        crate::datapath::tcp_telemetry::tracking(&self.ebpf)
+    }
+
+    /// The (slot, local port, remote address) pairs of accepted handshakes the program
+    /// remembers.
+    pub fn accepted_remotes(&self) -> Result<Vec<shaper_common::RemoteKey>> {
+        crate::datapath::tcp_telemetry::remotes(&self.ebpf)
+    }
+
+    /// Whether the interface slot is one this daemon registered (not an adopted leftover).
+    pub fn slot_is_current(&self, slot: u32) -> bool {
+        self.interfaces
+            .get(slot as usize)
+            .is_some_and(|i| i.current)
     }
 
     /// The per-port counters, shared with whoever reads them (the metrics endpoint).
@@ -672,6 +695,9 @@ impl Classifier {
                                 would_drop_packets: reading.would_drop.packets,
                                 would_drop_bytes: reading.would_drop.bytes,
                                 rule: self.local_rule(slot, direction, proto.index(), port),
+                                tcp: (proto == Proto::Tcp)
+                                    .then(|| self.ports.tcp().counts(slot, direction.index(), port))
+                                    .flatten(),
                             });
                         },
                     );
@@ -709,13 +735,15 @@ impl Drop for Classifier {
 }
 
 /// The maps whose size depends on the number of interface slots, with that size.
-fn sized_maps(capacity: u32) -> [(&'static str, u32); 4] {
+fn sized_maps(capacity: u32) -> [(&'static str, u32); 6] {
     let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
     [
         (maps::PORT_COUNTERS, port_entries),
         (maps::PORT_VERDICTS, port_entries),
         (maps::RULE_INDEX, capacity * RULE_INDEX_ROWS_PER_IFACE),
         (maps::UNCLASSIFIED, capacity * DIRECTIONS * reason::COUNT),
+        (maps::TCP_EVENTS, capacity * TCP_EVENTS_PER_IFACE),
+        (maps::HANDSHAKE_RTT, capacity * RTT_HISTOGRAMS_PER_IFACE),
     ]
 }
 
@@ -780,7 +808,7 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
 }
 
 /// Maps the mmapable array `name` of the loaded object with `map`.
-fn map_shared<T>(
+pub(crate) fn map_shared<T>(
     ebpf: &Ebpf,
     name: &'static str,
     map: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T>,
@@ -835,12 +863,21 @@ mod tests {
     }
 
     #[test]
-    fn map_memory_is_thirteen_mib_per_interface_ten_for_the_rules_and_a_little_per_cpu() {
+    fn map_memory_is_39_mib_per_interface_ten_for_the_rules_and_a_little_per_cpu() {
         // 65,536 rule ids × (32 B limit + 2 directions × (16 B bucket + 48 B counters)).
         let rules = 65536 * (32 + 2 * (16 + 48));
         assert_eq!(rules, 10 * 1024 * 1024);
-        assert_eq!(map_memory_bytes(1, 1), 13 * 1024 * 1024 + 14 * 16 + rules);
-        // Two interfaces on a 128-CPU host stay below 37 MiB.
-        assert!(map_memory_bytes(2, 128) < 37 * 1024 * 1024);
+        // The handshake tracker: 16,384 entries of 40 B key + 16 B value + 64 B of the kernel's
+        // element header (`struct htab_elem`, kernel/bpf/hashtab.c; bpftool reports 1,966,976 B
+        // for the map), plus the 32 B tracker totals.
+        let tracker = 16384 * (40 + 16 + 64) + 32;
+        // The remotes of `exposure`: 32,768 × (24 B key + 8 B value + 64 B) = 3 MiB.
+        let remotes = 3 * 1024 * 1024;
+        assert_eq!(
+            map_memory_bytes(1, 1),
+            (13 + 6 + 20) * 1024 * 1024 + 14 * 16 + rules + tracker + remotes
+        );
+        // One interface on a 128-CPU host stays below the 64 MiB budget.
+        assert!(map_memory_bytes(1, 128) < 54 * 1024 * 1024);
     }
 }

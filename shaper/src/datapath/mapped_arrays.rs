@@ -18,6 +18,8 @@ use std::{
 
 use shaper_common::{Counter, PORTS, PortVerdicts, port_counter_index};
 
+use crate::datapath::tcp_telemetry::TcpTelemetry;
+
 // Relaxed atomic loads are sound on read-only memory only for "sufficiently small" atomics, which
 // std guarantees up to 8 bytes on 64-bit targets (std::sync::atomic, "Atomic accesses to
 // read-only memory"); a 32-bit target may implement a 64-bit load with a compare-and-swap, which
@@ -173,14 +175,21 @@ pub struct PortReading {
 pub struct PortCounters {
     seen: Arc<ReadOnlyMapping>,
     verdicts: Arc<ReadOnlyMapping>,
+    tcp: Arc<TcpTelemetry>,
 }
 
 impl PortCounters {
-    pub(crate) fn new(seen: ReadOnlyMapping, verdicts: ReadOnlyMapping) -> Self {
+    pub(crate) fn new(seen: ReadOnlyMapping, verdicts: ReadOnlyMapping, tcp: TcpTelemetry) -> Self {
         Self {
             seen: Arc::new(seen),
             verdicts: Arc::new(verdicts),
+            tcp: Arc::new(tcp),
         }
+    }
+
+    /// The TCP event counters and handshake histograms, mapped the same way.
+    pub fn tcp(&self) -> &TcpTelemetry {
+        &self.tcp
     }
 
     /// The counters of one (interface slot, direction index, protocol, port); zero outside the

@@ -8,4 +8,5 @@ pub mod mapped_arrays;
 pub(crate) mod netlink;
 pub mod pinned_datapath;
 pub mod pins;
+pub mod tcp_telemetry;
 pub(crate) mod tcx_query;

@@ -56,6 +56,9 @@ pub struct PortStats {
     /// The id of the rule in force on this local port (as `shaper limit ls` lists it), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<u16>,
+    /// TCP connection counters and round trips (TCP rows that counted any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<crate::telemetry::tcp_counts::TcpCounts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -169,6 +172,7 @@ mod tests {
                 would_drop_packets: 0,
                 would_drop_bytes: 0,
                 rule: Some(4),
+                tcp: None,
             }],
             unclassified: vec![UnclassifiedStats {
                 iface: "eth0".into(),

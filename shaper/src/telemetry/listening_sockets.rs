@@ -9,7 +9,10 @@
 //! characters). A socket whose owner cannot be seen (a kernel socket, or a process that exited
 //! meanwhile) is reported with process `unknown`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+};
 
 use procfs::{
     net::{TcpState, UdpState},
@@ -34,14 +37,47 @@ pub const UNKNOWN_PROCESS: &str = "unknown";
 /// Every listening socket, one entry per (protocol, port, process), sorted. A table that
 /// cannot be read (IPv6 disabled, say) contributes nothing.
 pub fn listeners() -> Vec<Listener> {
-    let mut sockets: Vec<(Proto, u16, u64)> = Vec::new();
+    let unique: BTreeSet<Listener> = scoped_listeners()
+        .into_iter()
+        .map(|scoped| scoped.listener)
+        .collect();
+    unique.into_iter().collect()
+}
+
+/// A listener and the address it is bound to: who can reach it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScopedListener {
+    pub listener: Listener,
+    /// `loopback` (127.0.0.0/8, ::1), `any` (0.0.0.0, ::) or the address itself.
+    pub scope: String,
+}
+
+/// The bind scope of a local address.
+pub fn bind_scope(addr: IpAddr) -> String {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    if addr.is_loopback() {
+        "loopback".to_owned()
+    } else if addr.is_unspecified() {
+        "any".to_owned()
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Every listening socket with its bind scope, one entry per (protocol, port, process, scope),
+/// sorted.
+pub fn scoped_listeners() -> Vec<ScopedListener> {
+    let mut sockets: Vec<(Proto, SocketAddr, u64)> = Vec::new();
     let tcp = procfs::net::tcp()
         .into_iter()
         .chain(procfs::net::tcp6())
         .flatten();
     for entry in tcp {
         if entry.state == TcpState::Listen {
-            sockets.push((Proto::Tcp, entry.local_address.port(), entry.inode));
+            sockets.push((Proto::Tcp, entry.local_address, entry.inode));
         }
     }
     let udp = procfs::net::udp()
@@ -50,19 +86,22 @@ pub fn listeners() -> Vec<Listener> {
         .flatten();
     for entry in udp {
         if entry.state == UdpState::Close && entry.local_address.port() != 0 {
-            sockets.push((Proto::Udp, entry.local_address.port(), entry.inode));
+            sockets.push((Proto::Udp, entry.local_address, entry.inode));
         }
     }
     let owners = socket_owners();
-    let unique: BTreeSet<Listener> = sockets
+    let unique: BTreeSet<ScopedListener> = sockets
         .into_iter()
-        .map(|(proto, port, inode)| Listener {
-            proto,
-            port,
-            process: owners
-                .get(&inode)
-                .cloned()
-                .unwrap_or_else(|| UNKNOWN_PROCESS.to_owned()),
+        .map(|(proto, addr, inode)| ScopedListener {
+            listener: Listener {
+                proto,
+                port: addr.port(),
+                process: owners
+                    .get(&inode)
+                    .cloned()
+                    .unwrap_or_else(|| UNKNOWN_PROCESS.to_owned()),
+            },
+            scope: bind_scope(addr.ip()),
         })
         .collect();
     unique.into_iter().collect()
@@ -97,6 +136,22 @@ fn socket_owners() -> HashMap<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_scopes_name_loopback_any_and_addresses() {
+        for (addr, scope) in [
+            ("127.0.0.1", "loopback"),
+            ("127.0.0.53", "loopback"),
+            ("::1", "loopback"),
+            ("0.0.0.0", "any"),
+            ("::", "any"),
+            ("::ffff:0.0.0.0", "any"),
+            ("198.18.0.1", "198.18.0.1"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            assert_eq!(bind_scope(addr.parse().unwrap()), scope, "{addr}");
+        }
+    }
 
     #[test]
     fn a_listening_tcp_socket_and_a_bound_udp_socket_are_found_with_their_owner() {

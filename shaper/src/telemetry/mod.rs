@@ -2,6 +2,8 @@
 //! listening sockets and the Prometheus metrics.
 
 pub mod counter_snapshot;
+pub mod exposure;
 pub mod listening_sockets;
 pub mod metrics;
+pub mod tcp_counts;
 pub mod top_view;

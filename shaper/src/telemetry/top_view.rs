@@ -83,6 +83,10 @@ pub struct Row {
     pub rule: Option<RuleInForce>,
     /// The processes listening on this port (comma-separated), if any.
     pub process: Option<String>,
+    /// TCP rows that counted connection events: new connections, resets and handshake round
+    /// trips in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<crate::telemetry::tcp_counts::TcpRates>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +177,13 @@ pub fn view(before: &Sample, after: &Sample) -> View {
             process: processes
                 .get(&(now.proto, now.port))
                 .map(|names| names.join(",")),
+            tcp: now.tcp.as_ref().map(|counts| {
+                crate::telemetry::tcp_counts::TcpRates::between(
+                    then.and_then(|t| t.tcp.as_ref()),
+                    counts,
+                    per_second,
+                )
+            }),
         };
         totals.bytes_per_second += row.bytes_per_second;
         totals.packets_per_second += row.packets_per_second;
@@ -240,13 +251,19 @@ pub enum Column {
     Packets,
     Drops,
     WouldDrops,
+    /// TCP: new connections per second.
+    Conns,
+    /// TCP: resets per second.
+    Resets,
+    /// TCP: handshake round trip p50/p99.
+    Rtt,
     Rule,
     Bucket,
     Process,
 }
 
 impl Column {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 14] = [
         Self::Iface,
         Self::Direction,
         Self::Proto,
@@ -255,6 +272,9 @@ impl Column {
         Self::Packets,
         Self::Drops,
         Self::WouldDrops,
+        Self::Conns,
+        Self::Resets,
+        Self::Rtt,
         Self::Rule,
         Self::Bucket,
         Self::Process,
@@ -270,6 +290,9 @@ impl Column {
             Self::Packets => "PKT/S",
             Self::Drops => "DROP/S",
             Self::WouldDrops => "WDROP/S",
+            Self::Conns => "CONN/S",
+            Self::Resets => "RST/S",
+            Self::Rtt => "RTT p50/p99",
             Self::Rule => "RULE",
             Self::Bucket => "BUCKET",
             Self::Process => "PROCESS",
@@ -291,7 +314,15 @@ impl Column {
     pub fn right_aligned(self) -> bool {
         matches!(
             self,
-            Self::Port | Self::Rate | Self::Packets | Self::Drops | Self::WouldDrops | Self::Bucket
+            Self::Port
+                | Self::Rate
+                | Self::Packets
+                | Self::Drops
+                | Self::WouldDrops
+                | Self::Conns
+                | Self::Resets
+                | Self::Rtt
+                | Self::Bucket
         )
     }
 
@@ -300,7 +331,15 @@ impl Column {
     pub fn descending_first(self) -> bool {
         matches!(
             self,
-            Self::Rate | Self::Packets | Self::Drops | Self::WouldDrops | Self::Rule | Self::Bucket
+            Self::Rate
+                | Self::Packets
+                | Self::Drops
+                | Self::WouldDrops
+                | Self::Conns
+                | Self::Resets
+                | Self::Rtt
+                | Self::Rule
+                | Self::Bucket
         )
     }
 }
@@ -323,6 +362,9 @@ pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
             Column::WouldDrops => a
                 .would_drop_packets_per_second
                 .total_cmp(&b.would_drop_packets_per_second),
+            Column::Conns | Column::Resets | Column::Rtt => {
+                tcp_value(a, column).total_cmp(&tcp_value(b, column))
+            }
             Column::Rule => rule_rate(a).cmp(&rule_rate(b)),
             Column::Bucket => bucket_fill(a).total_cmp(&bucket_fill(b)),
             Column::Process => a.process.cmp(&b.process),
@@ -334,6 +376,16 @@ pub fn sort(rows: &mut [Row], column: Column, descending: bool) {
         };
         ordering.then_with(|| identity(a).cmp(&identity(b)))
     });
+}
+
+/// The value a TCP column sorts on; -1 for rows without TCP counters (and RTTs without a
+/// sample), so they sort after zero.
+fn tcp_value(row: &Row, column: Column) -> f64 {
+    row.tcp.as_ref().map_or(-1.0, |t| match column {
+        Column::Conns => t.new_connections_per_second,
+        Column::Resets => t.resets_per_second,
+        _ => t.handshake_rtt_p99_seconds.unwrap_or(-1.0),
+    })
 }
 
 fn rule_rate(row: &Row) -> Option<u64> {
@@ -384,6 +436,7 @@ mod tests {
             would_drop_packets: 0,
             would_drop_bytes: 0,
             rule,
+            tcp: None,
         }
     }
 
@@ -535,6 +588,7 @@ mod tests {
                 bucket_fill: 0.25,
             }),
             process: Some("nginx".into()),
+            tcp: None,
         };
         let json = serde_json::to_string(&row).unwrap();
         assert_eq!(

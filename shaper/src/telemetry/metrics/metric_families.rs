@@ -13,7 +13,7 @@ use prometheus_client::{
 };
 use shaper_common::{DIR_INGRESS, reason};
 
-use super::{Format, Scrape, port_selection::Totals, text_formats};
+use super::{Format, Scrape, port_selection::Totals, tcp_families, text_formats};
 use crate::datapath::classifier::PROTOCOLS;
 
 /// The port counter families: (name, help, index into [`Totals`]).
@@ -219,18 +219,27 @@ impl Collector for ScrapeCollector {
             ConstGauge::new(rule.limit.burst_bytes).encode(family.encode_family(labels)?)?;
         }
 
+        tcp_families::encode(
+            &mut encoder,
+            &scrape.tcp,
+            scrape.inventory.handshakes.as_ref(),
+            iface_name,
+        )?;
+
         let mut family = encoder.encode_descriptor(
             "shaper_port_listening",
-            "1 for each local port a TCP socket listens on or a UDP socket is bound to, with the owning process (comm).",
+            "1 for each local port a TCP socket listens on or a UDP socket is bound to, with the owning process (comm) and the bind scope (loopback, any, or the address).",
             None,
             MetricType::Gauge,
         )?;
-        for listener in &scrape.listeners {
+        for scoped in &scrape.listeners {
+            let listener = &scoped.listener;
             let port = listener.port.to_string();
             let labels = [
                 ("proto", listener.proto.name()),
                 ("port", port.as_str()),
                 ("process", listener.process.as_str()),
+                ("scope", scoped.scope.as_str()),
             ];
             ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
         }

@@ -11,6 +11,7 @@ mod http_endpoint;
 mod metric_families;
 mod port_selection;
 mod saved_selection;
+mod tcp_families;
 mod text_formats;
 
 use std::{
@@ -36,7 +37,7 @@ use crate::{
     policy::config_reload::ReloadStatus,
     policy::rule_table::{Rule, Side},
     policy::rules_in_force::Limits,
-    telemetry::listening_sockets::{Listener, listeners},
+    telemetry::listening_sockets::{ScopedListener, scoped_listeners},
 };
 
 /// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
@@ -91,6 +92,8 @@ pub struct Inventory {
     pub unclassified: Vec<(u32, u32, u32, Counter)>,
     /// Whether the last config reload worked and when one last did.
     pub config_reload: ReloadStatus,
+    /// The TCP handshake tracker's totals; `None` if they could not be read.
+    pub handshakes: Option<crate::datapath::tcp_telemetry::HandshakeTracking>,
 }
 
 impl Inventory {
@@ -110,6 +113,7 @@ impl Inventory {
             rules: limits.rules(),
             unclassified,
             config_reload: limits.reload_status(),
+            handshakes: classifier.handshake_tracking().ok(),
         })
     }
 
@@ -176,8 +180,11 @@ struct Remembered {
 #[derive(Debug)]
 pub struct Scrape {
     pub inventory: Inventory,
-    pub listeners: Vec<Listener>,
+    /// Listening sockets with their bind scope.
+    pub listeners: Vec<ScopedListener>,
     pub selection: Selection,
+    /// TCP connection telemetry of the shown TCP ports.
+    pub tcp: Vec<tcp_families::TcpSeries>,
     /// When the scrape began (before the daemon's lock was taken).
     pub started: Instant,
 }
@@ -226,11 +233,11 @@ impl Exporter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Remembered { selector, file } = &mut *remembered;
-        let listeners = listeners();
+        let listeners = scoped_listeners();
         let mut pinned = inventory.rule_ports();
         let listening: HashSet<(u32, u16)> = listeners
             .iter()
-            .map(|l| (l.proto.index(), l.port))
+            .map(|l| (l.listener.proto.index(), l.listener.port))
             .collect();
         let mut active = Vec::new();
         for iface in &inventory.interfaces {
@@ -264,6 +271,7 @@ impl Exporter {
             file.save(selector, &inventory.interfaces);
         }
         Scrape {
+            tcp: tcp_families::collect(&self.counters, &selection),
             inventory,
             listeners,
             selection,
@@ -315,6 +323,7 @@ mod tests {
             rules,
             unclassified: Vec::new(),
             config_reload: ReloadStatus::succeeded_now(),
+            handshakes: None,
         }
     }
 

@@ -1,0 +1,388 @@
+//! TCP connection telemetry: SYN, SYN-ACK, RST and FIN counters per port, probes of closed
+//! ports, and handshake round trips.
+//!
+//! Counted once per skb. A SYN or SYN-ACK is always a single segment (the kernel never builds a
+//! GSO aggregate of a handshake segment). A FIN or RST is on one wire segment of its skb too:
+//! segmentation leaves FIN (and PSH) only on the last segment (`tcp_gso_segment()`,
+//! net/ipv4/tcp_offload.c: `th->fin = th->psh = 0` for all but the last), and GRO never merges a
+//! segment with FIN, RST or SYN into an aggregate (`tcp_gro_receive()`: those flags set `flush`).
+//!
+//! Handshakes in flight are tracked in `HANDSHAKES`, an LRU hash keyed by the 4-tuple:
+//! - ingress SYN to a local port: `SYN_RECEIVED`; our egress SYN-ACK then starts the clock
+//!   (`SYNACK_SENT`) and the client's ingress ACK stops it: a client-side sample for the port.
+//!   An egress RST instead means nothing listens there: a probe of the port.
+//! - egress SYN: `SYN_SENT`, clock started; the server's ingress SYN-ACK stops it: a server-side
+//!   sample for the remote port.
+//! - A retransmitted SYN-ACK (or SYN) marks the handshake: the reply cannot tell which copy it
+//!   answers, so no sample is taken (counted as discarded).
+//!
+//! The cost on the common path (a segment without SYN, RST or FIN) is one flags test, and on
+//! ingress an ACK also reads its port's `pending` count: the LRU is looked up only while that
+//! port has a handshake waiting for its ACK.
+
+use crate::parse::{Flow, ptr_at};
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::TcContext,
+};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::offset_of,
+};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use shaper_common::{
+    DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats,
+    REMOTE_ENTRIES, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER,
+    RemoteKey, RttHistogram, TCP_EVENTS_PER_IFACE, TcpEvents, flags, handshake, rtt_bucket,
+    rtt_index, tcp_events_index,
+};
+
+/// Per (interface, direction, port) event counters; sized at load time like `PORT_COUNTERS`
+/// and read by userspace through mmap.
+#[map]
+static TCP_EVENTS: Array<TcpEvents> = Array::with_max_entries(TCP_EVENTS_PER_IFACE, BPF_F_MMAPABLE);
+
+/// Handshakes in flight (see the module comment). Fixed size, whatever the interfaces.
+#[map]
+static HANDSHAKES: LruHashMap<HandshakeKey, Handshake> =
+    LruHashMap::with_max_entries(HANDSHAKE_ENTRIES, 0);
+
+/// Handshake round-trip histograms per (interface, side, port); sized at load time.
+#[map]
+static HANDSHAKE_RTT: Array<RttHistogram> =
+    Array::with_max_entries(RTT_HISTOGRAMS_PER_IFACE, BPF_F_MMAPABLE);
+
+/// The remotes each local port accepted handshakes from, for `shaper exposure`; the value is
+/// the last SYN-ACK's `bpf_ktime_get_ns()`.
+#[map]
+static REMOTES: LruHashMap<RemoteKey, u64> = LruHashMap::with_max_entries(REMOTE_ENTRIES, 0);
+
+/// Totals of the handshake tracker, from which userspace counts the samples the LRU lost.
+#[map]
+static HANDSHAKE_STATS: Array<HandshakeStats> = Array::with_max_entries(1, 0);
+
+/// Counts a TCP segment's events and follows its handshake.
+#[inline(always)]
+pub fn observe(
+    ctx: &TcContext,
+    slot: u32,
+    direction: u32,
+    flow: &Flow,
+    local_port: u16,
+    remote_port: u16,
+) {
+    let tcp_flags = flow.tcp_flags;
+    if tcp_flags & (flags::SYN | flags::RST | flags::FIN) == 0 {
+        if direction == DIR_INGRESS && tcp_flags & flags::ACK != 0 {
+            client_ack(ctx, slot, flow, local_port, remote_port);
+        }
+        return;
+    }
+    if tcp_flags & flags::SYN != 0 {
+        if tcp_flags & flags::ACK == 0 {
+            syn(ctx, slot, direction, flow, local_port, remote_port);
+        } else {
+            synack(ctx, slot, direction, flow, local_port, remote_port);
+        }
+        return;
+    }
+    let Some(events) = TCP_EVENTS.get_ptr_mut(tcp_events_index(slot, direction, local_port)) else {
+        return;
+    };
+    if tcp_flags & flags::FIN != 0 {
+        // SAFETY: `events` is a live array element (non-null, index checked by the lookup).
+        unsafe { add(&raw mut (*events).fin, 1) };
+    }
+    if tcp_flags & flags::RST != 0 {
+        // SAFETY: as above.
+        unsafe { add(&raw mut (*events).rst, 1) };
+        reset(ctx, slot, direction, flow, local_port, remote_port);
+    }
+}
+
+#[inline(always)]
+fn syn(ctx: &TcContext, slot: u32, direction: u32, flow: &Flow, local_port: u16, remote_port: u16) {
+    // Under the server's port: ours on ingress, the remote one on egress.
+    let port = if direction == DIR_INGRESS {
+        local_port
+    } else {
+        remote_port
+    };
+    if let Some(events) = TCP_EVENTS.get_ptr_mut(tcp_events_index(slot, direction, port)) {
+        // SAFETY: a live array element (index checked by the lookup).
+        unsafe { add(&raw mut (*events).syn, 1) };
+    }
+    let Some(key) = key(ctx, slot, direction, flow, local_port, remote_port) else {
+        return;
+    };
+    if let Some(entry) = HANDSHAKES.get_ptr_mut(key) {
+        // SAFETY: a value of the LRU map, valid for this program run (RCU); fields are plain
+        // integers, and a racing writer of the same handshake can only make one sample wrong.
+        unsafe {
+            if direction == DIR_EGRESS && (*entry).state == handshake::SYN_SENT {
+                (*entry).flags |= handshake::RETRANSMITTED;
+            }
+        }
+        return;
+    }
+    let entry = if direction == DIR_INGRESS {
+        Handshake {
+            stamp_ns: 0,
+            state: handshake::SYN_RECEIVED,
+            flags: 0,
+        }
+    } else {
+        stats(offset_of!(HandshakeStats, timed));
+        Handshake {
+            // SAFETY: a helper without arguments or preconditions.
+            stamp_ns: unsafe { bpf_ktime_get_ns() },
+            state: handshake::SYN_SENT,
+            flags: 0,
+        }
+    };
+    // A full LRU evicts its least recently used entry; an error here (out of memory) only
+    // loses this handshake's telemetry.
+    let _ = HANDSHAKES.insert(key, entry, 0);
+}
+
+#[inline(always)]
+fn synack(
+    ctx: &TcContext,
+    slot: u32,
+    direction: u32,
+    flow: &Flow,
+    local_port: u16,
+    remote_port: u16,
+) {
+    let port = if direction == DIR_EGRESS {
+        local_port
+    } else {
+        remote_port
+    };
+    if let Some(events) = TCP_EVENTS.get_ptr_mut(tcp_events_index(slot, direction, port)) {
+        // SAFETY: a live array element (index checked by the lookup).
+        unsafe { add(&raw mut (*events).synack, 1) };
+    }
+    let Some(key) = key(ctx, slot, direction, flow, local_port, remote_port) else {
+        return;
+    };
+    if direction == DIR_EGRESS {
+        let remote = RemoteKey {
+            slot,
+            local_port,
+            _pad: 0,
+            remote_addr: key.remote_addr,
+        };
+        // SAFETY: a helper without arguments or preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // Full, the LRU forgets the pair seen longest ago; only `exposure`'s count suffers.
+        let _ = REMOTES.insert(remote, now, 0);
+    }
+    let Some(entry) = HANDSHAKES.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: `now` from a helper without preconditions; `entry` a value of the LRU map, valid
+    // for this run (see `syn`).
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        let state = (*entry).state;
+        if direction == DIR_EGRESS {
+            if state == handshake::SYN_RECEIVED {
+                (*entry).stamp_ns = now;
+                (*entry).state = handshake::SYNACK_SENT;
+                pending(slot, local_port, 1);
+                stats(offset_of!(HandshakeStats, timed));
+            } else if state == handshake::SYNACK_SENT {
+                (*entry).flags |= handshake::RETRANSMITTED;
+            }
+        } else if state == handshake::SYN_SENT {
+            finish(
+                &key,
+                (*entry).flags,
+                slot,
+                RTT_SIDE_SERVER,
+                remote_port,
+                now.wrapping_sub((*entry).stamp_ns),
+            );
+        }
+    }
+}
+
+/// An ingress ACK: the client's reply to our SYN-ACK if its handshake is pending.
+#[inline(always)]
+fn client_ack(ctx: &TcContext, slot: u32, flow: &Flow, local_port: u16, remote_port: u16) {
+    let Some(events) = TCP_EVENTS.get_ptr(tcp_events_index(slot, DIR_INGRESS, local_port)) else {
+        return;
+    };
+    // SAFETY: a live array element; other CPUs add to it atomically, and a stale read only
+    // skips or adds one lookup.
+    if unsafe { (&raw const (*events).pending).read_volatile() } == 0 {
+        return;
+    }
+    let Some(key) = key(ctx, slot, DIR_INGRESS, flow, local_port, remote_port) else {
+        return;
+    };
+    let Some(entry) = HANDSHAKES.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: a value of the LRU map, valid for this run (see `syn`).
+    let (state, entry_flags, stamp) =
+        unsafe { ((*entry).state, (*entry).flags, (*entry).stamp_ns) };
+    if state != handshake::SYNACK_SENT {
+        return;
+    }
+    pending(slot, local_port, u64::MAX);
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    finish(
+        &key,
+        entry_flags,
+        slot,
+        RTT_SIDE_CLIENT,
+        local_port,
+        now.wrapping_sub(stamp),
+    );
+}
+
+/// A RST ends the handshake: in reply to a SYN we received, it is a probe of a closed port.
+#[inline(always)]
+fn reset(
+    ctx: &TcContext,
+    slot: u32,
+    direction: u32,
+    flow: &Flow,
+    local_port: u16,
+    remote_port: u16,
+) {
+    let Some(key) = key(ctx, slot, direction, flow, local_port, remote_port) else {
+        return;
+    };
+    let Some(entry) = HANDSHAKES.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: a value of the LRU map, valid for this run (see `syn`).
+    let state = unsafe { (*entry).state };
+    if state == handshake::SYN_RECEIVED {
+        if direction == DIR_EGRESS
+            && let Some(events) =
+                TCP_EVENTS.get_ptr_mut(tcp_events_index(slot, DIR_INGRESS, local_port))
+        {
+            // SAFETY: a live array element (index checked by the lookup).
+            unsafe { add(&raw mut (*events).probes, 1) };
+        }
+    } else {
+        if state == handshake::SYNACK_SENT {
+            pending(slot, local_port, u64::MAX);
+        }
+        stats(offset_of!(HandshakeStats, discarded));
+    }
+    let _ = HANDSHAKES.remove(key);
+}
+
+/// Records a sample (unless the timed segment was retransmitted) and forgets the handshake.
+#[inline(always)]
+fn finish(key: &HandshakeKey, entry_flags: u32, slot: u32, side: u32, port: u16, ns: u64) {
+    // Removed first: a duplicate reply on another CPU then finds nothing and adds no sample.
+    if HANDSHAKES.remove(key).is_err() {
+        return;
+    }
+    if entry_flags & handshake::RETRANSMITTED != 0 {
+        stats(offset_of!(HandshakeStats, discarded));
+        return;
+    }
+    let Some(histogram) = HANDSHAKE_RTT.get_ptr_mut(rtt_index(slot, side, port)) else {
+        return;
+    };
+    let bucket = rtt_bucket(ns);
+    if bucket >= RTT_BUCKETS {
+        return;
+    }
+    // SAFETY: a live array element (index checked by the lookup); `bucket` is below the
+    // array's length, checked above for the verifier too.
+    unsafe {
+        add((&raw mut (*histogram).buckets).cast::<u64>().add(bucket), 1);
+        add(&raw mut (*histogram).sum_ns, ns);
+    }
+    stats(offset_of!(HandshakeStats, measured));
+}
+
+/// Adds `delta` (`u64::MAX` to subtract one) to the ingress `pending` count of `port`.
+#[inline(always)]
+fn pending(slot: u32, port: u16, delta: u64) {
+    if let Some(events) = TCP_EVENTS.get_ptr_mut(tcp_events_index(slot, DIR_INGRESS, port)) {
+        // SAFETY: a live array element (index checked by the lookup).
+        unsafe { add(&raw mut (*events).pending, delta) };
+    }
+}
+
+/// Adds one to the shared tracker total at byte `offset` of [`HandshakeStats`] (an
+/// `offset_of!` of one of its u64 fields).
+#[inline(always)]
+fn stats(offset: usize) {
+    if let Some(totals) = HANDSHAKE_STATS.get_ptr_mut(0) {
+        // SAFETY: the only element of the array, live as long as the map; `offset` is a u64
+        // field's, so the pointer stays inside the value and aligned. No reference is made:
+        // other CPUs add to the same fields.
+        unsafe { add(totals.cast::<u8>().add(offset).cast::<u64>(), 1) };
+    }
+}
+
+/// The handshake's key from this host's side: local and remote address and port.
+#[inline(always)]
+fn key(
+    ctx: &TcContext,
+    slot: u32,
+    direction: u32,
+    flow: &Flow,
+    local_port: u16,
+    remote_port: u16,
+) -> Option<HandshakeKey> {
+    let offset = flow.ip_offset as usize;
+    // Bounded for the verifier: behind at most two VLAN tags.
+    if offset > 64 {
+        return None;
+    }
+    let (src, dst) = if flow.ipv6 {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, offset).ok()?;
+        // SAFETY: ptr_at checked the header lies in the linear data; byte arrays.
+        unsafe { ((*ip).src_addr, (*ip).dst_addr) }
+    } else {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, offset).ok()?;
+        // SAFETY: as above.
+        let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+        (v4_mapped(src), v4_mapped(dst))
+    };
+    let (local_addr, remote_addr) = if direction == DIR_INGRESS {
+        (dst, src)
+    } else {
+        (src, dst)
+    };
+    Some(HandshakeKey {
+        local_addr,
+        remote_addr,
+        local_port,
+        remote_port,
+        slot,
+    })
+}
+
+#[inline(always)]
+fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// An atomic add to a counter every CPU updates (see `count::add_shared`).
+///
+/// # Safety
+///
+/// `target` points to a live, aligned u64 in a map value.
+#[inline(always)]
+unsafe fn add(target: *mut u64, delta: u64) {
+    // SAFETY: the caller vouches for `target`; every other write to it is an atomic add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, delta) };
+}

@@ -1,0 +1,182 @@
+//! TCP connection telemetry as userspace reads it: the per-port event counters and handshake
+//! round-trip histograms (mmapable arrays, read from shared memory like the port counters), and
+//! the totals of the handshake tracker.
+
+use std::os::fd::BorrowedFd;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+};
+use serde::{Deserialize, Serialize};
+use shaper_common::{
+    DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats, REMOTE_ENTRIES,
+    RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, RemoteKey,
+    RttHistogram, TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
+};
+
+use crate::{
+    datapath::{classifier::map_shared, mapped_arrays::ReadOnlyMapping},
+    error::{Error, Result},
+    telemetry::tcp_counts::TcpCounts,
+};
+
+const EVENT_WORDS: usize = size_of::<TcpEvents>() / 8;
+const RTT_WORDS: usize = size_of::<RttHistogram>() / 8;
+
+/// The mapped `TCP_EVENTS` and `HANDSHAKE_RTT` arrays.
+#[derive(Debug)]
+pub struct TcpTelemetry {
+    events: ReadOnlyMapping,
+    rtt: ReadOnlyMapping,
+}
+
+impl TcpTelemetry {
+    /// Maps both arrays of the loaded object, sized for `capacity` interfaces.
+    pub(crate) fn map(ebpf: &Ebpf, capacity: u32) -> Result<Self> {
+        let events = map_shared(ebpf, maps::TCP_EVENTS, |fd: BorrowedFd<'_>| {
+            ReadOnlyMapping::new(
+                fd,
+                (capacity * TCP_EVENTS_PER_IFACE) as usize * size_of::<TcpEvents>(),
+            )
+        })?;
+        let rtt = map_shared(ebpf, maps::HANDSHAKE_RTT, |fd: BorrowedFd<'_>| {
+            ReadOnlyMapping::new(
+                fd,
+                (capacity * RTT_HISTOGRAMS_PER_IFACE) as usize * size_of::<RttHistogram>(),
+            )
+        })?;
+        Ok(Self { events, rtt })
+    }
+
+    /// The events of (interface slot, direction index, port); zero outside the map. Each field
+    /// is loaded atomically on its own.
+    pub fn events(&self, slot: u32, direction: u32, port: u16) -> TcpEvents {
+        let word = tcp_events_index(slot, direction, port) as usize * EVENT_WORDS;
+        let load = |field: usize| self.events.load(word + field).unwrap_or(0);
+        TcpEvents {
+            syn: load(0),
+            synack: load(1),
+            rst: load(2),
+            fin: load(3),
+            probes: load(4),
+            pending: load(5),
+        }
+    }
+
+    /// The handshake round trips of (interface slot, side, port).
+    pub fn histogram(&self, slot: u32, side: u32, port: u16) -> RttHistogram {
+        let word = rtt_index(slot, side, port) as usize * RTT_WORDS;
+        let mut histogram = RttHistogram::default();
+        for (i, bucket) in histogram.buckets.iter_mut().enumerate() {
+            *bucket = self.rtt.load(word + i).unwrap_or(0);
+        }
+        histogram.sum_ns = self.rtt.load(word + RTT_BUCKETS).unwrap_or(0);
+        histogram
+    }
+}
+
+/// Bytes of map memory the TCP telemetry takes for `interfaces` interfaces (values and keys;
+/// the LRU's elements also carry the kernel's `struct htab_elem`, 64 bytes as `bpftool` reports).
+pub fn map_memory_bytes(interfaces: u32) -> u64 {
+    let interfaces = u64::from(interfaces);
+    let events = interfaces * u64::from(TCP_EVENTS_PER_IFACE) * size_of::<TcpEvents>() as u64;
+    let rtt = interfaces * u64::from(RTT_HISTOGRAMS_PER_IFACE) * size_of::<RttHistogram>() as u64;
+    let element = size_of::<HandshakeKey>() + size_of::<Handshake>() + 64;
+    let tracker = u64::from(HANDSHAKE_ENTRIES) * element.next_multiple_of(8) as u64;
+    let remotes =
+        u64::from(REMOTE_ENTRIES) * (size_of::<RemoteKey>() + size_of::<u64>() + 64) as u64;
+    events + rtt + tracker + remotes + size_of::<HandshakeStats>() as u64
+}
+
+/// The (interface slot, local port, remote address) of every handshake the `REMOTES` LRU
+/// remembers (at most `REMOTE_ENTRIES`).
+pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
+    let remotes: HashMap<&MapData, RemoteKey, u64> =
+        HashMap::try_from(ebpf.map(maps::REMOTES).ok_or(Error::MissingInObject {
+            kind: "map",
+            name: maps::REMOTES,
+        })?)?;
+    // A walk that loses its place starts again from the first key (see `tracking`): bounded to
+    // the map's size; the caller counts distinct pairs, so repeats do not matter.
+    Ok(remotes
+        .keys()
+        .take(REMOTE_ENTRIES as usize)
+        .map_while(|key| key.ok())
+        .collect())
+}
+
+impl TcpTelemetry {
+    /// The events and round trips of a port's row (client side on ingress, server side on
+    /// egress); `None` when it has counted nothing.
+    pub fn counts(&self, slot: u32, direction: u32, port: u16) -> Option<TcpCounts> {
+        let events = self.events(slot, direction, port);
+        let side = if direction == DIR_INGRESS {
+            RTT_SIDE_CLIENT
+        } else {
+            RTT_SIDE_SERVER
+        };
+        let histogram = self.histogram(slot, side, port);
+        let quiet = TcpEvents {
+            pending: events.pending,
+            ..TcpEvents::default()
+        };
+        (events != quiet || histogram.buckets.iter().any(|&b| b != 0))
+            .then(|| TcpCounts::new(&events, &histogram))
+    }
+}
+
+/// What the handshake tracker did since the datapath was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeTracking {
+    /// Handshakes whose clock started (a SYN-ACK sent after a tracked SYN, or a SYN sent).
+    pub timed: u64,
+    /// Samples in the histograms.
+    pub measured: u64,
+    /// Ended without a sample by a retransmission or a reset.
+    pub discarded: u64,
+    /// Timed and still waiting for their reply in the LRU.
+    pub in_flight: u64,
+    /// Timed handshakes the LRU evicted before their reply: samples lost. Counted as
+    /// `timed - measured - discarded - in_flight` (see [`tracking`] for the order of reads).
+    pub lost: u64,
+}
+
+/// Reads the tracker's totals and counts its timed entries (at most `HANDSHAKE_ENTRIES` keys).
+pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
+    let stats: Array<&MapData, HandshakeStats> = Array::try_from(
+        ebpf.map(maps::HANDSHAKE_STATS)
+            .ok_or(Error::MissingInObject {
+                kind: "map",
+                name: maps::HANDSHAKE_STATS,
+            })?,
+    )?;
+    // Timed handshakes are read before the walk and their outcomes after it, so a handshake
+    // that starts or ends during the walk can only make `lost` err low this time (a later
+    // scrape then shows more, as a counter may), never high (a later scrape would show less).
+    let before = stats.get(&0, 0)?;
+    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> =
+        HashMap::try_from(ebpf.map(maps::HANDSHAKES).ok_or(Error::MissingInObject {
+            kind: "map",
+            name: maps::HANDSHAKES,
+        })?)?;
+    // Entries come and go during the walk: when the key the walk stands on is gone, the kernel
+    // starts again from the first (`htab_map_get_next_key()`, kernel/bpf/hashtab.c), so a key
+    // may be counted twice (`lost` errs low) and the walk is bounded to the map's size.
+    let in_flight = handshakes
+        .iter()
+        .take(HANDSHAKE_ENTRIES as usize)
+        .map_while(|entry| entry.ok())
+        .filter(|(_, h)| h.state == handshake::SYNACK_SENT || h.state == handshake::SYN_SENT)
+        .count() as u64;
+    let after = stats.get(&0, 0)?;
+    Ok(HandshakeTracking {
+        timed: after.timed,
+        measured: after.measured,
+        discarded: after.discarded,
+        in_flight,
+        lost: before
+            .timed
+            .saturating_sub(after.measured + after.discarded + in_flight),
+    })
+}

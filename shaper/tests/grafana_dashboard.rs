@@ -1,0 +1,277 @@
+//! The Grafana dashboard of `examples/grafana/shaper.json` against a real Prometheus scraping a
+//! real daemon: every panel's query must return data, so a renamed metric or label breaks this
+//! test rather than a dashboard.
+//!
+//! Traffic for every panel: UDP over a drop rule and an observe rule (drops, would-drops,
+//! closeness to the limit), TCP connections to a port listening on 0.0.0.0 (throughput, new
+//! connections, round trips, an exposed listener) and to a closed port (refusals).
+
+mod common;
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    daemon::Daemon,
+    metrics::get,
+    netns::{InNamespace as _, Namespace, veth_pair},
+    traffic::sender,
+};
+
+const DASHBOARD: &str = include_str!("../../examples/grafana/shaper.json");
+
+/// Grafana's variables as a query runs outside Grafana: a rate window that holds a few 1 s
+/// scrapes, and every interface.
+fn outside_grafana(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5s")
+        .replace("$iface", ".*")
+}
+
+/// Every panel's queries, and the template variables' queries, from the dashboard JSON.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title").to_owned();
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            queries.push((title.clone(), outside_grafana(expr)));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        if let Some(definition) = variable["definition"].as_str() {
+            // label_values(METRIC, LABEL) is Grafana's: the metric must exist.
+            let metric = definition
+                .trim_start_matches("label_values(")
+                .split(',')
+                .next()
+                .expect("metric");
+            queries.push((format!("variable {}", variable["name"]), metric.to_owned()));
+        }
+    }
+    queries
+}
+
+#[test]
+fn the_dashboard_has_every_panel_the_issue_asks_for() {
+    let titles: Vec<String> = dashboard_queries().into_iter().map(|(t, _)| t).collect();
+    for wanted in [
+        "Throughput",
+        "Drops",
+        "limit",
+        "connections",
+        "round trip",
+        "Listening",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "{wanted}: {titles:?}"
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("JSON");
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .any(|p| p["type"] == "heatmap"),
+        "the round trips as a heatmap"
+    );
+}
+
+/// A Prometheus server on loopback inside a namespace, killed and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(ns: &Namespace, binary: &Path, target: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("shaper-test-grafana-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: shaper\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let addr: SocketAddr = "127.0.0.1:19391".parse().unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+        let child = ns
+            .command(binary.to_str().expect("utf-8 path"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        Self { child, dir, addr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The result vector of an instant query, `None` while the server does not answer.
+    fn query(&self, ns: &Namespace, promql: &str) -> Option<Vec<serde_json::Value>> {
+        let up =
+            ns.within(|| TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok());
+        if !up {
+            return None;
+        }
+        let encoded: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let response = get(
+            ns,
+            self.addr,
+            &format!("/api/v1/query?query={encoded}"),
+            None,
+        );
+        let json: serde_json::Value = serde_json::from_str(&response.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", response.body));
+        assert_eq!(json["status"], "success", "{promql}: {json}");
+        Some(
+            json["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn every_panel_query_returns_data_from_a_real_prometheus() {
+    if !common::require_root("every_panel_query_returns_data_from_a_real_prometheus") {
+        return;
+    }
+    let Some(binary) = common::tool("prometheus") else {
+        return;
+    };
+    let pair = veth_pair("gd");
+    let daemon = Daemon::start(&pair.a, "gd", &["--iface", &pair.a_if]);
+    for (port, action) in [("9321", "drop"), ("9322", "observe")] {
+        daemon.cli_ok(&[
+            "limit", "set", port, "--rate", "100kbit", "--proto", "udp", "--action", action,
+        ]);
+    }
+    let _udp: Vec<UdpSocket> = [9321, 9322]
+        .into_iter()
+        .map(|port| {
+            pair.a
+                .within(|| UdpSocket::bind((pair.a_addr, port)).expect("bind"))
+        })
+        .collect();
+    let listener = pair
+        .a
+        .within(|| TcpListener::bind(("0.0.0.0", 8443)).expect("bind"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let prometheus = Prometheus::start(&pair.a, &binary, "127.0.0.1:19350".parse().unwrap());
+
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let queries = dashboard_queries();
+    let empty = thread::scope(|scope| {
+        // UDP at 400 kbit/s against 100 kbit/s rules, for at most 60 s.
+        let senders: Vec<_> = [9321u16, 9322]
+            .into_iter()
+            .map(|port| {
+                let socket = pair
+                    .b
+                    .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind"));
+                sender(
+                    socket,
+                    SocketAddr::from((pair.a_addr, port)),
+                    50_000,
+                    Duration::from_secs(60),
+                )
+            })
+            .collect();
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => drop(stream),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        });
+        scope.spawn(|| {
+            pair.b.within(|| {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    for port in [8443, 8999] {
+                        let _ = TcpStream::connect_timeout(
+                            &SocketAddr::new(pair.a_addr.into(), port),
+                            Duration::from_secs(1),
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            });
+        });
+        let mut empty: Vec<(String, String)> = queries.clone();
+        while Instant::now() < deadline - Duration::from_secs(10) && !empty.is_empty() {
+            thread::sleep(Duration::from_secs(1));
+            let mut still = Vec::new();
+            for (title, promql) in empty {
+                match prometheus.query(&pair.a, &promql) {
+                    Some(result) if !result.is_empty() => {
+                        println!("{title}: {promql}: {} series", result.len());
+                    }
+                    _ => still.push((title, promql)),
+                }
+            }
+            empty = still;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for sender in senders {
+            sender.finish().expect("sender");
+        }
+        empty
+    });
+    assert!(
+        empty.is_empty(),
+        "panel queries without data: {empty:#?}\n{}",
+        prometheus.log()
+    );
+    drop(prometheus);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}

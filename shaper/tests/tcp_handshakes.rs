@@ -1,0 +1,202 @@
+//! The handshake tracker of the real classifier, run on hand-made segments with
+//! BPF_PROG_TEST_RUN: which counter each flag moves, when a round trip is sampled, when it is
+//! not, and what a full LRU loses.
+
+mod common;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use common::packet::*;
+use shaper::{Classifier, Direction};
+use shaper_common::{
+    DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, TcpEvents,
+};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// A TCP/IPv4 frame from `src` to `dst` with `flags`. `reply` swaps the IP addresses, so a
+/// segment and its reply belong to the same 4-tuple seen from either end.
+fn segment(src: u16, dst: u16, flags: u8, reply: bool) -> Vec<u8> {
+    let mut tcp = tcp(src, dst, &[]);
+    tcp[13] = flags;
+    let mut ip = ipv4(IPPROTO_TCP, &tcp);
+    if reply {
+        let (a, b) = ip.split_at_mut(16);
+        a[12..16].swap_with_slice(&mut b[..4]);
+    }
+    ethernet(&[], ETH_P_IP, &ip)
+}
+
+fn loaded() -> Classifier {
+    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
+    classifier.register("lo").expect("register lo");
+    classifier
+}
+
+fn run(classifier: &mut Classifier, direction: Direction, frame: &[u8]) {
+    let program = classifier.program_mut(direction).expect("program");
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(result.return_value as i32, -1, "the classifier passes");
+}
+
+fn events(classifier: &Classifier, direction: u32, port: u16) -> TcpEvents {
+    classifier.port_counters().tcp().events(0, direction, port)
+}
+
+fn samples(classifier: &Classifier, side: u32, port: u16) -> u64 {
+    let histogram = classifier.port_counters().tcp().histogram(0, side, port);
+    histogram.buckets.iter().sum()
+}
+
+macro_rules! kernel_test {
+    ($name:ident, $body:expr) => {
+        #[test]
+        fn $name() {
+            if !common::require_root(stringify!($name)) {
+                return;
+            }
+            let mut classifier = loaded();
+            let body: fn(&mut Classifier) = $body;
+            body(&mut classifier);
+        }
+    };
+}
+
+kernel_test!(
+    a_handshake_to_a_local_port_counts_each_flag_once_and_one_client_sample,
+    |c| {
+        run(c, Direction::Ingress, &segment(40000, 8443, SYN, false));
+        run(c, Direction::Egress, &segment(8443, 40000, SYN | ACK, true));
+        run(c, Direction::Ingress, &segment(40000, 8443, ACK, false));
+        // Data and the close: ACKs after the handshake look nothing up and sample nothing.
+        run(c, Direction::Ingress, &segment(40000, 8443, ACK, false));
+        run(
+            c,
+            Direction::Ingress,
+            &segment(40000, 8443, FIN | ACK, false),
+        );
+        run(c, Direction::Egress, &segment(8443, 40000, FIN | ACK, true));
+        let ingress = events(c, DIR_INGRESS, 8443);
+        let egress = events(c, DIR_EGRESS, 8443);
+        assert_eq!(
+            (ingress.syn, ingress.synack, ingress.fin, ingress.rst),
+            (1, 0, 1, 0)
+        );
+        assert_eq!(
+            (egress.syn, egress.synack, egress.fin, egress.rst),
+            (0, 1, 1, 0)
+        );
+        assert_eq!(ingress.pending, 0, "the ACK ended the pending handshake");
+        assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 1);
+        assert_eq!(samples(c, RTT_SIDE_SERVER, 40000), 0);
+        let tracking = c.handshake_tracking().expect("tracking");
+        assert_eq!(
+            (
+                tracking.timed,
+                tracking.measured,
+                tracking.discarded,
+                tracking.lost
+            ),
+            (1, 1, 0, 0)
+        );
+        // The client's ephemeral port has no events of its own.
+        assert_eq!(events(c, DIR_INGRESS, 40000), TcpEvents::default());
+    }
+);
+
+kernel_test!(a_retransmitted_synack_makes_no_sample, |c| {
+    run(c, Direction::Ingress, &segment(40001, 8443, SYN, false));
+    run(c, Direction::Egress, &segment(8443, 40001, SYN | ACK, true));
+    run(c, Direction::Egress, &segment(8443, 40001, SYN | ACK, true));
+    run(c, Direction::Ingress, &segment(40001, 8443, ACK, false));
+    assert_eq!(events(c, DIR_EGRESS, 8443).synack, 2);
+    assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 0);
+    let tracking = c.handshake_tracking().expect("tracking");
+    assert_eq!(
+        (tracking.timed, tracking.measured, tracking.discarded),
+        (1, 0, 1)
+    );
+    assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
+});
+
+kernel_test!(a_syn_answered_by_a_reset_is_a_probe_of_the_port, |c| {
+    run(c, Direction::Ingress, &segment(40002, 9999, SYN, false));
+    run(c, Direction::Egress, &segment(9999, 40002, RST | ACK, true));
+    let ingress = events(c, DIR_INGRESS, 9999);
+    let egress = events(c, DIR_EGRESS, 9999);
+    assert_eq!((ingress.syn, ingress.probes), (1, 1));
+    assert_eq!((egress.rst, egress.synack), (1, 0));
+    // A reset of an established connection is no probe.
+    run(c, Direction::Egress, &segment(9999, 40003, RST | ACK, true));
+    assert_eq!(events(c, DIR_INGRESS, 9999).probes, 1);
+    assert_eq!(events(c, DIR_EGRESS, 9999).rst, 2);
+});
+
+kernel_test!(
+    a_connection_this_host_opens_counts_under_the_servers_port_with_a_server_sample,
+    |c| {
+        run(c, Direction::Egress, &segment(40004, 5432, SYN, false));
+        run(
+            c,
+            Direction::Ingress,
+            &segment(5432, 40004, SYN | ACK, true),
+        );
+        run(c, Direction::Egress, &segment(40004, 5432, ACK, false));
+        assert_eq!(events(c, DIR_EGRESS, 5432).syn, 1);
+        assert_eq!(events(c, DIR_INGRESS, 5432).synack, 1);
+        assert_eq!(samples(c, RTT_SIDE_SERVER, 5432), 1);
+        assert_eq!(samples(c, RTT_SIDE_CLIENT, 40004), 0);
+        // A retransmitted SYN: no sample from its SYN-ACK.
+        run(c, Direction::Egress, &segment(40005, 5432, SYN, false));
+        run(c, Direction::Egress, &segment(40005, 5432, SYN, false));
+        run(
+            c,
+            Direction::Ingress,
+            &segment(5432, 40005, SYN | ACK, true),
+        );
+        assert_eq!(events(c, DIR_EGRESS, 5432).syn, 3);
+        assert_eq!(samples(c, RTT_SIDE_SERVER, 5432), 1);
+    }
+);
+
+kernel_test!(
+    more_concurrent_handshakes_than_the_lru_holds_count_their_lost_samples,
+    |c| {
+        // Each handshake's clock starts (SYN, SYN-ACK) before any ends: the oldest are evicted.
+        let n = HANDSHAKE_ENTRIES + 4096;
+        let remote = |i: u32| 1024 + i as u16;
+        for i in 0..n {
+            run(c, Direction::Ingress, &segment(remote(i), 8443, SYN, false));
+            run(
+                c,
+                Direction::Egress,
+                &segment(8443, remote(i), SYN | ACK, true),
+            );
+        }
+        for i in 0..n {
+            run(c, Direction::Ingress, &segment(remote(i), 8443, ACK, false));
+        }
+        let tracking = c.handshake_tracking().expect("tracking");
+        let measured = samples(c, RTT_SIDE_CLIENT, 8443);
+        assert_eq!(tracking.timed, u64::from(n));
+        assert_eq!(tracking.measured, measured);
+        assert_eq!(tracking.in_flight, 0);
+        assert_eq!(tracking.measured + tracking.lost, u64::from(n));
+        assert!(
+            tracking.lost >= u64::from(n - HANDSHAKE_ENTRIES),
+            "{tracking:?}"
+        );
+        assert!(tracking.measured > 0, "{tracking:?}");
+        // The counters stay exact: every SYN and SYN-ACK counted.
+        let events = events(c, DIR_INGRESS, 8443);
+        assert_eq!(events.syn, u64::from(n));
+        assert_eq!(
+            c.port_counters().tcp().events(0, DIR_EGRESS, 8443).synack,
+            u64::from(n)
+        );
+    }
+);
