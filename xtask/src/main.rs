@@ -1,7 +1,8 @@
 //! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo |
-//! fuzz-inputs`.
+//! fuzz-inputs | check-deploy | dist`.
 
 mod bootstrap;
+mod check_deploy;
 mod demo;
 mod fuzz_inputs;
 
@@ -94,6 +95,11 @@ enum Job {
         /// Only these targets (`cargo fuzz list` in fuzz/); default all.
         targets: Vec<String>,
     },
+    /// Check the deployment files: the systemd unit with `systemd-analyze verify` (a warning
+    /// fails) and `systemd-analyze security` (fails above the exposure threshold), the
+    /// Kubernetes manifests rendered with `kubectl kustomize` and validated with
+    /// kubernetes-validate.
+    CheckDeploy,
 }
 
 /// The longest `cargo xtask demo --duration`: the demo is a tour, not a service.
@@ -119,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             dev,
             targets,
         }),
+        Job::CheckDeploy => check_deploy::run(),
     }
 }
 
