@@ -30,6 +30,7 @@
 //! pinned for the next daemon. `shaper down` removes a datapath no daemon runs.
 
 pub mod capabilities;
+mod health;
 pub mod pid_lock;
 mod requests;
 pub mod settings;
@@ -65,7 +66,7 @@ pub(crate) struct InForce {
 pub struct Daemon {
     in_force: Arc<Mutex<InForce>>,
     control: ControlSocket,
-    metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
+    metrics: Option<(tokio::net::TcpListener, metrics::Handlers)>,
     runtime: tokio::runtime::Runtime,
     /// Leave the datapath attached and pinned when stopped.
     persist: bool,
@@ -132,7 +133,11 @@ impl Daemon {
             Some(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 info!("metrics at http://{}/metrics", listener.local_addr()?);
-                Some((listener, scrape_fn(Arc::clone(&in_force), exporter)))
+                let handlers = metrics::Handlers {
+                    scrape: scrape_fn(Arc::clone(&in_force), exporter),
+                    health: health::probe_fn(Arc::clone(&in_force)),
+                };
+                Some((listener, handlers))
             }
         };
         let control = ControlSocket::bind(&settings.socket)?;
@@ -240,13 +245,13 @@ fn scrape_fn(in_force: Arc<Mutex<InForce>>, exporter: Exporter) -> Arc<metrics::
 async fn serve(
     in_force: Arc<Mutex<InForce>>,
     control: &ControlSocket,
-    metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
+    metrics: Option<(tokio::net::TcpListener, metrics::Handlers)>,
     shutdown: impl Future<Output = Result<()>>,
 ) -> Result<()> {
     let handle = move |request| requests::answer(&in_force, request);
     let metrics = async move {
         match metrics {
-            Some((listener, scrape)) => metrics::serve(listener, scrape).await,
+            Some((listener, handlers)) => metrics::serve(listener, handlers).await,
             None => std::future::pending().await,
         }
     };
