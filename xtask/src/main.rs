@@ -3,7 +3,9 @@
 
 mod bootstrap;
 mod check_deploy;
+mod deb;
 mod demo;
+mod dist;
 mod fuzz_inputs;
 
 use std::{
@@ -100,6 +102,18 @@ enum Job {
     /// Kubernetes manifests rendered with `kubectl kustomize` and validated with
     /// kubernetes-validate.
     CheckDeploy,
+    /// Build what an edge node installs without a toolchain, under the target directory's
+    /// dist/: the static musl binary, shaper-VERSION-x86_64-linux.tar.gz (binary, man pages,
+    /// completions, unit, example config, README, licences) and the Debian package (checked
+    /// with lintian).
+    Dist {
+        /// Skip the Debian package.
+        #[arg(long)]
+        no_deb: bool,
+        /// Also build the container image with podman and check it holds the tested binary.
+        #[arg(long)]
+        image: bool,
+    },
 }
 
 /// The longest `cargo xtask demo --duration`: the demo is a tour, not a service.
@@ -126,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             targets,
         }),
         Job::CheckDeploy => check_deploy::run(),
+        Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),
     }
 }
 
