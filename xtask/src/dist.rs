@@ -50,7 +50,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         crate::deb::build(&built)?;
     }
     if options.image {
-        bail!("the container image is not implemented yet");
+        crate::container::build(&built)?;
     }
     eprintln!(
         "xtask: dist done in {:.0} s, in {}",

@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod check_deploy;
+mod container;
 mod deb;
 mod demo;
 mod dist;
