@@ -20,6 +20,7 @@ const EXPOSURE_THRESHOLD_TENTHS: u32 = 28;
 
 pub fn run() -> anyhow::Result<()> {
     systemd_unit()?;
+    crate::kubernetes::check_manifests()?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod deb;
 mod demo;
 mod dist;
 mod fuzz_inputs;
+mod kubernetes;
 
 use std::{
     path::{Path, PathBuf},
