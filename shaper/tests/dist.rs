@@ -323,6 +323,25 @@ fn the_deb_installs_runs_and_purges_without_a_trace() {
         .expect("the package's conffiles");
     assert_eq!(conffiles, "/etc/shaper/shaper.toml\n");
 
+    // An upgrade (here: the same package again, which runs the upgrade path of the scripts)
+    // keeps an administrator's edit of the conffile without asking.
+    let edit = "\n# edited by the administrator\n";
+    let config = Path::new("/etc/shaper/shaper.toml");
+    let mut edited = std::fs::read_to_string(config).expect("read the installed config");
+    edited.push_str(edit);
+    std::fs::write(config, &edited).expect("edit the installed config");
+    let again = Command::new("dpkg")
+        .arg("--install")
+        .arg(&deb)
+        .output()
+        .expect("run dpkg");
+    assert!(again.status.success(), "{}", output_text(&again));
+    assert_eq!(
+        std::fs::read_to_string(config).expect("read the config"),
+        edited,
+        "the upgrade replaced the administrator's config"
+    );
+
     let purge = Command::new("dpkg")
         .args(["--purge", "shaper"])
         .output()
