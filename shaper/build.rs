@@ -1,10 +1,13 @@
 //! Builds the eBPF object (crate `shaper-ebpf`) for the BPF target and leaves it in OUT_DIR,
-//! where `src/classifier.rs` embeds it; records the rustc version for `shaper_build_info`.
+//! where `src/classifier.rs` embeds it; records the rustc version for `shaper_build_info`
+//! and the git commit and aya version for `shaper --version`.
 
 #[path = "build/bpf_linker.rs"]
 mod bpf_linker;
 #[path = "build/ebpf.rs"]
 mod ebpf;
+#[path = "build/version.rs"]
+mod version;
 
 use std::{env, process::Command};
 
@@ -18,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or("unknown")
         .to_owned();
     println!("cargo:rustc-env=SHAPER_RUSTC_VERSION={rustc_version}");
+    version::emit(std::path::Path::new(&env::var("CARGO_MANIFEST_DIR")?))?;
     // `cargo fuzz` builds with `--cfg fuzzing`, which cargo passes to the build script as
     // CARGO_CFG_FUZZING. The fuzz targets (fuzz/) only parse and never load the classifier: an
     // empty object spares them bpf-linker and a second BPF build for the sanitized target.

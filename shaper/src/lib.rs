@@ -13,6 +13,7 @@
 //!   policed, request handling, shutdown — and what it claims (interface and state-file locks,
 //!   capabilities).
 
+pub mod build_info;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

@@ -1,9 +1,14 @@
 //! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo |
-//! fuzz-inputs`.
+//! fuzz-inputs | check-deploy | dist`.
 
 mod bootstrap;
+mod check_deploy;
+mod container;
+mod deb;
 mod demo;
+mod dist;
 mod fuzz_inputs;
+mod kubernetes;
 
 use std::{
     path::{Path, PathBuf},
@@ -94,6 +99,23 @@ enum Job {
         /// Only these targets (`cargo fuzz list` in fuzz/); default all.
         targets: Vec<String>,
     },
+    /// Check the deployment files: the systemd unit with `systemd-analyze verify` (a warning
+    /// fails) and `systemd-analyze security` (fails above the exposure threshold), the
+    /// Kubernetes manifests rendered with `kubectl kustomize` and validated with
+    /// kubernetes-validate.
+    CheckDeploy,
+    /// Build what an edge node installs without a toolchain, under the target directory's
+    /// dist/: the static musl binary, shaper-VERSION-x86_64-linux.tar.gz (binary, man pages,
+    /// completions, unit, example config, README, licences) and the Debian package (checked
+    /// with lintian).
+    Dist {
+        /// Skip the Debian package.
+        #[arg(long)]
+        no_deb: bool,
+        /// Also build the container image with podman and check it holds the tested binary.
+        #[arg(long)]
+        image: bool,
+    },
 }
 
 /// The longest `cargo xtask demo --duration`: the demo is a tour, not a service.
@@ -119,6 +141,8 @@ fn main() -> anyhow::Result<()> {
             dev,
             targets,
         }),
+        Job::CheckDeploy => check_deploy::run(),
+        Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),
     }
 }
 

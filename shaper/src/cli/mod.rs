@@ -15,7 +15,7 @@ use shaper::control::DEFAULT_SOCKET;
 
 /// eBPF per-port traffic shaper and observer for Linux tc hooks.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = shaper::build_info::VERSION, about, long_about = None)]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "SHAPER_SOCKET", default_value = DEFAULT_SOCKET)]

@@ -34,6 +34,7 @@
 
 pub mod capabilities;
 pub mod config_watch;
+mod health;
 pub mod pid_lock;
 mod requests;
 pub mod settings;
@@ -69,7 +70,7 @@ pub(crate) struct InForce {
 pub struct Daemon {
     in_force: Arc<Mutex<InForce>>,
     control: ControlSocket,
-    metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
+    metrics: Option<(tokio::net::TcpListener, metrics::Handlers)>,
     runtime: tokio::runtime::Runtime,
     /// Leave the datapath attached and pinned when stopped.
     persist: bool,
@@ -139,7 +140,11 @@ impl Daemon {
             Some(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 info!("metrics at http://{}/metrics", listener.local_addr()?);
-                Some((listener, scrape_fn(Arc::clone(&in_force), exporter)))
+                let handlers = metrics::Handlers {
+                    scrape: scrape_fn(Arc::clone(&in_force), exporter),
+                    health: health::probe_fn(Arc::clone(&in_force)),
+                };
+                Some((listener, handlers))
             }
         };
         let control = ControlSocket::bind(&settings.socket)?;
@@ -255,7 +260,7 @@ fn scrape_fn(in_force: Arc<Mutex<InForce>>, exporter: Exporter) -> Arc<metrics::
 async fn serve(
     in_force: Arc<Mutex<InForce>>,
     control: &ControlSocket,
-    metrics: Option<(tokio::net::TcpListener, Arc<metrics::ScrapeFn>)>,
+    metrics: Option<(tokio::net::TcpListener, metrics::Handlers)>,
     config: Option<(PathBuf, Config)>,
     shutdown: impl Future<Output = Result<()>>,
 ) -> Result<()> {
@@ -263,7 +268,7 @@ async fn serve(
     let handle = move |request| requests::answer(&in_force, request);
     let metrics = async move {
         match metrics {
-            Some((listener, scrape)) => metrics::serve(listener, scrape).await,
+            Some((listener, handlers)) => metrics::serve(listener, handlers).await,
             None => std::future::pending().await,
         }
     };

@@ -544,6 +544,16 @@ impl Classifier {
         Ok(live)
     }
 
+    /// Rule `id`'s limit as the programs read it (a zero rate: no limit installed).
+    pub fn rule_limit(&self, id: u16) -> Result<RuleConfig> {
+        let rules: Array<&MapData, RuleConfig> =
+            Array::try_from(self.ebpf.map(maps::RULES).ok_or(Error::MissingInObject {
+                kind: "map",
+                name: maps::RULES,
+            })?)?;
+        Ok(rules.get(&u32::from(id), 0)?)
+    }
+
     /// Clears rule `id`'s limit: a packet that still finds the id passes uncharged.
     pub fn clear_rule(&mut self, id: u16) -> Result<()> {
         self.write_rule(id, &RuleConfig::default(), false)

@@ -74,6 +74,18 @@ impl Daemon {
 
     /// As [`start`](Self::start), with the state file at `state` (which outlives the daemon).
     pub fn start_with_state(ns: &Namespace, tag: &str, args: &[&str], state: &Path) -> Self {
+        Self::start_program(Path::new(SHAPER), ns, tag, args, state)
+    }
+
+    /// As [`start_with_state`](Self::start_with_state), running the binary `program` (a
+    /// packaged one) rather than the one cargo built.
+    pub fn start_program(
+        program: &Path,
+        ns: &Namespace,
+        tag: &str,
+        args: &[&str],
+        state: &Path,
+    ) -> Self {
         let dir = Self::dir(tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -82,7 +94,7 @@ impl Daemon {
         let log_file = std::fs::File::create(&log).expect("log file");
         let pin_base = pin_base();
         let child = ns
-            .command(SHAPER)
+            .command(program)
             .arg("--socket")
             .arg(&socket)
             .arg("run")

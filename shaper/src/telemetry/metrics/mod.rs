@@ -24,7 +24,7 @@ use std::{
     time::Instant,
 };
 
-pub use http_endpoint::{ScrapeFn, serve};
+pub use http_endpoint::{Handlers, HealthFn, Probe, ScrapeFn, serve};
 pub use port_selection::{Group, Memory, Offset, PortKey, Selection, Selector, Totals};
 pub use saved_selection::{path_beside as selection_file_beside, unpinned_datapath_id};
 use shaper_common::{Counter, reason};
