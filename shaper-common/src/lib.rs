@@ -24,9 +24,15 @@ pub mod maps {
     pub const BUCKETS: &str = "BUCKETS";
     /// `ARRAY` of [`RuleCounters`](crate::RuleCounters), indexed by [`bucket_index`](crate::bucket_index).
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    /// `ARRAY` of [`WatchRow`](crate::WatchRow), indexed by [`watch_row`](crate::watch_row).
+    pub const WATCHED: &str = "WATCHED";
+    /// `LRU_HASH` from [`TalkerKey`](crate::TalkerKey) to [`TalkerCounters`](crate::TalkerCounters).
+    pub const TALKERS: &str = "TALKERS";
+    /// `PERCPU_ARRAY` of one `u64`: keys the programs inserted into `TALKERS`.
+    pub const TALKER_INSERTS: &str = "TALKER_INSERTS";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 11] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -35,6 +41,9 @@ pub mod maps {
         RULES,
         BUCKETS,
         RULE_COUNTERS,
+        WATCHED,
+        TALKERS,
+        TALKER_INSERTS,
     ];
 }
 
@@ -258,6 +267,64 @@ unsafe impl aya::Pod for RuleCounters {}
 // pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortVerdicts {}
+
+/// For one (interface slot, direction, protocol): a byte of switches per local port, painted by
+/// userspace through mmap like the rule index. One 64 KiB value per row, as array elements are
+/// rounded up to 8 bytes (kernel/bpf/arraymap.c `array_map_alloc`).
+pub type WatchRow = [u8; PORTS as usize];
+
+/// Rows of `WATCHED` one attached interface owns.
+pub const WATCH_ROWS_PER_IFACE: u32 = DIRECTIONS * PROTOS;
+
+/// The `WATCHED` row of (interface slot, direction, protocol): the port counters' row, so a
+/// packet's row is its counter index divided by [`PORTS`].
+#[inline(always)]
+pub const fn watch_row(slot: u32, direction: u32, proto: u32) -> u32 {
+    (slot * DIRECTIONS + direction) * PROTOS + proto
+}
+
+/// A `WATCHED` cell bit: account this port's packets per remote address in `TALKERS`.
+pub const WATCH_TALKERS: u8 = 1;
+
+/// Remote addresses `TALKERS` holds before the least recently used are evicted. An entry takes
+/// about 170 bytes of kernel memory (24 B key + 48 B value + the LRU hash element's own header,
+/// kernel/bpf/hashtab.c `struct htab_elem`, rounded), so 16,384 entries take about 2.7 MiB.
+pub const MAX_TALKERS: u32 = 16_384;
+
+/// A remote address of a watched local port. IPv4 addresses are stored IPv4-mapped
+/// (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2), so one key type serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TalkerKey {
+    /// The remote address, network byte order.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub slot: u8,
+    pub direction: u8,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<TalkerKey>() == 24);
+const _: () = assert!(MAX_IFACES <= u8::MAX as u32 + 1, "slots fit the key's u8");
+
+/// What one remote address sent to (ingress) or received from (egress) a watched port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TalkerCounters {
+    pub seen: Counter,
+    pub dropped: Counter,
+    pub would_drop: Counter,
+}
+const _: () = assert!(size_of::<TalkerCounters>() == 48);
+
+// SAFETY: repr(C) of a byte array, a u16 and bytes filling the tail (size asserted above), no
+// implicit padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TalkerKey {}
+// SAFETY: repr(C) of three `Counter`s (two u64 each), no padding (size asserted above), every
+// bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TalkerCounters {}
 
 /// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
 /// (which computes `fill_ns` and tests the arithmetic on the host).

@@ -17,6 +17,7 @@ mod bucket;
 mod count;
 mod limit;
 mod parse;
+mod talkers;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -96,8 +97,10 @@ fn handle(ctx: &TcContext, direction: u32) -> i32 {
     let Some(packet) = count::observe(ctx, direction) else {
         return PASS;
     };
-    match limit::apply(&packet, direction) {
-        limit::Verdict::Pass => PASS,
+    let verdict = limit::apply(&packet, direction);
+    talkers::account(ctx, &packet, direction, &verdict);
+    match verdict {
+        limit::Verdict::Pass | limit::Verdict::WouldDrop => PASS,
         limit::Verdict::Drop => DROP,
     }
 }

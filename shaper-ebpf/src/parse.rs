@@ -52,6 +52,10 @@ pub struct Flow {
     /// Bytes from the start of the frame to the end of the L4 header: what each GSO segment
     /// repeats on the wire.
     pub header_len: u32,
+    /// Where the IP header starts, and whether it is IPv6: enough for [`remote_addr`] to read
+    /// the addresses later, only for the packets that need them.
+    pub l3_offset: u32,
+    pub ipv6: bool,
 }
 
 /// Parses the packet, pulling non-linear headers in once if the first attempt ran out of linear
@@ -125,7 +129,34 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
         ETH_P_IPV6 => ipv6(ctx, offset)?,
         _ => return Err(reason::NON_IP),
     };
-    l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)
+    let mut flow = l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)?;
+    flow.l3_offset = offset as u32;
+    flow.ipv6 = ether_type == ETH_P_IPV6;
+    Ok(flow)
+}
+
+/// The source (`source` true) or destination address of a packet [`parse`] accepted, IPv4
+/// mapped into IPv6 (`::ffff:a.b.c.d`). `None` if the linear data no longer holds it, which
+/// cannot happen after a successful parse (the parse saw the whole IP header).
+#[inline(always)]
+pub fn address(ctx: &TcContext, l3_offset: u32, ipv6: bool, source: bool) -> Option<[u8; 16]> {
+    let l3 = l3_offset as usize;
+    if ipv6 {
+        // Source at byte 8, destination at byte 24 of the fixed header (RFC 8200 section 3).
+        let at = if source { l3 + 8 } else { l3 + 24 };
+        let addr = ptr_at::<[u8; 16]>(ctx, at).ok()?;
+        // SAFETY: ptr_at checked all 16 bytes lie in the linear data; a byte array.
+        Some(unsafe { addr.read_unaligned() })
+    } else {
+        // Source at byte 12, destination at byte 16 (RFC 791 section 3.1).
+        let at = if source { l3 + 12 } else { l3 + 16 };
+        let addr = ptr_at::<[u8; 4]>(ctx, at).ok()?;
+        // SAFETY: ptr_at checked all 4 bytes lie in the linear data; a byte array.
+        let v4 = unsafe { addr.read_unaligned() };
+        Some([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+        ])
+    }
 }
 
 /// Returns the L4 protocol and where its header starts.
@@ -251,6 +282,8 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
                 src_port: u16::from_be_bytes(source),
                 dst_port: u16::from_be_bytes(dest),
                 header_len: header_len as u32,
+                l3_offset: 0,
+                ipv6: false,
             })
         }
         IPPROTO_UDP => {
@@ -271,6 +304,8 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
                 src_port: u16::from_be_bytes(src),
                 dst_port: u16::from_be_bytes(dst),
                 header_len: (offset + UdpHdr::LEN) as u32,
+                l3_offset: 0,
+                ipv6: false,
             })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {

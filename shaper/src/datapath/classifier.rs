@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
     PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig, RuleCounters,
-    RuleIndexRow, SIDE_LOCAL, bucket_index, maps, reason, rule_index_row, unclassified_index,
+    RuleIndexRow, SIDE_LOCAL, WATCH_ROWS_PER_IFACE, WatchRow, bucket_index, maps, reason,
+    rule_index_row, unclassified_index,
 };
 
 use crate::{
@@ -92,7 +93,7 @@ pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
         * (size_of::<RuleConfig>() as u64
             + u64::from(DIRECTIONS)
                 * (size_of::<BucketState>() + size_of::<RuleCounters>()) as u64);
-    ports + index + unclassified + rules
+    ports + index + unclassified + rules + crate::datapath::watched_ports::map_memory_bytes(interfaces)
 }
 
 #[derive(Debug)]
@@ -113,6 +114,8 @@ pub struct Classifier {
     rule_counters: ReadOnlyMapping,
     /// Written by userspace, read by the programs: see [`Classifier::paint_rule_index`].
     rule_index: WritableMapping,
+    /// Written by userspace, read by the programs: see [`Classifier::paint_watched`].
+    watched: WritableMapping,
     /// Interface slots, in slot order: the slot is the index into this vector.
     interfaces: Vec<Interface>,
     capacity: u32,
@@ -198,11 +201,18 @@ impl Classifier {
         let rule_index = map_shared(&ebpf, maps::RULE_INDEX, |fd| {
             WritableMapping::new(fd, index_rows as usize * size_of::<RuleIndexRow>())
         })?;
+        let watched = map_shared(&ebpf, maps::WATCHED, |fd| {
+            WritableMapping::new(
+                fd,
+                (capacity * WATCH_ROWS_PER_IFACE) as usize * size_of::<WatchRow>(),
+            )
+        })?;
         let mut classifier = Self {
             ebpf,
             ports: PortCounters::new(port_counters, port_verdicts),
             rule_counters,
             rule_index,
+            watched,
             interfaces: Vec::new(),
             capacity,
             pins: pins.cloned(),
@@ -542,6 +552,17 @@ impl Classifier {
         written
     }
 
+    /// The watched ports' switches, one byte per (slot, direction, protocol, port) as
+    /// `shaper_common::watch_row` lays them out: see [`crate::datapath::watched_ports`].
+    pub(crate) fn watched_cells(&self) -> &[std::sync::atomic::AtomicU8] {
+        self.watched.bytes()
+    }
+
+    /// The loaded object, for the modules that read its other maps.
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// The id of the rule in force on local port `port` of (slot, direction, protocol), from the
     /// rule index the programs read.
     pub fn local_rule(
@@ -709,13 +730,14 @@ impl Drop for Classifier {
 }
 
 /// The maps whose size depends on the number of interface slots, with that size.
-fn sized_maps(capacity: u32) -> [(&'static str, u32); 4] {
+fn sized_maps(capacity: u32) -> [(&'static str, u32); 5] {
     let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
     [
         (maps::PORT_COUNTERS, port_entries),
         (maps::PORT_VERDICTS, port_entries),
         (maps::RULE_INDEX, capacity * RULE_INDEX_ROWS_PER_IFACE),
         (maps::UNCLASSIFIED, capacity * DIRECTIONS * reason::COUNT),
+        (maps::WATCHED, capacity * WATCH_ROWS_PER_IFACE),
     ]
 }
 
@@ -839,8 +861,13 @@ mod tests {
         // 65,536 rule ids × (32 B limit + 2 directions × (16 B bucket + 48 B counters)).
         let rules = 65536 * (32 + 2 * (16 + 48));
         assert_eq!(rules, 10 * 1024 * 1024);
-        assert_eq!(map_memory_bytes(1, 1), 13 * 1024 * 1024 + 14 * 16 + rules);
-        // Two interfaces on a 128-CPU host stay below 37 MiB.
-        assert!(map_memory_bytes(2, 128) < 37 * 1024 * 1024);
+        // Plus the watched ports' switches (256 KiB per interface) and the top talkers' LRU.
+        let watch = crate::datapath::watched_ports::map_memory_bytes(1);
+        assert_eq!(
+            map_memory_bytes(1, 1),
+            13 * 1024 * 1024 + 14 * 16 + rules + watch
+        );
+        // Two interfaces on a 128-CPU host stay below 41 MiB.
+        assert!(map_memory_bytes(2, 128) < 41 * 1024 * 1024);
     }
 }

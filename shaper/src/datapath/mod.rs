@@ -9,3 +9,4 @@ pub(crate) mod netlink;
 pub mod pinned_datapath;
 pub mod pins;
 pub(crate) mod tcx_query;
+pub mod watched_ports;
