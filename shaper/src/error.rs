@@ -113,6 +113,10 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A `watch` or `unwatch` that cannot be done as asked.
+    #[error("{0}")]
+    Watch(String),
+
     #[error("no rule {key}{others}")]
     NoSuchRule { key: String, others: String },
 

@@ -5,6 +5,8 @@ mod limit;
 mod run;
 mod stats;
 mod top;
+mod top_port;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,11 @@ enum Command {
     /// Detach and unpin the datapath a stopped daemon left (after `run --persist`, or a
     /// crash), and remove any clsact qdisc shaper added. Refused while a daemon runs.
     Down(datapath::DownArgs),
+    /// Account a local port (or range) per remote address, for `top --port`; without a port,
+    /// list the watches.
+    Watch(watch::WatchArgs),
+    /// Stop a watch given to `shaper watch`.
+    Unwatch(watch::UnwatchArgs),
 }
 
 impl Cli {
@@ -53,6 +60,8 @@ impl Cli {
             Command::Top(args) => top::top(args, &self.socket),
             Command::Status(args) => datapath::status(args),
             Command::Down(args) => datapath::down(args),
+            Command::Watch(args) => watch::watch(args, &self.socket),
+            Command::Unwatch(args) => watch::unwatch(args, &self.socket),
         }
     }
 }

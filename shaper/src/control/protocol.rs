@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    datapath::watched_ports::{TalkersReading, WatchSpec},
     policy::{
         rule_table::{RuleKey, RuleSpec},
         rules_in_force::RuleView,
@@ -28,6 +29,17 @@ pub enum Request {
     LimitRm { rule: RuleKey },
     /// Every rule with its counters.
     LimitLs,
+    /// Account these ports per remote address.
+    Watch { watch: WatchSpec },
+    /// Remove the watch with exactly this spec.
+    Unwatch { watch: WatchSpec },
+    /// Every watch.
+    WatchLs,
+    /// The per-remote counters of watched ports (of `port` only, if given).
+    Talkers {
+        #[serde(default)]
+        port: Option<u16>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,6 +61,11 @@ pub enum Response {
     Error {
         message: String,
     },
+    /// The watches in force (after a `watch` or `unwatch`, or for `watch_ls`).
+    Watches {
+        watches: Vec<WatchSpec>,
+    },
+    Talkers(TalkersReading),
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ use crate::{
     datapath::{attach::AttachChoice, classifier::Classifier, pins::PinDir},
     error::{Error, Result, chain},
     policy::rules_in_force::Limits,
+    policy::watch_list::WatchList,
     telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
 };
 
@@ -59,6 +60,7 @@ use crate::{
 pub(crate) struct InForce {
     pub(crate) classifier: Classifier,
     pub(crate) limits: Limits,
+    pub(crate) watches: WatchList,
 }
 
 /// A started daemon: attached, with its rules installed and its sockets bound.
@@ -93,6 +95,7 @@ impl Daemon {
             classifier.register(name)?;
         }
         let limits = Limits::start(&mut classifier, settings.config_rules, &settings.state)?;
+        let watches = WatchList::start(&classifier, &settings.state)?;
         for name in &settings.ifaces {
             // `auto` takes an interface over in the mode it is pinned with; an explicit mode
             // that differs is refused by attach, with the fix.
@@ -126,7 +129,11 @@ impl Daemon {
                 .datapath_id()
                 .unwrap_or_else(metrics::unpinned_datapath_id),
         );
-        let in_force = Arc::new(Mutex::new(InForce { classifier, limits }));
+        let in_force = Arc::new(Mutex::new(InForce {
+            classifier,
+            limits,
+            watches,
+        }));
         let metrics = match metrics_listener {
             None => None,
             Some(listener) => {

@@ -23,7 +23,11 @@ pub(super) fn answer(in_force: &Mutex<InForce>, request: Request) -> Response {
 
 impl InForce {
     fn answer(&mut self, request: Request) -> Result<Response> {
-        let Self { classifier, limits } = self;
+        let Self {
+            classifier,
+            limits,
+            watches,
+        } = self;
         Ok(match request {
             Request::Stats => {
                 let mut snapshot = classifier.snapshot()?;
@@ -48,6 +52,27 @@ impl InForce {
             Request::LimitLs => Response::Rules {
                 rules: limits.list(classifier),
             },
+            Request::Watch { watch } => {
+                if watches.add(classifier, watch.clone())? {
+                    info!("watching {watch}");
+                }
+                Response::Watches {
+                    watches: watches.list(),
+                }
+            }
+            Request::Unwatch { watch } => {
+                watches.remove(classifier, &watch)?;
+                info!("no longer watching {watch}");
+                Response::Watches {
+                    watches: watches.list(),
+                }
+            }
+            Request::WatchLs => Response::Watches {
+                watches: watches.list(),
+            },
+            Request::Talkers { port } => {
+                Response::Talkers(crate::datapath::watched_ports::read(classifier, port)?)
+            }
         })
     }
 }

@@ -4,4 +4,5 @@
 pub mod counter_snapshot;
 pub mod listening_sockets;
 pub mod metrics;
+pub mod talkers_view;
 pub mod top_view;
