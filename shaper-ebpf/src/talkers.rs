@@ -19,7 +19,7 @@
 //! `bpf_map_update_elem` says nothing about it.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_F_MMAPABLE},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -57,12 +57,8 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
         return;
     }
     // The remote is the source of what arrives and the destination of what leaves.
-    let Some(addr) = parse::address(
-        ctx,
-        packet.l3_offset,
-        packet.ipv6,
-        direction == DIR_INGRESS,
-    ) else {
+    let Some(addr) = parse::address(ctx, packet.l3_offset, packet.ipv6, direction == DIR_INGRESS)
+    else {
         return;
     };
     let key = TalkerKey {

@@ -93,7 +93,11 @@ pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
         * (size_of::<RuleConfig>() as u64
             + u64::from(DIRECTIONS)
                 * (size_of::<BucketState>() + size_of::<RuleCounters>()) as u64);
-    ports + index + unclassified + rules + crate::datapath::watched_ports::map_memory_bytes(interfaces)
+    ports
+        + index
+        + unclassified
+        + rules
+        + crate::datapath::watched_ports::map_memory_bytes(interfaces)
 }
 
 #[derive(Debug)]

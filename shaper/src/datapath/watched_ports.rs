@@ -160,7 +160,10 @@ pub fn read(classifier: &Classifier, port: Option<u16>) -> Result<TalkersReading
             continue;
         };
         talkers.push(Talker {
-            iface: names.get(usize::from(key.slot)).cloned().unwrap_or_default(),
+            iface: names
+                .get(usize::from(key.slot))
+                .cloned()
+                .unwrap_or_default(),
             direction: *direction,
             proto,
             port: key.port,
@@ -173,10 +176,12 @@ pub fn read(classifier: &Classifier, port: Option<u16>) -> Result<TalkersReading
             would_drop_bytes: counters.would_drop.bytes,
         });
     }
-    let inserts = ebpf.map(maps::TALKER_INSERTS).ok_or(Error::MissingInObject {
-        kind: "map",
-        name: maps::TALKER_INSERTS,
-    })?;
+    let inserts = ebpf
+        .map(maps::TALKER_INSERTS)
+        .ok_or(Error::MissingInObject {
+            kind: "map",
+            name: maps::TALKER_INSERTS,
+        })?;
     let inserts: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(inserts)?;
     let inserted: u64 = inserts.get(&0, 0)?.iter().sum();
     Ok(TalkersReading {

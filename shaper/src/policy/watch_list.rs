@@ -45,11 +45,10 @@ impl WatchList {
         let path = saved_path(state);
         let watches = match std::fs::read(&path) {
             Ok(bytes) => {
-                let saved: Saved =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::State {
-                        path: path.clone(),
-                        reason: format!("not a shaper watch list: {e}"),
-                    })?;
+                let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| Error::State {
+                    path: path.clone(),
+                    reason: format!("not a shaper watch list: {e}"),
+                })?;
                 if saved.version != VERSION {
                     return Err(Error::State {
                         path,
@@ -102,7 +101,12 @@ impl WatchList {
                 "no watch {watch}; `shaper watch --list` shows them"
             )));
         }
-        let watches = self.watches.iter().filter(|w| *w != watch).cloned().collect();
+        let watches = self
+            .watches
+            .iter()
+            .filter(|w| *w != watch)
+            .cloned()
+            .collect();
         self.commit(classifier, watches)
     }
 

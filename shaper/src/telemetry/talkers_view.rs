@@ -151,7 +151,13 @@ pub fn view(
         .map(|t| (key_of(t), t))
         .collect();
     let mut rows: BTreeMap<RowKey, RemoteRow> = BTreeMap::new();
-    let per_second = |delta: u64| if seconds > 0.0 { delta as f64 / seconds } else { 0.0 };
+    let per_second = |delta: u64| {
+        if seconds > 0.0 {
+            delta as f64 / seconds
+        } else {
+            0.0
+        }
+    };
     for talker in after.talkers.iter().filter(|t| t.port == port) {
         let was = earlier.get(&key_of(talker));
         // A counter below its earlier value is a remote evicted and seen anew: all of it is new.
@@ -206,7 +212,10 @@ pub fn view(
     }
     for row in &mut remotes {
         row.bits_per_second = row.bytes_per_second * 8.0;
-        let total = port_rate.get(&row.direction.index()).copied().unwrap_or(0.0);
+        let total = port_rate
+            .get(&row.direction.index())
+            .copied()
+            .unwrap_or(0.0);
         row.share = if total > 0.0 {
             row.bytes_per_second / total
         } else {
@@ -276,7 +285,10 @@ mod tests {
     fn grouping_masks_each_family_by_its_own_length() {
         let g = Grouping::from_prefixes(&[GroupPrefix::V4(24), GroupPrefix::V6(64)]);
         assert_eq!(g.label("10.1.2.3".parse().unwrap()), "10.1.2.0/24");
-        assert_eq!(g.label("fd00:1:2:3:4::5".parse().unwrap()), "fd00:1:2:3::/64");
+        assert_eq!(
+            g.label("fd00:1:2:3:4::5".parse().unwrap()),
+            "fd00:1:2:3::/64"
+        );
         let none = Grouping::default();
         assert_eq!(none.label("10.1.2.3".parse().unwrap()), "10.1.2.3");
         let all = Grouping::from_prefixes(&[GroupPrefix::V4(0)]);
