@@ -30,9 +30,17 @@ pub mod maps {
     pub const TALKERS: &str = "TALKERS";
     /// `PERCPU_ARRAY` of one `u64`: keys the programs inserted into `TALKERS`.
     pub const TALKER_INSERTS: &str = "TALKER_INSERTS";
+    /// `RINGBUF` of [`TraceEvent`](crate::TraceEvent)s of traced ports.
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// `ARRAY` of one [`TraceConfig`](crate::TraceConfig).
+    pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
+    /// `PERCPU_ARRAY` of one [`TraceBudget`](crate::TraceBudget).
+    pub const TRACE_BUDGET: &str = "TRACE_BUDGET";
+    /// `PERCPU_ARRAY` of `u64`, indexed by [`trace_lost`](crate::trace_lost).
+    pub const TRACE_LOST: &str = "TRACE_LOST";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 15] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -44,6 +52,10 @@ pub mod maps {
         WATCHED,
         TALKERS,
         TALKER_INSERTS,
+        TRACE_EVENTS,
+        TRACE_CONFIG,
+        TRACE_BUDGET,
+        TRACE_LOST,
     ];
 }
 
@@ -325,6 +337,81 @@ unsafe impl aya::Pod for TalkerKey {}
 // bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TalkerCounters {}
+
+/// A `WATCHED` cell bit: send an event per packet of this port to `TRACE_EVENTS`.
+pub const WATCH_TRACE: u8 = 2;
+
+/// Bytes of the trace ring buffer: a power of two, a multiple of the page size
+/// (kernel/bpf/ringbuf.c `ringbuf_map_alloc`): about 7,000 events of 64 bytes, each behind the
+/// kernel's 8-byte record header.
+pub const TRACE_RING_BYTES: u32 = 1 << 19;
+
+/// Verdicts as a trace event names them, and as bits of [`TraceConfig::verdicts`].
+pub const VERDICT_PASS: u8 = 0;
+pub const VERDICT_DROP: u8 = 1;
+pub const VERDICT_WOULD_DROP: u8 = 2;
+
+/// What a trace asks of the program, written by the daemon when a trace starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Bit `1 << VERDICT_*` set for each verdict to trace.
+    pub verdicts: u32,
+    /// At most this many events per CPU per second; the rest are counted as lost.
+    pub per_cpu_per_second: u32,
+}
+const _: () = assert!(size_of::<TraceConfig>() == 8);
+
+/// One CPU's events of the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceBudget {
+    /// `bpf_ktime_get_ns()` at the start of the window.
+    pub window_ns: u64,
+    pub sent: u64,
+}
+const _: () = assert!(size_of::<TraceBudget>() == 16);
+
+/// Why a trace event was lost: over the per-second cap, or the ring buffer full (userspace
+/// behind).
+pub mod trace_lost {
+    pub const OVER_RATE: u32 = 0;
+    pub const RING_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// One packet of a traced port, as the hook saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// Wire bytes, every segment with its headers.
+    pub bytes: u64,
+    /// Bytes the rule's bucket holds after the packet (0 without a rule).
+    pub bucket_bytes: u64,
+    /// The remote address, IPv4-mapped for IPv4 (as in [`TalkerKey`]).
+    pub remote: [u8; 16],
+    pub ifindex: u32,
+    pub segments: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The rule that governs the packet, [`NO_RULE`] if none.
+    pub rule: u16,
+    pub direction: u8,
+    pub proto: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<TraceEvent>() == 64);
+
+// SAFETY: repr(C) of two u32 (size asserted above), no padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceConfig {}
+// SAFETY: repr(C) of two u64 (size asserted above), no padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceBudget {}
 
 /// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
 /// (which computes `fill_ns` and tests the arithmetic on the host).

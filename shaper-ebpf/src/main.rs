@@ -18,6 +18,7 @@ mod count;
 mod limit;
 mod parse;
 mod talkers;
+mod trace;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},

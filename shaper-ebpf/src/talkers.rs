@@ -47,13 +47,19 @@ static TALKERS: LruHashMap<TalkerKey, TalkerCounters> =
 static TALKER_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds a counted packet and its verdict to its remote address's entry, if its local port is
-/// watched.
+/// watched; hands it to the trace if its port is traced. Both switches are bits of the one
+/// `WATCHED` byte, so an unwatched, untraced port pays one lookup for both.
 #[inline(always)]
 pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict: &Verdict) {
     let Some(row) = WATCHED.get(watch_row(packet.slot, direction, packet.proto)) else {
         return;
     };
-    if row[packet.local_port as usize] & WATCH_TALKERS == 0 {
+    let cell = row[packet.local_port as usize];
+    if cell == 0 {
+        return;
+    }
+    crate::trace::record(ctx, packet, direction, verdict, cell);
+    if cell & WATCH_TALKERS == 0 {
         return;
     }
     // The remote is the source of what arrives and the destination of what leaves.

@@ -12,6 +12,7 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::{
     daemon::Daemon,
+    metrics::{get, samples, series},
     netns::{InNamespace as _, VethPair, veth_pair},
     packet::*,
 };
@@ -321,4 +322,64 @@ fn lru_filled_past_its_size_counts_evictions_and_keeps_exact_totals() {
     }
     let recent = reading.talkers.iter().filter(|t| t.packets == 3).count();
     assert_eq!(recent, 100, "the most recent remotes are all kept");
+}
+
+#[test]
+fn remote_series_only_when_asked_and_only_the_top_n() {
+    if !common::require_root("remote_series") {
+        return;
+    }
+    let pair = veth_pair("tm");
+    let addr: SocketAddr = "127.0.0.1:19350".parse().expect("addr");
+    let scrape = |daemon_pair: &VethPair| {
+        let response = get(&daemon_pair.a, addr, "/metrics", None);
+        assert_eq!(response.status, 200, "{}", response.body);
+        samples(&response.body)
+    };
+    let remotes = extra_addresses(&pair, 3);
+    let port = 7021u16;
+    {
+        // Off by default: watched remotes make no series.
+        let daemon = Daemon::start(&pair.a, "tm", &["--iface", &pair.a_if]);
+        daemon.cli_ok(&["watch", "7021"]);
+        send(&pair, remotes[0], port, 5, 100, true);
+        settled(&daemon, port, 5);
+        assert!(
+            !scrape(&pair)
+                .keys()
+                .any(|k| k.starts_with("shaper_remote_bytes")),
+            "per-remote series without --metrics-top-remotes"
+        );
+    }
+    let daemon = Daemon::start(
+        &pair.a,
+        "tm2",
+        &["--iface", &pair.a_if, "--metrics-top-remotes", "2"],
+    );
+    daemon.cli_ok(&["watch", "7021", "--dir", "ingress"]);
+    for (addr, count) in remotes.iter().zip([3u32, 20, 10]) {
+        send(&pair, *addr, port, count, 100, true);
+    }
+    settled(&daemon, port, 33);
+    let got = scrape(&pair);
+    let remote_series: Vec<(&String, &f64)> = got
+        .iter()
+        .filter(|(k, _)| k.starts_with("shaper_remote_bytes_total"))
+        .collect();
+    assert_eq!(remote_series.len(), 2, "{remote_series:?}");
+    for (addr, count) in [(remotes[1], 20u64), (remotes[2], 10)] {
+        let key = series(
+            "shaper_remote_bytes_total",
+            &[
+                ("port", "7021"),
+                ("remote", &addr.to_string()),
+                ("direction", "ingress"),
+            ],
+        );
+        assert_eq!(
+            got.get(&key).copied(),
+            Some((count * (HEADERS + 100)) as f64),
+            "{key} in {remote_series:?}"
+        );
+    }
 }

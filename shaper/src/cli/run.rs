@@ -42,6 +42,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     metrics_top_ports: Option<usize>,
 
+    /// Remotes of watched ports (`shaper watch`) that get a `shaper_remote_bytes_total` series:
+    /// the N busiest by bytes. 0 (the default) exports no per-remote series at all.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    metrics_top_remotes: usize,
+
     /// On SIGTERM/SIGINT, leave the programs attached and the maps pinned, so shaping and
     /// counting go on and the next daemon takes over where this one stopped (what a service
     /// wants across restarts and upgrades). Without it, stopping detaches and unpins
@@ -63,6 +68,7 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         state: args.state,
         metrics_addr: args.metrics_addr,
         metrics_top_ports: args.metrics_top_ports,
+        metrics_top_remotes: args.metrics_top_remotes,
         socket: socket.to_owned(),
         pin_dir: args.pin_dir,
         persist: args.persist,

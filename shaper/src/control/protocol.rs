@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::watched_ports::{TalkersReading, WatchSpec},
     policy::{
-        rule_table::{RuleKey, RuleSpec},
+        rule_table::{DirSel, PortRange, RuleKey, RuleSpec, TraceVerdicts},
         rules_in_force::RuleView,
     },
     telemetry::counter_snapshot::Snapshot,
@@ -40,6 +40,24 @@ pub enum Request {
         #[serde(default)]
         port: Option<u16>,
     },
+    /// Start tracing: the trace lasts as long as the connection that asked for it stays open,
+    /// and the daemon ends it when the connection closes, however the client went away.
+    TraceOn { trace: TraceSpec },
+    /// End trace `session` (the daemon does so itself when the trace's connection closes).
+    TraceOff { session: u64 },
+}
+
+/// What `shaper trace` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSpec {
+    pub ports: PortRange,
+    #[serde(default)]
+    pub dir: DirSel,
+    #[serde(default)]
+    pub verdict: TraceVerdicts,
+    /// Events each CPU may send per second; the rest are counted as lost.
+    pub per_cpu_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +84,18 @@ pub enum Response {
         watches: Vec<WatchSpec>,
     },
     Talkers(TalkersReading),
+    /// A trace started: its events arrive in the ring buffer pinned at `events`, its lost
+    /// events are counted in the per-CPU array pinned at `lost`. `interfaces` names the
+    /// interface slots events carry.
+    TraceOn {
+        session: u64,
+        events: std::path::PathBuf,
+        lost: std::path::PathBuf,
+        interfaces: Vec<String>,
+    },
+    TraceOff {
+        session: u64,
+    },
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod capabilities;
 pub mod pid_lock;
 mod requests;
 pub mod settings;
+mod tracing;
 
 use std::{
     future::Future,
@@ -61,6 +62,7 @@ pub(crate) struct InForce {
     pub(crate) classifier: Classifier,
     pub(crate) limits: Limits,
     pub(crate) watches: WatchList,
+    pub(crate) tracing: tracing::Tracing,
 }
 
 /// A started daemon: attached, with its rules installed and its sockets bound.
@@ -96,6 +98,7 @@ impl Daemon {
         }
         let limits = Limits::start(&mut classifier, settings.config_rules, &settings.state)?;
         let watches = WatchList::start(&classifier, &settings.state)?;
+        tracing::switch_off(&mut classifier)?;
         for name in &settings.ifaces {
             // `auto` takes an interface over in the mode it is pinned with; an explicit mode
             // that differs is refused by attach, with the fix.
@@ -133,13 +136,21 @@ impl Daemon {
             classifier,
             limits,
             watches,
+            tracing: tracing::Tracing::default(),
         }));
         let metrics = match metrics_listener {
             None => None,
             Some(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 info!("metrics at http://{}/metrics", listener.local_addr()?);
-                Some((listener, scrape_fn(Arc::clone(&in_force), exporter)))
+                Some((
+                    listener,
+                    scrape_fn(
+                        Arc::clone(&in_force),
+                        exporter,
+                        settings.metrics_top_remotes,
+                    ),
+                ))
             }
         };
         let control = ControlSocket::bind(&settings.socket)?;
@@ -201,6 +212,10 @@ impl Daemon {
         let served = runtime.block_on(serve(Arc::clone(&in_force), &control, metrics, shutdown));
         drop(control);
         let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
+        // No trace outlives the daemon that reads it.
+        if let Err(e) = tracing::switch_off(&mut in_force.classifier) {
+            log::warn!("switching the trace off: {}", chain(&e));
+        }
         if persist {
             in_force.classifier.release_all();
             served?;
@@ -233,12 +248,27 @@ fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener> {
 }
 
 /// One scrape: the inventory under the daemon's lock, the port scan without it.
-fn scrape_fn(in_force: Arc<Mutex<InForce>>, exporter: Exporter) -> Arc<metrics::ScrapeFn> {
+fn scrape_fn(
+    in_force: Arc<Mutex<InForce>>,
+    exporter: Exporter,
+    top_remotes: usize,
+) -> Arc<metrics::ScrapeFn> {
     Arc::new(move |format: Format| {
         let started = Instant::now();
         let inventory = {
             let in_force = in_force.lock().map_err(|_| Error::Poisoned.to_string())?;
-            Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| chain(&e))?
+            let mut inventory =
+                Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| chain(&e))?;
+            if top_remotes > 0 {
+                let reading = crate::datapath::watched_ports::read(&in_force.classifier, None)
+                    .map_err(|e| chain(&e))?;
+                inventory.remotes = metrics::remote_series::top_remotes(
+                    &reading,
+                    &in_force.watches.list(),
+                    top_remotes,
+                );
+            }
+            inventory
         };
         Ok(exporter.render(inventory, started, format))
     })

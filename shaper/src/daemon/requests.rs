@@ -27,6 +27,7 @@ impl InForce {
             classifier,
             limits,
             watches,
+            tracing,
         } = self;
         Ok(match request {
             Request::Stats => {
@@ -73,6 +74,8 @@ impl InForce {
             Request::Talkers { port } => {
                 Response::Talkers(crate::datapath::watched_ports::read(classifier, port)?)
             }
+            Request::TraceOn { trace } => tracing.on(classifier, trace)?,
+            Request::TraceOff { session } => tracing.off(classifier, session)?,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct Flags {
     pub state: PathBuf,
     pub metrics_addr: Option<MetricsAddr>,
     pub metrics_top_ports: Option<usize>,
+    /// Remotes of watched ports with a `shaper_remote_bytes_total` series (0 = none).
+    pub metrics_top_remotes: usize,
     pub socket: PathBuf,
     /// Where each network namespace's datapath is pinned (a directory per namespace below it).
     pub pin_dir: PathBuf,
@@ -47,6 +49,7 @@ pub struct Settings {
     pub state: PathBuf,
     pub metrics_addr: MetricsAddr,
     pub metrics_top_ports: usize,
+    pub metrics_top_remotes: usize,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub persist: bool,
@@ -95,6 +98,7 @@ impl Settings {
                 .metrics_top_ports
                 .or(config.metrics_top_ports)
                 .unwrap_or(metrics::DEFAULT_TOP_PORTS),
+            metrics_top_remotes: flags.metrics_top_remotes,
             socket: flags.socket,
             pin_dir: flags.pin_dir,
             persist: flags.persist || config.persist.unwrap_or(false),

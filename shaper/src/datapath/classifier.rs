@@ -567,6 +567,11 @@ impl Classifier {
         &self.ebpf
     }
 
+    /// The loaded object, for the modules that write its other maps.
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The id of the rule in force on local port `port` of (slot, direction, protocol), from the
     /// rule index the programs read.
     pub fn local_rule(

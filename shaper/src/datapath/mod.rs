@@ -9,4 +9,5 @@ pub(crate) mod netlink;
 pub mod pinned_datapath;
 pub mod pins;
 pub(crate) mod tcx_query;
+pub mod trace_switch;
 pub mod watched_ports;

@@ -10,6 +10,7 @@
 mod http_endpoint;
 mod metric_families;
 mod port_selection;
+pub mod remote_series;
 mod saved_selection;
 mod text_formats;
 
@@ -88,6 +89,8 @@ pub struct Inventory {
     pub rules: Vec<Rule>,
     /// (interface slot, direction index, reason, counter) for every reason.
     pub unclassified: Vec<(u32, u32, u32, Counter)>,
+    /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
+    pub remotes: Vec<remote_series::RemoteSeries>,
 }
 
 impl Inventory {
@@ -106,6 +109,7 @@ impl Inventory {
             interfaces,
             rules: limits.rules(),
             unclassified,
+            remotes: Vec::new(),
         })
     }
 
