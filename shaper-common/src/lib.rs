@@ -392,7 +392,8 @@ pub struct TraceEvent {
     pub bucket_bytes: u64,
     /// The remote address, IPv4-mapped for IPv4 (as in [`TalkerKey`]).
     pub remote: [u8; 16],
-    pub ifindex: u32,
+    /// The interface slot (the daemon names the slots).
+    pub slot: u32,
     pub segments: u32,
     pub local_port: u16,
     pub remote_port: u16,
@@ -412,6 +413,10 @@ unsafe impl aya::Pod for TraceConfig {}
 // SAFETY: repr(C) of two u64 (size asserted above), no padding; every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TraceBudget {}
+// SAFETY: repr(C) of u64s, a byte array, u32s, u16s and bytes with `_pad` filling the tail
+// (size asserted above): no implicit padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceEvent {}
 
 /// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
 /// (which computes `fill_ns` and tests the arithmetic on the host).

@@ -93,8 +93,7 @@ pub fn record(
         bytes: packet.bytes,
         bucket_bytes,
         remote,
-        // SAFETY: a context field read, checked by the verifier (`tc_cls_act_is_valid_access`).
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        slot: packet.slot,
         segments: packet.segments as u32,
         local_port: packet.local_port,
         remote_port: packet.remote_port,

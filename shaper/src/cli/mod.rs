@@ -6,6 +6,7 @@ mod run;
 mod stats;
 mod top;
 mod top_port;
+mod trace;
 mod watch;
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Stop a watch given to `shaper watch`.
     Unwatch(watch::UnwatchArgs),
+    /// One line per packet of the traced ports, as the hook sees it, until Ctrl-C or --count.
+    Trace(trace::TraceArgs),
 }
 
 impl Cli {
@@ -62,6 +65,7 @@ impl Cli {
             Command::Down(args) => datapath::down(args),
             Command::Watch(args) => watch::watch(args, &self.socket),
             Command::Unwatch(args) => watch::unwatch(args, &self.socket),
+            Command::Trace(args) => trace::trace(args, &self.socket),
         }
     }
 }

@@ -6,3 +6,4 @@ pub mod listening_sockets;
 pub mod metrics;
 pub mod talkers_view;
 pub mod top_view;
+pub mod trace_lines;
