@@ -38,9 +38,11 @@ pub mod maps {
     pub const TRACE_BUDGET: &str = "TRACE_BUDGET";
     /// `PERCPU_ARRAY` of `u64`, indexed by [`trace_lost`](crate::trace_lost).
     pub const TRACE_LOST: &str = "TRACE_LOST";
+    /// `ARRAY` of one `u32`: the [`log_level`](crate::log_level) of the program's rare paths.
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -56,6 +58,7 @@ pub mod maps {
         TRACE_CONFIG,
         TRACE_BUDGET,
         TRACE_LOST,
+        LOG_LEVEL,
     ];
 }
 
@@ -417,6 +420,17 @@ unsafe impl aya::Pod for TraceBudget {}
 // (size asserted above): no implicit padding; every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TraceEvent {}
+
+/// The level of the program's aya-log lines, in `LOG_LEVEL`: a line is formatted and sent only
+/// when its level is at most this. The order of the `log` crate's `LevelFilter`.
+pub mod log_level {
+    pub const OFF: u32 = 0;
+    pub const ERROR: u32 = 1;
+    pub const WARN: u32 = 2;
+    pub const INFO: u32 = 3;
+    pub const DEBUG: u32 = 4;
+    pub const TRACE: u32 = 5;
+}
 
 /// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
 /// (which computes `fill_ns` and tests the arithmetic on the host).

@@ -17,6 +17,7 @@ mod bucket;
 mod count;
 mod limit;
 mod parse;
+mod rare_log;
 mod talkers;
 mod trace;
 

@@ -74,6 +74,7 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
             if ctx.pull_data(want).is_err() {
                 return Err(reason::TRUNCATED);
             }
+            crate::rare_log::pulled(ctx, want);
             parse_linear(ctx)
         }
         other => other,
@@ -253,6 +254,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     // MAX_IPV6_EXT_HEADERS walked: only another extension header is one too many.
     match next {
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            crate::rare_log::ipv6_chain_over_limit(ctx, next);
             Err(reason::IPV6_EXT_LIMIT)
         }
         _ => Ok((next, offset)),

@@ -229,6 +229,12 @@ pub enum Error {
 
     #[error(transparent)]
     Io(#[from] io::Error),
+
+    #[error("reading the program's log lines (aya-log)")]
+    BpfLog(#[from] aya_log::Error),
+
+    #[error("'{0}' is not a log level: off, error, warn, info, debug or trace")]
+    LogLevel(String),
 }
 
 impl From<aya::EbpfError> for Error {

@@ -2,6 +2,7 @@
 
 mod datapath;
 mod limit;
+mod log_level;
 mod run;
 mod stats;
 mod top;
@@ -52,6 +53,9 @@ enum Command {
     Unwatch(watch::UnwatchArgs),
     /// One line per packet of the traced ports, as the hook sees it, until Ctrl-C or --count.
     Trace(trace::TraceArgs),
+    /// Set the level of the program's own log lines (off, error, warn, info, debug, trace),
+    /// which the daemon writes to its log.
+    LogLevel(log_level::LogLevelArgs),
 }
 
 impl Cli {
@@ -66,6 +70,7 @@ impl Cli {
             Command::Watch(args) => watch::watch(args, &self.socket),
             Command::Unwatch(args) => watch::unwatch(args, &self.socket),
             Command::Trace(args) => trace::trace(args, &self.socket),
+            Command::LogLevel(args) => log_level::log_level(args, &self.socket),
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum Request {
     TraceOn { trace: TraceSpec },
     /// End trace `session` (the daemon does so itself when the trace's connection closes).
     TraceOff { session: u64 },
+    /// Set the level of the program's aya-log lines: off, error, warn, info, debug, trace.
+    LogLevel { level: String },
 }
 
 /// What `shaper trace` asks for.
@@ -95,6 +97,10 @@ pub enum Response {
     },
     TraceOff {
         session: u64,
+    },
+    /// The level of the program's log lines now in force.
+    LogLevel {
+        level: String,
     },
 }
 

@@ -50,7 +50,7 @@ pub use settings::{Flags, Settings};
 
 use crate::{
     control::ControlSocket,
-    datapath::{attach::AttachChoice, classifier::Classifier, pins::PinDir},
+    datapath::{attach::AttachChoice, bpf_log, classifier::Classifier, pins::PinDir},
     error::{Error, Result, chain},
     policy::rules_in_force::Limits,
     policy::watch_list::WatchList,
@@ -99,6 +99,8 @@ impl Daemon {
         let limits = Limits::start(&mut classifier, settings.config_rules, &settings.state)?;
         let watches = WatchList::start(&classifier, &settings.state)?;
         tracing::switch_off(&mut classifier)?;
+        bpf_log::set_level(&mut classifier, settings.bpf_log)?;
+        let log_reader = bpf_log::reader(&mut classifier, bpf_log::DaemonLog)?;
         for name in &settings.ifaces {
             // `auto` takes an interface over in the mode it is pinned with; an explicit mode
             // that differs is refused by attach, with the fix.
@@ -124,6 +126,7 @@ impl Daemon {
             .build()?;
         // Tokio's sockets register with the runtime they are made in.
         let _entered = runtime.enter();
+        runtime.spawn(bpf_log::follow(log_reader)?);
         let exporter = Exporter::resume(
             classifier.port_counters(),
             settings.metrics_top_ports,

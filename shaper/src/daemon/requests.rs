@@ -76,6 +76,12 @@ impl InForce {
             }
             Request::TraceOn { trace } => tracing.on(classifier, trace)?,
             Request::TraceOff { session } => tracing.off(classifier, session)?,
+            Request::LogLevel { level } => {
+                let value = crate::datapath::bpf_log::parse_level(&level)?;
+                crate::datapath::bpf_log::set_level(classifier, value)?;
+                info!("program log level: {level}");
+                Response::LogLevel { level }
+            }
         })
     }
 }

@@ -29,6 +29,8 @@ pub struct Flags {
     pub metrics_top_ports: Option<usize>,
     /// Remotes of watched ports with a `shaper_remote_bytes_total` series (0 = none).
     pub metrics_top_remotes: usize,
+    /// The level of the program's aya-log lines (`shaper_common::log_level`; 0 = off).
+    pub bpf_log: u32,
     pub socket: PathBuf,
     /// Where each network namespace's datapath is pinned (a directory per namespace below it).
     pub pin_dir: PathBuf,
@@ -50,6 +52,7 @@ pub struct Settings {
     pub metrics_addr: MetricsAddr,
     pub metrics_top_ports: usize,
     pub metrics_top_remotes: usize,
+    pub bpf_log: u32,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub persist: bool,
@@ -99,6 +102,7 @@ impl Settings {
                 .or(config.metrics_top_ports)
                 .unwrap_or(metrics::DEFAULT_TOP_PORTS),
             metrics_top_remotes: flags.metrics_top_remotes,
+            bpf_log: flags.bpf_log,
             socket: flags.socket,
             pin_dir: flags.pin_dir,
             persist: flags.persist || config.persist.unwrap_or(false),

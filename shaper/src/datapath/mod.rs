@@ -1,6 +1,7 @@
 //! The datapath: the classifier in the kernel and every way userspace reaches it.
 
 pub mod attach;
+pub mod bpf_log;
 pub mod classifier;
 pub mod interfaces;
 pub mod ktime;
