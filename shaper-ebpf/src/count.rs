@@ -17,9 +17,6 @@ pub struct Packet {
     pub segments: u64,
     /// Wire bytes of every segment.
     pub bytes: u64,
-    /// Where the IP header starts and its version, for [`parse::address`].
-    pub l3_offset: u32,
-    pub ipv6: bool,
 }
 
 /// Counts the packet; returns it when it has ports (only those can match a rule).
@@ -68,8 +65,6 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
                 counter_index,
                 segments,
                 bytes,
-                l3_offset: flow.l3_offset,
-                ipv6: flow.ipv6,
             })
         }
         Err(reason) => {

@@ -52,10 +52,6 @@ pub struct Flow {
     /// Bytes from the start of the frame to the end of the L4 header: what each GSO segment
     /// repeats on the wire.
     pub header_len: u32,
-    /// Where the IP header starts, and whether it is IPv6: enough for [`remote_addr`] to read
-    /// the addresses later, only for the packets that need them.
-    pub l3_offset: u32,
-    pub ipv6: bool,
 }
 
 /// Parses the packet, pulling non-linear headers in once if the first attempt ran out of linear
@@ -130,19 +126,30 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
         ETH_P_IPV6 => ipv6(ctx, offset)?,
         _ => return Err(reason::NON_IP),
     };
-    let mut flow = l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)?;
-    flow.l3_offset = offset as u32;
-    flow.ipv6 = ether_type == ETH_P_IPV6;
-    Ok(flow)
+    l4(ctx, l4_proto, l4_offset, ether_type == ETH_P_IPV6)
 }
 
 /// The source (`source` true) or destination address of a packet [`parse`] accepted, IPv4
-/// mapped into IPv6 (`::ffff:a.b.c.d`). `None` if the linear data no longer holds it, which
-/// cannot happen after a successful parse (the parse saw the whole IP header).
+/// mapped into IPv6 (`::ffff:a.b.c.d`). The Ethernet and VLAN headers are walked again rather
+/// than the IP header's offset kept from the parse: only watched and traced packets need it,
+/// and carrying it through the common path cost every packet (see `talkers`). `None` if the
+/// linear data no longer holds it, which cannot happen after a successful parse.
 #[inline(always)]
-pub fn address(ctx: &TcContext, l3_offset: u32, ipv6: bool, source: bool) -> Option<[u8; 16]> {
-    let l3 = l3_offset as usize;
-    if ipv6 {
+pub fn address(ctx: &TcContext, source: bool) -> Option<[u8; 16]> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok()?;
+    // SAFETY: as in `parse_linear`: in bounds by ptr_at, read unaligned.
+    let mut ether_type = u16::from_be(unsafe { (&raw const (*eth).ether_type).read_unaligned() });
+    let mut l3 = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let vlan = ptr_at::<VlanHdr>(ctx, l3).ok()?;
+        // SAFETY: as for the Ethernet header.
+        ether_type = u16::from_be(unsafe { (&raw const (*vlan).ether_type).read_unaligned() });
+        l3 += VlanHdr::LEN;
+    }
+    if ether_type == ETH_P_IPV6 {
         // Source at byte 8, destination at byte 24 of the fixed header (RFC 8200 section 3).
         let at = if source { l3 + 8 } else { l3 + 24 };
         let addr = ptr_at::<[u8; 16]>(ctx, at).ok()?;
@@ -284,8 +291,6 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
                 src_port: u16::from_be_bytes(source),
                 dst_port: u16::from_be_bytes(dest),
                 header_len: header_len as u32,
-                l3_offset: 0,
-                ipv6: false,
             })
         }
         IPPROTO_UDP => {
@@ -306,8 +311,6 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
                 src_port: u16::from_be_bytes(src),
                 dst_port: u16::from_be_bytes(dst),
                 header_len: (offset + UdpHdr::LEN) as u32,
-                l3_offset: 0,
-                ipv6: false,
             })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {

@@ -55,16 +55,22 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
         return;
     };
     let cell = row[packet.local_port as usize];
-    if cell == 0 {
-        return;
+    if cell != 0 {
+        watched(ctx, packet, direction, verdict, cell);
     }
+}
+
+/// The part of [`account`] only watched or traced ports reach. Not inlined: kept out of the
+/// common path, whose code and registers stay as they were without it (inlined, it cost the
+/// unlimited path about 10%; see the README's *Performance*).
+#[inline(never)]
+fn watched(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict: &Verdict, cell: u8) {
     crate::trace::record(ctx, packet, direction, verdict, cell);
     if cell & WATCH_TALKERS == 0 {
         return;
     }
     // The remote is the source of what arrives and the destination of what leaves.
-    let Some(addr) = parse::address(ctx, packet.l3_offset, packet.ipv6, direction == DIR_INGRESS)
-    else {
+    let Some(addr) = parse::address(ctx, direction == DIR_INGRESS) else {
         return;
     };
     let key = TalkerKey {

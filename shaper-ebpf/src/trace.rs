@@ -85,8 +85,7 @@ pub fn record(
         lost(trace_lost::RING_FULL);
         return;
     };
-    let remote = parse::address(ctx, packet.l3_offset, packet.ipv6, direction == DIR_INGRESS)
-        .unwrap_or_default();
+    let remote = parse::address(ctx, direction == DIR_INGRESS).unwrap_or_default();
     let (rule, bucket_bytes) = rule_and_fill(packet, direction);
     entry.write(TraceEvent {
         time_ns: now,

@@ -76,7 +76,7 @@ pub fn trace(args: TraceArgs, socket: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcome = runtime.block_on(follow(
+    runtime.block_on(follow(
         ring,
         &lost,
         &args,
@@ -84,8 +84,7 @@ pub fn trace(args: TraceArgs, socket: &Path) -> anyhow::Result<()> {
         started_ns,
         ports,
         connection,
-    ));
-    outcome
+    ))
 }
 
 /// Reads events until done; reports lost events on stderr as they grow and at the end.

@@ -314,6 +314,7 @@ mod tests {
             }],
             rules,
             unclassified: Vec::new(),
+            remotes: Vec::new(),
         }
     }
 

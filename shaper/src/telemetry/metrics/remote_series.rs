@@ -49,7 +49,7 @@ pub fn top_remotes(reading: &TalkersReading, watches: &[WatchSpec], n: usize) ->
         })
         .collect();
     // Ties broken by the key, so the same counts always pick the same series.
-    series.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    series.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     series.truncate(n);
     series
 }
