@@ -55,16 +55,51 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
         return;
     };
     let cell = row[packet.local_port as usize];
-    if cell != 0 {
-        watched(ctx, packet, direction, verdict, cell);
+    if cell == 0 {
+        return;
     }
+    // Packed into scalars: a subprogram takes at most five arguments in registers, and passing
+    // `packet` by reference would make the common path keep it in memory for this rare call.
+    let verdict_code: u64 = match verdict {
+        Verdict::Pass => 0,
+        Verdict::Drop => 1,
+        Verdict::WouldDrop => 2,
+    };
+    let segments = if packet.segments < u32::MAX as u64 {
+        packet.segments
+    } else {
+        u32::MAX as u64
+    };
+    let ports = segments << 32 | (packet.local_port as u64) << 16 | packet.remote_port as u64;
+    let what = (cell as u64) << 32
+        | verdict_code << 24
+        | (direction as u64) << 16
+        | (packet.proto as u64) << 8
+        | packet.slot as u64;
+    watched(ctx, packet.bytes, ports, what);
 }
 
 /// The part of [`account`] only watched or traced ports reach. Not inlined: kept out of the
 /// common path, whose code and registers stay as they were without it (inlined, it cost the
 /// unlimited path about 10%; see the README's *Performance*).
 #[inline(never)]
-fn watched(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict: &Verdict, cell: u8) {
+fn watched(ctx: &TcContext, bytes: u64, ports: u64, what: u64) {
+    let packet = &count::Packet {
+        slot: (what & 0xff) as u32,
+        proto: ((what >> 8) & 0xff) as u32,
+        local_port: (ports >> 16) as u16,
+        remote_port: ports as u16,
+        counter_index: 0,
+        segments: ports >> 32,
+        bytes,
+    };
+    let direction = ((what >> 16) & 0xff) as u32;
+    let verdict = &match (what >> 24) & 0xff {
+        1 => Verdict::Drop,
+        2 => Verdict::WouldDrop,
+        _ => Verdict::Pass,
+    };
+    let cell = (what >> 32) as u8;
     crate::trace::record(ctx, packet, direction, verdict, cell);
     if cell & WATCH_TALKERS == 0 {
         return;
