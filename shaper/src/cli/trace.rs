@@ -22,7 +22,10 @@ use shaper::{
     telemetry::trace_lines::TraceLine,
 };
 use shaper_common::TraceEvent;
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -127,9 +130,14 @@ async fn follow(
     let mut printed = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut out = io::stdout().lock();
+    // Made once, before the loop: a signal stream made anew each turn would miss a Ctrl-C that
+    // arrived while the previous turn was printing events.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
             _ = tick.tick() => report(&mut reported, false)?,
             // The daemon closes the connection only when it stops: so does the trace.
             _ = daemon.readable() => {
