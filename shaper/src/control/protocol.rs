@@ -141,4 +141,32 @@ mod tests {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn watch_trace_and_log_requests_have_their_wire_format() {
+        let watch = r#"{"op":"watch","watch":{"ports":"9000-9099","dir":"ingress"}}"#;
+        match serde_json::from_str::<Request>(watch).unwrap() {
+            Request::Watch { watch } => assert_eq!(watch.to_string(), "port 9000-9099 dir ingress"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"talkers"}"#).unwrap(),
+            Request::Talkers { port: None }
+        );
+        let trace = r#"{"op":"trace_on","trace":{"ports":"7001","verdict":"would_drop","per_cpu_per_second":100}}"#;
+        match serde_json::from_str::<Request>(trace).unwrap() {
+            Request::TraceOn { trace } => {
+                assert_eq!(trace.verdict, TraceVerdicts::WouldDrop);
+                assert_eq!(trace.dir, DirSel::Both);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"op":"trace_on","trace":{"ports":"7001"}}"#,
+            r#"{"op":"watch","watch":{"ports":"9090","iface":"eth0","side":"remote"}}"#,
+            r#"{"op":"log_level"}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
 }
