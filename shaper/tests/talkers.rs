@@ -383,3 +383,35 @@ fn remote_series_only_when_asked_and_only_the_top_n() {
         );
     }
 }
+
+#[test]
+fn config_watches_are_in_force_from_the_start() {
+    if !common::require_root("config_watches") {
+        return;
+    }
+    let pair = veth_pair("tw");
+    let state = StateDir::new("tw");
+    let config = state.0.join("shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"{}\"]\n[[watch]]\nport = \"7031-7032\"\ndir = \"ingress\"\n",
+            pair.a_if
+        ),
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let daemon = Daemon::start_with_state(&pair.a, "tw", &["--config", &config], &state.file());
+    assert!(
+        daemon
+            .cli_ok(&["watch"])
+            .contains("port 7031-7032 dir ingress")
+    );
+    let remote = extra_addresses(&pair, 1)[0];
+    send(&pair, remote, 7032, 4, 100, true);
+    let view = settled(&daemon, 7032, 4);
+    assert_eq!(
+        rows(&view),
+        [(remote.to_string(), 4, 4 * (HEADERS + 100), 0)]
+    );
+}

@@ -97,7 +97,7 @@ impl Daemon {
             classifier.register(name)?;
         }
         let limits = Limits::start(&mut classifier, settings.config_rules, &settings.state)?;
-        let watches = WatchList::start(&classifier, &settings.state)?;
+        let watches = WatchList::start(&classifier, settings.config_watches, &settings.state)?;
         tracing::switch_off(&mut classifier)?;
         bpf_log::set_level(&mut classifier, settings.bpf_log)?;
         let log_reader = bpf_log::reader(&mut classifier, bpf_log::DaemonLog)?;

@@ -48,6 +48,8 @@ pub struct Settings {
     pub mode: AttachMode,
     /// The config file's rules, installed at start-up unless the state file resumes them.
     pub config_rules: Vec<RuleSpec>,
+    /// The config file's `[[watch]]`es, in force at start-up unless the saved watches resume.
+    pub config_watches: Vec<crate::datapath::watched_ports::WatchSpec>,
     pub state: PathBuf,
     pub metrics_addr: MetricsAddr,
     pub metrics_top_ports: usize,
@@ -92,6 +94,7 @@ impl Settings {
             attach,
             mode: attach.resolve(),
             config_rules: config.limits,
+            config_watches: config.watches,
             state: flags.state,
             metrics_addr: flags
                 .metrics_addr

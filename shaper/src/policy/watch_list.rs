@@ -22,6 +22,9 @@ const VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 struct Saved {
     version: u32,
+    /// The config file's `[[watch]]`es `watches` grew from.
+    #[serde(default)]
+    config_watches: Vec<WatchSpec>,
     watches: Vec<WatchSpec>,
 }
 
@@ -29,6 +32,7 @@ struct Saved {
 #[derive(Debug)]
 pub struct WatchList {
     watches: Vec<WatchSpec>,
+    config_watches: Vec<WatchSpec>,
     path: PathBuf,
 }
 
@@ -40,8 +44,13 @@ pub fn saved_path(state: &Path) -> PathBuf {
 }
 
 impl WatchList {
-    /// Resumes the saved watches (none if there is no file) and paints them.
-    pub fn start(classifier: &Classifier, state: &Path) -> Result<Self> {
+    /// Resumes the saved watches when they grew from the same `[[watch]]`es of the config
+    /// file (as the rules do from theirs), else starts from `config_watches`; paints them.
+    pub fn start(
+        classifier: &Classifier,
+        config_watches: Vec<WatchSpec>,
+        state: &Path,
+    ) -> Result<Self> {
         let path = saved_path(state);
         let watches = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -58,12 +67,25 @@ impl WatchList {
                         ),
                     });
                 }
-                saved.watches
+                if saved.config_watches == config_watches {
+                    saved.watches
+                } else {
+                    log::warn!(
+                        "the config file's watches changed since {} was saved: starting from \
+                         the config file",
+                        path.display()
+                    );
+                    config_watches.clone()
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => config_watches.clone(),
             Err(e) => return Err(Error::path(&path)(e)),
         };
-        let list = Self { watches, path };
+        let list = Self {
+            watches,
+            config_watches,
+            path,
+        };
         watched_ports::paint(classifier, &list.watches);
         if !list.watches.is_empty() {
             log::info!(
@@ -118,6 +140,7 @@ impl WatchList {
     fn commit(&mut self, classifier: &Classifier, watches: Vec<WatchSpec>) -> Result<()> {
         let text = serde_json::to_vec_pretty(&Saved {
             version: VERSION,
+            config_watches: self.config_watches.clone(),
             watches: watches.clone(),
         })
         .map_err(std::io::Error::other)?;
