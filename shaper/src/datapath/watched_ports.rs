@@ -25,12 +25,15 @@ use crate::{
     policy::rule_table::{DirSel, PortRange},
 };
 
-/// Bytes of map memory the watched ports take: the switches of `interfaces` interfaces and the
-/// LRU of [`MAX_TALKERS`] remotes, each counted at 24 B key + 48 B value + about 100 B of the
-/// kernel's hash element and LRU node (kernel/bpf/hashtab.c `struct htab_elem`, rounded up).
+/// Bytes of map memory the watched ports and the trace take: the switches of `interfaces`
+/// interfaces, the LRU of [`MAX_TALKERS`] remotes, each counted at 24 B key + 48 B value + about
+/// 100 B of the kernel's hash element and LRU node (kernel/bpf/hashtab.c `struct htab_elem`,
+/// rounded up), and the trace's ring buffer.
 pub fn map_memory_bytes(interfaces: u64) -> u64 {
     let switches = interfaces * u64::from(WATCH_ROWS_PER_IFACE) * size_of::<WatchRow>() as u64;
-    switches + u64::from(MAX_TALKERS) * TALKER_ENTRY_BYTES
+    switches
+        + u64::from(MAX_TALKERS) * TALKER_ENTRY_BYTES
+        + u64::from(shaper_common::TRACE_RING_BYTES)
 }
 
 /// What one `TALKERS` element takes, as estimated in [`map_memory_bytes`].
@@ -233,6 +236,6 @@ mod tests {
             4 * 64 * 1024,
             "256 KiB of switches per interface"
         );
-        assert_eq!(map_memory_bytes(0), 16_384 * 172);
+        assert_eq!(map_memory_bytes(0), 16_384 * 172 + 512 * 1024);
     }
 }
