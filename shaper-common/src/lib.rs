@@ -34,9 +34,25 @@ pub mod maps {
     pub const HANDSHAKE_STATS: &str = "HANDSHAKE_STATS";
     /// `LRU_HASH` from [`RemoteKey`](crate::RemoteKey) to the last handshake's time (`u64`).
     pub const REMOTES: &str = "REMOTES";
+    /// `ARRAY` of [`WatchRow`](crate::WatchRow), indexed by [`watch_row`](crate::watch_row).
+    pub const WATCHED: &str = "WATCHED";
+    /// `LRU_HASH` from [`TalkerKey`](crate::TalkerKey) to [`TalkerCounters`](crate::TalkerCounters).
+    pub const TALKERS: &str = "TALKERS";
+    /// `PERCPU_ARRAY` of one `u64`: keys the programs inserted into `TALKERS`.
+    pub const TALKER_INSERTS: &str = "TALKER_INSERTS";
+    /// `RINGBUF` of [`TraceEvent`](crate::TraceEvent)s of traced ports.
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// `ARRAY` of one [`TraceConfig`](crate::TraceConfig).
+    pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
+    /// `PERCPU_ARRAY` of one [`TraceBudget`](crate::TraceBudget).
+    pub const TRACE_BUDGET: &str = "TRACE_BUDGET";
+    /// `PERCPU_ARRAY` of `u64`, indexed by [`trace_lost`](crate::trace_lost).
+    pub const TRACE_LOST: &str = "TRACE_LOST";
+    /// `ARRAY` of one `u32`: the [`log_level`](crate::log_level) of the program's rare paths.
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 21] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -50,6 +66,14 @@ pub mod maps {
         HANDSHAKE_RTT,
         HANDSHAKE_STATS,
         REMOTES,
+        WATCHED,
+        TALKERS,
+        TALKER_INSERTS,
+        TRACE_EVENTS,
+        TRACE_CONFIG,
+        TRACE_BUDGET,
+        TRACE_LOST,
+        LOG_LEVEL,
     ];
 }
 
@@ -276,6 +300,154 @@ unsafe impl aya::Pod for PortVerdicts {}
 
 pub mod tcp;
 pub use tcp::*;
+/// For one (interface slot, direction, protocol): a byte of switches per local port, painted by
+/// userspace through mmap like the rule index. One 64 KiB value per row, as array elements are
+/// rounded up to 8 bytes (kernel/bpf/arraymap.c `array_map_alloc`).
+pub type WatchRow = [u8; PORTS as usize];
+
+/// Rows of `WATCHED` one attached interface owns.
+pub const WATCH_ROWS_PER_IFACE: u32 = DIRECTIONS * PROTOS;
+
+/// The `WATCHED` row of (interface slot, direction, protocol): the port counters' row, so a
+/// packet's row is its counter index divided by [`PORTS`].
+#[inline(always)]
+pub const fn watch_row(slot: u32, direction: u32, proto: u32) -> u32 {
+    (slot * DIRECTIONS + direction) * PROTOS + proto
+}
+
+/// A `WATCHED` cell bit: account this port's packets per remote address in `TALKERS`.
+pub const WATCH_TALKERS: u8 = 1;
+
+/// Remote addresses `TALKERS` holds before the least recently used are evicted. An entry takes
+/// about 170 bytes of kernel memory (24 B key + 48 B value + the LRU hash element's own header,
+/// kernel/bpf/hashtab.c `struct htab_elem`, rounded), so 16,384 entries take about 2.7 MiB.
+pub const MAX_TALKERS: u32 = 16_384;
+
+/// A remote address of a watched local port. IPv4 addresses are stored IPv4-mapped
+/// (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2), so one key type serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TalkerKey {
+    /// The remote address, network byte order.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub slot: u8,
+    pub direction: u8,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<TalkerKey>() == 24);
+const _: () = assert!(MAX_IFACES <= u8::MAX as u32 + 1, "slots fit the key's u8");
+
+/// What one remote address sent to (ingress) or received from (egress) a watched port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TalkerCounters {
+    pub seen: Counter,
+    pub dropped: Counter,
+    pub would_drop: Counter,
+}
+const _: () = assert!(size_of::<TalkerCounters>() == 48);
+
+// SAFETY: repr(C) of a byte array, a u16 and bytes filling the tail (size asserted above), no
+// implicit padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TalkerKey {}
+// SAFETY: repr(C) of three `Counter`s (two u64 each), no padding (size asserted above), every
+// bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TalkerCounters {}
+
+/// A `WATCHED` cell bit: send an event per packet of this port to `TRACE_EVENTS`.
+pub const WATCH_TRACE: u8 = 2;
+
+/// Bytes of the trace ring buffer: a power of two, a multiple of the page size
+/// (kernel/bpf/ringbuf.c `ringbuf_map_alloc`): about 7,000 events of 64 bytes, each behind the
+/// kernel's 8-byte record header.
+pub const TRACE_RING_BYTES: u32 = 1 << 19;
+
+/// Verdicts as a trace event names them, and as bits of [`TraceConfig::verdicts`].
+pub const VERDICT_PASS: u8 = 0;
+pub const VERDICT_DROP: u8 = 1;
+pub const VERDICT_WOULD_DROP: u8 = 2;
+
+/// What a trace asks of the program, written by the daemon when a trace starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Bit `1 << VERDICT_*` set for each verdict to trace.
+    pub verdicts: u32,
+    /// At most this many events per CPU per second; the rest are counted as lost.
+    pub per_cpu_per_second: u32,
+}
+const _: () = assert!(size_of::<TraceConfig>() == 8);
+
+/// One CPU's events of the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceBudget {
+    /// `bpf_ktime_get_ns()` at the start of the window.
+    pub window_ns: u64,
+    pub sent: u64,
+}
+const _: () = assert!(size_of::<TraceBudget>() == 16);
+
+/// Why a trace event was lost: over the per-second cap, or the ring buffer full (userspace
+/// behind).
+pub mod trace_lost {
+    pub const OVER_RATE: u32 = 0;
+    pub const RING_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// One packet of a traced port, as the hook saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// Wire bytes, every segment with its headers.
+    pub bytes: u64,
+    /// Bytes the rule's bucket holds after the packet (0 without a rule).
+    pub bucket_bytes: u64,
+    /// The remote address, IPv4-mapped for IPv4 (as in [`TalkerKey`]).
+    pub remote: [u8; 16],
+    /// The interface slot (the daemon names the slots).
+    pub slot: u32,
+    pub segments: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The rule that governs the packet, [`NO_RULE`] if none.
+    pub rule: u16,
+    pub direction: u8,
+    pub proto: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<TraceEvent>() == 64);
+
+// SAFETY: repr(C) of two u32 (size asserted above), no padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceConfig {}
+// SAFETY: repr(C) of two u64 (size asserted above), no padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceBudget {}
+// SAFETY: repr(C) of u64s, a byte array, u32s, u16s and bytes with `_pad` filling the tail
+// (size asserted above): no implicit padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceEvent {}
+
+/// The level of the program's aya-log lines, in `LOG_LEVEL`: a line is formatted and sent only
+/// when its level is at most this. The order of the `log` crate's `LevelFilter`.
+pub mod log_level {
+    pub const OFF: u32 = 0;
+    pub const ERROR: u32 = 1;
+    pub const WARN: u32 = 2;
+    pub const INFO: u32 = 3;
+    pub const DEBUG: u32 = 4;
+    pub const TRACE: u32 = 5;
+}
 
 /// Token-bucket arithmetic, shared by the classifier (which adds the atomics) and userspace
 /// (which computes `fill_ns` and tests the arithmetic on the host).

@@ -10,6 +10,8 @@ use shaper_common::{
 pub enum Verdict {
     Pass,
     Drop,
+    /// Passed by an `observe` rule that would have dropped it.
+    WouldDrop,
 }
 
 /// The verdict for a counted packet. Userspace resolves overlapping rules into the rule index,
@@ -67,7 +69,7 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
             (
                 &raw mut (*counters).would_drop,
                 port.map(|p| &raw mut (*p).would_drop),
-                Verdict::Pass,
+                Verdict::WouldDrop,
             )
         },
         _ => return Verdict::Pass,

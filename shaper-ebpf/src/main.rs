@@ -17,7 +17,10 @@ mod bucket;
 mod count;
 mod limit;
 mod parse;
+mod rare_log;
+mod talkers;
 mod tcp_events;
+mod trace;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -97,8 +100,10 @@ fn handle(ctx: &TcContext, direction: u32) -> i32 {
     let Some(packet) = count::observe(ctx, direction) else {
         return PASS;
     };
-    match limit::apply(&packet, direction) {
-        limit::Verdict::Pass => PASS,
+    let verdict = limit::apply(&packet, direction);
+    talkers::account(ctx, &packet, direction, &verdict);
+    match verdict {
+        limit::Verdict::Pass | limit::Verdict::WouldDrop => PASS,
         limit::Verdict::Drop => DROP,
     }
 }

@@ -75,6 +75,7 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
             if ctx.pull_data(want).is_err() {
                 return Err(reason::TRUNCATED);
             }
+            crate::rare_log::pulled(ctx, want);
             parse_linear(ctx)
         }
         other => other,
@@ -134,6 +135,44 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
     flow.ip_offset = offset as u32;
     flow.ipv6 = ether_type == ETH_P_IPV6;
     Ok(flow)
+}
+
+/// The source (`source` true) or destination address of a packet [`parse`] accepted, IPv4
+/// mapped into IPv6 (`::ffff:a.b.c.d`). The Ethernet and VLAN headers are walked again rather
+/// than the IP header's offset kept from the parse: only watched and traced packets need it,
+/// and carrying it through the common path cost every packet (see `talkers`). `None` if the
+/// linear data no longer holds it, which cannot happen after a successful parse.
+#[inline(always)]
+pub fn address(ctx: &TcContext, source: bool) -> Option<[u8; 16]> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok()?;
+    // SAFETY: as in `parse_linear`: in bounds by ptr_at, read unaligned.
+    let mut ether_type = u16::from_be(unsafe { (&raw const (*eth).ether_type).read_unaligned() });
+    let mut l3 = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let vlan = ptr_at::<VlanHdr>(ctx, l3).ok()?;
+        // SAFETY: as for the Ethernet header.
+        ether_type = u16::from_be(unsafe { (&raw const (*vlan).ether_type).read_unaligned() });
+        l3 += VlanHdr::LEN;
+    }
+    if ether_type == ETH_P_IPV6 {
+        // Source at byte 8, destination at byte 24 of the fixed header (RFC 8200 section 3).
+        let at = if source { l3 + 8 } else { l3 + 24 };
+        let addr = ptr_at::<[u8; 16]>(ctx, at).ok()?;
+        // SAFETY: ptr_at checked all 16 bytes lie in the linear data; a byte array.
+        Some(unsafe { addr.read_unaligned() })
+    } else {
+        // Source at byte 12, destination at byte 16 (RFC 791 section 3.1).
+        let at = if source { l3 + 12 } else { l3 + 16 };
+        let addr = ptr_at::<[u8; 4]>(ctx, at).ok()?;
+        // SAFETY: ptr_at checked all 4 bytes lie in the linear data; a byte array.
+        let v4 = unsafe { addr.read_unaligned() };
+        Some([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+        ])
+    }
 }
 
 /// Returns the L4 protocol and where its header starts.
@@ -230,6 +269,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     // MAX_IPV6_EXT_HEADERS walked: only another extension header is one too many.
     match next {
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            crate::rare_log::ipv6_chain_over_limit(ctx, next);
             Err(reason::IPV6_EXT_LIMIT)
         }
         _ => Ok((next, offset)),

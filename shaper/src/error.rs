@@ -113,6 +113,10 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A `watch` or `unwatch` that cannot be done as asked.
+    #[error("{0}")]
+    Watch(String),
+
     #[error("no rule {key}{others}")]
     NoSuchRule { key: String, others: String },
 
@@ -225,6 +229,12 @@ pub enum Error {
 
     #[error(transparent)]
     Io(#[from] io::Error),
+
+    #[error("reading the program's log lines (aya-log)")]
+    BpfLog(#[from] aya_log::Error),
+
+    #[error("'{0}' is not a log level: off, error, warn, info, debug or trace")]
+    LogLevel(String),
 }
 
 impl From<aya::EbpfError> for Error {

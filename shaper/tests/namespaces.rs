@@ -411,6 +411,8 @@ fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
         state: dir.join("state.json"),
         metrics_addr: Some(MetricsAddr::Off),
         metrics_top_ports: None,
+        metrics_top_remotes: 0,
+        bpf_log: 0,
         socket: socket.clone(),
         pin_dir: common::daemon::pin_base(),
         persist: false,

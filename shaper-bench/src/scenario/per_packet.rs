@@ -26,6 +26,8 @@ pub const DROP: u32 = 2;
 pub const PORT_FREE: u16 = 7001;
 pub const PORT_PASS: u16 = 7002;
 pub const PORT_DROP: u16 = 7003;
+/// A port without a rule that `shaper watch` accounts per remote address.
+pub const PORT_WATCHED: u16 = 7004;
 
 /// The shaper, loaded with the three ports set up, and registered on `lo`: test-run packets
 /// arrive on the loopback device of the caller's namespace.
@@ -56,6 +58,14 @@ impl Subject {
         )?;
         // 8 bit/s refills one byte a second: once the burst is spent, every packet is dropped.
         limits.set(&mut classifier, rule(PORT_DROP, 8, None))?;
+        shaper::datapath::watched_ports::paint(
+            &classifier,
+            &[shaper::datapath::watched_ports::WatchSpec {
+                ports: PortRange::single(PORT_WATCHED),
+                dir: shaper::policy::rule_table::DirSel::Both,
+                iface: None,
+            }],
+        );
         let mut subject = Self {
             classifier,
             _limits: limits,
@@ -108,7 +118,7 @@ struct Variant {
     verdict: u32,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant {
         name: "floor",
         floor: true,
@@ -132,6 +142,13 @@ const VARIANTS: [Variant; 4] = [
         floor: false,
         port: PORT_DROP,
         verdict: DROP,
+    },
+    // Unlimited, and watched: the remote's entry in the talkers' LRU found and added to.
+    Variant {
+        name: "watched",
+        floor: false,
+        port: PORT_WATCHED,
+        verdict: PASS,
     },
 ];
 
@@ -190,6 +207,8 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
                 figure = figure.ratio_to(&format!("{frame_name}/floor"), &samples[0]);
                 figure = if v.port == PORT_FREE {
                     figure.target("parse+count <= 3x floor", true, None, Some(3.0))
+                } else if v.port == PORT_WATCHED {
+                    figure.target("watched <= 5x floor", true, None, Some(5.0))
                 } else {
                     figure.target("limited <= 5x floor", true, None, Some(5.0))
                 };

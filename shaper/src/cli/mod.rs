@@ -3,9 +3,13 @@
 mod datapath;
 mod exposure;
 mod limit;
+mod log_level;
 mod run;
 mod stats;
 mod top;
+mod top_port;
+mod trace;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -46,6 +50,16 @@ enum Command {
     /// Detach and unpin the datapath a stopped daemon left (after `run --persist`, or a
     /// crash), and remove any clsact qdisc shaper added. Refused while a daemon runs.
     Down(datapath::DownArgs),
+    /// Account a local port (or range) per remote address, for `top --port`; without a port,
+    /// list the watches.
+    Watch(watch::WatchArgs),
+    /// Stop a watch given to `shaper watch`.
+    Unwatch(watch::UnwatchArgs),
+    /// One line per packet of the traced ports, as the hook sees it, until Ctrl-C or --count.
+    Trace(trace::TraceArgs),
+    /// Set the level of the program's own log lines (off, error, warn, info, debug, trace),
+    /// which the daemon writes to its log.
+    LogLevel(log_level::LogLevelArgs),
 }
 
 impl Cli {
@@ -58,6 +72,10 @@ impl Cli {
             Command::Status(args) => datapath::status(args),
             Command::Exposure(args) => exposure::exposure(args, &self.socket),
             Command::Down(args) => datapath::down(args),
+            Command::Watch(args) => watch::watch(args, &self.socket),
+            Command::Unwatch(args) => watch::unwatch(args, &self.socket),
+            Command::Trace(args) => trace::trace(args, &self.socket),
+            Command::LogLevel(args) => log_level::log_level(args, &self.socket),
         }
     }
 }

@@ -43,6 +43,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     metrics_top_ports: Option<usize>,
 
+    /// Remotes of watched ports (`shaper watch`) that get a `shaper_remote_bytes_total` series:
+    /// the N busiest by bytes. 0 (the default) exports no per-remote series at all.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    metrics_top_remotes: usize,
+
+    /// The level of the program's own log lines (its rare paths, through aya-log): off, error,
+    /// warn, info, debug or trace. `shaper log-level` changes it while the daemon runs.
+    #[arg(long, value_name = "LEVEL", default_value = "off", value_parser = parse_bpf_log)]
+    bpf_log: u32,
+
     /// On SIGTERM/SIGINT, leave the programs attached and the maps pinned, so shaping and
     /// counting go on and the next daemon takes over where this one stopped (what a service
     /// wants across restarts and upgrades). Without it, stopping detaches and unpins
@@ -56,6 +66,10 @@ pub struct RunArgs {
     pin_dir: PathBuf,
 }
 
+fn parse_bpf_log(text: &str) -> Result<u32, String> {
+    shaper::datapath::bpf_log::parse_level(text).map_err(|e| e.to_string())
+}
+
 pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     let flags = Flags {
         ifaces: args.ifaces,
@@ -64,6 +78,8 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         state: args.state,
         metrics_addr: args.metrics_addr,
         metrics_top_ports: args.metrics_top_ports,
+        metrics_top_remotes: args.metrics_top_remotes,
+        bpf_log: args.bpf_log,
         socket: socket.to_owned(),
         pin_dir: args.pin_dir,
         persist: args.persist,

@@ -47,6 +47,13 @@ pub struct TopArgs {
     /// (key `/` changes it).
     #[arg(long, value_name = "TEXT")]
     filter: Option<String>,
+    /// The remotes of this watched local port (see `shaper watch`), busiest first.
+    #[arg(long)]
+    port: Option<u16>,
+    /// With --port: group remotes by prefix, /N (IPv4 up to /32, longer is IPv6), v4/N or
+    /// v6/N; may be given once per family.
+    #[arg(long, value_name = "PREFIX", requires = "port")]
+    group: Vec<shaper::telemetry::talkers_view::GroupPrefix>,
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {
@@ -61,6 +68,10 @@ fn parse_interval(text: &str) -> Result<f64, String> {
 pub fn top(args: TopArgs, socket: &Path) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(args.interval);
     let filter = args.filter.clone().unwrap_or_default();
+    if let Some(port) = args.port {
+        let grouping = shaper::telemetry::talkers_view::Grouping::from_prefixes(&args.group);
+        return super::top_port::top_port(socket, port, grouping, interval, args.once, args.json);
+    }
     if args.once {
         let before = sample(socket)?;
         std::thread::sleep(interval);

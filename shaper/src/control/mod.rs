@@ -9,4 +9,4 @@ pub mod protocol;
 pub mod socket;
 
 pub use protocol::{DEFAULT_SOCKET, MAX_REQUEST_BYTES, Request, Response};
-pub use socket::{ControlSocket, request};
+pub use socket::{ControlSocket, request, request_held};

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    datapath::watched_ports::{TalkersReading, WatchSpec},
     policy::{
-        rule_table::{RuleKey, RuleSpec},
+        rule_table::{DirSel, PortRange, RuleKey, RuleSpec, TraceVerdicts},
         rules_in_force::RuleView,
     },
     telemetry::{counter_snapshot::Snapshot, exposure::Exposure},
@@ -30,6 +31,37 @@ pub enum Request {
     LimitLs,
     /// Listening ports, who can reach them and who did; probed closed ports.
     Exposure,
+    /// Account these ports per remote address.
+    Watch { watch: WatchSpec },
+    /// Remove the watch with exactly this spec.
+    Unwatch { watch: WatchSpec },
+    /// Every watch.
+    WatchLs,
+    /// The per-remote counters of watched ports (of `port` only, if given).
+    Talkers {
+        #[serde(default)]
+        port: Option<u16>,
+    },
+    /// Start tracing: the trace lasts as long as the connection that asked for it stays open,
+    /// and the daemon ends it when the connection closes, however the client went away.
+    TraceOn { trace: TraceSpec },
+    /// End trace `session` (the daemon does so itself when the trace's connection closes).
+    TraceOff { session: u64 },
+    /// Set the level of the program's aya-log lines: off, error, warn, info, debug, trace.
+    LogLevel { level: String },
+}
+
+/// What `shaper trace` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSpec {
+    pub ports: PortRange,
+    #[serde(default)]
+    pub dir: DirSel,
+    #[serde(default)]
+    pub verdict: TraceVerdicts,
+    /// Events each CPU may send per second; the rest are counted as lost.
+    pub per_cpu_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +83,27 @@ pub enum Response {
     Exposure(Exposure),
     Error {
         message: String,
+    },
+    /// The watches in force (after a `watch` or `unwatch`, or for `watch_ls`).
+    Watches {
+        watches: Vec<WatchSpec>,
+    },
+    Talkers(TalkersReading),
+    /// A trace started: its events arrive in the ring buffer pinned at `events`, its lost
+    /// events are counted in the per-CPU array pinned at `lost`. `interfaces` names the
+    /// interface slots events carry.
+    TraceOn {
+        session: u64,
+        events: std::path::PathBuf,
+        lost: std::path::PathBuf,
+        interfaces: Vec<String>,
+    },
+    TraceOff {
+        session: u64,
+    },
+    /// The level of the program's log lines now in force.
+    LogLevel {
+        level: String,
     },
 }
 
@@ -95,6 +148,34 @@ mod tests {
             r#"{"op":"limit_rm","rule":{"ports":"80","rate_bps":1}}"#,
             r#"{"op":"limit_rm","rule":{"ports":"90-80"}}"#,
             r#"{"op":"limit_rm","rule":{"ports":"80","dir":"up"}}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn watch_trace_and_log_requests_have_their_wire_format() {
+        let watch = r#"{"op":"watch","watch":{"ports":"9000-9099","dir":"ingress"}}"#;
+        match serde_json::from_str::<Request>(watch).unwrap() {
+            Request::Watch { watch } => assert_eq!(watch.to_string(), "port 9000-9099 dir ingress"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"talkers"}"#).unwrap(),
+            Request::Talkers { port: None }
+        );
+        let trace = r#"{"op":"trace_on","trace":{"ports":"7001","verdict":"would_drop","per_cpu_per_second":100}}"#;
+        match serde_json::from_str::<Request>(trace).unwrap() {
+            Request::TraceOn { trace } => {
+                assert_eq!(trace.verdict, TraceVerdicts::WouldDrop);
+                assert_eq!(trace.dir, DirSel::Both);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"op":"trace_on","trace":{"ports":"7001"}}"#,
+            r#"{"op":"watch","watch":{"ports":"9090","iface":"eth0","side":"remote"}}"#,
+            r#"{"op":"log_level"}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }

@@ -43,6 +43,38 @@ pub fn request(path: &Path, request: &Request) -> Result<Response> {
     }
 }
 
+/// Sends one request to the daemon at `path` and returns its response with the connection,
+/// still open: what a request whose effect lasts as long as the connection (a trace) needs.
+pub fn request_held(path: &Path, request: &Request) -> Result<(Response, StdUnixStream)> {
+    let stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::DaemonNotRunning {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => Error::ControlPermission {
+            path: path.to_owned(),
+        },
+        _ => Error::path(path)(e),
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut reply = Vec::new();
+    // Byte by byte, so nothing after the reply line is read into a buffer and lost.
+    let mut byte = [0u8; 1];
+    loop {
+        use std::io::Read as _;
+        if (&stream).read(&mut byte)? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    match serde_json::from_slice(&reply).map_err(Error::BadReply)? {
+        Response::Error { message } => Err(Error::Refused(message)),
+        response => Ok((response, stream)),
+    }
+}
+
 /// A bound control socket; the file is removed on drop.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -135,7 +167,17 @@ where
         };
         let mut reply = serde_json::to_vec(&response).map_err(io::Error::other)?;
         reply.push(b'\n');
-        write.write_all(&reply).await?;
+        let written = write.write_all(&reply).await;
+        if let Response::TraceOn { session, .. } = response {
+            // A trace lives as long as this connection: wait for the client to close it (or
+            // die, which closes it too), with no timeout, then end the trace.
+            if written.is_ok() {
+                let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+            }
+            handle(Request::TraceOff { session });
+            return written;
+        }
+        written?;
         if too_long {
             // The rest of the oversized line is still unread: drop the connection.
             return Ok(());

@@ -13,7 +13,9 @@
 //! A reload changes only the `[[limit]]` rules. A change of any other setting is logged as not
 //! applied: the interfaces, the attach mode, the metrics address and the `persist` choice are
 //! fixed at start-up (changing them would re-attach programs or rebind sockets a running
-//! service relies on), and `metrics_top_ports` sizes the exporter's selection at start-up.
+//! service relies on), `metrics_top_ports` sizes the exporter's selection at start-up, and the
+//! `[[watch]]` tables are taken at start-up like the other settings (`shaper watch`/`unwatch`
+//! change watches at run time).
 
 use std::{
     path::{Path, PathBuf},
@@ -214,7 +216,9 @@ impl Watcher {
                 return;
             }
         };
-        let InForce { classifier, limits } = &mut *in_force;
+        let InForce {
+            classifier, limits, ..
+        } = &mut *in_force;
         let config = match loaded {
             Ok(config) => config,
             Err(e) => {
@@ -276,6 +280,18 @@ impl Watcher {
             config.persist != was.persist,
             show(&was.persist),
             show(&config.persist),
+        );
+        // Watches are resumed from their own saved list at start-up (see `policy::watch_list`);
+        // between starts they change with `shaper watch`/`unwatch`.
+        let watches = |list: &[crate::datapath::watched_ports::WatchSpec]| {
+            let shown: Vec<String> = list.iter().map(ToString::to_string).collect();
+            format!("[{}]", shown.join(", "))
+        };
+        note(
+            "[[watch]]",
+            config.watches != was.watches,
+            watches(&was.watches),
+            watches(&config.watches),
         );
         changes
     }

@@ -38,6 +38,7 @@ mod health;
 pub mod pid_lock;
 mod requests;
 pub mod settings;
+mod tracing;
 
 use std::{
     future::Future,
@@ -54,9 +55,9 @@ pub use settings::{Flags, Settings};
 
 use crate::{
     control::ControlSocket,
-    datapath::{attach::AttachChoice, classifier::Classifier, pins::PinDir},
+    datapath::{attach::AttachChoice, bpf_log, classifier::Classifier, pins::PinDir},
     error::{Error, Result, chain},
-    policy::{config_file::Config, rules_in_force::Limits},
+    policy::{config_file::Config, rules_in_force::Limits, watch_list::WatchList},
     telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
 };
 
@@ -64,6 +65,8 @@ use crate::{
 pub(crate) struct InForce {
     pub(crate) classifier: Classifier,
     pub(crate) limits: Limits,
+    pub(crate) watches: WatchList,
+    pub(crate) tracing: tracing::Tracing,
 }
 
 /// A started daemon: attached, with its rules installed and its sockets bound.
@@ -101,6 +104,10 @@ impl Daemon {
             classifier.register(name)?;
         }
         let limits = Limits::start(&mut classifier, settings.config_rules, &settings.state)?;
+        let watches = WatchList::start(&classifier, settings.config_watches, &settings.state)?;
+        tracing::switch_off(&mut classifier)?;
+        bpf_log::set_level(&mut classifier, settings.bpf_log)?;
+        let log_reader = bpf_log::reader(&mut classifier, bpf_log::DaemonLog)?;
         for name in &settings.ifaces {
             // `auto` takes an interface over in the mode it is pinned with; an explicit mode
             // that differs is refused by attach, with the fix.
@@ -126,6 +133,7 @@ impl Daemon {
             .build()?;
         // Tokio's sockets register with the runtime they are made in.
         let _entered = runtime.enter();
+        runtime.spawn(bpf_log::follow(log_reader)?);
         let exporter = Exporter::resume(
             classifier.port_counters(),
             settings.metrics_top_ports,
@@ -134,14 +142,23 @@ impl Daemon {
                 .datapath_id()
                 .unwrap_or_else(metrics::unpinned_datapath_id),
         );
-        let in_force = Arc::new(Mutex::new(InForce { classifier, limits }));
+        let in_force = Arc::new(Mutex::new(InForce {
+            classifier,
+            limits,
+            watches,
+            tracing: tracing::Tracing::default(),
+        }));
         let metrics = match metrics_listener {
             None => None,
             Some(listener) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 info!("metrics at http://{}/metrics", listener.local_addr()?);
                 let handlers = metrics::Handlers {
-                    scrape: scrape_fn(Arc::clone(&in_force), exporter),
+                    scrape: scrape_fn(
+                        Arc::clone(&in_force),
+                        exporter,
+                        settings.metrics_top_remotes,
+                    ),
                     health: health::probe_fn(Arc::clone(&in_force)),
                 };
                 Some((listener, handlers))
@@ -214,6 +231,10 @@ impl Daemon {
         ));
         drop(control);
         let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
+        // No trace outlives the daemon that reads it.
+        if let Err(e) = tracing::switch_off(&mut in_force.classifier) {
+            log::warn!("switching the trace off: {}", chain(&e));
+        }
         if persist {
             in_force.classifier.release_all();
             served?;
@@ -246,12 +267,27 @@ fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener> {
 }
 
 /// One scrape: the inventory under the daemon's lock, the port scan without it.
-fn scrape_fn(in_force: Arc<Mutex<InForce>>, exporter: Exporter) -> Arc<metrics::ScrapeFn> {
+fn scrape_fn(
+    in_force: Arc<Mutex<InForce>>,
+    exporter: Exporter,
+    top_remotes: usize,
+) -> Arc<metrics::ScrapeFn> {
     Arc::new(move |format: Format| {
         let started = Instant::now();
         let inventory = {
             let in_force = in_force.lock().map_err(|_| Error::Poisoned.to_string())?;
-            Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| chain(&e))?
+            let mut inventory =
+                Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| chain(&e))?;
+            if top_remotes > 0 {
+                let reading = crate::datapath::watched_ports::read(&in_force.classifier, None)
+                    .map_err(|e| chain(&e))?;
+                inventory.remotes = metrics::remote_series::top_remotes(
+                    &reading,
+                    &in_force.watches.list(),
+                    top_remotes,
+                );
+            }
+            inventory
         };
         Ok(exporter.render(inventory, started, format))
     })

@@ -23,7 +23,12 @@ pub(super) fn answer(in_force: &Mutex<InForce>, request: Request) -> Response {
 
 impl InForce {
     fn answer(&mut self, request: Request) -> Result<Response> {
-        let Self { classifier, limits } = self;
+        let Self {
+            classifier,
+            limits,
+            watches,
+            tracing,
+        } = self;
         Ok(match request {
             Request::Stats => {
                 let mut snapshot = classifier.snapshot()?;
@@ -49,6 +54,35 @@ impl InForce {
                 rules: limits.list(classifier),
             },
             Request::Exposure => Response::Exposure(exposure::gather(classifier)?),
+            Request::Watch { watch } => {
+                if watches.add(classifier, watch.clone())? {
+                    info!("watching {watch}");
+                }
+                Response::Watches {
+                    watches: watches.list(),
+                }
+            }
+            Request::Unwatch { watch } => {
+                watches.remove(classifier, &watch)?;
+                info!("no longer watching {watch}");
+                Response::Watches {
+                    watches: watches.list(),
+                }
+            }
+            Request::WatchLs => Response::Watches {
+                watches: watches.list(),
+            },
+            Request::Talkers { port } => {
+                Response::Talkers(crate::datapath::watched_ports::read(classifier, port)?)
+            }
+            Request::TraceOn { trace } => tracing.on(classifier, trace)?,
+            Request::TraceOff { session } => tracing.off(classifier, session)?,
+            Request::LogLevel { level } => {
+                let value = crate::datapath::bpf_log::parse_level(&level)?;
+                crate::datapath::bpf_log::set_level(classifier, value)?;
+                info!("program log level: {level}");
+                Response::LogLevel { level }
+            }
         })
     }
 }

@@ -27,6 +27,10 @@ pub struct Flags {
     pub state: PathBuf,
     pub metrics_addr: Option<MetricsAddr>,
     pub metrics_top_ports: Option<usize>,
+    /// Remotes of watched ports with a `shaper_remote_bytes_total` series (0 = none).
+    pub metrics_top_remotes: usize,
+    /// The level of the program's aya-log lines (`shaper_common::log_level`; 0 = off).
+    pub bpf_log: u32,
     pub socket: PathBuf,
     /// Where each network namespace's datapath is pinned (a directory per namespace below it).
     pub pin_dir: PathBuf,
@@ -44,9 +48,13 @@ pub struct Settings {
     pub mode: AttachMode,
     /// The config file's rules, installed at start-up unless the state file resumes them.
     pub config_rules: Vec<RuleSpec>,
+    /// The config file's `[[watch]]`es, in force at start-up unless the saved watches resume.
+    pub config_watches: Vec<crate::datapath::watched_ports::WatchSpec>,
     pub state: PathBuf,
     pub metrics_addr: MetricsAddr,
     pub metrics_top_ports: usize,
+    pub metrics_top_remotes: usize,
+    pub bpf_log: u32,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub persist: bool,
@@ -86,6 +94,7 @@ impl Settings {
             attach,
             mode: attach.resolve(),
             config_rules: config.limits,
+            config_watches: config.watches,
             state: flags.state,
             metrics_addr: flags
                 .metrics_addr
@@ -95,6 +104,8 @@ impl Settings {
                 .metrics_top_ports
                 .or(config.metrics_top_ports)
                 .unwrap_or(metrics::DEFAULT_TOP_PORTS),
+            metrics_top_remotes: flags.metrics_top_remotes,
+            bpf_log: flags.bpf_log,
             socket: flags.socket,
             pin_dir: flags.pin_dir,
             persist: flags.persist || config.persist.unwrap_or(false),

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use shaper_common::{
     BucketState, Counter, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, PORT_COUNTERS_PER_IFACE,
     PORTS, PROTO_TCP, PROTO_UDP, PortVerdicts, RTT_HISTOGRAMS_PER_IFACE, RULE_INDEX_ROWS_PER_IFACE,
-    RuleConfig, RuleCounters, RuleIndexRow, SIDE_LOCAL, TCP_EVENTS_PER_IFACE, bucket_index, maps,
-    reason, rule_index_row, unclassified_index,
+    RuleConfig, RuleCounters, RuleIndexRow, SIDE_LOCAL, TCP_EVENTS_PER_IFACE, WATCH_ROWS_PER_IFACE,
+    WatchRow, bucket_index, maps, reason, rule_index_row, unclassified_index,
 };
 
 use crate::{
@@ -96,7 +96,12 @@ pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
         * (size_of::<RuleConfig>() as u64
             + u64::from(DIRECTIONS)
                 * (size_of::<BucketState>() + size_of::<RuleCounters>()) as u64);
-    ports + index + unclassified + rules + tcp
+    ports
+        + index
+        + unclassified
+        + rules
+        + tcp
+        + crate::datapath::watched_ports::map_memory_bytes(interfaces)
 }
 
 #[derive(Debug)]
@@ -117,6 +122,8 @@ pub struct Classifier {
     rule_counters: ReadOnlyMapping,
     /// Written by userspace, read by the programs: see [`Classifier::paint_rule_index`].
     rule_index: WritableMapping,
+    /// Written by userspace, read by the programs: see [`Classifier::paint_watched`].
+    watched: WritableMapping,
     /// Interface slots, in slot order: the slot is the index into this vector.
     interfaces: Vec<Interface>,
     capacity: u32,
@@ -203,11 +210,18 @@ impl Classifier {
             WritableMapping::new(fd, index_rows as usize * size_of::<RuleIndexRow>())
         })?;
         let tcp = TcpTelemetry::map(&ebpf, capacity)?;
+        let watched = map_shared(&ebpf, maps::WATCHED, |fd| {
+            WritableMapping::new(
+                fd,
+                (capacity * WATCH_ROWS_PER_IFACE) as usize * size_of::<WatchRow>(),
+            )
+        })?;
         let mut classifier = Self {
             ebpf,
             ports: PortCounters::new(port_counters, port_verdicts, tcp),
             rule_counters,
             rule_index,
+            watched,
             interfaces: Vec::new(),
             capacity,
             pins: pins.cloned(),
@@ -575,6 +589,22 @@ impl Classifier {
         written
     }
 
+    /// The watched ports' switches, one byte per (slot, direction, protocol, port) as
+    /// `shaper_common::watch_row` lays them out: see [`crate::datapath::watched_ports`].
+    pub(crate) fn watched_cells(&self) -> &[std::sync::atomic::AtomicU8] {
+        self.watched.bytes()
+    }
+
+    /// The loaded object, for the modules that read its other maps.
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The loaded object, for the modules that write its other maps.
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The id of the rule in force on local port `port` of (slot, direction, protocol), from the
     /// rule index the programs read.
     pub fn local_rule(
@@ -745,7 +775,7 @@ impl Drop for Classifier {
 }
 
 /// The maps whose size depends on the number of interface slots, with that size.
-fn sized_maps(capacity: u32) -> [(&'static str, u32); 6] {
+fn sized_maps(capacity: u32) -> [(&'static str, u32); 7] {
     let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
     [
         (maps::PORT_COUNTERS, port_entries),
@@ -754,6 +784,7 @@ fn sized_maps(capacity: u32) -> [(&'static str, u32); 6] {
         (maps::UNCLASSIFIED, capacity * DIRECTIONS * reason::COUNT),
         (maps::TCP_EVENTS, capacity * TCP_EVENTS_PER_IFACE),
         (maps::HANDSHAKE_RTT, capacity * RTT_HISTOGRAMS_PER_IFACE),
+        (maps::WATCHED, capacity * WATCH_ROWS_PER_IFACE),
     ]
 }
 
@@ -883,11 +914,13 @@ mod tests {
         let tracker = 16384 * (40 + 16 + 64) + 32;
         // The remotes of `exposure`: 32,768 × (24 B key + 8 B value + 64 B) = 3 MiB.
         let remotes = 3 * 1024 * 1024;
+        // The watched ports' switches (256 KiB per interface) and the top talkers' LRU.
+        let watch = crate::datapath::watched_ports::map_memory_bytes(1);
         assert_eq!(
             map_memory_bytes(1, 1),
-            (13 + 6 + 20) * 1024 * 1024 + 14 * 16 + rules + tracker + remotes
+            (13 + 6 + 20) * 1024 * 1024 + 14 * 16 + rules + tracker + remotes + watch
         );
         // One interface on a 128-CPU host stays below the 64 MiB budget.
-        assert!(map_memory_bytes(1, 128) < 54 * 1024 * 1024);
+        assert!(map_memory_bytes(1, 128) < 64 * 1024 * 1024);
     }
 }

@@ -12,7 +12,7 @@ use std::{
     ptr::NonNull,
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering},
     },
 };
 
@@ -91,6 +91,13 @@ impl Mapping {
         // SAFETY: as for `words`: `len` mapped bytes, alive as long as `self`, page-aligned base.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len / 2) }
     }
+
+    /// The mapping as byte cells.
+    fn bytes(&self) -> &[AtomicU8] {
+        // SAFETY: as for `words`: `len` mapped bytes, alive as long as `self`; bytes need no
+        // alignment.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len) }
+    }
 }
 
 impl Drop for Mapping {
@@ -151,6 +158,11 @@ impl WritableMapping {
     /// 16-bit load, so it sees either the old or the new value of a store, never a torn one.
     pub fn halfwords(&self) -> &[AtomicU16] {
         self.0.halfwords()
+    }
+
+    /// The mapping as byte cells (the watched ports' switches).
+    pub fn bytes(&self) -> &[AtomicU8] {
+        self.0.bytes()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The datapath: the classifier in the kernel and every way userspace reaches it.
 
 pub mod attach;
+pub mod bpf_log;
 pub mod classifier;
 pub mod interfaces;
 pub mod ktime;
@@ -10,3 +11,5 @@ pub mod pinned_datapath;
 pub mod pins;
 pub mod tcp_telemetry;
 pub(crate) mod tcx_query;
+pub mod trace_switch;
+pub mod watched_ports;

@@ -17,6 +17,11 @@
 //! action = "observe"       # optional: drop (default) | observe
 //! iface = "eth0"           # optional: one attached interface; default all of them
 //! remote = false           # optional: true = `port` is the remote port, not the local one
+//!
+//! [[watch]]                # per-remote accounting of local ports (`shaper watch`), any number
+//! port = "9090"            # required: a port or range, as for [[limit]]
+//! dir = "ingress"          # optional: both (default) | ingress | egress
+//! iface = "eth0"           # optional: one attached interface; default all of them
 //! ```
 //!
 //! # Strictness
@@ -67,6 +72,8 @@ pub struct Config {
     pub metrics_top_ports: Option<usize>,
     /// Whether SIGTERM/SIGINT leave the datapath attached and pinned, if given.
     pub persist: Option<bool>,
+    /// The `[[watch]]` tables, in file order.
+    pub watches: Vec<crate::datapath::watched_ports::WatchSpec>,
 }
 
 /// Why a config file was rejected. Every message starts with the file's name.
@@ -232,6 +239,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         seen.insert(spec.key.clone(), i + 1);
         config.limits.push(spec);
     }
+    for (i, watch) in raw.watch.iter().enumerate() {
+        config.watches.push(watch.validate(i + 1, origin)?);
+    }
     Ok(config)
 }
 
@@ -245,6 +255,60 @@ struct RawConfig {
     persist: Option<Value>,
     #[serde(default)]
     limit: Vec<RawLimit>,
+    #[serde(default)]
+    watch: Vec<RawWatch>,
+}
+
+/// A `[[watch]]` table with every value as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    port: Option<Value>,
+    dir: Option<Value>,
+    iface: Option<Value>,
+}
+
+impl RawWatch {
+    /// The watch this table asks for; `number` counts watches from 1 in file order.
+    fn validate(
+        &self,
+        number: usize,
+        origin: &str,
+    ) -> Result<crate::datapath::watched_ports::WatchSpec, ConfigError> {
+        let watch = format!("watch #{number}");
+        let invalid = |field, value: &Value, problem: String| ConfigError::InvalidInRule {
+            origin: origin.to_owned(),
+            rule: watch.clone(),
+            field,
+            value: show(value),
+            problem,
+        };
+        let Some(port) = &self.port else {
+            return Err(ConfigError::InvalidInRule {
+                origin: origin.to_owned(),
+                rule: watch.clone(),
+                field: "port",
+                value: "(missing)".to_owned(),
+                problem: "every [[watch]] needs a port or a range".to_owned(),
+            });
+        };
+        let ports = port_range(port).map_err(|problem| invalid("port", port, problem))?;
+        let dir = optional_keyword(&self.dir, DirSel::WORDS)
+            .map_err(|(value, problem)| invalid("dir", value, problem))?;
+        let iface = match &self.iface {
+            None => None,
+            Some(Value::String(name)) => Some(
+                check_iface_name(name)
+                    .map(|()| name.clone())
+                    .map_err(|problem| invalid("iface", &Value::String(name.clone()), problem))?,
+            ),
+            Some(value) => {
+                let problem = "expected a string, an interface name".to_owned();
+                return Err(invalid("iface", value, problem));
+            }
+        };
+        Ok(crate::datapath::watched_ports::WatchSpec { ports, dir, iface })
+    }
 }
 
 /// A `[[limit]]` table with every value as written, checked by [`RawLimit::validate`].
@@ -529,6 +593,7 @@ mod tests {
             metrics_addr: Some(MetricsAddr::At("0.0.0.0:19350".parse().unwrap())),
             metrics_top_ports: Some(20),
             persist: Some(true),
+            watches: Vec::new(),
             limits: vec![
                 RuleSpec {
                     key: RuleKey {
@@ -879,5 +944,37 @@ mod tests {
         );
         assert_contains(&missing, &["absent.toml", "cannot read"]);
         assert_eq!(loaded.unwrap().limits, vec![spec("9090", 8)]);
+    }
+
+    #[test]
+    fn watch_tables_are_read_and_checked_like_limits() {
+        let config = parse(
+            "[[watch]]\nport = 9090\n[[watch]]\nport = \"8000-8099\"\ndir = \"ingress\"\niface = \"eth0\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        let shown: Vec<String> = config.watches.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "port 9090 dir both",
+                "port 8000-8099 dir ingress iface eth0"
+            ]
+        );
+        for (text, expected) in [
+            (
+                "[[watch]]\ndir = \"ingress\"\n",
+                "f.toml: watch #1: port (missing)",
+            ),
+            ("[[watch]]\nport = 70000\n", "f.toml: watch #1: port 70000"),
+            (
+                "[[watch]]\nport = 1\ndir = \"up\"\n",
+                "f.toml: watch #1: dir 'up'",
+            ),
+        ] {
+            let error = parse(text, "f.toml").unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{error}");
+        }
+        assert!(parse("[[watch]]\nport = 1\nrate = 2\n", "f.toml").is_err());
     }
 }

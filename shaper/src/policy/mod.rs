@@ -7,3 +7,4 @@ pub mod rates_and_sizes;
 pub mod rule_table;
 pub mod rules_in_force;
 pub mod state_file;
+pub mod watch_list;

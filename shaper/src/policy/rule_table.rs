@@ -167,6 +167,10 @@ keyword_enum!(
     }
 );
 keyword_enum!(
+    /// Which packets `shaper trace` shows, by verdict.
+    TraceVerdicts { #[default] All => "all", Drop => "drop", WouldDrop => "would-drop" }
+);
+keyword_enum!(
     /// Which port of the packet the rule's ports are: the local one, or the remote one.
     Side { #[default] Local => "local", Remote => "remote" }
 );

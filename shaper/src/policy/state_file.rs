@@ -139,7 +139,7 @@ pub(crate) fn to_json<'a>(
 
 /// Replaces `path` with `contents` so that a crash leaves either the old or the new file:
 /// written to a temporary file in the same directory, synced, then renamed over the target.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::path(dir))?;

@@ -5,5 +5,7 @@ pub mod counter_snapshot;
 pub mod exposure;
 pub mod listening_sockets;
 pub mod metrics;
+pub mod talkers_view;
 pub mod tcp_counts;
 pub mod top_view;
+pub mod trace_lines;

@@ -143,6 +143,25 @@ impl Collector for ScrapeCollector {
             }
         }
 
+        // Only with --metrics-top-remotes: otherwise the family is not even described.
+        if !scrape.inventory.remotes.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "shaper_remote_bytes",
+                "Bytes a remote address exchanged with a watched local port (the top N remotes by bytes, --metrics-top-remotes).",
+                None,
+                MetricType::Counter,
+            )?;
+            for series in &scrape.inventory.remotes {
+                let port = series.port.to_string();
+                let labels = [
+                    ("port", port.as_str()),
+                    ("remote", series.remote.as_str()),
+                    ("direction", series.direction),
+                ];
+                ConstCounter::new(series.bytes).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
         for (name, help, packets) in [
             (
                 "shaper_unclassified_packets",

@@ -10,6 +10,7 @@
 mod http_endpoint;
 mod metric_families;
 mod port_selection;
+pub mod remote_series;
 mod saved_selection;
 mod tcp_families;
 mod text_formats;
@@ -94,6 +95,8 @@ pub struct Inventory {
     pub config_reload: ReloadStatus,
     /// The TCP handshake tracker's totals; `None` if they could not be read.
     pub handshakes: Option<crate::datapath::tcp_telemetry::HandshakeTracking>,
+    /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
+    pub remotes: Vec<remote_series::RemoteSeries>,
 }
 
 impl Inventory {
@@ -114,6 +117,7 @@ impl Inventory {
             unclassified,
             config_reload: limits.reload_status(),
             handshakes: classifier.handshake_tracking().ok(),
+            remotes: Vec::new(),
         })
     }
 
@@ -324,6 +328,7 @@ mod tests {
             unclassified: Vec::new(),
             config_reload: ReloadStatus::succeeded_now(),
             handshakes: None,
+            remotes: Vec::new(),
         }
     }
 

@@ -1,0 +1,148 @@
+//! Live trace: one event per packet of a traced port (`shaper trace`), through a BPF ring
+//! buffer, bounded in rate.
+//!
+//! A port is traced while its `WATCHED` cell has [`WATCH_TRACE`] set; the daemon sets it for the
+//! life of one control connection. Untraced ports pay nothing beyond the `WATCHED` byte the
+//! talkers already read. Each CPU may send `per_cpu_per_second` events per one-second window;
+//! beyond that, and whenever the ring buffer is full (`bpf_ringbuf_reserve` returns NULL,
+//! kernel/bpf/ringbuf.c `__bpf_ringbuf_reserve`), the event is counted in `TRACE_LOST` instead,
+//! so a flooded port costs userspace a bounded rate and never stalls the hook.
+//!
+//! The rule id and the bucket's fill are looked up again here rather than passed out of
+//! `limit`: only traced packets pay for it, and the policer stays as it is.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use shaper_common::{
+    DIR_INGRESS, MAX_RULES, NO_RULE, SIDE_LOCAL, SIDE_REMOTE, TRACE_RING_BYTES, TraceBudget,
+    TraceConfig, TraceEvent, VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP, WATCH_TRACE,
+    bucket::NANOBITS_PER_BYTE, bucket_index, rule_index_row, trace_lost,
+};
+
+use crate::{BUCKETS, RULE_INDEX, RULES, count, limit::Verdict, parse};
+
+#[map]
+static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+
+#[map]
+static TRACE_CONFIG: Array<TraceConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static TRACE_BUDGET: PerCpuArray<TraceBudget> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static TRACE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(trace_lost::COUNT, 0);
+
+const WINDOW_NS: u64 = 1_000_000_000;
+
+/// Sends the packet's event if its `WATCHED` cell (`cell`) has the trace bit and its verdict is
+/// one the trace asked for.
+#[inline(always)]
+pub fn record(
+    ctx: &TcContext,
+    packet: &count::Packet,
+    direction: u32,
+    verdict: &Verdict,
+    cell: u8,
+) {
+    if cell & WATCH_TRACE == 0 {
+        return;
+    }
+    let Some(config) = TRACE_CONFIG.get(0) else {
+        return;
+    };
+    let verdict = match verdict {
+        Verdict::Pass => VERDICT_PASS,
+        Verdict::Drop => VERDICT_DROP,
+        Verdict::WouldDrop => VERDICT_WOULD_DROP,
+    };
+    if config.verdicts & (1 << verdict) == 0 {
+        return;
+    }
+    // SAFETY: a helper without arguments, allowed in every program type.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(budget) = TRACE_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's copy of the single per-CPU element; tc programs run with migration
+    // disabled, so nothing else writes it meanwhile.
+    unsafe {
+        if now.wrapping_sub((*budget).window_ns) >= WINDOW_NS {
+            (*budget).window_ns = now;
+            (*budget).sent = 0;
+        }
+        if (*budget).sent >= u64::from(config.per_cpu_per_second) {
+            lost(trace_lost::OVER_RATE);
+            return;
+        }
+        (*budget).sent += 1;
+    }
+    let Some(mut entry) = TRACE_EVENTS.reserve::<TraceEvent>(0) else {
+        lost(trace_lost::RING_FULL);
+        return;
+    };
+    let remote = parse::address(ctx, direction == DIR_INGRESS).unwrap_or_default();
+    let (rule, bucket_bytes) = rule_and_fill(packet, direction);
+    entry.write(TraceEvent {
+        time_ns: now,
+        bytes: packet.bytes,
+        bucket_bytes,
+        remote,
+        slot: packet.slot,
+        segments: packet.segments as u32,
+        local_port: packet.local_port,
+        remote_port: packet.remote_port,
+        rule,
+        direction: direction as u8,
+        proto: packet.proto as u8,
+        verdict,
+        _pad: [0; 7],
+    });
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn lost(reason: u32) {
+    if let Some(count) = TRACE_LOST.get_ptr_mut(reason) {
+        // SAFETY: this CPU's copy of a per-CPU element; no other writer on this CPU meanwhile.
+        unsafe { *count += 1 };
+    }
+}
+
+/// The rule the limiter found (local port first, then remote, as `limit::apply` looks), and
+/// the bytes its bucket holds, clamped to the burst as a take would see them.
+#[inline(always)]
+fn rule_and_fill(packet: &count::Packet, direction: u32) -> (u16, u64) {
+    let lookup = |side, port: u16| match RULE_INDEX.get(rule_index_row(
+        packet.slot,
+        direction,
+        packet.proto,
+        side,
+    )) {
+        Some(row) => row[port as usize],
+        None => NO_RULE,
+    };
+    let mut rule = lookup(SIDE_LOCAL, packet.local_port);
+    if rule == NO_RULE {
+        rule = lookup(SIDE_REMOTE, packet.remote_port);
+    }
+    if rule == NO_RULE || rule as u32 >= MAX_RULES {
+        return (rule, 0);
+    }
+    let (Some(config), Some(bucket)) = (
+        RULES.get(rule as u32),
+        BUCKETS.get(bucket_index(rule as u32, direction)),
+    ) else {
+        return (rule, 0);
+    };
+    let tokens = if bucket.tokens < config.burst_nanobits {
+        bucket.tokens
+    } else {
+        config.burst_nanobits
+    };
+    (rule, tokens / NANOBITS_PER_BYTE)
+}

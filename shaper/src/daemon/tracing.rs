@@ -1,0 +1,74 @@
+//! The daemon's side of `shaper trace`: one trace at a time, switched on for the life of the
+//! control connection that asked for it (see `control::socket`), switched off when it closes,
+//! at start-up (a daemon that died mid-trace left its switches in the pinned map) and on stop.
+
+use log::info;
+use shaper_common::{TraceConfig, VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP, maps};
+
+use crate::{
+    control::{Response, protocol::TraceSpec},
+    datapath::{classifier::Classifier, trace_switch},
+    error::{Error, Result},
+    policy::rule_table::TraceVerdicts,
+};
+
+/// Which trace runs, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Tracing {
+    current: Option<u64>,
+    next: u64,
+}
+
+/// Clears every trace switch.
+pub(crate) fn switch_off(classifier: &mut Classifier) -> Result<()> {
+    trace_switch::set(classifier, None, TraceConfig::default()).map(drop)
+}
+
+impl Tracing {
+    /// Starts a trace of `spec` on `classifier`, refused while another runs.
+    pub(super) fn on(&mut self, classifier: &mut Classifier, spec: TraceSpec) -> Result<Response> {
+        if let Some(session) = self.current {
+            return Err(Error::Watch(format!(
+                "trace {session} is running; one trace at a time (its events share one ring \
+                 buffer)"
+            )));
+        }
+        let pins = classifier.pins().ok_or_else(|| {
+            Error::Watch("this datapath is not pinned: no ring buffer to read".to_owned())
+        })?;
+        let (events, lost) = (pins.map(maps::TRACE_EVENTS), pins.map(maps::TRACE_LOST));
+        let verdicts = match spec.verdict {
+            TraceVerdicts::All => 1 << VERDICT_PASS | 1 << VERDICT_DROP | 1 << VERDICT_WOULD_DROP,
+            TraceVerdicts::Drop => 1 << VERDICT_DROP,
+            TraceVerdicts::WouldDrop => 1 << VERDICT_WOULD_DROP,
+        };
+        let config = TraceConfig {
+            verdicts,
+            per_cpu_per_second: spec.per_cpu_per_second,
+        };
+        trace_switch::set(classifier, Some((spec.ports, spec.dir)), config)?;
+        self.next += 1;
+        let session = self.next;
+        self.current = Some(session);
+        info!(
+            "trace {session} on: port {} dir {} verdict {}",
+            spec.ports, spec.dir, spec.verdict
+        );
+        Ok(Response::TraceOn {
+            session,
+            events,
+            lost,
+            interfaces: classifier.interface_names(),
+        })
+    }
+
+    /// Ends trace `session` if it is the one running (a stale id changes nothing).
+    pub(super) fn off(&mut self, classifier: &mut Classifier, session: u64) -> Result<Response> {
+        if self.current == Some(session) {
+            switch_off(classifier)?;
+            self.current = None;
+            info!("trace {session} off");
+        }
+        Ok(Response::TraceOff { session })
+    }
+}
