@@ -1,9 +1,11 @@
 //! shaper's tc classifier: one program per hook direction, sharing the maps below.
 //!
 //! Every packet is parsed to (L4 protocol, ports) by [`parse`], counted by [`count`] and, when a
-//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`]. The programs
-//! never alter a packet and fail open: whatever cannot be parsed, or has no rule, passes
-//! untouched; only a packet its rule's bucket has no tokens for is dropped.
+//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`] or, for a
+//! shape rule, put into the rule's HTB class by [`shape`]. The programs fail open: whatever
+//! cannot be parsed, or has no rule, passes untouched; only a packet its rule's bucket has no
+//! tokens for is dropped. They alter a packet in two ways only: the HTB class of a shape rule's
+//! packet (`skb->priority`), and the CE mark of an `--ecn` rule ([`ecn`]).
 #![no_std]
 #![no_main]
 #![expect(
@@ -15,8 +17,10 @@
 
 mod bucket;
 mod count;
+mod ecn;
 mod limit;
 mod parse;
+mod shape;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -96,7 +100,7 @@ fn handle(ctx: &TcContext, direction: u32) -> i32 {
     let Some(packet) = count::observe(ctx, direction) else {
         return PASS;
     };
-    match limit::apply(&packet, direction) {
+    match limit::apply(ctx, &packet, direction) {
         limit::Verdict::Pass => PASS,
         limit::Verdict::Drop => DROP,
     }

@@ -105,6 +105,8 @@ pub enum Error {
 
     #[error(transparent)]
     Limit(#[from] crate::policy::rule_table::LimitError),
+    #[error(transparent)]
+    ActionOption(#[from] crate::policy::action_options::ActionOptionError),
 
     #[error("config rule {rule}")]
     ConfigRule {

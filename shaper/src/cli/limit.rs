@@ -61,9 +61,20 @@ pub struct SetArgs {
     #[arg(long, value_parser = parse_size)]
     burst: Option<u64>,
 
-    /// drop: police; observe: pass everything and count what drop would have dropped.
+    /// drop: police; observe: pass everything and count what drop would have dropped; shape:
+    /// queue the rule's packets in an HTB class at the rate (egress only: `--dir egress`).
     #[arg(long, value_enum, default_value_t = Action::Drop)]
     action: Action,
+
+    /// With `--action drop`: mark ECN-capable packets CE while the bucket holds less than half
+    /// the burst; only an empty bucket drops.
+    #[arg(long)]
+    ecn: bool,
+
+    /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...). Default: 100 ms of
+    /// the rate, at least twice the largest GSO/GRO aggregate.
+    #[arg(long, value_parser = parse_size)]
+    queue: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +121,8 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
                 rate_bps: args.rate,
                 burst_bytes: args.burst,
                 action: args.action,
+                ecn: args.ecn,
+                queue_bytes: args.queue,
             };
             match control::request(socket, &Request::LimitSet { rule })? {
                 Response::RuleSet { rule, replaced } => {
@@ -260,6 +273,14 @@ mod tests {
             would_drop_bytes: 1_500,
             ingress_bucket_bytes: 0,
             egress_bucket_bytes: 0,
+            ecn: false,
+            marked_packets: 0,
+            marked_bytes: 0,
+            queue_bytes: 0,
+            queued_packets: 0,
+            queued_bytes: 0,
+            backlog_packets: 0,
+            backlog_bytes: 0,
         }
     }
 

@@ -227,6 +227,7 @@ fn cell_text(row: &Row, column: Column, bits: bool) -> String {
                 match r.action {
                     Action::Observe => "obs",
                     Action::Drop => "drop",
+                    Action::Shape => "shape",
                 }
             )
         }),

@@ -14,7 +14,9 @@
 //! burst = "256KiB"         # optional: a size (see `units`); an integer is bytes
 //! dir = "egress"           # optional: both (default) | ingress | egress
 //! proto = "tcp"            # optional: any (default) | tcp | udp
-//! action = "observe"       # optional: drop (default) | observe
+//! action = "observe"       # optional: drop (default) | observe | shape (needs dir = "egress")
+//! ecn = true               # optional, drop rules only: mark CE below half the burst
+//! queue = "256KiB"         # optional, shape rules only: the class's queue (a size)
 //! iface = "eth0"           # optional: one attached interface; default all of them
 //! remote = false           # optional: true = `port` is the remote port, not the local one
 //! ```
@@ -259,6 +261,8 @@ struct RawLimit {
     action: Option<Value>,
     iface: Option<Value>,
     remote: Option<Value>,
+    ecn: Option<Value>,
+    queue: Option<Value>,
 }
 
 impl RawLimit {
@@ -318,6 +322,26 @@ impl RawLimit {
             .map_err(|(value, problem)| invalid(&rule, "proto", value, problem))?;
         let action = optional_keyword(&self.action, Action::WORDS)
             .map_err(|(value, problem)| invalid(&rule, "action", value, problem))?;
+        let ecn = match &self.ecn {
+            None => false,
+            Some(Value::Boolean(ecn)) => *ecn,
+            Some(value) => {
+                let problem = "expected true (mark CE below half the burst) or false".to_owned();
+                return Err(invalid(&rule, "ecn", value, problem));
+            }
+        };
+        let queue_bytes = match &self.queue {
+            None => None,
+            Some(queue) => Some(
+                amount(
+                    queue,
+                    rates_and_sizes::parse_size,
+                    SIZE_FORMS,
+                    "\"256KiB\" or \"1MB\"",
+                )
+                .map_err(|problem| invalid(&rule, "queue", queue, problem))?,
+            ),
+        };
         let iface = match &self.iface {
             None => None,
             Some(value) => Some(match value {
@@ -342,6 +366,8 @@ impl RawLimit {
             rate_bps,
             burst_bytes,
             action,
+            ecn,
+            queue_bytes,
         })
     }
 }
@@ -469,6 +495,8 @@ mod tests {
             rate_bps,
             burst_bytes: None,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: None,
         }
     }
 
@@ -541,6 +569,8 @@ mod tests {
                     rate_bps: 10_000_000,
                     burst_bytes: Some(256 * 1024),
                     action: Action::Observe,
+                    ecn: false,
+                    queue_bytes: None,
                 },
                 RuleSpec {
                     key: RuleKey {
@@ -553,6 +583,8 @@ mod tests {
                     rate_bps: 8_000,
                     burst_bytes: Some(65_536),
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: None,
                 },
                 RuleSpec {
                     key: RuleKey {
@@ -565,6 +597,8 @@ mod tests {
                     rate_bps: 12_000_000,
                     burst_bytes: None,
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: None,
                 },
             ],
         };
@@ -719,8 +753,13 @@ mod tests {
             ("dir = \"out\"", "dir", "'out'", "both, ingress, egress"),
             ("dir = 1", "dir", "1", "both, ingress, egress"),
             ("proto = \"sctp\"", "proto", "'sctp'", "any, tcp, udp"),
-            ("action = \"reject\"", "action", "'reject'", "drop, observe"),
-            ("action = false", "action", "false", "drop, observe"),
+            (
+                "action = \"reject\"",
+                "action",
+                "'reject'",
+                "drop, observe, shape",
+            ),
+            ("action = false", "action", "false", "drop, observe, shape"),
         ] {
             let message = error(&second_rule_with(&format!("rate = 1\n{line}")));
             let head = format!("test.toml: limit #2 (port 9090): {field} {value}: ");

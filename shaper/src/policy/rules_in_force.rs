@@ -17,6 +17,7 @@ use crate::{
     datapath::classifier::Classifier,
     datapath::interfaces,
     error::{Error, Result, chain},
+    policy::action_options,
     policy::rates_and_sizes,
     policy::rule_table::{
         Action, DirSel, PortRange, ProtoSel, Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, Side,
@@ -55,6 +56,28 @@ pub struct RuleView {
     pub ingress_bucket_bytes: u64,
     #[serde(default)]
     pub egress_bucket_bytes: u64,
+    /// `--ecn` (drop rules).
+    #[serde(default)]
+    pub ecn: bool,
+    /// Packets an `--ecn` rule marked CE (they are passed packets too).
+    #[serde(default)]
+    pub marked_packets: u64,
+    #[serde(default)]
+    pub marked_bytes: u64,
+    /// A shape rule's queue limit in bytes (0 for other actions).
+    #[serde(default)]
+    pub queue_bytes: u64,
+    /// Packets and bytes a shape rule's HTB classes sent after queueing (every interface); a
+    /// packet its queue had no room for is counted in `dropped_*` instead.
+    #[serde(default)]
+    pub queued_packets: u64,
+    #[serde(default)]
+    pub queued_bytes: u64,
+    /// What waits in the shape rule's queues now.
+    #[serde(default)]
+    pub backlog_packets: u64,
+    #[serde(default)]
+    pub backlog_bytes: u64,
 }
 
 impl RuleView {
@@ -221,6 +244,8 @@ impl Limits {
                 rate_bps: rule.limit.rate_bps,
                 burst_bytes: Some(rule.limit.burst_bytes),
                 action: rule.limit.action,
+                ecn: rule.limit.ecn,
+                queue_bytes: (rule.limit.queue_bytes > 0).then_some(rule.limit.queue_bytes),
             };
             // The interfaces may differ from the last run: a rule that no longer fits is
             // skipped, loudly, rather than keeping the daemon from starting.
@@ -324,13 +349,14 @@ impl Attached {
             }
             .into());
         }
-        Ok(make_limit(
+        let limit = make_limit(
             spec.rate_bps,
             spec.burst_bytes,
             spec.action,
             self.aggregate,
             &self.largest_on,
-        )?)
+        )?;
+        Ok(action_options::apply(spec, limit, self.aggregate)?)
     }
 }
 
@@ -361,12 +387,14 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
     let mut would_drop = Counter::default();
+    let mut marked = Counter::default();
     for direction in Direction::BOTH {
         let c = classifier.rule_counters(rule.id, direction);
         for (sum, add) in [
             (&mut passed, c.passed),
             (&mut dropped, c.dropped),
             (&mut would_drop, c.would_drop),
+            (&mut marked, c.marked),
         ] {
             sum.packets += add.packets;
             sum.bytes += add.bytes;
@@ -392,6 +420,14 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
         would_drop_bytes: would_drop.bytes,
         ingress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Ingress, now_ns),
         egress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Egress, now_ns),
+        ecn: rule.limit.ecn,
+        marked_packets: marked.packets,
+        marked_bytes: marked.bytes,
+        queue_bytes: rule.limit.queue_bytes,
+        queued_packets: 0,
+        queued_bytes: 0,
+        backlog_packets: 0,
+        backlog_bytes: 0,
     }
 }
 
@@ -422,11 +458,19 @@ mod tests {
             would_drop_bytes: 6,
             ingress_bucket_bytes: 7,
             egress_bucket_bytes: 8,
+            ecn: false,
+            marked_packets: 9,
+            marked_bytes: 10,
+            queue_bytes: 11,
+            queued_packets: 12,
+            queued_bytes: 13,
+            backlog_packets: 14,
+            backlog_bytes: 15,
         };
         let json = serde_json::to_string(&view).unwrap();
         assert_eq!(
             json,
-            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8}"#
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"ecn":false,"marked_packets":9,"marked_bytes":10,"queue_bytes":11,"queued_packets":12,"queued_bytes":13,"backlog_packets":14,"backlog_bytes":15}"#
         );
         assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
     }

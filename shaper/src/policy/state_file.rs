@@ -154,6 +154,8 @@ mod tests {
             rate_bps: 8_000,
             burst_bytes: None,
             action: Action::Observe,
+            ecn: false,
+            queue_bytes: None,
         }];
         let rules: Vec<Rule> = (1..=3)
             .map(|id| Rule {
@@ -163,6 +165,8 @@ mod tests {
                     rate_bps: 1_000_000,
                     burst_bytes: 1 << 20,
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: 0,
                 },
             })
             .collect();
@@ -221,6 +225,8 @@ mod tests {
             rate_bps: 8_000,
             burst_bytes: None,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: None,
         }];
         let rules: Vec<Rule> = [(1, 9090), (2, 443)]
             .map(|(id, port)| Rule {
@@ -230,6 +236,8 @@ mod tests {
                     rate_bps: 10_000_000,
                     burst_bytes: 375_000,
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: 0,
                 },
             })
             .into();

@@ -434,6 +434,14 @@ mod tests {
                 would_drop_bytes: 0,
                 ingress_bucket_bytes: 75_000,
                 egress_bucket_bytes: 300_000,
+                ecn: false,
+                marked_packets: 0,
+                marked_bytes: 0,
+                queue_bytes: 0,
+                queued_packets: 0,
+                queued_bytes: 0,
+                backlog_packets: 0,
+                backlog_bytes: 0,
             }],
         }
     }

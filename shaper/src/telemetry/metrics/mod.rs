@@ -296,6 +296,8 @@ mod tests {
                 rate_bps: 8_000_000,
                 burst_bytes: 1 << 20,
                 action: Action::Drop,
+                ecn: false,
+                queue_bytes: 0,
             },
         }
     }
