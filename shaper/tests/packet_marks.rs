@@ -10,7 +10,10 @@ mod common;
 use std::path::PathBuf;
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use common::packet::*;
+use common::{
+    netns::{InNamespace as _, veth_pair},
+    packet::*,
+};
 use shaper::{
     Classifier, Direction,
     error::Error,
@@ -317,43 +320,75 @@ fn a_drop_rule_without_ecn_never_marks() {
 
 #[test]
 fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() {
-    let Some(mut s) = setup("shape-priority") else {
+    if !common::require_root("shape-priority") {
         return;
-    };
-    let (view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(9094, DirSel::Egress, Action::Shape, false),
-        )
-        .expect("set");
-    // Egress: the local port is the source port.
-    let payload = vec![0u8; FRAME_LEN - ETH_HLEN - 20 - 8];
-    let frame = ethernet(
-        &[],
-        ETH_P_IP,
-        &ipv4(IPPROTO_UDP, &udp(9094, 40000, &payload)),
-    );
-    let class = shaper_common::shape_class_id(u32::from(view.id));
-    assert_eq!(class >> 16, 0x5348);
-    // Twice a burst: the bucket plays no part, every packet passes into the class.
-    for _ in 0..2 * PACKETS_PER_BURST {
-        let r = run(&mut s.classifier, Direction::Egress, &frame);
-        assert_eq!((r.verdict, r.priority), (PASS, class));
     }
-    let r = rule(&s, view.id);
-    assert_eq!(
-        (r.passed_packets, r.dropped_packets),
-        (2 * PACKETS_PER_BURST, 0)
-    );
-    // Another port's packet keeps its priority.
-    let other = ethernet(
-        &[],
-        ETH_P_IP,
-        &ipv4(IPPROTO_UDP, &udp(9095, 40000, &payload)),
-    );
-    let r = run(&mut s.classifier, Direction::Egress, &other);
-    assert_eq!((r.verdict, r.priority), (PASS, 0));
+    // In a namespace of its own: a shape rule puts shaper's HTB root on the interface.
+    let pair = veth_pair("pm");
+    let iface = pair.a_if.clone();
+    pair.a.within(|| {
+        let mut classifier = Classifier::load(2).expect("load and verify the classifier");
+        classifier.register(&iface).expect("register the veth");
+        // BPF_PROG_TEST_RUN runs a packet on the namespace's loopback device.
+        classifier.register("lo").expect("register lo");
+        let state = std::env::temp_dir()
+            .join(format!("shaper-marks-shape-{}", std::process::id()))
+            .join("state.json");
+        let limits = Limits::start(&mut classifier, Vec::new(), &state).expect("start limits");
+        let mut s = Setup {
+            classifier,
+            limits,
+            state,
+        };
+        let (view, _) = s
+            .limits
+            .set(
+                &mut s.classifier,
+                spec(9094, DirSel::Egress, Action::Shape, false),
+            )
+            .expect("set");
+        // Egress: the local port is the source port.
+        let payload = vec![0u8; FRAME_LEN - ETH_HLEN - 20 - 8];
+        let frame = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(IPPROTO_UDP, &udp(9094, 40000, &payload)),
+        );
+        let class = shaper_common::shape_class_id(u32::from(view.id));
+        assert_eq!(class >> 16, 0x5348);
+        for dev in ["lo", iface.as_str()] {
+            let classes = tc(&["class", "show", "dev", dev]);
+            assert!(
+                classes.contains(&format!("class htb 5348:{:x} root", view.id)),
+                "{dev}: {classes}"
+            );
+        }
+        // Twice a burst: the bucket plays no part, every packet passes into the class.
+        for _ in 0..2 * PACKETS_PER_BURST {
+            let r = run(&mut s.classifier, Direction::Egress, &frame);
+            assert_eq!((r.verdict, r.priority), (PASS, class));
+        }
+        let r = rule(&s, view.id);
+        assert_eq!(
+            (r.passed_packets, r.dropped_packets),
+            (2 * PACKETS_PER_BURST, 0)
+        );
+        // Another port's packet keeps its priority.
+        let other = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(IPPROTO_UDP, &udp(9095, 40000, &payload)),
+        );
+        let r = run(&mut s.classifier, Direction::Egress, &other);
+        assert_eq!((r.verdict, r.priority), (PASS, 0));
+        s.limits
+            .remove(&mut s.classifier, &view.key())
+            .expect("remove");
+        for dev in ["lo", iface.as_str()] {
+            let qdiscs = tc(&["qdisc", "show", "dev", dev, "root"]);
+            assert!(qdiscs.contains("noqueue 0: root"), "{dev}: {qdiscs}");
+        }
+    });
 }
 
 #[test]
@@ -382,4 +417,14 @@ fn bad_combinations_of_action_and_options_are_refused() {
         ActionOptionError::QueueNeedsShape { .. }
     ));
     assert!(s.limits.list(&s.classifier).is_empty());
+}
+
+/// `tc ARGS` in the calling thread's namespace; its stdout.
+fn tc(args: &[&str]) -> String {
+    let output = std::process::Command::new("tc")
+        .args(args)
+        .output()
+        .expect("run tc");
+    assert!(output.status.success(), "tc {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

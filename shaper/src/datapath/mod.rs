@@ -2,10 +2,12 @@
 
 pub mod attach;
 pub mod classifier;
+pub mod htb;
 pub mod interfaces;
 pub mod ktime;
 pub mod mapped_arrays;
 pub(crate) mod netlink;
 pub mod pinned_datapath;
 pub mod pins;
+pub mod shape_classes;
 pub(crate) mod tcx_query;

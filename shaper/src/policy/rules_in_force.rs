@@ -7,7 +7,10 @@
 //! map write the program reads on its next packet, a new or removed rule a repaint of the ports
 //! whose winning rule changes.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use shaper_common::Counter;
@@ -15,7 +18,9 @@ use shaper_common::Counter;
 use crate::{
     Direction,
     datapath::classifier::Classifier,
+    datapath::htb,
     datapath::interfaces,
+    datapath::shape_classes,
     error::{Error, Result, chain},
     policy::action_options,
     policy::rates_and_sizes,
@@ -158,11 +163,14 @@ impl Limits {
         let limit = Attached::read(classifier)?.validate(&spec)?;
         let mut next = self.table.clone();
         let outcome = next.set(spec.key.clone(), limit)?;
-        self.save(&next)?;
         let (id, fresh) = match outcome {
             SetOutcome::Added(id) => (id, true),
             SetOutcome::Replaced(id) => (id, false),
         };
+        // A shape rule's class exists before the classifier names it.
+        let wanted = shape_classes::wanted(next.rules(), &classifier.interface_names());
+        shape_classes::add(&wanted, &BTreeSet::from([id]))?;
+        self.save(&next)?;
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
             if let Err(undo) = self.save(&self.table) {
@@ -176,11 +184,15 @@ impl Limits {
         }
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
+        prune_classes(&wanted);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
         })?;
-        Ok((view(classifier, rule), !fresh))
+        Ok((
+            view(classifier, rule, &shape_stats(classifier, &self.table)),
+            !fresh,
+        ))
     }
 
     /// Removes the rule with exactly this key; returns it with its final counters.
@@ -205,7 +217,7 @@ impl Limits {
         self.save(&next)?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
-        let removed = view(classifier, &rule);
+        let removed = view(classifier, &rule, &shape_stats(classifier, &self.table));
         self.table = next;
         // The rule is already out of the index: a stale limit left behind is never read.
         if let Err(e) = classifier.clear_rule(rule.id) {
@@ -215,6 +227,10 @@ impl Limits {
                 chain(&e)
             );
         }
+        prune_classes(&shape_classes::wanted(
+            self.table.rules(),
+            &classifier.interface_names(),
+        ));
         Ok(removed)
     }
 
@@ -229,9 +245,10 @@ impl Limits {
     pub fn list(&self, classifier: &Classifier) -> Vec<RuleView> {
         let mut rules: Vec<&Rule> = self.table.rules().collect();
         rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));
+        let shaped = shape_stats(classifier, &self.table);
         rules
             .into_iter()
-            .map(|rule| view(classifier, rule))
+            .map(|rule| view(classifier, rule, &shaped))
             .collect()
     }
 
@@ -272,6 +289,8 @@ impl Limits {
     fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
         let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
             classifier.live_rules()?.into_iter().collect();
+        let wanted = shape_classes::wanted(table.rules(), &classifier.interface_names());
+        shape_classes::add(&wanted, &table.rules().map(|rule| rule.id).collect())?;
         let mut kept = 0;
         for rule in table.rules() {
             let config = rule.limit.config();
@@ -297,7 +316,15 @@ impl Limits {
             );
         }
         self.table = table;
+        prune_classes(&wanted);
         Ok(())
+    }
+
+    /// Removes shaper's HTB root from every attached interface (the daemon stops without
+    /// `--persist`): the kernel's default root comes back. The rules stay saved and come back,
+    /// classes and all, with the next daemon.
+    pub fn release_shaping(&self, classifier: &Classifier) -> Result<Vec<String>> {
+        shape_classes::release(&classifier.interface_names())
     }
 
     fn save(&self, table: &RuleTable) -> Result<()> {
@@ -382,7 +409,26 @@ fn bucket_bytes_now(
     tokens / shaper_common::bucket::NANOBITS_PER_BYTE
 }
 
-fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
+/// Removes the classes no rule needs any more. The rule change they follow is done and saved,
+/// so a failure here leaves an unused class (its packets are no longer sent to it) and is only
+/// logged; the next change tries again.
+fn prune_classes(wanted: &shape_classes::Wanted) {
+    if let Err(e) = shape_classes::prune(wanted) {
+        log::warn!("removing HTB classes no rule needs: {}", chain(&e));
+    }
+}
+
+/// The HTB class statistics of the shape rules (none when there are no shape rules: then no
+/// netlink request is made).
+fn shape_stats(classifier: &Classifier, table: &RuleTable) -> BTreeMap<u16, htb::ClassStats> {
+    if table.rules().any(|rule| rule.limit.action == Action::Shape) {
+        shape_classes::stats(&classifier.interface_names())
+    } else {
+        BTreeMap::new()
+    }
+}
+
+fn view(classifier: &Classifier, rule: &Rule, shaped: &BTreeMap<u16, htb::ClassStats>) -> RuleView {
     let now_ns = crate::datapath::ktime::monotonic_ns();
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
@@ -399,6 +445,11 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
             sum.packets += add.packets;
             sum.bytes += add.bytes;
         }
+    }
+    // A shape rule's drops are its queue's overflow; the classifier never drops its packets.
+    let class = shaped.get(&rule.id).copied().unwrap_or_default();
+    if rule.limit.action == Action::Shape {
+        dropped.packets += class.drops;
     }
     RuleView {
         id: rule.id,
@@ -424,10 +475,10 @@ fn view(classifier: &Classifier, rule: &Rule) -> RuleView {
         marked_packets: marked.packets,
         marked_bytes: marked.bytes,
         queue_bytes: rule.limit.queue_bytes,
-        queued_packets: 0,
-        queued_bytes: 0,
-        backlog_packets: 0,
-        backlog_bytes: 0,
+        queued_packets: class.packets,
+        queued_bytes: class.bytes,
+        backlog_packets: class.backlog_packets,
+        backlog_bytes: class.backlog_bytes,
     }
 }
 
