@@ -55,21 +55,19 @@ fn root_qdisc(ns: &Namespace, iface: &str) -> serde_json::Value {
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc -j: {e}: {json}"))
 }
 
-/// The HTB classes of `iface` (`tc -j class show`): (classid, rate in bytes per second).
-fn classes(ns: &Namespace, iface: &str) -> Vec<(String, u64)> {
-    let json = ns.tc(&["-j", "class", "show", "dev", iface]);
-    let value: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc -j: {e}: {json}"));
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|class| class["class"] == "htb")
-        .map(|class| {
-            (
-                class["handle"].as_str().unwrap_or_default().to_owned(),
-                class["rate"].as_u64().unwrap_or_default(),
-            )
+/// The HTB classes of `iface` as `tc class show` prints them (this tc has no JSON for classes):
+/// (classid, rate as tc spells it).
+fn classes(ns: &Namespace, iface: &str) -> Vec<(String, String)> {
+    ns.tc(&["class", "show", "dev", iface])
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = |word: &str| words.iter().position(|w| *w == word);
+            if words.get(1) != Some(&"htb") {
+                return None;
+            }
+            let rate = words.get(at("rate")? + 1)?;
+            Some((words.get(2)?.to_string(), rate.to_string()))
         })
         .collect()
 }
@@ -112,22 +110,33 @@ fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_th
     let rule = daemon.rules()[0].clone();
     assert_eq!(
         classes(&pair.a, &pair.a_if),
-        [(format!("5348:{:x}", rule.id), 1_000_000)]
+        [(format!("5348:{:x}", rule.id), "8Mbit".to_owned())]
     );
     assert_eq!(root_qdisc(&pair.a, &pair.a_if)[0]["kind"], "htb");
 
     let (rate, sent, received) = udp_out_of_a(&pair);
     let ratio = rate / RATE_BYTES_PER_SEC;
     let rule = daemon.rules()[0].clone();
+    let backlog_at_end = (rule.backlog_packets, rule.backlog_bytes);
+    assert!(
+        rule.backlog_bytes <= rule.queue_bytes,
+        "the queue holds at most its limit"
+    );
+    // The queue drains at the rate: at most 131 ms for this one.
+    thread::sleep(Duration::from_millis(500));
+    let rule = daemon.rules()[0].clone();
     println!(
         "udp at 2x through an egress shape rule of {RATE}: {rate:.0} B/s, ratio {ratio:.4}; \
          {sent} datagrams accepted by the socket, {} received; rule: passed {}, queued {}, \
-         dropped (queue overflow) {}, queue {} B",
+         dropped (queue overflow) {}, queue {} B, backlog when the sender stopped {} packets \
+         / {} B",
         received.count(),
         rule.passed_packets,
         rule.queued_packets,
         rule.dropped_packets,
-        rule.queue_bytes
+        rule.queue_bytes,
+        backlog_at_end.0,
+        backlog_at_end.1
     );
     assert!(
         (ratio - 1.0).abs() <= UDP_TOLERANCE,
@@ -135,6 +144,7 @@ fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_th
     );
     // Every datagram the classifier passed went through the class (the backlog has drained by
     // now) or overflowed its queue.
+    assert_eq!((rule.backlog_packets, rule.backlog_bytes), (0, 0));
     assert_eq!(
         rule.passed_packets,
         rule.queued_packets + rule.dropped_packets
@@ -170,7 +180,10 @@ fn replacing_a_shape_rule_under_traffic_changes_its_class_and_stopping_the_daemo
     set("4mbit");
     let id = daemon.rules()[0].id;
     let class = format!("5348:{id:x}");
-    assert_eq!(classes(&pair.a, &pair.a_if), [(class.clone(), 500_000)]);
+    assert_eq!(
+        classes(&pair.a, &pair.a_if),
+        [(class.clone(), "4Mbit".to_owned())]
+    );
 
     // Traffic at 2 MB/s while the rule is replaced twice.
     let received = receiver(
@@ -200,7 +213,7 @@ fn replacing_a_shape_rule_under_traffic_changes_its_class_and_stopping_the_daemo
     let output = set("12mbit");
     assert!(output.contains("replaced"), "{output}");
     assert_eq!(daemon.rules()[0].id, id, "the rule keeps its id and class");
-    assert_eq!(classes(&pair.a, &pair.a_if), [(class, 1_500_000)]);
+    assert_eq!(classes(&pair.a, &pair.a_if), [(class, "12Mbit".to_owned())]);
     window("shape replaced by 12mbit", 1_500_000.0);
     drop(sending.wait());
 
@@ -241,9 +254,11 @@ fn shaper_down_after_a_persistent_daemon_removes_the_htb_root() {
     common::daemon::down(&pair.a.name, &pin_base);
 }
 
-/// The sender's TcpRetransSegs and OutSegs (/proc/net/snmp of the namespace it runs in).
+/// The sender's TcpRetransSegs and OutSegs (/proc/net/snmp of the namespace it runs in). Read
+/// through /proc/thread-self: /proc/net is the thread group leader's namespace, not that of the
+/// thread `within` moved into `ns`.
 fn tcp_segments(ns: &Namespace) -> (u64, u64) {
-    let snmp = ns.within(|| std::fs::read_to_string("/proc/net/snmp").expect("snmp"));
+    let snmp = ns.within(|| std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp"));
     let mut lines = snmp.lines().filter(|line| line.starts_with("Tcp:"));
     let (names, values) = (
         lines.next().expect("Tcp names"),
