@@ -150,6 +150,14 @@ fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_th
         rule.queued_packets + rule.dropped_packets
     );
     assert_eq!(received.count(), rule.queued_packets);
+    let listed = daemon.cli_ok(&["limit", "ls"]);
+    assert!(
+        listed.contains(&format!(
+            "rule {} shape: queued {} packets",
+            rule.id, rule.queued_packets
+        )),
+        "{listed}"
+    );
 
     daemon.cli_ok(&["limit", "rm", &port, "--dir", "egress", "--proto", "udp"]);
     assert_eq!(

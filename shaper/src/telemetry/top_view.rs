@@ -97,6 +97,10 @@ pub struct RuleInForce {
     /// How full this direction's bucket is, 0.0 (empty: the rate applies) to 1.0 (a whole burst
     /// could pass at once).
     pub bucket_fill: f64,
+    /// A shape rule's queue delay now, in milliseconds: its backlog over its rate (every
+    /// interface's queue together). Absent for other actions, whose bucket is the figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_delay_ms: Option<f64>,
 }
 
 /// The rates between `before` and `after`. A port absent from `before` counts from zero.
@@ -226,6 +230,8 @@ fn rule_in_force(rule: &RuleView, direction: Direction) -> RuleInForce {
         } else {
             (bucket as f64 / rule.burst_bytes as f64).min(1.0)
         },
+        queue_delay_ms: (rule.action == Action::Shape && rule.rate_bps > 0)
+            .then(|| rule.backlog_bytes as f64 * 8000.0 / rule.rate_bps as f64),
     }
 }
 
@@ -540,6 +546,7 @@ mod tests {
                 burst_bytes: 300_000,
                 action: Action::Observe,
                 bucket_fill: 0.25,
+                queue_delay_ms: None,
             }),
             process: Some("nginx".into()),
         };

@@ -219,6 +219,8 @@ impl Collector for ScrapeCollector {
             ConstGauge::new(rule.limit.burst_bytes).encode(family.encode_family(labels)?)?;
         }
 
+        super::queueing_families::encode(&scrape.inventory.queueing_rules, &mut encoder)?;
+
         let mut family = encoder.encode_descriptor(
             "shaper_port_listening",
             "1 for each local port a TCP socket listens on or a UDP socket is bound to, with the owning process (comm).",

@@ -10,6 +10,7 @@
 mod http_endpoint;
 mod metric_families;
 mod port_selection;
+mod queueing_families;
 mod saved_selection;
 mod text_formats;
 
@@ -88,6 +89,9 @@ pub struct Inventory {
     pub rules: Vec<Rule>,
     /// (interface slot, direction index, reason, counter) for every reason.
     pub unclassified: Vec<(u32, u32, u32, Counter)>,
+    /// The shape and `--ecn` rules with their counters (queued, backlog, marked); the others
+    /// have none of these, and are not read.
+    pub queueing_rules: Vec<crate::policy::rules_in_force::RuleView>,
 }
 
 impl Inventory {
@@ -102,10 +106,23 @@ impl Inventory {
                 }
             }
         }
+        let rules = limits.rules();
+        let queueing_rules = if rules.iter().any(|rule| {
+            rule.limit.action == crate::policy::rule_table::Action::Shape || rule.limit.ecn
+        }) {
+            limits
+                .list(classifier)
+                .into_iter()
+                .filter(|rule| rule.action == crate::policy::rule_table::Action::Shape || rule.ecn)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             interfaces,
-            rules: limits.rules(),
+            rules,
             unclassified,
+            queueing_rules,
         })
     }
 
@@ -304,6 +321,7 @@ mod tests {
 
     fn inventory(rules: Vec<Rule>) -> Inventory {
         Inventory {
+            queueing_rules: Vec::new(),
             interfaces: vec![InterfaceState {
                 slot: 0,
                 name: "eth0".into(),
