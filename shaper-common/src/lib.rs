@@ -24,9 +24,11 @@ pub mod maps {
     pub const BUCKETS: &str = "BUCKETS";
     /// `ARRAY` of [`RuleCounters`](crate::RuleCounters), indexed by [`bucket_index`](crate::bucket_index).
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    /// `ARRAY` of ifindex (`u32`) by interface slot: the IFB device of ingress shape rules.
+    pub const SHAPE_IFB: &str = "SHAPE_IFB";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -35,6 +37,7 @@ pub mod maps {
         RULES,
         BUCKETS,
         RULE_COUNTERS,
+        SHAPE_IFB,
     ];
 }
 

@@ -10,6 +10,8 @@ use shaper_common::{
 pub enum Verdict {
     Pass,
     Drop,
+    /// To the IFB device with this ifindex: an ingress shape rule's packet.
+    Redirect(u32),
 }
 
 /// The verdict for a counted packet. Userspace resolves overlapping rules into the rule index,
@@ -42,14 +44,21 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
     };
     if config.action == ACTION_SHAPE {
         // The rule's HTB class holds the rate and its queue does the dropping; its bucket is
-        // not used. Only egress has the class (userspace refuses ingress shape rules).
-        if direction == DIR_EGRESS {
-            shape::classify(ctx, rule as u32);
-        }
+        // not used. On ingress the class is on the interface's IFB device; without one (not
+        // made yet, or already removed) the packet passes unshaped.
+        let verdict = if direction == DIR_EGRESS {
+            Verdict::Pass
+        } else {
+            match shape::ifb_of(packet.slot) {
+                Some(ifb) => Verdict::Redirect(ifb),
+                None => Verdict::Pass,
+            }
+        };
+        shape::classify(ctx, rule as u32);
         // SAFETY: `counters` is a live `RULE_COUNTERS` element (from `get_ptr_mut` above);
         // `&raw mut` takes its field's address without making a reference.
         unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };
-        return Verdict::Pass;
+        return verdict;
     }
     // SAFETY: a helper without arguments, allowed in every program type.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -77,6 +77,11 @@ static BUCKETS: Array<BucketState> = Array::with_max_entries(MAX_RULES * DIRECTI
 static RULE_COUNTERS: Array<RuleCounters> =
     Array::with_max_entries(MAX_RULES * DIRECTIONS, BPF_F_MMAPABLE);
 
+/// Per interface slot: the ifindex of the IFB device the slot's ingress shape rules queue on,
+/// 0 while it has none (see [`shape`]). Written by userspace when it creates or removes one.
+#[map]
+static SHAPE_IFB: Array<u32> = Array::with_max_entries(MAX_IFACES, 0);
+
 /// `TC_ACT_UNSPEC` hands the packet on unchanged: for tcx it is `TCX_NEXT` (run the next program,
 /// pass if none; include/uapi/linux/bpf.h `enum tcx_action_base`), for a direct-action cls_bpf
 /// filter it continues with the next filter. Either way shaper composes with other programs.
@@ -103,6 +108,7 @@ fn handle(ctx: &TcContext, direction: u32) -> i32 {
     match limit::apply(ctx, &packet, direction) {
         limit::Verdict::Pass => PASS,
         limit::Verdict::Drop => DROP,
+        limit::Verdict::Redirect(ifindex) => shape::redirect(ifindex),
     }
 }
 

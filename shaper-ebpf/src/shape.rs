@@ -1,9 +1,33 @@
 //! The shape action: the packets of a shape rule wait in the rule's HTB class instead of meeting
 //! a bucket. The program only names the class; the HTB qdisc userspace installed as the
 //! interface's root does the queueing and holds the rate.
+//!
+//! On ingress there is no qdisc to queue in, so the packet is also redirected to the IFB device
+//! userspace made for the interface, whose HTB root holds the same classes. IFB hands the packet
+//! back to the interface's receive path with `skb->tc_skip_classify` set (drivers/net/ifb.c
+//! `ifb_ri_tasklet`), and `__netif_receive_skb_core` (net/core/dev.c) then skips the tc ingress
+//! hook: the packet is counted, and meets this program, once.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use shaper_common::shape_class_id;
+
+use crate::SHAPE_IFB;
+
+/// The IFB device of interface `slot`, if userspace made one.
+#[inline(always)]
+pub fn ifb_of(slot: u32) -> Option<u32> {
+    SHAPE_IFB.get(slot).copied().filter(|&ifindex| ifindex != 0)
+}
+
+/// Sends the packet to the egress of IFB device `ifindex` (flags 0: its transmit path, where its
+/// HTB root queues it). `bpf_redirect` returns TC_ACT_REDIRECT, or TC_ACT_SHOT for bad flags;
+/// a device gone by then makes `skb_do_redirect` drop the packet.
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> i32 {
+    // SAFETY: a helper taking two integers, allowed for SCHED_CLS programs; the redirect itself
+    // happens after the program returns (`skb_do_redirect`).
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
 
 /// Puts the packet into shape rule `rule`'s HTB class by writing `skb->priority`.
 ///

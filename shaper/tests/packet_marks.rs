@@ -400,10 +400,6 @@ fn bad_combinations_of_action_and_options_are_refused() {
         Err(Error::ActionOption(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    assert_eq!(
-        refusal(&mut s, spec(9096, DirSel::Both, Action::Shape, false)),
-        ActionOptionError::ShapeIngress
-    );
     assert!(matches!(
         refusal(&mut s, spec(9096, DirSel::Both, Action::Observe, true)),
         ActionOptionError::EcnNeedsDrop { .. }

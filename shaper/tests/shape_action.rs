@@ -379,3 +379,196 @@ fn a_tcp_download_through_an_egress_shape_rule_reaches_the_rate_without_retransm
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Whether the IFB device of `iface` exists in `ns`.
+fn ifb_exists(ns: &Namespace, iface: &str) -> Option<String> {
+    // `ip -o link show dev IFACE` starts with "INDEX: ".
+    let line = ns.ip_ok(&["-o", "link", "show", "dev", iface]);
+    let ifindex: u32 = line
+        .split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in {line}"));
+    let name = format!("shp-{ifindex}");
+    ns.ip(&["link", "show", "dev", &name]).ok().map(|_| name)
+}
+
+#[test]
+fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_counted() {
+    if !common::require_root("shape_udp_ingress") {
+        return;
+    }
+    let pair = veth_pair("si");
+    let before = root_qdisc(&pair.a, &pair.a_if);
+    let daemon = Daemon::start(&pair.a, "si", &["--iface", &pair.a_if]);
+    let port = PORT.to_string();
+    daemon.cli_ok(&[
+        "limit", "set", &port, "--rate", RATE, "--dir", "ingress", "--proto", "udp", "--action",
+        "shape",
+    ]);
+    let ifb = ifb_exists(&pair.a, &pair.a_if).expect("the IFB device exists");
+    let id = daemon.rules()[0].id;
+    assert_eq!(
+        classes(&pair.a, &ifb),
+        [(format!("5348:{id:x}"), "8Mbit".to_owned())]
+    );
+    assert_eq!(root_qdisc(&pair.a, &pair.a_if), before, "egress untouched");
+
+    let received = receiver(
+        pair.a
+            .within(|| UdpSocket::bind((pair.a_addr, PORT)).expect("bind")),
+    );
+    let start = Instant::now();
+    let sending = sender(
+        pair.b
+            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
+        SocketAddr::from((pair.a_addr, PORT)),
+        OFFERED_BYTES_PER_SEC,
+        WARMUP + WINDOW + Duration::from_millis(200),
+    );
+    let rate = measured_rate(&received, start);
+    let sent = sending.wait().expect("sender");
+    thread::sleep(Duration::from_millis(500));
+    let rule = daemon.rules()[0].clone();
+    let stats = daemon.settled();
+    let seen = stats
+        .port(
+            &pair.a_if,
+            shaper::Direction::Ingress,
+            shaper::datapath::classifier::Proto::Udp,
+            PORT,
+        )
+        .map_or(0, |p| p.packets);
+    let ratio = rate / RATE_BYTES_PER_SEC;
+    println!(
+        "udp at 2x through an ingress shape rule of {RATE}: {rate:.0} B/s, ratio {ratio:.4}; \
+         sent {sent}, the hook counted {seen}, received {}; rule: passed {}, queued {}, \
+         dropped (queue overflow) {}",
+        received.count(),
+        rule.passed_packets,
+        rule.queued_packets,
+        rule.dropped_packets
+    );
+    assert!(
+        (ratio - 1.0).abs() <= UDP_TOLERANCE,
+        "shaped UDP at {ratio:.4} of the rate, outside ±{UDP_TOLERANCE}"
+    );
+    // Counted once: the packets IFB re-injects do not meet the ingress hook again.
+    assert_eq!(seen, sent, "the hook counted each datagram once");
+    assert_eq!(rule.passed_packets, sent);
+    assert_eq!(
+        rule.passed_packets,
+        rule.queued_packets + rule.dropped_packets
+    );
+    assert_eq!(received.count(), rule.queued_packets);
+    // The sender is held back rather than its datagrams dropped: a queued skb stays charged to
+    // the sending socket (veth does not orphan it), so its buffer fills and sends are refused.
+
+    daemon.cli_ok(&["limit", "rm", &port, "--dir", "ingress", "--proto", "udp"]);
+    assert_eq!(
+        ifb_exists(&pair.a, &pair.a_if),
+        None,
+        "the IFB device went with the rule"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A TCP upload from a client in `b` to `port` in `a` for a warm-up and a window: the goodput
+/// over the window and the client's retransmitted / sent segments.
+fn upload(pair: &VethPair, port: u16) -> (f64, u64, u64) {
+    let listener = pair
+        .a
+        .within(|| TcpListener::bind((pair.a_addr, port)).expect("listen"));
+    let mut client = pair.b.within(|| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((pair.a_addr, port)),
+            Duration::from_secs(5),
+        )
+        .expect("connect")
+    });
+    let (mut server, _) = listener.accept().expect("accept");
+    let (retrans0, out0) = tcp_segments(&pair.b);
+    let duration = WARMUP + WINDOW + Duration::from_millis(500);
+    let writing = thread::spawn(move || {
+        let chunk = vec![0x5au8; 64 * 1024];
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            if client.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut total, mut at_warmup) = (0u64, None);
+    while let Ok(n) = server.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if at_warmup.is_none() && start.elapsed() >= WARMUP {
+            at_warmup = Some((total, Instant::now()));
+        }
+        if start.elapsed() >= WARMUP + WINDOW {
+            break;
+        }
+    }
+    let (first, t0) = at_warmup.expect("data flowed past the warm-up");
+    let goodput = (total - first) as f64 / t0.elapsed().as_secs_f64();
+    let (retrans1, out1) = tcp_segments(&pair.b);
+    drop(server);
+    writing.join().expect("writer");
+    (goodput, retrans1 - retrans0, out1 - out0)
+}
+
+#[test]
+fn a_tcp_upload_through_an_ingress_shape_rule_reaches_the_rate_with_few_retransmissions() {
+    if !common::require_root("shape_tcp_ingress") {
+        return;
+    }
+    let pair = veth_pair("sn");
+    let daemon = Daemon::start(&pair.a, "sn", &["--iface", &pair.a_if]);
+    let mut figures = Vec::new();
+    for (port, action) in [(7205u16, "drop"), (7206, "shape")] {
+        let port_text = port.to_string();
+        let mut args = vec![
+            "limit", "set", &port_text, "--rate", RATE, "--dir", "ingress", "--proto", "tcp",
+            "--action", action,
+        ];
+        if action == "drop" {
+            args.truncate(args.len() - 2);
+        }
+        daemon.cli_ok(&args);
+        let (goodput, retrans, sent) = upload(&pair, port);
+        let ratio = goodput / RATE_BYTES_PER_SEC;
+        let retrans_share = retrans as f64 / sent.max(1) as f64;
+        println!(
+            "tcp upload, ingress {action} {RATE}: goodput/rate {ratio:.4}, sender retransmitted \
+             {retrans} of {sent} segments ({:.3}%)",
+            retrans_share * 100.0
+        );
+        figures.push((action, ratio, retrans_share));
+    }
+    let (_, shape_ratio, shape_retrans) = figures[1];
+    assert!(shape_ratio <= 1.02, "shaped goodput above the rate");
+    assert!(
+        shape_ratio >= 0.90,
+        "shaped goodput only {shape_ratio:.4} of the rate"
+    );
+    assert!(
+        shape_retrans < 0.01,
+        "shaping made the sender retransmit {:.3}% of its segments",
+        shape_retrans * 100.0
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        ifb_exists(&pair.a, &pair.a_if),
+        None,
+        "stopping the daemon removed the IFB"
+    );
+}

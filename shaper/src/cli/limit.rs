@@ -62,7 +62,7 @@ pub struct SetArgs {
     burst: Option<u64>,
 
     /// drop: police; observe: pass everything and count what drop would have dropped; shape:
-    /// queue the rule's packets in an HTB class at the rate (egress only: `--dir egress`).
+    /// queue the rule's packets in an HTB class at the rate (ingress through an IFB device).
     #[arg(long, value_enum, default_value_t = Action::Drop)]
     action: Action,
 
@@ -72,7 +72,7 @@ pub struct SetArgs {
     ecn: bool,
 
     /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...). Default: 100 ms of
-    /// the rate, at least twice the largest GSO/GRO aggregate.
+    /// the rate, at least eight of the largest GSO/GRO aggregate (512 KiB); at least two.
     #[arg(long, value_parser = parse_size)]
     queue: Option<u64>,
 }

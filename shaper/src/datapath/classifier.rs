@@ -416,6 +416,22 @@ impl Classifier {
         attach::program_mut(&mut self.ebpf, direction)
     }
 
+    /// Points the ingress shape rules of interface `name` at IFB device `ifb` (0: none, they
+    /// pass unshaped). An interface this daemon does not name has nothing to point.
+    pub fn set_shape_ifb(&mut self, name: &str, ifb: u32) -> Result<()> {
+        let Some(slot) = self
+            .interfaces
+            .iter()
+            .position(|i| i.current && i.name == name)
+        else {
+            return Ok(());
+        };
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(map_mut(&mut self.ebpf, maps::SHAPE_IFB)?)?;
+        map.set(slot as u32, ifb, 0)?;
+        Ok(())
+    }
+
     /// Names of the registered interfaces, in slot order; an adopted slot this daemon does not
     /// use is named "", which no interface-specific rule matches.
     pub fn interface_names(&self) -> Vec<String> {

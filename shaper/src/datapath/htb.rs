@@ -115,11 +115,20 @@ pub struct Class {
 /// Attributes after a fixed header, built as rtnetlink expects them (struct nlattr, each padded
 /// to NLA_ALIGNTO).
 #[derive(Default)]
-struct Message {
-    bytes: Vec<u8>,
+pub(crate) struct Message {
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl Message {
+    /// A message starting with a struct ifinfomsg (include/uapi/linux/rtnetlink.h).
+    pub(crate) fn link(index: i32, flags: u32, change: u32) -> Self {
+        let mut bytes = vec![AF_UNSPEC, 0, 0, 0];
+        bytes.extend_from_slice(&index.to_ne_bytes());
+        bytes.extend_from_slice(&flags.to_ne_bytes());
+        bytes.extend_from_slice(&change.to_ne_bytes());
+        Self { bytes }
+    }
+
     /// A message starting with a struct tcmsg (include/uapi/linux/rtnetlink.h).
     fn tc(ifindex: i32, handle: u32, parent: u32) -> Self {
         let mut bytes = vec![AF_UNSPEC, 0, 0, 0];
@@ -130,7 +139,7 @@ impl Message {
         Self { bytes }
     }
 
-    fn put(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+    pub(crate) fn put(&mut self, kind: u16, value: &[u8]) -> &mut Self {
         let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
         self.bytes.extend_from_slice(&len.to_ne_bytes());
         self.bytes.extend_from_slice(&kind.to_ne_bytes());
@@ -141,21 +150,21 @@ impl Message {
     }
 
     /// A string attribute with its NUL, as nla_put_string puts it.
-    fn put_str(&mut self, kind: u16, value: &str) -> &mut Self {
+    pub(crate) fn put_str(&mut self, kind: u16, value: &str) -> &mut Self {
         let mut bytes = value.as_bytes().to_vec();
         bytes.push(0);
         self.put(kind, &bytes)
     }
 
     /// A nested attribute holding what `inner` puts.
-    fn nested(&mut self, kind: u16, inner: impl FnOnce(&mut Message)) -> &mut Self {
+    pub(crate) fn nested(&mut self, kind: u16, inner: impl FnOnce(&mut Message)) -> &mut Self {
         let mut nested = Message::default();
         inner(&mut nested);
         self.put(kind | NLA_F_NESTED, &nested.bytes)
     }
 }
 
-fn ack(kind: u16, flags: u16, message: &Message) -> io::Result<()> {
+pub(crate) fn ack(kind: u16, flags: u16, message: &Message) -> io::Result<()> {
     talk_bytes(
         kind,
         NLM_F_REQUEST | NLM_F_ACK | flags,

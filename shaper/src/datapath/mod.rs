@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod classifier;
 pub mod htb;
+pub mod ifb;
 pub mod interfaces;
 pub mod ktime;
 pub mod mapped_arrays;

@@ -24,24 +24,46 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     datapath::{
+        classifier::Classifier,
         htb::{self, ClassSpec, ClassStats},
-        interfaces,
+        ifb, interfaces,
     },
     error::{Error, Result},
     policy::rule_table::{Action, Rule},
 };
 
-/// The classes each interface should have: interface name → rule id → class.
-pub type Wanted = BTreeMap<String, BTreeMap<u16, ClassSpec>>;
+/// The classes one device should have, and for an IFB device the interface it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    pub classes: BTreeMap<u16, ClassSpec>,
+    /// `Some(interface)` for the IFB device of that interface's ingress shape rules.
+    pub ifb_of: Option<String>,
+}
+
+/// The classes each device should have, by device name: every attached interface (egress
+/// shape rules) and its IFB device (ingress shape rules). Every attached interface and IFB
+/// name is a key, so one left without shape rules is pruned.
+pub type Wanted = BTreeMap<String, Device>;
 
 /// The classes `rules` ask for on the attached interfaces `ifaces`: every shape rule on its one
-/// interface, or on all of them. Every attached interface is a key, so one with no shape rule
-/// left is pruned.
+/// interface, or on all of them, in each of its directions.
 pub fn wanted<'a>(rules: impl IntoIterator<Item = &'a Rule>, ifaces: &[String]) -> Wanted {
-    let mut wanted: Wanted = ifaces
-        .iter()
-        .map(|name| (name.clone(), BTreeMap::new()))
-        .collect();
+    let mut wanted = Wanted::new();
+    let mut devices = Vec::new();
+    for name in ifaces.iter().filter(|name| !name.is_empty()) {
+        wanted.insert(name.clone(), Device::default());
+        let ifb = interfaces::index(name).ok().map(ifb::name_for);
+        if let Some(ifb) = &ifb {
+            wanted.insert(
+                ifb.clone(),
+                Device {
+                    classes: BTreeMap::new(),
+                    ifb_of: Some(name.clone()),
+                },
+            );
+        }
+        devices.push((name.clone(), ifb));
+    }
     for rule in rules {
         if rule.limit.action != Action::Shape {
             continue;
@@ -52,9 +74,20 @@ pub fn wanted<'a>(rules: impl IntoIterator<Item = &'a Rule>, ifaces: &[String]) 
             burst_bytes: rule.limit.burst_bytes,
             queue_bytes: rule.limit.queue_bytes,
         };
-        for (name, classes) in &mut wanted {
-            if rule.key.iface.as_ref().is_none_or(|only| only == name) {
-                classes.insert(rule.id, spec);
+        let directions = rule.key.dir.directions();
+        for (name, ifb) in &devices {
+            if rule.key.iface.as_ref().is_some_and(|only| only != name) {
+                continue;
+            }
+            if directions.contains(&shaper_common::DIR_EGRESS)
+                && let Some(device) = wanted.get_mut(name)
+            {
+                device.classes.insert(rule.id, spec);
+            }
+            if directions.contains(&shaper_common::DIR_INGRESS)
+                && let Some(device) = ifb.as_ref().and_then(|ifb| wanted.get_mut(ifb))
+            {
+                device.classes.insert(rule.id, spec);
             }
         }
     }
@@ -73,11 +106,17 @@ fn failed(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> Err
 /// Checks, before anything changes, that every interface that needs shaper's root can have it:
 /// its root is shaper's or the kernel's default.
 pub fn check(wanted: &Wanted) -> Result<()> {
-    for (name, classes) in wanted {
-        if classes.is_empty() {
+    for (name, device) in wanted {
+        if device.classes.is_empty() {
             continue;
         }
-        let ifindex = interfaces::index(name)?;
+        // An IFB device shaper has not made yet has no root to keep.
+        let Ok(ifindex) = interfaces::index(name) else {
+            if device.ifb_of.is_some() {
+                continue;
+            }
+            return Err(Error::InterfaceNotFound(name.clone()));
+        };
         if let Some(root) =
             htb::root_qdisc(ifindex).map_err(failed(name, "reading the root qdisc"))?
             && !root.is_shapers()
@@ -92,14 +131,19 @@ pub fn check(wanted: &Wanted) -> Result<()> {
     Ok(())
 }
 
-/// Adds what `wanted` lacks: shaper's root where an interface needs one, and every missing
-/// class; the classes of rules in `changed` are set again even if they exist (a new rate,
-/// burst or queue). Removes nothing, so it runs before the classifier names a new class.
-pub fn add(wanted: &Wanted, changed: &BTreeSet<u16>) -> Result<()> {
+/// Adds what `wanted` lacks: the IFB devices of ingress shape rules, shaper's root where a
+/// device needs one, and every missing class; the classes of rules in `changed` are set again
+/// even if they exist (a new rate, burst or queue). Removes nothing, so it runs before the
+/// classifier names a new class. An IFB device is handed to the classifier last, once its
+/// classes are there.
+pub fn add(classifier: &mut Classifier, wanted: &Wanted, changed: &BTreeSet<u16>) -> Result<()> {
     check(wanted)?;
-    for (name, classes) in wanted {
-        if classes.is_empty() {
+    for (name, device) in wanted {
+        if device.classes.is_empty() {
             continue;
+        }
+        if device.ifb_of.is_some() {
+            ifb::create(name).map_err(failed(name, "creating the IFB device"))?;
         }
         let ifindex = interfaces::index(name)?;
         let root = htb::root_qdisc(ifindex).map_err(failed(name, "reading the root qdisc"))?;
@@ -112,11 +156,11 @@ pub fn add(wanted: &Wanted, changed: &BTreeSet<u16>) -> Result<()> {
                      lock, for all traffic. The kernel's default comes back with the last \
                      shape rule"
                 ),
-                Some(root) => log::info!(
+                Some(root) if device.ifb_of.is_none() => log::info!(
                     "{name}: the kernel's default root qdisc {root} is replaced by shaper's HTB \
                      5348: for shape rules; it comes back with the last shape rule"
                 ),
-                None => log::info!("{name}: shaper's HTB 5348: is the root qdisc"),
+                _ => log::info!("{name}: shaper's HTB 5348: is the root qdisc"),
             }
         }
         let existing: BTreeMap<u16, u32> = htb::classes(ifindex)
@@ -124,33 +168,47 @@ pub fn add(wanted: &Wanted, changed: &BTreeSet<u16>) -> Result<()> {
             .into_iter()
             .map(|class| (class.rule, class.leaf))
             .collect();
-        for (id, spec) in classes {
+        for (id, spec) in &device.classes {
             let leaf = existing.get(id).copied();
             if leaf.is_none() || changed.contains(id) {
                 htb::set_class(ifindex, spec, leaf)
                     .map_err(failed(name, "setting a shape rule's HTB class"))?;
             }
         }
+        if let Some(iface) = &device.ifb_of {
+            classifier.set_shape_ifb(iface, ifindex)?;
+        }
     }
     Ok(())
 }
 
 /// Removes what `wanted` no longer has: the classes of rules gone (or no longer shape rules),
-/// and shaper's root from an interface left without a shape rule, which brings the kernel's
-/// default root back. Runs after the classifier stopped naming those classes.
-pub fn prune(wanted: &Wanted) -> Result<()> {
-    for (name, classes) in wanted {
-        let ifindex = interfaces::index(name)?;
+/// shaper's root from an interface left without a shape rule, which brings the kernel's
+/// default root back, and an IFB device left without one (after the classifier stopped sending
+/// packets to it). Runs after the classifier stopped naming those classes.
+pub fn prune(classifier: &mut Classifier, wanted: &Wanted) -> Result<()> {
+    for (name, device) in wanted {
+        let Ok(ifindex) = interfaces::index(name) else {
+            continue;
+        };
+        if let Some(iface) = &device.ifb_of {
+            if device.classes.is_empty() {
+                classifier.set_shape_ifb(iface, 0)?;
+                ifb::delete(ifindex).map_err(failed(name, "removing the IFB device"))?;
+                log::info!("{name}: IFB device of {iface}'s ingress shape rules removed");
+                continue;
+            }
+        }
         let root = htb::root_qdisc(ifindex).map_err(failed(name, "reading the root qdisc"))?;
         if !root.as_ref().is_some_and(htb::RootQdisc::is_shapers) {
             continue;
         }
-        if classes.is_empty() {
+        if device.classes.is_empty() {
             remove_root(name, ifindex)?;
             continue;
         }
         for class in htb::classes(ifindex).map_err(failed(name, "listing the HTB classes"))? {
-            if !classes.contains_key(&class.rule) {
+            if !device.classes.contains_key(&class.rule) {
                 htb::delete_class(ifindex, class.rule)
                     .map_err(failed(name, "deleting a shape rule's HTB class"))?;
             }
@@ -184,6 +242,11 @@ pub fn release(ifaces: &[String]) -> Result<Vec<String>> {
             remove_root(name, ifindex)?;
             released.push(name.clone());
         }
+        let ifb_name = ifb::name_for(ifindex);
+        if let Ok(ifb_index) = interfaces::index(&ifb_name) {
+            ifb::delete(ifb_index).map_err(failed(&ifb_name, "removing the IFB device"))?;
+            released.push(ifb_name);
+        }
     }
     Ok(released)
 }
@@ -192,7 +255,12 @@ pub fn release(ifaces: &[String]) -> Result<Vec<String>> {
 /// interface however many rules there are. An interface that cannot be read adds nothing.
 pub fn stats(ifaces: &[String]) -> BTreeMap<u16, ClassStats> {
     let mut sums: BTreeMap<u16, ClassStats> = BTreeMap::new();
-    for name in ifaces {
+    let ifbs = ifaces
+        .iter()
+        .filter_map(|name| interfaces::index(name).ok())
+        .map(ifb::name_for);
+    let devices: Vec<String> = ifaces.iter().cloned().chain(ifbs).collect();
+    for name in &devices {
         let Ok(ifindex) = interfaces::index(name) else {
             continue;
         };

@@ -169,7 +169,7 @@ impl Limits {
         };
         // A shape rule's class exists before the classifier names it.
         let wanted = shape_classes::wanted(next.rules(), &classifier.interface_names());
-        shape_classes::add(&wanted, &BTreeSet::from([id]))?;
+        shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
         self.save(&next)?;
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
@@ -184,7 +184,7 @@ impl Limits {
         }
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
-        prune_classes(&wanted);
+        prune_classes(classifier, &wanted);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
@@ -227,10 +227,8 @@ impl Limits {
                 chain(&e)
             );
         }
-        prune_classes(&shape_classes::wanted(
-            self.table.rules(),
-            &classifier.interface_names(),
-        ));
+        let wanted = shape_classes::wanted(self.table.rules(), &classifier.interface_names());
+        prune_classes(classifier, &wanted);
         Ok(removed)
     }
 
@@ -290,7 +288,11 @@ impl Limits {
         let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
             classifier.live_rules()?.into_iter().collect();
         let wanted = shape_classes::wanted(table.rules(), &classifier.interface_names());
-        shape_classes::add(&wanted, &table.rules().map(|rule| rule.id).collect())?;
+        shape_classes::add(
+            classifier,
+            &wanted,
+            &table.rules().map(|rule| rule.id).collect(),
+        )?;
         let mut kept = 0;
         for rule in table.rules() {
             let config = rule.limit.config();
@@ -316,7 +318,7 @@ impl Limits {
             );
         }
         self.table = table;
-        prune_classes(&wanted);
+        prune_classes(classifier, &wanted);
         Ok(())
     }
 
@@ -412,8 +414,8 @@ fn bucket_bytes_now(
 /// Removes the classes no rule needs any more. The rule change they follow is done and saved,
 /// so a failure here leaves an unused class (its packets are no longer sent to it) and is only
 /// logged; the next change tries again.
-fn prune_classes(wanted: &shape_classes::Wanted) {
-    if let Err(e) = shape_classes::prune(wanted) {
+fn prune_classes(classifier: &mut Classifier, wanted: &shape_classes::Wanted) {
+    if let Err(e) = shape_classes::prune(classifier, wanted) {
         log::warn!("removing HTB classes no rule needs: {}", chain(&e));
     }
 }
