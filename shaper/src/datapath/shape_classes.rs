@@ -191,13 +191,13 @@ pub fn prune(classifier: &mut Classifier, wanted: &Wanted) -> Result<()> {
         let Ok(ifindex) = interfaces::index(name) else {
             continue;
         };
-        if let Some(iface) = &device.ifb_of {
-            if device.classes.is_empty() {
-                classifier.set_shape_ifb(iface, 0)?;
-                ifb::delete(ifindex).map_err(failed(name, "removing the IFB device"))?;
-                log::info!("{name}: IFB device of {iface}'s ingress shape rules removed");
-                continue;
-            }
+        if let Some(iface) = &device.ifb_of
+            && device.classes.is_empty()
+        {
+            classifier.set_shape_ifb(iface, 0)?;
+            ifb::delete(ifindex).map_err(failed(name, "removing the IFB device"))?;
+            log::info!("{name}: IFB device of {iface}'s ingress shape rules removed");
+            continue;
         }
         let root = htb::root_qdisc(ifindex).map_err(failed(name, "reading the root qdisc"))?;
         if !root.as_ref().is_some_and(htb::RootQdisc::is_shapers) {
