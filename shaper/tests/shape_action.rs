@@ -461,6 +461,33 @@ fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_
         rule.queued_packets + rule.dropped_packets
     );
     assert_eq!(received.count(), rule.queued_packets);
+    // The same figures in the metrics: one series per rule.
+    let response = common::metrics::get(
+        &pair.a,
+        "127.0.0.1:19350".parse().expect("address"),
+        "/metrics",
+        None,
+    );
+    let samples = common::metrics::samples(&response.body);
+    let value = |name: &str| {
+        samples
+            .iter()
+            .find(|(series, _)| {
+                series.starts_with(&format!("{name}{{"))
+                    && common::metrics::label(series, "ports") == Some(&port)
+            })
+            .map(|(_, &value)| value)
+            .unwrap_or_else(|| panic!("no {name} for port {port}:\n{}", response.body))
+    };
+    assert_eq!(
+        value("shaper_rule_queued_packets_total"),
+        rule.queued_packets as f64
+    );
+    assert_eq!(value("shaper_rule_backlog_bytes"), 0.0);
+    assert_eq!(
+        value("shaper_rule_queue_dropped_packets_total"),
+        rule.dropped_packets as f64
+    );
     // The sender is held back rather than its datagrams dropped: a queued skb stays charged to
     // the sending socket (veth does not orphan it), so its buffer fills and sends are refused.
 
