@@ -514,6 +514,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn shape_queue_and_ecn_keys_parse_and_bad_values_name_the_field() {
+        let text = r#"
+            [[limit]]
+            port = 7201
+            rate = "8mbit"
+            action = "shape"
+            queue = "512KiB"
+
+            [[limit]]
+            port = 7202
+            rate = "8mbit"
+            ecn = true
+        "#;
+        let config = parse(text, "test.toml").unwrap();
+        assert_eq!(
+            config.limits,
+            vec![
+                RuleSpec {
+                    action: Action::Shape,
+                    queue_bytes: Some(512 * 1024),
+                    ..spec("7201", 8_000_000)
+                },
+                RuleSpec {
+                    ecn: true,
+                    ..spec("7202", 8_000_000)
+                },
+            ]
+        );
+        assert_contains(
+            &error(&second_rule_with("rate = \"1mbit\"\necn = \"yes\"")),
+            &["limit #2 (port 9090)", "ecn 'yes'", "expected true"],
+        );
+        assert_contains(
+            &error(&second_rule_with("rate = \"1mbit\"\nqueue = \"lots\"")),
+            &["limit #2 (port 9090)", "queue", "lots"],
+        );
+    }
+
     /// A file whose second rule (port 9090) has `line` added.
     fn second_rule_with(line: &str) -> String {
         format!("[[limit]]\nport = 80\nrate = \"1mbit\"\n\n[[limit]]\nport = 9090\n{line}\n")
