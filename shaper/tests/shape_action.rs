@@ -599,3 +599,52 @@ fn a_tcp_upload_through_an_ingress_shape_rule_reaches_the_rate_with_few_retransm
         "stopping the daemon removed the IFB"
     );
 }
+
+#[test]
+fn dir_both_shapes_each_way_and_a_root_somebody_added_is_never_replaced() {
+    if !common::require_root("shape_both") {
+        return;
+    }
+    let pair = veth_pair("sb");
+    let daemon = Daemon::start(&pair.a, "sb", &["--iface", &pair.a_if]);
+    daemon.cli_ok(&[
+        "limit", "set", "7207", "--rate", RATE, "--action", "shape", "--queue", "1MiB",
+    ]);
+    let id = daemon.rules()[0].id;
+    let class = (format!("5348:{id:x}"), "8Mbit".to_owned());
+    let ifb = ifb_exists(&pair.a, &pair.a_if).expect("the IFB device of the ingress direction");
+    assert_eq!(classes(&pair.a, &pair.a_if), [class.clone()], "egress");
+    assert_eq!(classes(&pair.a, &ifb), [class], "ingress");
+    let queues = pair.a.tc(&["qdisc", "show", "dev", &pair.a_if]);
+    assert!(
+        queues.contains("bfifo") && queues.contains("limit 1Mb"),
+        "{queues}"
+    );
+    daemon.cli_ok(&["limit", "rm", "7207"]);
+    assert_eq!(ifb_exists(&pair.a, &pair.a_if), None);
+
+    // Somebody's own root: a shape rule would replace it, so it is refused and nothing changes.
+    pair.a.tc(&[
+        "qdisc", "add", "dev", &pair.a_if, "root", "handle", "1:", "htb",
+    ]);
+    let before = root_qdisc(&pair.a, &pair.a_if);
+    let refused = daemon.cli(&[
+        "limit", "set", "7208", "--rate", RATE, "--dir", "egress", "--action", "shape",
+    ]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    println!("{said}");
+    assert!(!refused.status.success());
+    assert!(
+        said.contains("has the root qdisc htb 1:") && said.contains("tc qdisc del dev"),
+        "{said}"
+    );
+    assert!(daemon.rules().is_empty());
+    assert_eq!(root_qdisc(&pair.a, &pair.a_if), before);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        root_qdisc(&pair.a, &pair.a_if),
+        before,
+        "stopping left it alone"
+    );
+}
