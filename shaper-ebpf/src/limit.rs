@@ -47,14 +47,17 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
         // not used. On ingress the class is on the interface's IFB device; without one (not
         // made yet, or already removed) the packet passes unshaped.
         let verdict = if direction == DIR_EGRESS {
+            shape::classify(ctx, rule as u32);
             Verdict::Pass
         } else {
             match shape::ifb_of(packet.slot) {
-                Some(ifb) => Verdict::Redirect(ifb),
+                Some(ifb) => {
+                    shape::classify(ctx, rule as u32);
+                    Verdict::Redirect(ifb)
+                }
                 None => Verdict::Pass,
             }
         };
-        shape::classify(ctx, rule as u32);
         // SAFETY: `counters` is a live `RULE_COUNTERS` element (from `get_ptr_mut` above);
         // `&raw mut` takes its field's address without making a reference.
         unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };

@@ -97,6 +97,7 @@ pub fn shaper_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn shaper_egress(ctx: TcContext) -> i32 {
+    shape::clear_stale(&ctx);
     handle(&ctx, DIR_EGRESS)
 }
 

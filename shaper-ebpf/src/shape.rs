@@ -9,7 +9,7 @@
 //! hook: the packet is counted, and meets this program, once.
 
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use shaper_common::shape_class_id;
+use shaper_common::{SHAPE_HTB_MAJOR, shape_class_id};
 
 use crate::SHAPE_IFB;
 
@@ -42,4 +42,19 @@ pub fn classify(ctx: &TcContext, rule: u32) {
     // SCHED_CLS program may write (net/core/filter.c `tc_cls_act_is_valid_access`), which the
     // verifier checks against the context's layout.
     unsafe { (*ctx.skb.skb).priority = shape_class_id(rule) };
+}
+
+/// Clears a class of shaper's left in `skb->priority` by an earlier hook: an ingress shape
+/// rule's packet keeps its class through the IFB, and if it is forwarded, the egress HTB of the
+/// interface it leaves by would otherwise queue it in the class of the same id. Called before
+/// the egress verdict, which names the class again if a shape rule governs the packet here.
+#[inline(always)]
+pub fn clear_stale(ctx: &TcContext) {
+    // SAFETY: `priority` is readable and writable in a SCHED_CLS program's context
+    // (`tc_cls_act_is_valid_access`); `skb` is this run's context.
+    unsafe {
+        if (*ctx.skb.skb).priority >> 16 == SHAPE_HTB_MAJOR {
+            (*ctx.skb.skb).priority = 0;
+        }
+    }
 }

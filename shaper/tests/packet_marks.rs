@@ -149,11 +149,24 @@ struct Run {
 }
 
 fn run(classifier: &mut Classifier, direction: Direction, frame: &[u8]) -> Run {
+    run_with_priority(classifier, direction, frame, 0)
+}
+
+/// [`run`] with `skb->priority` set to `priority` before the program sees the packet.
+fn run_with_priority(
+    classifier: &mut Classifier,
+    direction: Direction,
+    frame: &[u8],
+    priority: u32,
+) -> Run {
     let program = classifier.program_mut(direction).expect("program");
     let mut out = vec![0u8; frame.len() + 256];
     let mut context = vec![0u8; SKB_CONTEXT_LEN];
+    let mut context_in = vec![0u8; SKB_CONTEXT_LEN];
+    context_in[SKB_PRIORITY..SKB_PRIORITY + 4].copy_from_slice(&priority.to_ne_bytes());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
+    opts.ctx_in = Some(&context_in);
     opts.data_out = Some(&mut out);
     opts.ctx_out = Some(&mut context);
     let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
@@ -373,14 +386,21 @@ fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() 
             (r.passed_packets, r.dropped_packets),
             (2 * PACKETS_PER_BURST, 0)
         );
-        // Another port's packet keeps its priority.
+        // Another port's packet keeps its priority, but for a class of shaper's left by the
+        // ingress of a forwarded packet, which is cleared.
         let other = ethernet(
             &[],
             ETH_P_IP,
             &ipv4(IPPROTO_UDP, &udp(9095, 40000, &payload)),
         );
-        let r = run(&mut s.classifier, Direction::Egress, &other);
-        assert_eq!((r.verdict, r.priority), (PASS, 0));
+        for (before, after) in [(0, 0), (6, 6), (0x0001_0005, 0x0001_0005), (class, 0)] {
+            let r = run_with_priority(&mut s.classifier, Direction::Egress, &other, before);
+            assert_eq!(
+                (r.verdict, r.priority),
+                (PASS, after),
+                "priority {before:#x}"
+            );
+        }
         s.limits
             .remove(&mut s.classifier, &view.key())
             .expect("remove");
