@@ -613,7 +613,11 @@ fn dir_both_shapes_each_way_and_a_root_somebody_added_is_never_replaced() {
     let id = daemon.rules()[0].id;
     let class = (format!("5348:{id:x}"), "8Mbit".to_owned());
     let ifb = ifb_exists(&pair.a, &pair.a_if).expect("the IFB device of the ingress direction");
-    assert_eq!(classes(&pair.a, &pair.a_if), [class.clone()], "egress");
+    assert_eq!(
+        classes(&pair.a, &pair.a_if),
+        std::slice::from_ref(&class),
+        "egress"
+    );
     assert_eq!(classes(&pair.a, &ifb), [class], "ingress");
     let queues = pair.a.tc(&["qdisc", "show", "dev", &pair.a_if]);
     assert!(
