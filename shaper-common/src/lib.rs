@@ -50,9 +50,11 @@ pub mod maps {
     pub const TRACE_LOST: &str = "TRACE_LOST";
     /// `ARRAY` of one `u32`: the [`log_level`](crate::log_level) of the program's rare paths.
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
+    /// `ARRAY` of ifindex (`u32`) by interface slot: the IFB device of ingress shape rules.
+    pub const SHAPE_IFB: &str = "SHAPE_IFB";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -74,6 +76,7 @@ pub mod maps {
         TRACE_BUDGET,
         TRACE_LOST,
         LOG_LEVEL,
+        SHAPE_IFB,
     ];
 }
 
@@ -184,7 +187,7 @@ pub const SIDES: u32 = 2;
 
 /// Rule ids are `1..MAX_RULES`; id 0 in the rule index means "no rule". 65,536 is every id a
 /// `u16` cell of the rule index can name: enough for one rule on every port but one, and the
-/// rule maps it sizes take 10 MiB (see the README's memory section).
+/// rule maps it sizes take 12 MiB (see the README's memory section).
 pub const MAX_RULES: u32 = 1 << 16;
 const _: () = assert!(MAX_RULES - 1 <= u16::MAX as u32, "rule ids are u16 cells");
 pub const NO_RULE: u16 = 0;
@@ -214,6 +217,32 @@ pub const fn bucket_index(rule: u32, direction: u32) -> u32 {
 pub const ACTION_DROP: u32 = 1;
 /// Pass it, and count it as a would-drop: a dry run of the same rule.
 pub const ACTION_OBSERVE: u32 = 2;
+/// Queue it: the egress program puts every packet of the rule into the rule's HTB class (see
+/// [`shape_class_id`]); the class, not the bucket, holds the rate.
+pub const ACTION_SHAPE: u32 = 3;
+
+/// [`RuleConfig::flags`] bit of a `drop` rule with `--ecn`: while its bucket holds less than
+/// half the burst ([`ecn_threshold`]), an ECN-capable packet is marked CE instead of passing
+/// silently; only a packet the bucket has no tokens for is dropped.
+pub const RULE_FLAG_ECN: u32 = 1;
+
+/// Tokens (nanobits) below which an `--ecn` rule marks: half the burst.
+#[inline(always)]
+pub const fn ecn_threshold(burst_nanobits: u64) -> u64 {
+    burst_nanobits / 2
+}
+
+/// The major number (handle `5348:`) of the HTB root qdisc shaper installs for shape rules.
+/// Arbitrary but fixed, so a restarted daemon recognises its own root.
+pub const SHAPE_HTB_MAJOR: u32 = 0x5348;
+
+/// The HTB class of shape rule `rule`: `5348:<rule id>`, as TC_H_MAKE (include/uapi/linux/
+/// pkt_sched.h) builds it. The egress program writes it to `skb->priority`, which HTB's
+/// `htb_classify` (net/sched/sch_htb.c) takes as the class when it names one of its leaves.
+#[inline(always)]
+pub const fn shape_class_id(rule: u32) -> u32 {
+    (SHAPE_HTB_MAJOR << 16) | (rule & 0xFFFF)
+}
 
 /// A rule's limit as the classifier reads it. Written by userspace as a whole; the program
 /// passes the packets of a rule whose `rate_bps` is 0 uncharged (a removed rule), and passes
@@ -228,9 +257,10 @@ pub struct RuleConfig {
     /// Nanoseconds to refill an empty bucket, [`bucket::fill_ns`]: the cap on the elapsed time
     /// one refill credits, computed once by userspace so the program never divides.
     pub fill_ns: u64,
-    /// [`ACTION_DROP`] or [`ACTION_OBSERVE`].
+    /// [`ACTION_DROP`], [`ACTION_OBSERVE`] or [`ACTION_SHAPE`].
     pub action: u32,
-    pub _pad: u32,
+    /// [`RULE_FLAG_ECN`] or 0.
+    pub flags: u32,
 }
 const _: () = assert!(size_of::<RuleConfig>() == 32);
 
@@ -270,8 +300,10 @@ pub struct RuleCounters {
     pub dropped: Counter,
     /// Packets an `observe` rule passed that `drop` would have dropped.
     pub would_drop: Counter,
+    /// Packets an `--ecn` rule marked CE (and passed; they are in `passed` too).
+    pub marked: Counter,
 }
-const _: () = assert!(size_of::<RuleCounters>() == 48);
+const _: () = assert!(size_of::<RuleCounters>() == 64);
 
 /// Verdict counters of one port (indexed like `PORT_COUNTERS`); passed is seen minus dropped.
 #[repr(C)]
@@ -282,14 +314,14 @@ pub struct PortVerdicts {
 }
 const _: () = assert!(size_of::<PortVerdicts>() == 32);
 
-// SAFETY: repr(C) of three u64 then two u32 (`action`, and `_pad` filling the tail), so no
+// SAFETY: repr(C) of three u64 then two u32 (`action`, and `flags` filling the tail), so no
 // implicit padding (size asserted above); every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RuleConfig {}
 // SAFETY: repr(C) of two u64, no padding (size asserted above), every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BucketState {}
-// SAFETY: repr(C) of three `Counter`s (two u64 each), no padding (size asserted above), every
+// SAFETY: repr(C) of four `Counter`s (two u64 each), no padding (size asserted above), every
 // bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RuleCounters {}

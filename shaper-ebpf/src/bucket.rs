@@ -24,15 +24,21 @@ use shaper_common::{BucketState, RuleConfig, bucket};
 /// in between, so with a handful of CPUs on one rule a few attempts always suffice.
 const TAKE_ATTEMPTS: u32 = 8;
 
-/// Charges `cost` nanobits to the bucket at `now` (`bpf_ktime_get_ns`). True when the packet
-/// conforms; a non-conforming packet is not charged.
+/// Charges `cost` nanobits to the bucket at `now` (`bpf_ktime_get_ns`). The tokens left when the
+/// packet conforms (an `--ecn` rule marks below a threshold of them); `None` when it does not,
+/// and then it is not charged.
 ///
 /// # Safety
 ///
 /// `state` points to a live, aligned `BucketState` in a map value (from `get_ptr_mut`, say) that
 /// outlives the call.
 #[inline(always)]
-pub unsafe fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, cost: u64) -> bool {
+pub unsafe fn charge(
+    state: *mut BucketState,
+    config: &RuleConfig,
+    now: u64,
+    cost: u64,
+) -> Option<u64> {
     // SAFETY: the caller vouches for `state`; `&raw mut` takes the fields' addresses without
     // making references, which the other CPUs' concurrent writes would break.
     let (stamp_ptr, tokens_ptr) = unsafe { (&raw mut (*state).stamp_ns, &raw mut (*state).tokens) };
@@ -77,7 +83,7 @@ pub unsafe fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, c
                     );
                 }
             }
-            return false;
+            return None;
         };
         // SAFETY: BPF_CMPXCHG on a live, aligned u64 (caller's contract).
         let (_, taken) = unsafe {
@@ -86,8 +92,8 @@ pub unsafe fn conforms(state: *mut BucketState, config: &RuleConfig, now: u64, c
             )
         };
         if taken {
-            return true;
+            return Some(left);
         }
     }
-    false
+    None
 }

@@ -1,10 +1,10 @@
 //! Limits: find the rule that governs a packet, ask its bucket, count the verdict.
 
-use crate::{BUCKETS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, bucket, count};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use crate::{BUCKETS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, bucket, count, ecn, shape};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use shaper_common::{
-    ACTION_DROP, ACTION_OBSERVE, MAX_RULES, NO_RULE, SIDE_LOCAL, SIDE_REMOTE, bucket::cost,
-    bucket_index, rule_index_row,
+    ACTION_DROP, ACTION_OBSERVE, ACTION_SHAPE, DIR_EGRESS, MAX_RULES, NO_RULE, RULE_FLAG_ECN,
+    SIDE_LOCAL, SIDE_REMOTE, bucket::cost, bucket_index, ecn_threshold, rule_index_row,
 };
 
 pub enum Verdict {
@@ -12,12 +12,14 @@ pub enum Verdict {
     Drop,
     /// Passed by an `observe` rule that would have dropped it.
     WouldDrop,
+    /// To the IFB device with this ifindex: an ingress shape rule's packet.
+    Redirect(u32),
 }
 
 /// The verdict for a counted packet. Userspace resolves overlapping rules into the rule index,
 /// so the program only looks up the winner: the local port's rule, else the remote port's.
 #[inline(always)]
-pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
+pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict {
     let mut rule = rule_for(packet, direction, SIDE_LOCAL, packet.local_port);
     if rule == NO_RULE {
         rule = rule_for(packet, direction, SIDE_REMOTE, packet.remote_port);
@@ -42,14 +44,45 @@ pub fn apply(packet: &count::Packet, direction: u32) -> Verdict {
     else {
         return Verdict::Pass;
     };
+    if config.action == ACTION_SHAPE {
+        // The rule's HTB class holds the rate and its queue does the dropping; its bucket is
+        // not used. On ingress the class is on the interface's IFB device; without one (not
+        // made yet, or already removed) the packet passes unshaped.
+        let verdict = if direction == DIR_EGRESS {
+            shape::classify(ctx, rule as u32);
+            Verdict::Pass
+        } else {
+            match shape::ifb_of(packet.slot) {
+                Some(ifb) => {
+                    shape::classify(ctx, rule as u32);
+                    Verdict::Redirect(ifb)
+                }
+                None => Verdict::Pass,
+            }
+        };
+        // SAFETY: `counters` is a live `RULE_COUNTERS` element (from `get_ptr_mut` above);
+        // `&raw mut` takes its field's address without making a reference.
+        unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };
+        return verdict;
+    }
     // SAFETY: a helper without arguments, allowed in every program type.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `state` comes from `get_ptr_mut` above: a non-null pointer to a `BUCKETS` element
     // (index checked by the lookup), which lives as long as the map.
-    if unsafe { bucket::conforms(state, &config, now, cost(packet.bytes)) } {
+    if let Some(left) = unsafe { bucket::charge(state, &config, now, cost(packet.bytes)) } {
         // SAFETY: `counters` is a live `RULE_COUNTERS` element, found like `state`; `&raw mut`
         // takes its field's address without making a reference.
         unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };
+        if config.flags & RULE_FLAG_ECN != 0
+            && config.action == ACTION_DROP
+            && left < ecn_threshold(config.burst_nanobits)
+            && ecn::mark(ctx)
+        {
+            // SAFETY: the same live `RULE_COUNTERS` element, another field.
+            unsafe {
+                count::add_shared(&raw mut (*counters).marked, packet.segments, packet.bytes)
+            };
+        }
         return Verdict::Pass;
     }
     // The same two counters move for either action: the rule's and the port's.

@@ -1,9 +1,11 @@
 //! shaper's tc classifier: one program per hook direction, sharing the maps below.
 //!
 //! Every packet is parsed to (L4 protocol, ports) by [`parse`], counted by [`count`] and, when a
-//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`]. The programs
-//! never alter a packet and fail open: whatever cannot be parsed, or has no rule, passes
-//! untouched; only a packet its rule's bucket has no tokens for is dropped.
+//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`] or, for a
+//! shape rule, put into the rule's HTB class by [`shape`]. The programs fail open: whatever
+//! cannot be parsed, or has no rule, passes untouched; only a packet its rule's bucket has no
+//! tokens for is dropped. They alter a packet in two ways only: the HTB class of a shape rule's
+//! packet (`skb->priority`), and the CE mark of an `--ecn` rule ([`ecn`]).
 #![no_std]
 #![no_main]
 #![expect(
@@ -15,9 +17,11 @@
 
 mod bucket;
 mod count;
+mod ecn;
 mod limit;
 mod parse;
 mod rare_log;
+mod shape;
 mod talkers;
 mod tcp_events;
 mod trace;
@@ -77,6 +81,11 @@ static BUCKETS: Array<BucketState> = Array::with_max_entries(MAX_RULES * DIRECTI
 static RULE_COUNTERS: Array<RuleCounters> =
     Array::with_max_entries(MAX_RULES * DIRECTIONS, BPF_F_MMAPABLE);
 
+/// Per interface slot: the ifindex of the IFB device the slot's ingress shape rules queue on,
+/// 0 while it has none (see [`shape`]). Written by userspace when it creates or removes one.
+#[map]
+static SHAPE_IFB: Array<u32> = Array::with_max_entries(MAX_IFACES, 0);
+
 /// `TC_ACT_UNSPEC` hands the packet on unchanged: for tcx it is `TCX_NEXT` (run the next program,
 /// pass if none; include/uapi/linux/bpf.h `enum tcx_action_base`), for a direct-action cls_bpf
 /// filter it continues with the next filter. Either way shaper composes with other programs.
@@ -92,6 +101,7 @@ pub fn shaper_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn shaper_egress(ctx: TcContext) -> i32 {
+    shape::clear_stale(&ctx);
     handle(&ctx, DIR_EGRESS)
 }
 
@@ -100,11 +110,12 @@ fn handle(ctx: &TcContext, direction: u32) -> i32 {
     let Some(packet) = count::observe(ctx, direction) else {
         return PASS;
     };
-    let verdict = limit::apply(&packet, direction);
+    let verdict = limit::apply(ctx, &packet, direction);
     talkers::account(ctx, &packet, direction, &verdict);
     match verdict {
         limit::Verdict::Pass | limit::Verdict::WouldDrop => PASS,
         limit::Verdict::Drop => DROP,
+        limit::Verdict::Redirect(ifindex) => shape::redirect(ifindex),
     }
 }
 

@@ -61,7 +61,7 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
     // Packed into scalars: a subprogram takes at most five arguments in registers, and passing
     // `packet` by reference would make the common path keep it in memory for this rare call.
     let verdict_code: u64 = match verdict {
-        Verdict::Pass => 0,
+        Verdict::Pass | Verdict::Redirect(_) => 0,
         Verdict::Drop => 1,
         Verdict::WouldDrop => 2,
     };
@@ -132,7 +132,7 @@ fn watched(ctx: &TcContext, bytes: u64, ports: u64, what: u64) {
         ..TalkerCounters::default()
     };
     match verdict {
-        Verdict::Pass => {}
+        Verdict::Pass | Verdict::Redirect(_) => {}
         Verdict::Drop => fresh.dropped = this,
         Verdict::WouldDrop => fresh.would_drop = this,
     }
@@ -160,7 +160,7 @@ unsafe fn add(entry: *mut TalkerCounters, verdict: &Verdict, this: &Counter) {
     unsafe {
         count::add_shared(&raw mut (*entry).seen, this.packets, this.bytes);
         match verdict {
-            Verdict::Pass => {}
+            Verdict::Pass | Verdict::Redirect(_) => {}
             Verdict::Drop => count::add_shared(&raw mut (*entry).dropped, this.packets, this.bytes),
             Verdict::WouldDrop => {
                 count::add_shared(&raw mut (*entry).would_drop, this.packets, this.bytes)

@@ -56,7 +56,7 @@ pub fn record(
         return;
     };
     let verdict = match verdict {
-        Verdict::Pass => VERDICT_PASS,
+        Verdict::Pass | Verdict::Redirect(_) => VERDICT_PASS,
         Verdict::Drop => VERDICT_DROP,
         Verdict::WouldDrop => VERDICT_WOULD_DROP,
     };

@@ -105,6 +105,8 @@ pub enum Error {
 
     #[error(transparent)]
     Limit(#[from] crate::policy::rule_table::LimitError),
+    #[error(transparent)]
+    ActionOption(#[from] crate::policy::action_options::ActionOptionError),
 
     #[error("config rule {rule}")]
     ConfigRule {
@@ -226,6 +228,21 @@ pub enum Error {
 
     #[error(transparent)]
     Map(Box<aya::maps::MapError>),
+
+    #[error(
+        "{iface} has the root qdisc {root}, which shaper did not add and could not put back as \
+         it was: a shape rule would replace it. Remove it (`tc qdisc del dev {iface} root`) or \
+         shape on another interface"
+    )]
+    ShapeForeignRoot { iface: String, root: String },
+
+    #[error("{what} on {iface} failed")]
+    Shape {
+        iface: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
 
     #[error(transparent)]
     Io(#[from] io::Error),

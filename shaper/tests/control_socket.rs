@@ -390,6 +390,8 @@ fn spec(key: RuleKey, rate_bps: u64, burst_bytes: Option<u64>) -> RuleSpec {
         rate_bps,
         burst_bytes,
         action: Action::Drop,
+        ecn: false,
+        queue_bytes: None,
     }
 }
 
@@ -456,6 +458,8 @@ fn ordered_changes(socket: &Path, rng: &mut Rng) -> (Model, usize) {
                     rate_bps: rate,
                     burst_bytes: Some(burst),
                     action,
+                    ecn: false,
+                    queue_bytes: None,
                 };
                 match control::request(socket, &Request::LimitSet { rule }) {
                     Err(e) => assert!(e.to_string().contains("daemon refused"), "{e}"),
@@ -469,6 +473,8 @@ fn ordered_changes(socket: &Path, rng: &mut Rng) -> (Model, usize) {
                     rate_bps,
                     burst_bytes: Some(burst),
                     action,
+                    ecn: false,
+                    queue_bytes: None,
                 };
                 let existed = model
                     .insert(key.clone(), (rate_bps, burst, action))

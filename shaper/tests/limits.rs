@@ -70,6 +70,8 @@ fn spec(key: RuleKey, action: Action) -> RuleSpec {
         rate_bps: RATE_BPS,
         burst_bytes: Some(BURST),
         action,
+        ecn: false,
+        queue_bytes: None,
     }
 }
 

@@ -31,6 +31,8 @@ fn spec(port: u16, rate_bps: u64) -> RuleSpec {
         rate_bps,
         burst_bytes: Some(BURST),
         action: Action::Drop,
+        ecn: false,
+        queue_bytes: None,
     }
 }
 

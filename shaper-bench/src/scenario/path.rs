@@ -32,6 +32,8 @@ pub fn rules_on_other_ports(except: u16, rate_bps: u64) -> Vec<RuleSpec> {
             rate_bps,
             burst_bytes: None,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: None,
         })
         .collect()
 }

@@ -49,6 +49,8 @@ impl Subject {
             rate_bps,
             burst_bytes,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: None,
         };
         // 1 Tbit/s refills a 64-byte packet's cost in 0.5 ns: the bucket never runs dry, so every
         // packet takes the full conforming path (refill, take, counters).

@@ -61,9 +61,20 @@ pub struct SetArgs {
     #[arg(long, value_parser = parse_size)]
     burst: Option<u64>,
 
-    /// drop: police; observe: pass everything and count what drop would have dropped.
+    /// drop: police; observe: pass everything and count what drop would have dropped; shape:
+    /// queue the rule's packets in an HTB class at the rate (ingress through an IFB device).
     #[arg(long, value_enum, default_value_t = Action::Drop)]
     action: Action,
+
+    /// With `--action drop`: mark ECN-capable packets CE while the bucket holds less than half
+    /// the burst; only an empty bucket drops.
+    #[arg(long)]
+    ecn: bool,
+
+    /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...). Default: 100 ms of
+    /// the rate, at least eight of the largest GSO/GRO aggregate (512 KiB); at least two.
+    #[arg(long, value_parser = parse_size)]
+    queue: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +121,8 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
                 rate_bps: args.rate,
                 burst_bytes: args.burst,
                 action: args.action,
+                ecn: args.ecn,
+                queue_bytes: args.queue,
             };
             match control::request(socket, &Request::LimitSet { rule })? {
                 Response::RuleSet { rule, replaced } => {
@@ -235,7 +248,48 @@ fn table(rules: &[RuleView]) -> String {
             ],
         );
     }
+    out.push_str(&queueing_lines(rules));
     out
+}
+
+/// A line under the table for each shape rule (its queue) and each `--ecn` rule (its marks):
+/// figures the other actions do not have.
+fn queueing_lines(rules: &[RuleView]) -> String {
+    let mut out = String::new();
+    for r in rules {
+        if r.action == Action::Shape {
+            let _ = writeln!(
+                out,
+                "rule {} shape: queued {} packets ({} bytes), queue overflow {} dropped; \
+                 backlog {} packets / {} bytes of {} (delay {:.1} ms)",
+                r.id,
+                r.queued_packets,
+                r.queued_bytes,
+                r.dropped_packets,
+                r.backlog_packets,
+                r.backlog_bytes,
+                r.queue_bytes,
+                queue_delay_ms(r.backlog_bytes, r.rate_bps),
+            );
+        }
+        if r.ecn {
+            let _ = writeln!(
+                out,
+                "rule {} ecn: marked CE {} packets ({} bytes)",
+                r.id, r.marked_packets, r.marked_bytes
+            );
+        }
+    }
+    out
+}
+
+/// How long `backlog_bytes` take to leave at `rate_bps`: the delay a packet joining the queue
+/// now waits.
+pub fn queue_delay_ms(backlog_bytes: u64, rate_bps: u64) -> f64 {
+    if rate_bps == 0 {
+        return 0.0;
+    }
+    backlog_bytes as f64 * 8.0 * 1000.0 / rate_bps as f64
 }
 
 #[cfg(test)]
@@ -264,7 +318,40 @@ mod tests {
             ingress_bucket_bytes: 0,
             egress_bucket_bytes: 0,
             origin: shaper::policy::config_reload::Origin::Runtime,
+            ecn: false,
+            marked_packets: 0,
+            marked_bytes: 0,
+            queue_bytes: 0,
+            queued_packets: 0,
+            queued_bytes: 0,
+            backlog_packets: 0,
+            backlog_bytes: 0,
         }
+    }
+
+    #[test]
+    fn shape_and_ecn_rules_get_a_line_under_the_table_with_the_queue_delay() {
+        let shaped = RuleView {
+            queued_packets: 6611,
+            queued_bytes: 6_611_000,
+            backlog_packets: 73,
+            backlog_bytes: 73_000,
+            queue_bytes: 131_072,
+            ..view("7201", Side::Local, None, Action::Shape)
+        };
+        let marking = RuleView {
+            ecn: true,
+            marked_packets: 768,
+            marked_bytes: 98_304,
+            ..view("7202", Side::Local, None, Action::Drop)
+        };
+        let plain = view("7203", Side::Local, None, Action::Drop);
+        assert_eq!(
+            queueing_lines(&[shaped, marking, plain]),
+            "rule 3 shape: queued 6611 packets (6611000 bytes), queue overflow 2 dropped; \
+             backlog 73 packets / 73000 bytes of 131072 (delay 73.0 ms)\n\
+             rule 3 ecn: marked CE 768 packets (98304 bytes)\n"
+        );
     }
 
     /// What `limit set` and `limit rm` print after "rule N added: ".

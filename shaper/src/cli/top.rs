@@ -266,13 +266,17 @@ fn cell_text(row: &Row, column: Column, bits: bool) -> String {
                 match r.action {
                     Action::Observe => "obs",
                     Action::Drop => "drop",
+                    Action::Shape => "shape",
                 }
             )
         }),
-        Column::Bucket => row
-            .rule
-            .as_ref()
-            .map_or("-".to_owned(), |r| format!("{:.0}%", r.bucket_fill * 100.0)),
+        // A shape rule has no bucket in use: its queue delay stands there instead.
+        Column::Bucket => row.rule.as_ref().map_or("-".to_owned(), |r| {
+            r.queue_delay_ms.map_or_else(
+                || format!("{:.0}%", r.bucket_fill * 100.0),
+                |ms| format!("q{ms:.0}ms"),
+            )
+        }),
         Column::Process => row.process.clone().unwrap_or_else(|| "-".to_owned()),
     }
 }

@@ -241,6 +241,15 @@ impl Daemon {
             info!("stopped; the datapath stays attached and pinned (--persist)");
             return Ok(());
         }
+        // Shaper's HTB roots go first, while the classifier still names the interfaces; the
+        // kernel's default roots come back.
+        let in_force = &mut *in_force;
+        if let Err(e) = in_force.limits.release_shaping(&in_force.classifier) {
+            log::warn!(
+                "removing shaper's HTB root qdiscs: {}",
+                crate::error::chain(&e)
+            );
+        }
         // Detach explicitly so a failure is reported (dropping would only log it).
         let detached = in_force.classifier.detach_all();
         served?;

@@ -81,7 +81,7 @@ pub struct InterfaceState {
 /// (values only; the kernel adds a page or so of bookkeeping per map): per interface 4 MiB of
 /// port counters, 8 MiB of per-port verdict counters, 1 MiB of rule index, 6 MiB of TCP event
 /// counters and 20 MiB of handshake round-trip histograms, plus the per-CPU unclassified
-/// counters and the fixed-size rule maps (10 MiB for 65,536 rule ids) and handshake tracker.
+/// counters and the fixed-size rule maps (12 MiB for 65,536 rule ids) and handshake tracker.
 pub fn map_memory_bytes(interfaces: u32, cpus: u32) -> u64 {
     let tcp = tcp_telemetry::map_memory_bytes(interfaces);
     let interfaces = u64::from(interfaces);
@@ -435,6 +435,22 @@ impl Classifier {
         attach::program_mut(&mut self.ebpf, direction)
     }
 
+    /// Points the ingress shape rules of interface `name` at IFB device `ifb` (0: none, they
+    /// pass unshaped). An interface this daemon does not name has nothing to point.
+    pub fn set_shape_ifb(&mut self, name: &str, ifb: u32) -> Result<()> {
+        let Some(slot) = self
+            .interfaces
+            .iter()
+            .position(|i| i.current && i.name == name)
+        else {
+            return Ok(());
+        };
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(map_mut(&mut self.ebpf, maps::SHAPE_IFB)?)?;
+        map.set(slot as u32, ifb, 0)?;
+        Ok(())
+    }
+
     /// Names of the registered interfaces, in slot order; an adopted slot this daemon does not
     /// use is named "", which no interface-specific rule matches.
     pub fn interface_names(&self) -> Vec<String> {
@@ -506,6 +522,7 @@ impl Classifier {
             passed: at(0),
             dropped: at(1),
             would_drop: at(2),
+            marked: at(3),
         }
     }
 
@@ -904,10 +921,10 @@ mod tests {
     }
 
     #[test]
-    fn map_memory_is_39_mib_per_interface_ten_for_the_rules_and_a_little_per_cpu() {
-        // 65,536 rule ids × (32 B limit + 2 directions × (16 B bucket + 48 B counters)).
-        let rules = 65536 * (32 + 2 * (16 + 48));
-        assert_eq!(rules, 10 * 1024 * 1024);
+    fn map_memory_is_39_mib_per_interface_twelve_for_the_rules_and_a_little_per_cpu() {
+        // 65,536 rule ids × (32 B limit + 2 directions × (16 B bucket + 64 B counters)).
+        let rules = 65536 * (32 + 2 * (16 + 64));
+        assert_eq!(rules, 12 * 1024 * 1024);
         // The handshake tracker: 16,384 entries of 40 B key + 16 B value + 64 B of the kernel's
         // element header (`struct htab_elem`, kernel/bpf/hashtab.c; bpftool reports 1,966,976 B
         // for the map), plus the 32 B tracker totals.

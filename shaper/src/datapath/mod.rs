@@ -3,12 +3,15 @@
 pub mod attach;
 pub mod bpf_log;
 pub mod classifier;
+pub mod htb;
+pub mod ifb;
 pub mod interfaces;
 pub mod ktime;
 pub mod mapped_arrays;
 pub(crate) mod netlink;
 pub mod pinned_datapath;
 pub mod pins;
+pub mod shape_classes;
 pub mod tcp_telemetry;
 pub(crate) mod tcx_query;
 pub mod trace_switch;

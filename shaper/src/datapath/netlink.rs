@@ -61,7 +61,7 @@ const _: () = assert!(size_of::<libc::sockaddr_nl>() == 12);
 const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
 const CLSACT_HANDLE: u32 = 0xFFFF_0000;
 
-fn invalid(what: &'static str) -> io::Error {
+pub(crate) fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
@@ -69,7 +69,7 @@ fn invalid(what: &'static str) -> io::Error {
 /// 1..=INT_MAX. Outside it no device exists and a request would mislead (tcm_ifindex -1 is
 /// TCM_IFINDEX_MAGIC_BLOCK, and RTM_GETLINK takes index 0 as "look up by name" and answers
 /// EINVAL), so such an index is ENODEV without asking, as it is for a free one.
-fn device_index(ifindex: u32) -> io::Result<i32> {
+pub(crate) fn device_index(ifindex: u32) -> io::Result<i32> {
     i32::try_from(ifindex)
         .ok()
         .filter(|&index| index > 0)
@@ -190,7 +190,7 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
 }
 
 /// The answer to a request sent with NLM_F_ACK and nothing else: the ack.
-fn acknowledged(reply: Reply<'_>) -> io::Result<ControlFlow<()>> {
+pub(crate) fn acknowledged(reply: Reply<'_>) -> io::Result<ControlFlow<()>> {
     match reply {
         Reply::Ack => Ok(ControlFlow::Break(())),
         Reply::Message { .. } | Reply::Done => Err(invalid("unexpected netlink reply")),
@@ -200,7 +200,7 @@ fn acknowledged(reply: Reply<'_>) -> io::Result<ControlFlow<()>> {
 /// One message of the kernel's reply, as a request's handler sees it. NLMSG_NOOP never reaches
 /// it; an NLMSG_ERROR with an errno or an NLMSG_DONE with one is the request's error instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply<'a> {
+pub(crate) enum Reply<'a> {
     /// Any other message: its type and what follows its header.
     Message { kind: u16, payload: &'a [u8] },
     /// NLMSG_ERROR with error 0 (include/uapi/linux/netlink.h `struct nlmsgerr`).
@@ -254,6 +254,42 @@ fn talk<B: Body, T>(
     loop {
         // rtnetlink handles a request inside sendmsg(2) (net/core/rtnetlink.c `rtnetlink_rcv`),
         // so the first datagram of the reply is already queued.
+        let Some(datagram) = socket.receive()? else {
+            continue;
+        };
+        if let ControlFlow::Break(answer) = exchange.walk(&datagram, &mut handle)? {
+            return Ok(answer);
+        }
+    }
+}
+
+/// [`talk`] for a request whose body is only known at run time (a tcmsg followed by attributes
+/// built by the caller, as the qdisc and class requests of `htb` are): the same exchange, the
+/// same reply handling. `body` is what follows the nlmsghdr.
+pub(crate) fn talk_bytes<T>(
+    kind: u16,
+    flags: u16,
+    body: &[u8],
+    mut handle: impl FnMut(Reply<'_>) -> io::Result<ControlFlow<T>>,
+) -> io::Result<T> {
+    let socket = Socket::open()?;
+    let seq = NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let len =
+        u32::try_from(HEADER_LEN + body.len()).map_err(|_| invalid("netlink request too long"))?;
+    let mut request = Vec::with_capacity(HEADER_LEN + body.len());
+    // struct nlmsghdr: len, type, flags, seq, pid (0: the kernel fills in the sender's port).
+    request.extend_from_slice(&len.to_ne_bytes());
+    request.extend_from_slice(&kind.to_ne_bytes());
+    request.extend_from_slice(&flags.to_ne_bytes());
+    request.extend_from_slice(&seq.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(body);
+    socket.send_bytes(&request)?;
+    let exchange = Exchange {
+        seq,
+        port: socket.port,
+    };
+    loop {
         let Some(datagram) = socket.receive()? else {
             continue;
         };
@@ -416,6 +452,25 @@ impl Socket {
         }
         // SAFETY: `fd` was just opened and nothing else owns it; OwnedFd closes it once.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // rtnetlink answers inside sendmsg(2), so a reply that has not come within this long
+        // never will (a request the kernel answers nobody, say): an error, not a hang.
+        let timeout = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` is a timeval of the length passed, read during the call only.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
         // Port 0 asks the kernel for a free one (net/netlink/af_netlink.c `netlink_bind` calls
         // `netlink_autobind`); getsockname says which, for telling our replies apart.
         let mut address = netlink_address(0);
@@ -463,6 +518,29 @@ impl Socket {
         })?;
         // A netlink datagram is sent whole or not at all.
         if sent != len {
+            return Err(invalid("netlink request sent in part"));
+        }
+        Ok(())
+    }
+
+    /// Sends a request already laid out as bytes (header and body).
+    fn send_bytes(&self, request: &[u8]) -> io::Result<()> {
+        let kernel = netlink_address(0);
+        let sent = retry(|| {
+            // SAFETY: `request` is an initialised byte slice of the length passed; `kernel` is a
+            // sockaddr_nl of the length passed. sendto reads both during the call only.
+            unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                    (&raw const kernel).cast(),
+                    SOCKADDR_NL_LEN,
+                )
+            }
+        })?;
+        if sent != request.len() {
             return Err(invalid("netlink request sent in part"));
         }
         Ok(())
@@ -610,7 +688,7 @@ pub(crate) fn parse_link_attributes(attributes: &[u8]) -> AggregateLimits {
 /// The attributes (struct nlattr, which rtattr shares) packed in `bytes`, as their type without
 /// the flag bits and their value. Never panics: the walk ends at the first attribute whose length
 /// is impossible, as nla_ok (include/net/netlink.h) would.
-fn walk_attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn walk_attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         let (len, kind) = (usize::from(read_u16(bytes, 0)?), read_u16(bytes, 2)?);
         let Some(value) = bytes.get(ATTRIBUTE_HEADER_LEN..len) else {
@@ -627,7 +705,7 @@ fn walk_attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 /// An attribute value that is exactly a u32 (nla_put_u32), `None` for any other length.
-fn u32_value(value: &[u8]) -> Option<u32> {
+pub(crate) fn u32_value(value: &[u8]) -> Option<u32> {
     <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
 }
 
@@ -757,7 +835,7 @@ fn read_u16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.try_into().ok()?))
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let bytes = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_ne_bytes(bytes.try_into().ok()?))
 }

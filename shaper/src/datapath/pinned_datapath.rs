@@ -146,6 +146,9 @@ pub fn down(pins: &PinDir, only: &[String]) -> Result<Down> {
     for name in pins.ifaces()? {
         if only.is_empty() || only.contains(&name) {
             down.interfaces.push(attach::remove_pinned(pins, &name)?);
+            // The HTB root of shape rules goes with the datapath; the kernel's default root
+            // comes back (see `shape_classes`).
+            crate::datapath::shape_classes::release(std::slice::from_ref(&name))?;
         }
     }
     if only.is_empty() && pins.exists() {

@@ -14,7 +14,9 @@
 //! burst = "256KiB"         # optional: a size (see `units`); an integer is bytes
 //! dir = "egress"           # optional: both (default) | ingress | egress
 //! proto = "tcp"            # optional: any (default) | tcp | udp
-//! action = "observe"       # optional: drop (default) | observe
+//! action = "observe"       # optional: drop (default) | observe | shape (needs dir = "egress")
+//! ecn = true               # optional, drop rules only: mark CE below half the burst
+//! queue = "256KiB"         # optional, shape rules only: the class's queue (a size)
 //! iface = "eth0"           # optional: one attached interface; default all of them
 //! remote = false           # optional: true = `port` is the remote port, not the local one
 //!
@@ -323,6 +325,8 @@ struct RawLimit {
     action: Option<Value>,
     iface: Option<Value>,
     remote: Option<Value>,
+    ecn: Option<Value>,
+    queue: Option<Value>,
 }
 
 impl RawLimit {
@@ -382,6 +386,26 @@ impl RawLimit {
             .map_err(|(value, problem)| invalid(&rule, "proto", value, problem))?;
         let action = optional_keyword(&self.action, Action::WORDS)
             .map_err(|(value, problem)| invalid(&rule, "action", value, problem))?;
+        let ecn = match &self.ecn {
+            None => false,
+            Some(Value::Boolean(ecn)) => *ecn,
+            Some(value) => {
+                let problem = "expected true (mark CE below half the burst) or false".to_owned();
+                return Err(invalid(&rule, "ecn", value, problem));
+            }
+        };
+        let queue_bytes = match &self.queue {
+            None => None,
+            Some(queue) => Some(
+                amount(
+                    queue,
+                    rates_and_sizes::parse_size,
+                    SIZE_FORMS,
+                    "\"256KiB\" or \"1MB\"",
+                )
+                .map_err(|problem| invalid(&rule, "queue", queue, problem))?,
+            ),
+        };
         let iface = match &self.iface {
             None => None,
             Some(value) => Some(match value {
@@ -406,6 +430,8 @@ impl RawLimit {
             rate_bps,
             burst_bytes,
             action,
+            ecn,
+            queue_bytes,
         })
     }
 }
@@ -533,6 +559,8 @@ mod tests {
             rate_bps,
             burst_bytes: None,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: None,
         }
     }
 
@@ -548,6 +576,45 @@ mod tests {
         for part in parts {
             assert!(message.contains(part), "{part:?} missing from: {message}");
         }
+    }
+
+    #[test]
+    fn shape_queue_and_ecn_keys_parse_and_bad_values_name_the_field() {
+        let text = r#"
+            [[limit]]
+            port = 7201
+            rate = "8mbit"
+            action = "shape"
+            queue = "512KiB"
+
+            [[limit]]
+            port = 7202
+            rate = "8mbit"
+            ecn = true
+        "#;
+        let config = parse(text, "test.toml").unwrap();
+        assert_eq!(
+            config.limits,
+            vec![
+                RuleSpec {
+                    action: Action::Shape,
+                    queue_bytes: Some(512 * 1024),
+                    ..spec("7201", 8_000_000)
+                },
+                RuleSpec {
+                    ecn: true,
+                    ..spec("7202", 8_000_000)
+                },
+            ]
+        );
+        assert_contains(
+            &error(&second_rule_with("rate = \"1mbit\"\necn = \"yes\"")),
+            &["limit #2 (port 9090)", "ecn 'yes'", "expected true"],
+        );
+        assert_contains(
+            &error(&second_rule_with("rate = \"1mbit\"\nqueue = \"lots\"")),
+            &["limit #2 (port 9090)", "queue", "lots"],
+        );
     }
 
     /// A file whose second rule (port 9090) has `line` added.
@@ -606,6 +673,8 @@ mod tests {
                     rate_bps: 10_000_000,
                     burst_bytes: Some(256 * 1024),
                     action: Action::Observe,
+                    ecn: false,
+                    queue_bytes: None,
                 },
                 RuleSpec {
                     key: RuleKey {
@@ -618,6 +687,8 @@ mod tests {
                     rate_bps: 8_000,
                     burst_bytes: Some(65_536),
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: None,
                 },
                 RuleSpec {
                     key: RuleKey {
@@ -630,6 +701,8 @@ mod tests {
                     rate_bps: 12_000_000,
                     burst_bytes: None,
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: None,
                 },
             ],
         };
@@ -784,8 +857,13 @@ mod tests {
             ("dir = \"out\"", "dir", "'out'", "both, ingress, egress"),
             ("dir = 1", "dir", "1", "both, ingress, egress"),
             ("proto = \"sctp\"", "proto", "'sctp'", "any, tcp, udp"),
-            ("action = \"reject\"", "action", "'reject'", "drop, observe"),
-            ("action = false", "action", "false", "drop, observe"),
+            (
+                "action = \"reject\"",
+                "action",
+                "'reject'",
+                "drop, observe, shape",
+            ),
+            ("action = false", "action", "false", "drop, observe, shape"),
         ] {
             let message = error(&second_rule_with(&format!("rate = 1\n{line}")));
             let head = format!("test.toml: limit #2 (port 9090): {field} {value}: ");

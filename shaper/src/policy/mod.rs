@@ -1,6 +1,7 @@
 //! Policy: the limits the operator asks for, from parsing a rate to the rules in force.
 //! Everything here but [`rules_in_force`] is pure logic that never touches the kernel.
 
+pub mod action_options;
 pub mod config_file;
 pub mod config_reload;
 pub mod rates_and_sizes;

@@ -164,6 +164,8 @@ keyword_enum!(
         Drop => "drop",
         /// Pass every packet; count those `drop` would have dropped.
         Observe => "observe",
+        /// Queue the rule's packets in an HTB class at the rate (egress).
+        Shape => "shape",
     }
 );
 keyword_enum!(
@@ -210,6 +212,7 @@ impl Action {
         match self {
             Self::Drop => shaper_common::ACTION_DROP,
             Self::Observe => shaper_common::ACTION_OBSERVE,
+            Self::Shape => shaper_common::ACTION_SHAPE,
         }
     }
 }
@@ -285,6 +288,12 @@ pub struct RuleSpec {
     pub burst_bytes: Option<u64>,
     #[serde(default)]
     pub action: Action,
+    /// `--ecn` (drop rules only): mark CE while the bucket holds less than half the burst.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ecn: bool,
+    /// `--queue` (shape rules only): the class's queue in bytes; `None` for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<u64>,
 }
 
 /// A rule's limit, validated.
@@ -293,6 +302,16 @@ pub struct Limit {
     pub rate_bps: u64,
     pub burst_bytes: u64,
     pub action: Action,
+    /// See [`RuleSpec::ecn`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ecn: bool,
+    /// A shape rule's queue in bytes (0 for other actions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queue_bytes: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Limit {
@@ -304,7 +323,11 @@ impl Limit {
             burst_nanobits,
             fill_ns: bucket::fill_ns(burst_nanobits, self.rate_bps),
             action: self.action.code(),
-            _pad: 0,
+            flags: if self.ecn {
+                shaper_common::RULE_FLAG_ECN
+            } else {
+                0
+            },
         }
     }
 }
@@ -403,6 +426,8 @@ pub fn make_limit(
         rate_bps,
         burst_bytes,
         action,
+        ecn: false,
+        queue_bytes: 0,
     })
 }
 
@@ -541,6 +566,8 @@ mod tests {
             rate_bps,
             burst_bytes: 1 << 20,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: 0,
         }
     }
 

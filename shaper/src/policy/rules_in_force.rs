@@ -8,7 +8,7 @@
 //! whose winning rule changes.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, BTreeSet, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -18,8 +18,11 @@ use shaper_common::Counter;
 use crate::{
     Direction,
     datapath::classifier::Classifier,
+    datapath::htb,
     datapath::interfaces,
+    datapath::shape_classes,
     error::{Error, Result, chain},
+    policy::action_options,
     policy::config_reload::{Origin, ReloadStatus, ReloadSummary},
     policy::rates_and_sizes,
     policy::rule_table::{
@@ -63,6 +66,28 @@ pub struct RuleView {
     /// `shaper limit set` (see the README, *Reloading*).
     #[serde(default)]
     pub origin: Origin,
+    /// `--ecn` (drop rules).
+    #[serde(default)]
+    pub ecn: bool,
+    /// Packets an `--ecn` rule marked CE (they are passed packets too).
+    #[serde(default)]
+    pub marked_packets: u64,
+    #[serde(default)]
+    pub marked_bytes: u64,
+    /// A shape rule's queue limit in bytes (0 for other actions).
+    #[serde(default)]
+    pub queue_bytes: u64,
+    /// Packets and bytes a shape rule's HTB classes sent after queueing (every interface); a
+    /// packet its queue had no room for is counted in `dropped_*` instead.
+    #[serde(default)]
+    pub queued_packets: u64,
+    #[serde(default)]
+    pub queued_bytes: u64,
+    /// What waits in the shape rule's queues now.
+    #[serde(default)]
+    pub backlog_packets: u64,
+    #[serde(default)]
+    pub backlog_bytes: u64,
 }
 
 impl RuleView {
@@ -169,15 +194,18 @@ impl Limits {
         let limit = Attached::read(classifier)?.validate(&spec)?;
         let mut next = self.table.clone();
         let outcome = next.set(spec.key.clone(), limit)?;
+        let (id, fresh) = match outcome {
+            SetOutcome::Added(id) => (id, true),
+            SetOutcome::Replaced(id) => (id, false),
+        };
+        // A shape rule's class exists before the classifier names it.
+        let wanted = shape_classes::wanted(next.rules(), &classifier.interface_names());
+        shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
         // next reload puts the file's rule back (see the README, *Reloading*).
         self.save(&next, &self.config_rules, |key| {
             key != &spec.key && self.config_keys.contains(key)
         })?;
-        let (id, fresh) = match outcome {
-            SetOutcome::Added(id) => (id, true),
-            SetOutcome::Replaced(id) => (id, false),
-        };
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
             if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
@@ -194,11 +222,20 @@ impl Limits {
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
         self.config_keys.remove(&spec.key);
+        prune_classes(classifier, &wanted);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
         })?;
-        Ok((view(classifier, rule, Origin::Runtime), !fresh))
+        Ok((
+            view(
+                classifier,
+                rule,
+                Origin::Runtime,
+                &shape_stats(classifier, &self.table),
+            ),
+            !fresh,
+        ))
     }
 
     /// Removes the rule with exactly this key; returns it with its final counters.
@@ -225,7 +262,12 @@ impl Limits {
         })?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
-        let removed = view(classifier, &rule, self.origin(&rule.key));
+        let removed = view(
+            classifier,
+            &rule,
+            self.origin(&rule.key),
+            &shape_stats(classifier, &self.table),
+        );
         self.table = next;
         self.config_keys.remove(key);
         // The rule is already out of the index: a stale limit left behind is never read.
@@ -236,6 +278,8 @@ impl Limits {
                 chain(&e)
             );
         }
+        let wanted = shape_classes::wanted(self.table.rules(), &classifier.interface_names());
+        prune_classes(classifier, &wanted);
         Ok(removed)
     }
 
@@ -250,9 +294,10 @@ impl Limits {
     pub fn list(&self, classifier: &Classifier) -> Vec<RuleView> {
         let mut rules: Vec<&Rule> = self.table.rules().collect();
         rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));
+        let shaped = shape_stats(classifier, &self.table);
         rules
             .into_iter()
-            .map(|rule| view(classifier, rule, self.origin(&rule.key)))
+            .map(|rule| view(classifier, rule, self.origin(&rule.key), &shaped))
             .collect()
     }
 
@@ -323,6 +368,19 @@ impl Limits {
                 summary.removed += 1;
             }
         }
+        // The classes of shape rules exist before the classifier names them (those of changed
+        // rules set again); the ones no rule needs any more go once it no longer does.
+        let wanted = shape_classes::wanted(next.rules(), &classifier.interface_names());
+        let changed: BTreeSet<u16> = next
+            .rules()
+            .filter(|rule| {
+                self.table
+                    .find(&rule.key)
+                    .is_none_or(|was| was.limit != rule.limit)
+            })
+            .map(|rule| rule.id)
+            .collect();
+        shape_classes::add(classifier, &wanted, &changed)?;
         self.save(&next, &config_rules, |key| config_keys.contains(key))?;
         if let Err(e) = apply(classifier, &self.table, &next) {
             // Put back what was in force, as far as the maps let us.
@@ -343,6 +401,7 @@ impl Limits {
         self.table = next;
         self.config_rules = config_rules;
         self.config_keys = config_keys;
+        prune_classes(classifier, &wanted);
         Ok(summary)
     }
 
@@ -355,6 +414,8 @@ impl Limits {
                 rate_bps: rule.limit.rate_bps,
                 burst_bytes: Some(rule.limit.burst_bytes),
                 action: rule.limit.action,
+                ecn: rule.limit.ecn,
+                queue_bytes: (rule.limit.queue_bytes > 0).then_some(rule.limit.queue_bytes),
             };
             // The interfaces may differ from the last run: a rule that no longer fits is
             // skipped, loudly, rather than keeping the daemon from starting.
@@ -381,6 +442,12 @@ impl Limits {
     fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
         let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
             classifier.live_rules()?.into_iter().collect();
+        let wanted = shape_classes::wanted(table.rules(), &classifier.interface_names());
+        shape_classes::add(
+            classifier,
+            &wanted,
+            &table.rules().map(|rule| rule.id).collect(),
+        )?;
         let mut kept = 0;
         for rule in table.rules() {
             let config = rule.limit.config();
@@ -406,7 +473,15 @@ impl Limits {
             );
         }
         self.table = table;
+        prune_classes(classifier, &wanted);
         Ok(())
+    }
+
+    /// Removes shaper's HTB root from every attached interface (the daemon stops without
+    /// `--persist`): the kernel's default root comes back. The rules stay saved and come back,
+    /// classes and all, with the next daemon.
+    pub fn release_shaping(&self, classifier: &Classifier) -> Result<Vec<String>> {
+        shape_classes::release(&classifier.interface_names())
     }
 
     /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's.
@@ -497,13 +572,14 @@ impl Attached {
             }
             .into());
         }
-        Ok(make_limit(
+        let limit = make_limit(
             spec.rate_bps,
             spec.burst_bytes,
             spec.action,
             self.aggregate,
             &self.largest_on,
-        )?)
+        )?;
+        Ok(action_options::apply(spec, limit, self.aggregate)?)
     }
 }
 
@@ -529,21 +605,52 @@ fn bucket_bytes_now(
     tokens / shaper_common::bucket::NANOBITS_PER_BYTE
 }
 
-fn view(classifier: &Classifier, rule: &Rule, origin: Origin) -> RuleView {
+/// Removes the classes no rule needs any more. The rule change they follow is done and saved,
+/// so a failure here leaves an unused class (its packets are no longer sent to it) and is only
+/// logged; the next change tries again.
+fn prune_classes(classifier: &mut Classifier, wanted: &shape_classes::Wanted) {
+    if let Err(e) = shape_classes::prune(classifier, wanted) {
+        log::warn!("removing HTB classes no rule needs: {}", chain(&e));
+    }
+}
+
+/// The HTB class statistics of the shape rules (none when there are no shape rules: then no
+/// netlink request is made).
+fn shape_stats(classifier: &Classifier, table: &RuleTable) -> BTreeMap<u16, htb::ClassStats> {
+    if table.rules().any(|rule| rule.limit.action == Action::Shape) {
+        shape_classes::stats(&classifier.interface_names())
+    } else {
+        BTreeMap::new()
+    }
+}
+
+fn view(
+    classifier: &Classifier,
+    rule: &Rule,
+    origin: Origin,
+    shaped: &BTreeMap<u16, htb::ClassStats>,
+) -> RuleView {
     let now_ns = crate::datapath::ktime::monotonic_ns();
     let mut passed = Counter::default();
     let mut dropped = Counter::default();
     let mut would_drop = Counter::default();
+    let mut marked = Counter::default();
     for direction in Direction::BOTH {
         let c = classifier.rule_counters(rule.id, direction);
         for (sum, add) in [
             (&mut passed, c.passed),
             (&mut dropped, c.dropped),
             (&mut would_drop, c.would_drop),
+            (&mut marked, c.marked),
         ] {
             sum.packets += add.packets;
             sum.bytes += add.bytes;
         }
+    }
+    // A shape rule's drops are its queue's overflow; the classifier never drops its packets.
+    let class = shaped.get(&rule.id).copied().unwrap_or_default();
+    if rule.limit.action == Action::Shape {
+        dropped.packets += class.drops;
     }
     RuleView {
         id: rule.id,
@@ -566,6 +673,14 @@ fn view(classifier: &Classifier, rule: &Rule, origin: Origin) -> RuleView {
         ingress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Ingress, now_ns),
         egress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Egress, now_ns),
         origin,
+        ecn: rule.limit.ecn,
+        marked_packets: marked.packets,
+        marked_bytes: marked.bytes,
+        queue_bytes: rule.limit.queue_bytes,
+        queued_packets: class.packets,
+        queued_bytes: class.bytes,
+        backlog_packets: class.backlog_packets,
+        backlog_bytes: class.backlog_bytes,
     }
 }
 
@@ -597,11 +712,19 @@ mod tests {
             ingress_bucket_bytes: 7,
             egress_bucket_bytes: 8,
             origin: Origin::Config,
+            ecn: false,
+            marked_packets: 9,
+            marked_bytes: 10,
+            queue_bytes: 11,
+            queued_packets: 12,
+            queued_bytes: 13,
+            backlog_packets: 14,
+            backlog_bytes: 15,
         };
         let json = serde_json::to_string(&view).unwrap();
         assert_eq!(
             json,
-            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config"}"#
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config","ecn":false,"marked_packets":9,"marked_bytes":10,"queue_bytes":11,"queued_packets":12,"queued_bytes":13,"backlog_packets":14,"backlog_bytes":15}"#
         );
         assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
     }

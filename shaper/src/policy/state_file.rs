@@ -177,6 +177,8 @@ mod tests {
             rate_bps: 8_000,
             burst_bytes: None,
             action: Action::Observe,
+            ecn: false,
+            queue_bytes: None,
         }];
         let rules: Vec<Rule> = (1..=3)
             .map(|id| Rule {
@@ -186,6 +188,8 @@ mod tests {
                     rate_bps: 1_000_000,
                     burst_bytes: 1 << 20,
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: 0,
                 },
             })
             .collect();
@@ -257,6 +261,8 @@ mod tests {
             rate_bps: 8_000,
             burst_bytes: None,
             action: Action::Drop,
+            ecn: false,
+            queue_bytes: None,
         }];
         let rules: Vec<Rule> = [(1, 9090), (2, 443)]
             .map(|(id, port)| Rule {
@@ -266,6 +272,8 @@ mod tests {
                     rate_bps: 10_000_000,
                     burst_bytes: 375_000,
                     action: Action::Drop,
+                    ecn: false,
+                    queue_bytes: 0,
                 },
             })
             .into();

@@ -101,6 +101,10 @@ pub struct RuleInForce {
     /// How full this direction's bucket is, 0.0 (empty: the rate applies) to 1.0 (a whole burst
     /// could pass at once).
     pub bucket_fill: f64,
+    /// A shape rule's queue delay now, in milliseconds: its backlog over its rate (every
+    /// interface's queue together). Absent for other actions, whose bucket is the figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_delay_ms: Option<f64>,
 }
 
 /// The rates between `before` and `after`. A port absent from `before` counts from zero.
@@ -237,6 +241,8 @@ fn rule_in_force(rule: &RuleView, direction: Direction) -> RuleInForce {
         } else {
             (bucket as f64 / rule.burst_bytes as f64).min(1.0)
         },
+        queue_delay_ms: (rule.action == Action::Shape && rule.rate_bps > 0)
+            .then(|| rule.backlog_bytes as f64 * 8000.0 / rule.rate_bps as f64),
     }
 }
 
@@ -488,6 +494,14 @@ mod tests {
                 ingress_bucket_bytes: 75_000,
                 egress_bucket_bytes: 300_000,
                 origin: crate::policy::config_reload::Origin::Config,
+                ecn: false,
+                marked_packets: 0,
+                marked_bytes: 0,
+                queue_bytes: 0,
+                queued_packets: 0,
+                queued_bytes: 0,
+                backlog_packets: 0,
+                backlog_bytes: 0,
             }],
         }
     }
@@ -586,6 +600,7 @@ mod tests {
                 burst_bytes: 300_000,
                 action: Action::Observe,
                 bucket_fill: 0.25,
+                queue_delay_ms: None,
             }),
             process: Some("nginx".into()),
             tcp: None,

@@ -244,6 +244,7 @@ impl Collector for ScrapeCollector {
             scrape.inventory.handshakes.as_ref(),
             iface_name,
         )?;
+        super::queueing_families::encode(&scrape.inventory.queueing_rules, &mut encoder)?;
 
         let mut family = encoder.encode_descriptor(
             "shaper_port_listening",

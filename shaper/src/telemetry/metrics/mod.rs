@@ -10,6 +10,7 @@
 mod http_endpoint;
 mod metric_families;
 mod port_selection;
+mod queueing_families;
 pub mod remote_series;
 mod saved_selection;
 mod tcp_families;
@@ -97,6 +98,9 @@ pub struct Inventory {
     pub handshakes: Option<crate::datapath::tcp_telemetry::HandshakeTracking>,
     /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
     pub remotes: Vec<remote_series::RemoteSeries>,
+    /// The shape and `--ecn` rules with their counters (queued, backlog, marked); the others
+    /// have none of these, and are not read.
+    pub queueing_rules: Vec<crate::policy::rules_in_force::RuleView>,
 }
 
 impl Inventory {
@@ -111,13 +115,26 @@ impl Inventory {
                 }
             }
         }
+        let rules = limits.rules();
+        let queueing_rules = if rules.iter().any(|rule| {
+            rule.limit.action == crate::policy::rule_table::Action::Shape || rule.limit.ecn
+        }) {
+            limits
+                .list(classifier)
+                .into_iter()
+                .filter(|rule| rule.action == crate::policy::rule_table::Action::Shape || rule.ecn)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             interfaces,
-            rules: limits.rules(),
+            rules,
             unclassified,
             config_reload: limits.reload_status(),
             handshakes: classifier.handshake_tracking().ok(),
             remotes: Vec::new(),
+            queueing_rules,
         })
     }
 
@@ -312,12 +329,15 @@ mod tests {
                 rate_bps: 8_000_000,
                 burst_bytes: 1 << 20,
                 action: Action::Drop,
+                ecn: false,
+                queue_bytes: 0,
             },
         }
     }
 
     fn inventory(rules: Vec<Rule>) -> Inventory {
         Inventory {
+            queueing_rules: Vec::new(),
             interfaces: vec![InterfaceState {
                 slot: 0,
                 name: "eth0".into(),

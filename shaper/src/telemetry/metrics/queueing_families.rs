@@ -1,0 +1,79 @@
+//! The metric families of shape rules (their HTB class: what went through the queue, what
+//! waits in it) and of `--ecn` rules (what they marked), one series per rule.
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use crate::policy::{rule_table::Action, rules_in_force::RuleView};
+
+/// The labels of a rule's series, the same as the limit families'.
+fn labels(rule: &RuleView) -> [(&'static str, String); 7] {
+    [
+        ("rule", rule.id.to_string()),
+        (
+            "iface",
+            rule.iface.clone().unwrap_or_else(|| "any".to_owned()),
+        ),
+        ("direction", rule.dir.name().to_owned()),
+        ("proto", rule.proto.name().to_owned()),
+        ("ports", rule.ports.to_string()),
+        ("side", rule.side.name().to_owned()),
+        ("action", rule.action.name().to_owned()),
+    ]
+}
+
+pub fn encode(rules: &[RuleView], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let shaped: Vec<&RuleView> = rules.iter().filter(|r| r.action == Action::Shape).collect();
+    for (name, help, value) in [
+        (
+            "shaper_rule_queued_packets",
+            "Packets a shape rule's HTB classes sent after queueing them (every interface).",
+            (|r: &RuleView| r.queued_packets) as fn(&RuleView) -> u64,
+        ),
+        (
+            "shaper_rule_queued_bytes",
+            "Bytes a shape rule's HTB classes sent after queueing them (every interface).",
+            |r: &RuleView| r.queued_bytes,
+        ),
+        (
+            "shaper_rule_queue_dropped_packets",
+            "Packets a shape rule's queue had no room for: its overflow.",
+            |r: &RuleView| r.dropped_packets,
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for rule in &shaped {
+            ConstCounter::new(value(rule)).encode(family.encode_family(&labels(rule))?)?;
+        }
+    }
+    for (name, help, value) in [
+        (
+            "shaper_rule_backlog_bytes",
+            "Bytes waiting in a shape rule's queues now.",
+            (|r: &RuleView| r.backlog_bytes) as fn(&RuleView) -> u64,
+        ),
+        (
+            "shaper_rule_backlog_packets",
+            "Packets waiting in a shape rule's queues now.",
+            |r: &RuleView| r.backlog_packets,
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for rule in &shaped {
+            ConstGauge::new(i64::try_from(value(rule)).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&labels(rule))?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "shaper_ecn_marked_packets",
+        "Packets an --ecn rule marked CE (Congestion Experienced) instead of dropping them.",
+        None,
+        MetricType::Counter,
+    )?;
+    for rule in rules.iter().filter(|r| r.ecn) {
+        ConstCounter::new(rule.marked_packets).encode(family.encode_family(&labels(rule))?)?;
+    }
+    Ok(())
+}
