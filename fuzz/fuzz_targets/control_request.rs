@@ -71,7 +71,21 @@ fuzz_target!(|data: &[u8]| {
                     None => assert_eq!(table.len(), before),
                 }
             }
-            Request::Stats | Request::LimitLs => {}
+            Request::Watch { watch } | Request::Unwatch { watch } => {
+                let _ = watch.to_string();
+            }
+            Request::LogLevel { level } => {
+                let _ = shaper::datapath::bpf_log::parse_level(&level);
+            }
+            // Reads, and requests whose effect is on the datapath the daemon holds (the watch
+            // list, the trace switch): what a line can reach here is their parsing above.
+            Request::Stats
+            | Request::LimitLs
+            | Request::Exposure
+            | Request::WatchLs
+            | Request::Talkers { .. }
+            | Request::TraceOn { .. }
+            | Request::TraceOff { .. } => {}
         }
     }
     if !table.is_empty() {

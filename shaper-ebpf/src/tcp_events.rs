@@ -20,7 +20,7 @@
 //! ingress an ACK also reads its port's `pending` count: the LRU is looked up only while that
 //! port has a handshake waiting for its ACK.
 
-use crate::parse::{Flow, ptr_at};
+use crate::parse::Flow;
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::bpf_ktime_get_ns,
@@ -34,7 +34,7 @@ use core::{
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use shaper_common::{
-    DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats,
+    DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats, PROTO_TCP,
     REMOTE_ENTRIES, RTT_BUCKETS, RTT_HISTOGRAMS_PER_IFACE, RTT_SIDE_CLIENT, RTT_SIDE_SERVER,
     RemoteKey, RttHistogram, TCP_EVENTS_PER_IFACE, TcpEvents, flags, handshake, rtt_bucket,
     rtt_index, tcp_events_index,
@@ -64,7 +64,9 @@ static REMOTES: LruHashMap<RemoteKey, u64> = LruHashMap::with_max_entries(REMOTE
 #[map]
 static HANDSHAKE_STATS: Array<HandshakeStats> = Array::with_max_entries(1, 0);
 
-/// Counts a TCP segment's events and follows its handshake.
+/// Counts a TCP segment's events and follows its handshake. The common segment (no SYN, RST or
+/// FIN, and on ingress no handshake of its port waiting for an ACK) costs a flags test and at
+/// most one array read here; everything else runs in [`segment_events`].
 #[inline(always)]
 pub fn observe(
     ctx: &TcContext,
@@ -76,31 +78,128 @@ pub fn observe(
 ) {
     let tcp_flags = flow.tcp_flags;
     if tcp_flags & (flags::SYN | flags::RST | flags::FIN) == 0 {
-        if direction == DIR_INGRESS && tcp_flags & flags::ACK != 0 {
-            client_ack(ctx, slot, flow, local_port, remote_port);
+        if direction != DIR_INGRESS || tcp_flags & flags::ACK == 0 {
+            return;
         }
-        return;
+        let Some(events) = TCP_EVENTS.get_ptr(tcp_events_index(slot, DIR_INGRESS, local_port))
+        else {
+            return;
+        };
+        // SAFETY: a live array element; other CPUs add to it atomically, and a stale read only
+        // skips or adds one lookup.
+        if unsafe { (&raw const (*events).pending).read_volatile() } == 0 {
+            return;
+        }
     }
+    // Packed into scalars: a subprogram takes at most five arguments, all in registers.
+    let ports = (remote_port as u64) << 16 | local_port as u64;
+    let segment = (flow.ip_offset as u64) << 32
+        | (flow.ipv6 as u64) << 24
+        | (direction as u64) << 16
+        | (slot as u64 & 0xff) << 8
+        | tcp_flags as u64;
     if tcp_flags & flags::SYN != 0 {
         if tcp_flags & flags::ACK == 0 {
-            syn(ctx, slot, direction, flow, local_port, remote_port);
+            if direction == DIR_INGRESS {
+                on_syn_received(ctx, ports, segment);
+            } else {
+                on_syn_sent(ctx, ports, segment);
+            }
+        } else if direction == DIR_EGRESS {
+            on_synack_sent(ctx, ports, segment);
         } else {
-            synack(ctx, slot, direction, flow, local_port, remote_port);
+            on_synack_received(ctx, ports, segment);
         }
-        return;
+    } else if tcp_flags & (flags::RST | flags::FIN) != 0 {
+        on_close(ctx, ports, segment);
+    } else {
+        // An ingress ACK while its port has a handshake waiting (checked above).
+        on_client_ack(ctx, ports, segment);
     }
+}
+
+// The paths below are subprograms, not inlined: the verifier limits a program's stack and that
+// of the subprograms it calls to 512 bytes together (kernel/bpf/verifier.c,
+// `check_max_stack_depth`). They read the packet only through helpers that take the context
+// (`key`): were they to read it in place, the compiler would pass them `data`/`data_end`
+// instead of the context, and the verifier refuses arithmetic on a packet pointer passed so. Inlined, their keys and values sat in the hook's own frame beside
+// those of the watched-port subprogram (`talkers::watched`), over the limit; as siblings, each
+// call chain holds the hook's frame and one of them.
+
+/// A client's SYN to a local port. Split by direction, like the SYN-ACK, so each frame holds one
+/// branch of [`syn`].
+#[inline(never)]
+fn on_syn_received(ctx: &TcContext, ports: u64, segment: u64) {
+    let (slot, _, flow, local_port, remote_port) = unpack(ports, segment);
+    syn(ctx, slot, DIR_INGRESS, &flow, local_port, remote_port);
+}
+
+/// Our SYN to a server.
+#[inline(never)]
+fn on_syn_sent(ctx: &TcContext, ports: u64, segment: u64) {
+    let (slot, _, flow, local_port, remote_port) = unpack(ports, segment);
+    syn(ctx, slot, DIR_EGRESS, &flow, local_port, remote_port);
+}
+
+/// Our SYN-ACK. Split by direction, with the direction a constant, so each subprogram's frame
+/// holds only its own branch of [`synack`].
+#[inline(never)]
+fn on_synack_sent(ctx: &TcContext, ports: u64, segment: u64) {
+    let (slot, _, flow, local_port, remote_port) = unpack(ports, segment);
+    synack(ctx, slot, DIR_EGRESS, &flow, local_port, remote_port);
+}
+
+/// A server's SYN-ACK to our SYN.
+#[inline(never)]
+fn on_synack_received(ctx: &TcContext, ports: u64, segment: u64) {
+    let (slot, _, flow, local_port, remote_port) = unpack(ports, segment);
+    synack(ctx, slot, DIR_INGRESS, &flow, local_port, remote_port);
+}
+
+#[inline(never)]
+fn on_client_ack(ctx: &TcContext, ports: u64, segment: u64) {
+    let (slot, _, flow, local_port, remote_port) = unpack(ports, segment);
+    client_ack(ctx, slot, &flow, local_port, remote_port);
+}
+
+/// A FIN or RST (a segment may carry both).
+#[inline(never)]
+fn on_close(ctx: &TcContext, ports: u64, segment: u64) {
+    let (slot, direction, flow, local_port, remote_port) = unpack(ports, segment);
     let Some(events) = TCP_EVENTS.get_ptr_mut(tcp_events_index(slot, direction, local_port)) else {
         return;
     };
-    if tcp_flags & flags::FIN != 0 {
+    if flow.tcp_flags & flags::FIN != 0 {
         // SAFETY: `events` is a live array element (non-null, index checked by the lookup).
         unsafe { add(&raw mut (*events).fin, 1) };
     }
-    if tcp_flags & flags::RST != 0 {
+    if flow.tcp_flags & flags::RST != 0 {
         // SAFETY: as above.
         unsafe { add(&raw mut (*events).rst, 1) };
-        reset(ctx, slot, direction, flow, local_port, remote_port);
+        reset(ctx, slot, direction, &flow, local_port, remote_port);
     }
+}
+
+/// The subprograms' arguments as `observe` packed them: (slot, direction, the parts of the
+/// flow the tracker reads, local port, remote port).
+#[inline(always)]
+fn unpack(ports: u64, segment: u64) -> (u32, u32, Flow, u16, u16) {
+    let flow = Flow {
+        proto: PROTO_TCP,
+        src_port: 0,
+        dst_port: 0,
+        header_len: 0,
+        tcp_flags: segment as u8,
+        ip_offset: (segment >> 32) as u32,
+        ipv6: (segment >> 24) & 1 != 0,
+    };
+    (
+        ((segment >> 8) & 0xff) as u32,
+        ((segment >> 16) & 0xff) as u32,
+        flow,
+        ports as u16,
+        (ports >> 16) as u16,
+    )
 }
 
 #[inline(always)]
@@ -214,14 +313,6 @@ fn synack(
 /// An ingress ACK: the client's reply to our SYN-ACK if its handshake is pending.
 #[inline(always)]
 fn client_ack(ctx: &TcContext, slot: u32, flow: &Flow, local_port: u16, remote_port: u16) {
-    let Some(events) = TCP_EVENTS.get_ptr(tcp_events_index(slot, DIR_INGRESS, local_port)) else {
-        return;
-    };
-    // SAFETY: a live array element; other CPUs add to it atomically, and a stale read only
-    // skips or adds one lookup.
-    if unsafe { (&raw const (*events).pending).read_volatile() } == 0 {
-        return;
-    }
     let Some(key) = key(ctx, slot, DIR_INGRESS, flow, local_port, remote_port) else {
         return;
     };
@@ -341,18 +432,24 @@ fn key(
     remote_port: u16,
 ) -> Option<HandshakeKey> {
     let offset = flow.ip_offset as usize;
-    // Bounded for the verifier: behind at most two VLAN tags.
-    if offset > 64 {
-        return None;
-    }
+    // Copied with bpf_skb_load_bytes() rather than read in place: these run as subprograms, and
+    // direct packet access would let the compiler pass them the packet pointers instead of the
+    // context, which the verifier refuses to do arithmetic on (see the note above `on_syn_received`).
     let (src, dst) = if flow.ipv6 {
-        let ip = ptr_at::<Ipv6Hdr>(ctx, offset).ok()?;
-        // SAFETY: ptr_at checked the header lies in the linear data; byte arrays.
-        unsafe { ((*ip).src_addr, (*ip).dst_addr) }
+        let src = ctx
+            .load::<[u8; 16]>(offset + offset_of!(Ipv6Hdr, src_addr))
+            .ok()?;
+        let dst = ctx
+            .load::<[u8; 16]>(offset + offset_of!(Ipv6Hdr, dst_addr))
+            .ok()?;
+        (src, dst)
     } else {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, offset).ok()?;
-        // SAFETY: as above.
-        let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+        let src = ctx
+            .load::<[u8; 4]>(offset + offset_of!(Ipv4Hdr, src_addr))
+            .ok()?;
+        let dst = ctx
+            .load::<[u8; 4]>(offset + offset_of!(Ipv4Hdr, dst_addr))
+            .ok()?;
         (v4_mapped(src), v4_mapped(dst))
     };
     let (local_addr, remote_addr) = if direction == DIR_INGRESS {
