@@ -459,3 +459,29 @@ fn add_figures(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_meets_neither_the_unlimited_baseline_nor_the_ecn_policer() {
+        let full = Plan::new(false);
+        assert_eq!(
+            Traffic::UdpTwiceTheRate.limiters(&full),
+            [Limiter::Policer, Limiter::Shape, Limiter::ClassicHtb]
+        );
+        assert_eq!(Traffic::Tcp(4).limiters(&full), Limiter::ALL);
+    }
+
+    #[test]
+    fn quick_keeps_the_scenario_short() {
+        let quick = Plan::new(true);
+        assert_eq!(Traffic::Tcp(1).limiters(&quick), Limiter::QUICK);
+        assert_eq!(quick.shaping_rates.len(), 1);
+        assert_eq!(quick.shaping_streams, [1]);
+        // Four limiters, two directions, one repetition of warm-up + window.
+        let runs = 4 * 2 * quick.shaping_reps as u32;
+        assert!((quick.shaping_warmup + quick.shaping_window) * runs <= Duration::from_secs(30));
+    }
+}
