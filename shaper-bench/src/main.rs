@@ -32,7 +32,7 @@ use scenario::{Context, Plan};
                    rate accuracy against nftables, control plane"
 )]
 struct Args {
-    /// Shorter windows and one accuracy rate (10 MB/s): proves the bench works, in < 3 minutes.
+    /// Shorter windows and one accuracy rate (10 MB/s): proves the bench works, in about 3 minutes.
     #[arg(long)]
     quick: bool,
     /// The release `shaper` binary, for the daemon and CLI scenarios.
