@@ -3,6 +3,7 @@
 //! section). Every namespace, daemon, nftables table and file it makes is removed when it ends,
 //! also on error or Ctrl-C.
 
+mod classic_htb;
 mod daemon;
 mod floor;
 mod nft;
@@ -11,6 +12,7 @@ mod report;
 mod scenario;
 mod stats;
 mod sys;
+mod tcp_stats;
 mod traffic;
 
 use std::{
@@ -30,7 +32,7 @@ use scenario::{Context, Plan};
                    rate accuracy against nftables, control plane"
 )]
 struct Args {
-    /// Shorter windows and one accuracy rate (10 MB/s): proves the bench works, in < 3 minutes.
+    /// Shorter windows and one accuracy rate (10 MB/s): proves the bench works, in about 3 minutes.
     #[arg(long)]
     quick: bool,
     /// The release `shaper` binary, for the daemon and CLI scenarios.
@@ -51,15 +53,17 @@ enum Scenario {
     Path,
     Accuracy,
     Control,
+    Shaping,
 }
 
 impl Scenario {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::PerPacket,
         Self::Contention,
         Self::Path,
         Self::Accuracy,
         Self::Control,
+        Self::Shaping,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Scenario {
             Self::Path => "path",
             Self::Accuracy => "accuracy",
             Self::Control => "control",
+            Self::Shaping => "shaping",
         }
     }
 
@@ -79,6 +84,7 @@ impl Scenario {
             Self::Path => scenario::path::run(cx),
             Self::Accuracy => scenario::accuracy::run(cx),
             Self::Control => scenario::control::run(cx),
+            Self::Shaping => scenario::shaping::run(cx),
         }
     }
 }

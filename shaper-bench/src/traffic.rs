@@ -126,32 +126,19 @@ impl TcpSink {
                     Err(_) => return,
                 }
             }
-            std::thread::scope(|scope| {
-                for mut stream in readers {
-                    let count = &count;
-                    scope.spawn(move || {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(POLL));
-                        let mut buf = vec![0u8; 256 * 1024];
-                        while !stop.load(Ordering::Relaxed) {
-                            match stream.read(&mut buf) {
-                                Ok(0) => return,
-                                Ok(n) => {
-                                    count.fetch_add(n as u64, Ordering::Relaxed);
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        ErrorKind::WouldBlock | ErrorKind::TimedOut
-                                    ) => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                }
-            });
+            read_all(readers, stop, &count);
         });
         Ok(Self { bytes, workers })
+    }
+
+    /// Counts the bytes arriving on already connected `streams` (the client ends of a
+    /// download).
+    pub fn from_streams(streams: Vec<TcpStream>) -> Self {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let mut workers = Workers::new();
+        let count = Arc::clone(&bytes);
+        workers.spawn(move |stop| read_all(streams, stop, &count));
+        Self { bytes, workers }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -161,6 +148,30 @@ impl TcpSink {
     pub fn stop(mut self) {
         self.workers.stop();
     }
+}
+
+/// Reads every stream on its own thread until `stop`, adding what arrives to `count`.
+fn read_all(streams: Vec<TcpStream>, stop: &AtomicBool, count: &AtomicU64) {
+    std::thread::scope(|scope| {
+        for mut stream in streams {
+            scope.spawn(move || {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(POLL));
+                let mut buf = vec![0u8; 256 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    match stream.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            count.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// Writes as fast as TCP lets it on each stream until stopped.

@@ -57,7 +57,7 @@ enum Job {
         seed: Option<u64>,
     },
     /// Bootstrap, build in release and run the benchmarks (root needed): prints a table and
-    /// writes report.json under the target directory's bench/. About 12 minutes; `--quick` under 3.
+    /// writes report.json under the target directory's bench/. About 19 minutes; `--quick` about 3.
     Bench {
         /// Shorter windows and one accuracy rate: proves the bench works, figures are rough.
         #[arg(long)]

@@ -7,6 +7,8 @@ pub mod contention;
 pub mod control;
 pub mod path;
 pub mod per_packet;
+pub mod per_packet_shape;
+pub mod shaping;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -35,6 +37,14 @@ pub struct Plan {
     pub udp_window: Duration,
     pub tcp_warmup: Duration,
     pub tcp_window: Duration,
+    /// The shaping scenario: rates (bytes per second), TCP stream counts, whether UDP at twice
+    /// the rate and the policer + ECN run too, and each run's unmeasured start and window.
+    pub shaping_rates: Vec<u64>,
+    pub shaping_streams: Vec<usize>,
+    pub shaping_all_limiters: bool,
+    pub shaping_reps: usize,
+    pub shaping_warmup: Duration,
+    pub shaping_window: Duration,
 }
 
 impl Plan {
@@ -51,6 +61,12 @@ impl Plan {
                 udp_window: Duration::from_millis(800),
                 tcp_warmup: Duration::from_millis(1500),
                 tcp_window: Duration::from_secs(1),
+                shaping_rates: vec![10_000_000],
+                shaping_streams: vec![1],
+                shaping_all_limiters: false,
+                shaping_reps: 1,
+                shaping_warmup: Duration::from_secs(1),
+                shaping_window: Duration::from_secs(2),
             }
         } else {
             Self {
@@ -66,6 +82,13 @@ impl Plan {
                 udp_window: Duration::from_millis(1500),
                 tcp_warmup: Duration::from_secs(2),
                 tcp_window: Duration::from_secs(3),
+                // 52 runs a repetition: two repetitions keep the scenario near 8 minutes.
+                shaping_rates: vec![10_000_000, 100_000_000],
+                shaping_streams: vec![1, 4],
+                shaping_all_limiters: true,
+                shaping_reps: 2,
+                shaping_warmup: Duration::from_millis(1500),
+                shaping_window: Duration::from_millis(2500),
             }
         }
     }

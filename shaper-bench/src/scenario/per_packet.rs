@@ -224,5 +224,5 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
         cx.plan.test_run_reps,
         jit.trim()
     ));
-    Ok(())
+    super::per_packet_shape::run(cx)
 }

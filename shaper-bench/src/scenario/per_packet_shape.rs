@@ -1,0 +1,141 @@
+//! 1b. Per-packet cost of a shape rule (issue 15): BPF_PROG_TEST_RUN of the shaper's ingress
+//!     program (the rule redirects to its IFB device: TC_ACT_REDIRECT) and egress program (the
+//!     rule writes the class into `skb->priority` and passes), each beside an unlimited port in
+//!     the same direction. A shape rule makes shaper create an HTB root (egress) and an IFB device
+//!     (ingress) on the interface it is registered on, and test-run packets arrive on the
+//!     loopback device of the caller's namespace (net/bpf/test_run.c, `bpf_prog_test_run_skb`
+//!     uses `current->nsproxy->net_ns->loopback_dev`): so all of it runs on a thread inside a
+//!     throwaway namespace, whose `lo` gets the HTB root and which takes the IFB device with it
+//!     when it is deleted. The host's `lo` is never touched.
+
+use anyhow::{Context as _, bail};
+use shaper::{
+    Classifier, Direction,
+    policy::rule_table::{Action, PortRange, RuleKey, RuleSpec},
+    policy::rules_in_force::Limits,
+};
+use shaper_common::bucket::{MAX_BURST_BYTES, MAX_RATE_BPS};
+
+use super::{
+    Context, alternate,
+    per_packet::{PASS, PORT_FREE, test_run},
+};
+use crate::{packets, report::Figure, sys::Namespace, sys::TempDir};
+
+/// The port of the shape rule.
+const PORT_SHAPE: u16 = 7005;
+/// What BPF_PROG_TEST_RUN returns for a redirected packet (TC_ACT_REDIRECT).
+const REDIRECT: u32 = 7;
+
+struct Variant {
+    name: &'static str,
+    dir: Direction,
+    port: u16,
+    verdict: u32,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        name: "ingress_unlimited",
+        dir: Direction::Ingress,
+        port: PORT_FREE,
+        verdict: PASS,
+    },
+    Variant {
+        name: "ingress_shape",
+        dir: Direction::Ingress,
+        port: PORT_SHAPE,
+        verdict: REDIRECT,
+    },
+    Variant {
+        name: "egress_unlimited",
+        dir: Direction::Egress,
+        port: PORT_FREE,
+        verdict: PASS,
+    },
+    Variant {
+        name: "egress_shape",
+        dir: Direction::Egress,
+        port: PORT_SHAPE,
+        verdict: PASS,
+    },
+];
+
+/// A 64-byte IPv4 UDP frame whose local port is `port`: the destination on ingress, the source
+/// on egress (offsets: 14 Ethernet + 20 IPv4, then source and destination port).
+fn frame(dir: Direction, port: u16) -> Vec<u8> {
+    let mut frame = packets::ipv4_udp_64(port);
+    if let Direction::Egress = dir {
+        let (src, dst) = (34..36, 36..38);
+        let (s, d) = (frame[src.clone()].to_vec(), frame[dst.clone()].to_vec());
+        frame[src].copy_from_slice(&d);
+        frame[dst].copy_from_slice(&s);
+    }
+    frame
+}
+
+/// Kernel ns/packet of each variant, measured inside the current thread's namespace.
+fn measure(reps: usize, repeat: u32) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut classifier = Classifier::load(1).context("loading the shaper")?;
+    classifier.register("lo")?;
+    let dir = TempDir::new("per-packet-shape")?;
+    let mut limits = Limits::start(&mut classifier, Vec::new(), &dir.path().join("state.json"))?;
+    // The fastest rate the shaper takes: the class never holds a packet back, and the program
+    // takes its full shape path (lookup, class in skb->priority or redirect, counters).
+    limits.set(
+        &mut classifier,
+        RuleSpec {
+            key: RuleKey::local(PortRange::single(PORT_SHAPE)),
+            rate_bps: MAX_RATE_BPS,
+            burst_bytes: Some(MAX_BURST_BYTES),
+            action: Action::Shape,
+            ecn: false,
+            queue_bytes: None,
+        },
+    )?;
+    let indices: Vec<usize> = (0..VARIANTS.len()).collect();
+    let samples = alternate(reps, &indices, |&i| {
+        let v = &VARIANTS[i];
+        let program = classifier.program_mut(v.dir)?;
+        let (verdict, kernel, _) = test_run(program, &frame(v.dir, v.port), repeat)?;
+        if verdict != v.verdict {
+            bail!(
+                "shape/{}: verdict {verdict}, expected {}",
+                v.name,
+                v.verdict
+            );
+        }
+        Ok(kernel)
+    })?;
+    drop(limits);
+    Ok(samples)
+}
+
+pub fn run(cx: &mut Context) -> anyhow::Result<()> {
+    let ns = Namespace::create("shb-pps")?;
+    let (reps, repeat) = (cx.plan.test_run_reps, cx.plan.test_run_repeat);
+    let samples = ns.enter(|| measure(reps, repeat))??;
+    for (i, v) in VARIANTS.iter().enumerate() {
+        let mut figure = Figure::new(
+            "per_packet",
+            format!("ipv4_udp_64B/{}", v.name),
+            "ns/packet",
+            samples[i].clone(),
+        )?
+        .detail("repeat", repeat);
+        if v.port == PORT_SHAPE {
+            let base = i - 1;
+            figure = figure.ratio_to(
+                &format!("ipv4_udp_64B/{}", VARIANTS[base].name),
+                &samples[base],
+            );
+        }
+        cx.add(figure);
+    }
+    cx.note(
+        "per_packet: the shape rule's figures (ipv4_udp_64B/{ingress,egress}_{unlimited,shape}) \
+         come from a second shaper loaded in a throwaway namespace, whose lo takes the HTB root \
+         and IFB device a shape rule needs; ratios are to the unlimited port in the same direction",
+    );
+    Ok(())
+}
