@@ -7,5 +7,5 @@ mod bpf_linker;
 mod ebpf;
 
 fn main() -> anyhow::Result<()> {
-    ebpf::build("shaper-bench-ebpf", "../shaper-bench-ebpf")
+    ebpf::build("shaper-bench-ebpf", "../shaper-bench-ebpf", &["floor"])
 }

@@ -30,5 +30,5 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(object, [])?;
         return Ok(());
     }
-    ebpf::build("shaper-ebpf", "../shaper-ebpf")
+    ebpf::build("shaper-ebpf", "../shaper-ebpf", &["shaper"])
 }

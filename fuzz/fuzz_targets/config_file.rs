@@ -57,6 +57,9 @@ fn to_toml(config: &Config) -> String {
     if let Some(top) = config.metrics_top_ports {
         let _ = writeln!(out, "metrics_top_ports = {top}");
     }
+    if let Some(persist) = config.persist {
+        let _ = writeln!(out, "persist = {persist}");
+    }
     for rule in &config.limits {
         let key = &rule.key;
         let _ = writeln!(out, "[[limit]]\nport = \"{}\"", key.ports);
@@ -69,6 +72,19 @@ fn to_toml(config: &Config) -> String {
         let _ = writeln!(out, "proto = \"{}\"", key.proto);
         let _ = writeln!(out, "action = \"{}\"", rule.action);
         if let Some(iface) = &key.iface {
+            let _ = writeln!(out, "iface = {}", quoted(iface));
+        }
+        if rule.ecn {
+            let _ = writeln!(out, "ecn = true");
+        }
+        if let Some(queue) = rule.queue_bytes {
+            let _ = writeln!(out, "queue = \"{}\"", format_size(queue));
+        }
+    }
+    for watch in &config.watches {
+        let _ = writeln!(out, "[[watch]]\nport = \"{}\"", watch.ports);
+        let _ = writeln!(out, "dir = \"{}\"", watch.dir);
+        if let Some(iface) = &watch.iface {
             let _ = writeln!(out, "iface = {}", quoted(iface));
         }
     }
