@@ -50,9 +50,21 @@ fn sleep_until(deadline: Instant) {
 }
 
 /// `tc -j qdisc show dev IFACE root` in `ns`: the root qdisc as tc reports it.
+/// The root qdisc of `iface` as `tc -j qdisc show` describes it, without HTB's
+/// `direct_packets_stat`: that is a counter (packets through HTB's direct queue), which any
+/// packet the stack sends meanwhile (an IPv6 router solicitation) moves, not a setting.
 fn root_qdisc(ns: &Namespace, iface: &str) -> serde_json::Value {
     let json = ns.tc(&["-j", "qdisc", "show", "dev", iface, "root"]);
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc -j: {e}: {json}"))
+    let mut root: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc -j: {e}: {json}"));
+    if let Some(qdiscs) = root.as_array_mut() {
+        for qdisc in qdiscs {
+            if let Some(options) = qdisc.get_mut("options").and_then(|o| o.as_object_mut()) {
+                options.remove("direct_packets_stat");
+            }
+        }
+    }
+    root
 }
 
 /// The HTB classes of `iface` as `tc class show` prints them (this tc has no JSON for classes):
