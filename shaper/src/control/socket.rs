@@ -22,19 +22,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends one request to the daemon at `path` and waits for its response.
 pub fn request(path: &Path, request: &Request) -> Result<Response> {
-    let stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::DaemonNotRunning {
-            path: path.to_owned(),
-        },
-        io::ErrorKind::PermissionDenied => Error::ControlPermission {
-            path: path.to_owned(),
-        },
-        _ => Error::path(path)(e),
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
+    let stream = send(path, request)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply)?;
     match serde_json::from_str(&reply).map_err(Error::BadReply)? {
@@ -43,9 +31,8 @@ pub fn request(path: &Path, request: &Request) -> Result<Response> {
     }
 }
 
-/// Sends one request to the daemon at `path` and returns its response with the connection,
-/// still open: what a request whose effect lasts as long as the connection (a trace) needs.
-pub fn request_held(path: &Path, request: &Request) -> Result<(Response, StdUnixStream)> {
+/// Connects to the daemon at `path` and writes `request` as one line.
+fn send(path: &Path, request: &Request) -> Result<StdUnixStream> {
     let stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::DaemonNotRunning {
             path: path.to_owned(),
@@ -59,6 +46,13 @@ pub fn request_held(path: &Path, request: &Request) -> Result<(Response, StdUnix
     let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
     line.push('\n');
     (&stream).write_all(line.as_bytes())?;
+    Ok(stream)
+}
+
+/// Sends one request to the daemon at `path` and returns its response with the connection,
+/// still open: what a request whose effect lasts as long as the connection (a trace) needs.
+pub fn request_held(path: &Path, request: &Request) -> Result<(Response, StdUnixStream)> {
+    let stream = send(path, request)?;
     let mut reply = Vec::new();
     // Byte by byte, so nothing after the reply line is read into a buffer and lost.
     let mut byte = [0u8; 1];
