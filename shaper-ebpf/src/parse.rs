@@ -276,6 +276,21 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize), u32> {
     }
 }
 
+/// A port from its two header bytes (network order), with a bound every supported verifier sees.
+///
+/// The byte swap compiles to BPF_END, which the verifiers of Debian 12's 6.1 and 13's 6.12 do
+/// not track: `check_alu_op()` (kernel/bpf/verifier.c) marks its result an unknown 64-bit
+/// scalar, and every map index made from the port is then refused ("math between map_value
+/// pointer and register with unbounded min value is not allowed"). Masking the swapped value
+/// gives it back its 16-bit bound; `black_box` hides from LLVM that the swap already zero-extends,
+/// so the mask is not optimised away. Newer verifiers track the swap and the mask costs one
+/// instruction (and the spill and fill of `black_box`).
+#[inline(always)]
+fn port(bytes: [u8; 2]) -> u16 {
+    let swapped = u64::from(u16::from_be_bytes(bytes));
+    (core::hint::black_box(swapped) & 0xffff) as u16
+}
+
 #[inline(always)]
 fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow, u32> {
     match proto {
@@ -298,8 +313,8 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
             let tcp_flags = unsafe { *(tcp as *const u8).add(13) };
             Ok(Flow {
                 proto: PROTO_TCP,
-                src_port: u16::from_be_bytes(source),
-                dst_port: u16::from_be_bytes(dest),
+                src_port: port(source),
+                dst_port: port(dest),
                 header_len: header_len as u32,
                 tcp_flags,
                 ip_offset: 0,
@@ -321,8 +336,8 @@ fn l4(ctx: &TcContext, proto: u8, offset: usize, over_ipv6: bool) -> Result<Flow
             }
             Ok(Flow {
                 proto: PROTO_UDP,
-                src_port: u16::from_be_bytes(src),
-                dst_port: u16::from_be_bytes(dst),
+                src_port: port(src),
+                dst_port: port(dst),
                 header_len: (offset + UdpHdr::LEN) as u32,
                 tcp_flags: 0,
                 ip_offset: 0,

@@ -35,6 +35,18 @@ pub enum Error {
         log: String,
     },
 
+    #[error(
+        "{kernel} is too old for shaper: it lacks {feature}, which exists from {since} and \
+         shaper needs for {used_for}. The oldest kernel shaper is tested on is Debian 12's 6.1; \
+         upgrade the kernel (on Debian 11, bullseye-backports has 6.1)"
+    )]
+    KernelTooOld {
+        kernel: String,
+        feature: &'static str,
+        since: &'static str,
+        used_for: &'static str,
+    },
+
     #[error("tcx needs Linux >= 6.6 (this is {kernel}); use --attach clsact")]
     TcxUnsupported { kernel: String },
 

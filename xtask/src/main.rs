@@ -1,5 +1,5 @@
 //! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo |
-//! fuzz-inputs | check-deploy | dist`.
+//! fuzz-inputs | check-deploy | dist | vm`.
 
 mod bootstrap;
 mod check_deploy;
@@ -9,6 +9,7 @@ mod demo;
 mod dist;
 mod fuzz_inputs;
 mod kubernetes;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -104,6 +105,26 @@ enum Job {
     /// Kubernetes manifests rendered with `kubectl kustomize` and validated with
     /// kubernetes-validate.
     CheckDeploy,
+    /// Run the kernel tests on the kernels edge nodes run (root needed): each Debian suite's
+    /// cloud kernel (bullseye 5.10, bookworm 6.1, trixie 6.12, sid) booted under QEMU with a
+    /// Debian 12 userland and systemd as PID 1. Prints the kernel x feature table and writes it
+    /// under the target directory's vm/. The first run fetches the kernels and builds the root
+    /// file system (a few minutes; cached); each kernel then takes a few minutes.
+    Vm {
+        /// Only these kernels (5.10, 6.1, 6.12, newest, or a codename); repeatable. Default: all.
+        #[arg(long = "kernel", value_name = "KERNEL")]
+        kernels: Vec<String>,
+        /// Write the table into README.md (between its kernel-matrix markers).
+        #[arg(long)]
+        update_readme: bool,
+        /// Minutes one guest may take, boot to power-off.
+        #[arg(long, value_name = "MIN", default_value_t = 20)]
+        timeout: u64,
+        /// Only the features whose names contain this (e.g. `verify`, `shape`); repeatable.
+        /// The table then shows the rest as not run.
+        #[arg(long, value_name = "TEXT")]
+        only: Vec<String>,
+    },
     /// Build what an edge node installs without a toolchain, under the target directory's
     /// dist/: the static musl binary, shaper-VERSION-x86_64-linux.tar.gz (binary, man pages,
     /// completions, unit, example config, README, licences) and the Debian package (checked
@@ -143,6 +164,17 @@ fn main() -> anyhow::Result<()> {
         }),
         Job::CheckDeploy => check_deploy::run(),
         Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),
+        Job::Vm {
+            kernels,
+            update_readme,
+            timeout,
+            only,
+        } => vm::run(&vm::Options {
+            kernels,
+            update_readme,
+            timeout: Duration::from_secs(timeout * 60),
+            only,
+        }),
     }
 }
 

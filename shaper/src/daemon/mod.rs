@@ -90,6 +90,9 @@ impl Daemon {
     pub fn start(flags: Flags) -> Result<Self> {
         let config = settings::read_config(&flags)?;
         capabilities::check()?;
+        // Before any lock, pin or attachment: a kernel below the floor is refused with nothing
+        // left behind.
+        crate::datapath::kernel_support::check()?;
         let reload_from = flags.config.clone().map(|path| (path, config.clone()));
         let settings = Settings::resolve(flags, config)?;
 

@@ -134,6 +134,55 @@ pub struct Classifier {
     adopted: bool,
     /// The daemon finished starting: from now on the datapath is in service.
     serving: bool,
+    /// What loading each program cost the kernel.
+    verified: Vec<VerifiedProgram>,
+}
+
+/// What the kernel reports of a program it verified and loaded: the budget the verifier's
+/// complexity limit (1,000,000 processed instructions) and the oldest kernel's verifier are
+/// measured against.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedProgram {
+    pub program: &'static str,
+    /// Instructions the verifier processed (`verified_insns` of bpf_prog_info, Linux >= 5.16);
+    /// `None` where the kernel does not report it.
+    pub verified_insns: Option<u32>,
+    /// Size of the JIT-compiled program; `None` without the JIT or its report.
+    pub jited_bytes: Option<u32>,
+    /// Wall time of BPF_PROG_LOAD: verification, JIT and all.
+    pub load_ms: f64,
+}
+
+impl VerifiedProgram {
+    fn read(
+        name: &'static str,
+        program: &aya::programs::SchedClassifier,
+        took: std::time::Duration,
+    ) -> Self {
+        let info = program.info().ok();
+        Self {
+            program: name,
+            verified_insns: info.as_ref().and_then(|i| i.verified_instruction_count()),
+            jited_bytes: info
+                .as_ref()
+                .map(|i| i.size_jitted())
+                .filter(|&bytes| bytes > 0),
+            load_ms: took.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+impl fmt::Display for VerifiedProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: loaded in {:.1} ms", self.program, self.load_ms)?;
+        if let Some(insns) = self.verified_insns {
+            write!(f, ", {insns} instructions processed by the verifier")?;
+        }
+        if let Some(bytes) = self.jited_bytes {
+            write!(f, ", {bytes} bytes of JIT code")?;
+        }
+        Ok(())
+    }
 }
 
 impl Classifier {
@@ -152,6 +201,22 @@ impl Classifier {
     }
 
     fn load_with(interfaces: u32, pins: Option<&PinDir>) -> Result<Self> {
+        let adopting = pins.is_some_and(|p| p.map(maps::PORT_COUNTERS).exists());
+        let loaded = Self::load_or_adopt(interfaces, pins, adopting);
+        // aya pins each map as it creates it, before any program is verified: a refusal by the
+        // verifier (or any later error) would leave a fresh start's maps pinned, and `shaper
+        // status` would report a datapath that never ran. What an earlier daemon pinned stays.
+        if loaded.is_err()
+            && !adopting
+            && let Some(pins) = pins
+            && let Err(e) = pins.remove()
+        {
+            log::warn!("removing the pins of a failed start: {}", chain(&e));
+        }
+        loaded
+    }
+
+    fn load_or_adopt(interfaces: u32, pins: Option<&PinDir>, adopted: bool) -> Result<Self> {
         if interfaces == 0 || interfaces > MAX_IFACES {
             return Err(Error::TooManyInterfaces {
                 requested: interfaces as usize,
@@ -160,7 +225,6 @@ impl Classifier {
         }
         raise_memlock_limit();
         let mut capacity = interfaces;
-        let adopted = pins.is_some_and(|p| p.map(maps::PORT_COUNTERS).exists());
         if let Some(pins) = pins {
             pins.create()?;
             capacity = pinned_capacity(pins, interfaces)?;
@@ -178,20 +242,24 @@ impl Classifier {
             }
         }
         let mut ebpf = loader.load(OBJECT)?;
+        let mut verified = Vec::new();
         for direction in Direction::BOTH {
-            attach::program_mut(&mut ebpf, direction)?
-                .load()
-                .map_err(|e| match e {
-                    ProgramError::LoadError {
-                        io_error,
-                        verifier_log,
-                    } => Error::Verifier {
-                        program: direction.program(),
-                        error: io_error,
-                        log: verifier_log.to_string(),
-                    },
-                    other => other.into(),
-                })?;
+            let program = attach::program_mut(&mut ebpf, direction)?;
+            let started = std::time::Instant::now();
+            program.load().map_err(|e| match e {
+                ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                } => Error::Verifier {
+                    program: direction.program(),
+                    error: io_error,
+                    log: verifier_log.to_string(),
+                },
+                other => other.into(),
+            })?;
+            let stats = VerifiedProgram::read(direction.program(), program, started.elapsed());
+            log::info!("{stats}");
+            verified.push(stats);
         }
         let port_entries = port_entries as usize;
         let port_counters = map_shared(&ebpf, maps::PORT_COUNTERS, |fd| {
@@ -227,6 +295,7 @@ impl Classifier {
             pins: pins.cloned(),
             adopted,
             serving: false,
+            verified,
         };
         classifier.adopt_slots()?;
         Ok(classifier)
@@ -264,6 +333,11 @@ impl Classifier {
     }
 
     /// Whether the maps were pinned by an earlier daemon, whose datapath this one took over.
+    /// What the kernel reported of each program it loaded.
+    pub fn verified(&self) -> &[VerifiedProgram] {
+        &self.verified
+    }
+
     pub fn adopted(&self) -> bool {
         self.adopted
     }

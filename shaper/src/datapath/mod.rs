@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod htb;
 pub mod ifb;
 pub mod interfaces;
+pub mod kernel_support;
 pub mod ktime;
 pub mod mapped_arrays;
 pub(crate) mod netlink;

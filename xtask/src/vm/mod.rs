@@ -1,0 +1,396 @@
+//! `cargo xtask vm`: shaper's kernel tests on the kernels edge nodes run, each Debian suite's
+//! cloud kernel booted under QEMU with a Debian 12 userland and systemd as PID 1.
+//!
+//! - [`kernels`] fetches each suite's kernel package from Debian's archive;
+//! - [`image`] makes the root file system (debootstrap, cached) with each kernel's modules and
+//!   initrd;
+//! - [`guest`] boots one kernel with a work disk and brings its results back;
+//! - [`matrix`] says which tests prove which feature and makes the kernel × feature table.
+//!
+//! The tests are the ones the build machine runs (`cargo test` binaries, copied to the work
+//! disk with the `shaper` binary at the path they were built to find it), with CI=true so a
+//! test that cannot run fails instead of skipping.
+
+mod guest;
+mod image;
+mod kernels;
+mod matrix;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::{bootstrap, cargo, check, target_dir, workspace_root};
+use kernels::Suite;
+use matrix::{FEATURES, KernelResult};
+
+pub struct Options {
+    /// Kernels by version line or codename; empty: every kernel of the test bed.
+    pub kernels: Vec<String>,
+    /// Write the table into README.md between its markers.
+    pub update_readme: bool,
+    /// How long one guest may take, boot to power-off.
+    pub timeout: Duration,
+    /// Only the features whose names contain one of these; empty: all.
+    pub only: Vec<String>,
+}
+
+/// The README's markers around the generated table.
+const README_START: &str = "<!-- kernel-matrix:start -->";
+const README_END: &str = "<!-- kernel-matrix:end -->";
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    check_tools()?;
+    let suites: Vec<Suite> = if options.kernels.is_empty() {
+        kernels::SUITES.to_vec()
+    } else {
+        options
+            .kernels
+            .iter()
+            .map(|k| kernels::suite(k))
+            .collect::<anyhow::Result<_>>()?
+    };
+    bootstrap::run()?;
+    let binaries = build_tests()?;
+    eprintln!(
+        "xtask vm: [{:.0}s] tests built",
+        started.elapsed().as_secs_f64()
+    );
+
+    let cache = bootstrap::cache_root()
+        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
+        .join("vm");
+    let kernels: Vec<kernels::Kernel> = suites
+        .iter()
+        .map(|&suite| kernels::fetch(&cache, suite))
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!(
+        "xtask vm: [{:.0}s] kernels ready",
+        started.elapsed().as_secs_f64()
+    );
+    let out_dir = target_dir()?.join("vm");
+    let root = image::prepare(&cache, &kernels, &out_dir.join("root.img"))?;
+    eprintln!(
+        "xtask vm: [{:.0}s] root file system ready",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut results = Vec::new();
+    for kernel in &kernels {
+        let below_floor = kernel.suite.codename == "bullseye";
+        let work = out_dir.join(kernel.suite.label).join("work");
+        prepare_work(&work, &binaries, kernel, below_floor, &options.only)?;
+        eprintln!(
+            "xtask vm: [{:.0}s] booting {} ({}, {})",
+            started.elapsed().as_secs_f64(),
+            kernel.release,
+            kernel.suite.release,
+            kernel.package_version
+        );
+        let outcome = guest::Boot {
+            kernel,
+            root: &root,
+            work: &work,
+            results: &out_dir.join(kernel.suite.label).join("results"),
+            timeout: options.timeout,
+        }
+        .run()?;
+        let (runs, verifier) = matrix::read_guest_results(&outcome.out)?;
+        let result = KernelResult {
+            label: kernel.suite.label.into(),
+            release: kernel.release.clone(),
+            package_version: kernel.package_version.clone(),
+            below_floor,
+            boot_and_run_secs: outcome.took.as_secs_f64(),
+            runs,
+            verifier,
+        };
+        eprintln!(
+            "xtask vm: [{:.0}s] {}: {} tests, {} failed, {:.0} s in the guest",
+            started.elapsed().as_secs_f64(),
+            kernel.release,
+            result.runs.len(),
+            result.failures().len(),
+            outcome.took.as_secs_f64()
+        );
+        for failure in result.failures() {
+            let log = outcome
+                .out
+                .join("tests")
+                .join(log_name(&failure.binary, &failure.name));
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- {} {} {} failed (exit {}); the end of {}:\n{}",
+                kernel.release,
+                failure.binary,
+                failure.name,
+                failure.exit_code,
+                log.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+        if outcome.exit_code != Some(0) && result.failures().is_empty() {
+            eprintln!(
+                "--- {}: the guest's run exited {:?}; its log ends:\n{}",
+                kernel.release,
+                outcome.exit_code,
+                outcome.tail(40)
+            );
+        }
+        results.push(result);
+    }
+
+    let date = utc_date()?;
+    let table = matrix::table(&results, &date);
+    println!("\n{table}");
+    fs::write(out_dir.join("report.md"), &table)?;
+    fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    if options.update_readme {
+        update_readme(&table)?;
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.failures()
+                .into_iter()
+                .map(move |f| format!("{} {}::{}", r.release, f.binary, f.name))
+        })
+        .collect();
+    let incomplete: Vec<&str> = results
+        .iter()
+        .filter(|r| {
+            FEATURES
+                .iter()
+                .any(|f| matches!(r.cell(f), matrix::Cell::NotRun("not run")))
+        })
+        .map(|r| r.release.as_str())
+        .collect();
+    eprintln!(
+        "xtask vm: done in {:.0} s; report in {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.join("report.md").display()
+    );
+    if !failed.is_empty() {
+        bail!("failed in the guests: {}", failed.join(", "));
+    }
+    if !incomplete.is_empty() && options.only.is_empty() {
+        bail!("tests did not run on {}", incomplete.join(", "));
+    }
+    Ok(())
+}
+
+fn check_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("debootstrap", "debootstrap"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("objcopy", "binutils"),
+        ("dpkg-deb", "dpkg"),
+        ("apt-get", "apt"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| which(tool).is_none())
+    .map(|(_, package)| package)
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the VM test bed needs these Debian packages: {} (apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The test binaries and the `shaper` binary they start, as cargo built them.
+struct Binaries {
+    tests: BTreeMap<String, PathBuf>,
+    shaper: PathBuf,
+}
+
+fn build_tests() -> anyhow::Result<Binaries> {
+    let output = cargo()
+        .args([
+            "test",
+            "--no-run",
+            "--package",
+            "shaper",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !output.status.success() {
+        bail!("cargo test --no-run failed: {}", output.status);
+    }
+    let mut tests = BTreeMap::new();
+    let mut shaper = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(executable)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) else {
+            continue;
+        };
+        let kinds = &message["target"]["kind"];
+        if kinds
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"))
+        {
+            tests.insert(name.to_owned(), PathBuf::from(executable));
+        } else if name == "shaper"
+            && kinds
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        {
+            shaper = Some(PathBuf::from(executable));
+        }
+    }
+    shaper.context("cargo built no `shaper` binary")?;
+    // The copy the tests were built to start (CARGO_BIN_EXE_shaper): cargo's uplifted binary in
+    // the profile directory, not the one under deps/ the JSON names.
+    let shaper = target_dir()?.join("debug").join("shaper");
+    Ok(Binaries { tests, shaper })
+}
+
+fn log_name(binary: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("{binary}.log")
+    } else {
+        format!("{binary}-{name}.log")
+    }
+}
+
+/// The work disk's contents: the binaries (debug info stripped: a tenth of the size) and `run`,
+/// which runs each test of the plan with a time limit and records it in `out/results.tsv`.
+fn prepare_work(
+    work: &Path,
+    binaries: &Binaries,
+    kernel: &kernels::Kernel,
+    below_floor: bool,
+    only: &[String],
+) -> anyhow::Result<()> {
+    let _ = fs::remove_dir_all(work);
+    let bin = work.join("bin");
+    fs::create_dir_all(&bin)?;
+    let plan: Vec<(&str, &str)> = FEATURES
+        .iter()
+        .filter(|f| !below_floor || matrix::BELOW_FLOOR.contains(&f.name))
+        .filter(|f| !f.needs_tcx || matrix::has_tcx(&kernel.release))
+        .filter(|f| only.is_empty() || only.iter().any(|o| f.name.contains(o.as_str())))
+        .flat_map(|f| f.tests.iter().copied())
+        .collect();
+    let mut needed: Vec<&str> = plan.iter().map(|(binary, _)| *binary).collect();
+    needed.dedup();
+    let strip = |from: &Path, to: &Path| {
+        check(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(from)
+                .arg(to),
+        )
+    };
+    strip(&binaries.shaper, &bin.join("shaper"))?;
+    for binary in &needed {
+        let path = binaries
+            .tests
+            .get(*binary)
+            .with_context(|| format!("cargo built no test binary {binary}"))?;
+        let target = bin.join(binary);
+        if !target.exists() {
+            strip(path, &target)?;
+        }
+    }
+    let mut script = String::from(
+        "#!/bin/bash\n\
+         # Written by `cargo xtask vm`: runs the kernel tests of the matrix on this kernel.\n\
+         set -u\n\
+         export CI=true HOME=/root RUST_BACKTRACE=1\n\
+         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         cd /vm\n\
+         mkdir -p out/tests\n\
+         : > out/results.tsv\n\
+         uname -r > out/uname\n",
+    );
+    // The tests start `shaper` at the path cargo built it to (CARGO_BIN_EXE_shaper).
+    let shaper = binaries.shaper.display().to_string();
+    let _ = writeln!(
+        script,
+        "mkdir -p {dir:?}\nln -sf /vm/bin/shaper {shaper:?}",
+        dir = binaries
+            .shaper
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .display()
+            .to_string(),
+    );
+    script.push_str(
+        "run_test() {\n\
+         \x20 local binary=$1 name=$2 log=$3 start\n\
+         \x20 start=$(date +%s%N)\n\
+         \x20 if [ -n \"$name\" ]; then\n\
+         \x20   timeout --kill-after=10 600 \"bin/$binary\" --exact \"$name\" --test-threads=1 --nocapture > \"out/tests/$log\" 2>&1\n\
+         \x20 else\n\
+         \x20   timeout --kill-after=10 600 \"bin/$binary\" --test-threads=1 --nocapture > \"out/tests/$log\" 2>&1\n\
+         \x20 fi\n\
+         \x20 local code=$?\n\
+         \x20 printf '%s\\t%s\\t%s\\t%s\\n' \"$binary\" \"$name\" \"$code\" $(( ($(date +%s%N) - start) / 1000000 )) >> out/results.tsv\n\
+         \x20 echo \"$binary $name: exit $code\"\n\
+         }\n",
+    );
+    for (binary, name) in &plan {
+        let _ = writeln!(
+            script,
+            "run_test {binary} {name:?} {:?}",
+            log_name(binary, name)
+        );
+    }
+    let run = work.join("run");
+    fs::write(&run, script)?;
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn utc_date() -> anyhow::Result<String> {
+    let output = Command::new("date").args(["-u", "+%Y-%m-%d"]).output()?;
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// Replaces the README's table between its markers.
+fn update_readme(table: &str) -> anyhow::Result<()> {
+    let path = workspace_root().join("README.md");
+    let text = fs::read_to_string(&path)?;
+    let (Some(start), Some(end)) = (text.find(README_START), text.find(README_END)) else {
+        bail!("README.md has no {README_START} … {README_END} markers");
+    };
+    let updated = format!("{}{README_START}\n{table}{}", &text[..start], &text[end..]);
+    fs::write(&path, updated)?;
+    eprintln!("xtask vm: the table is in README.md");
+    Ok(())
+}
