@@ -224,6 +224,10 @@ fn tx_packets(ns: &Namespace, dev: &str) -> u64 {
 
 /// Names of the tcx programs on the ingress and egress hooks of `a_if`.
 fn tcx_programs(pair: &VethPair) -> [Vec<String>; 2] {
+    // A kernel without tcx (before 6.6) refuses the query (EINVAL) and has none attached.
+    if shaper::AttachMode::auto() != shaper::AttachMode::Tcx {
+        return [Vec::new(), Vec::new()];
+    }
     let iface = pair.a_if.clone();
     pair.a.within(|| {
         [TcAttachType::Ingress, TcAttachType::Egress].map(|hook| {

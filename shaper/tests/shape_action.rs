@@ -414,6 +414,24 @@ fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_
     let before = root_qdisc(&pair.a, &pair.a_if);
     let daemon = Daemon::start(&pair.a, "si", &["--iface", &pair.a_if]);
     let port = PORT.to_string();
+    if !shaper::datapath::kernel_support::redirect_to_ifb_delivers() {
+        // Before Linux 6.5 the IFB would drop every redirected packet: the rule is refused, and
+        // nothing is set up for it.
+        let output = daemon.cli(&[
+            "limit", "set", &port, "--rate", RATE, "--dir", "ingress", "--proto", "udp",
+            "--action", "shape",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        println!(
+            "refused on {}: {stderr}",
+            shaper::datapath::kernel_support::release()
+        );
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains("needs Linux >= 6.5"), "{stderr}");
+        assert!(daemon.rules().is_empty());
+        assert_eq!(ifb_exists(&pair.a, &pair.a_if), None);
+        return;
+    }
     daemon.cli_ok(&[
         "limit", "set", &port, "--rate", RATE, "--dir", "ingress", "--proto", "udp", "--action",
         "shape",

@@ -55,6 +55,22 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// Whether a tc program's `bpf_redirect()` to an IFB device delivers: the kernel marks the
+/// packet redirected only from Linux 6.5 (`__bpf_tx_skb()` calls
+/// `skb_set_redirected_noclear()`: "bpf: Set skb redirect and from_ingress info in
+/// __bpf_tx_skb", bpf-next, April 2023), and `ifb_xmit()` (drivers/net/ifb.c) frees every
+/// packet that is not marked. Seen in the VM test bed on Debian 12's 6.1: the IFB's HTB queued
+/// every packet of an ingress shape rule and not one arrived. No probe short of sending a
+/// packet through an IFB tells, so this one goes by the version.
+pub fn redirect_to_ifb_delivers() -> bool {
+    static DELIVERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DELIVERS.get_or_init(|| {
+        use aya::util::KernelVersion;
+        // A kernel whose version cannot be read is taken to be a current one.
+        KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(6, 5, 0))
+    })
+}
+
 /// `uname -r`.
 pub fn release() -> String {
     // SAFETY: an all-zero utsname is a valid value for uname(2) to fill.

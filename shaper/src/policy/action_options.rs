@@ -2,9 +2,12 @@
 //! here, once for the CLI, the config file, the control socket and the state file, so a bad
 //! combination gets the same clear error wherever it comes from.
 
-use crate::policy::{
-    rates_and_sizes,
-    rule_table::{Action, Limit, RuleSpec},
+use crate::{
+    datapath::kernel_support,
+    policy::{
+        rates_and_sizes,
+        rule_table::{Action, DirSel, Limit, RuleSpec},
+    },
 };
 
 /// How long a shape rule's default queue may make a packet wait at the rule's rate: bounded, so
@@ -54,6 +57,13 @@ pub enum ActionOptionError {
     },
     #[error("queue {value}: above the largest queue a rule may have, {max}")]
     QueueTooLarge { value: String, max: String },
+    #[error(
+        "an ingress `shape` rule needs Linux >= 6.5, and this is {kernel}: before 6.5 the \
+         kernel drops every packet the program redirects to the IFB device that queues them \
+         (see the README's *Supported kernels*). Shape egress only (--dir egress), or police \
+         ingress with `--action drop` (with --ecn for ECN-capable TCP)"
+    )]
+    IngressShapeNeedsKernel { kernel: String },
 }
 
 /// Adds a spec's action options to its validated `limit`, or says why they do not fit.
@@ -78,6 +88,11 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
             ecn: spec.ecn,
             queue_bytes: 0,
             ..limit
+        });
+    }
+    if spec.key.dir != DirSel::Egress && !kernel_support::redirect_to_ifb_delivers() {
+        return Err(ActionOptionError::IngressShapeNeedsKernel {
+            kernel: kernel_support::release(),
         });
     }
     let queue_bytes = match spec.queue_bytes {

@@ -195,10 +195,12 @@ fn add_kernel(tree: &Path, kernel: &Kernel) -> anyhow::Result<()> {
             .arg(tree)
             .args(["depmod", &kernel.release]),
     )?;
+    // Made under a temporary name: mkinitramfs creates its output before it can fail, and an
+    // empty initrd must not pass for a finished one next time.
+    let partial = format!("/boot/initrd.img-{}.partial", kernel.release);
     let output = Command::new("chroot")
         .arg(tree)
-        .args(["mkinitramfs", "-o"])
-        .arg(format!("/boot/initrd.img-{}", kernel.release))
+        .args(["mkinitramfs", "-o", &partial])
         .arg(&kernel.release)
         .output()
         .context("running mkinitramfs in the guest tree")?;
@@ -209,6 +211,7 @@ fn add_kernel(tree: &Path, kernel: &Kernel) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    fs::rename(tree.join(partial.trim_start_matches('/')), &initrd)?;
     Ok(())
 }
 

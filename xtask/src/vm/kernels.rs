@@ -110,12 +110,15 @@ impl Kernel {
     /// The kernel's build configuration (`/boot/config-RELEASE`), which mkinitramfs consults
     /// when it is there; sid's split packages carry none.
     pub fn config(&self) -> Option<PathBuf> {
-        Some(
-            self.root
-                .join("boot")
-                .join(format!("config-{}", self.release)),
-        )
-        .filter(|p| p.is_file())
+        let boot = self
+            .root
+            .join("boot")
+            .join(format!("config-{}", self.release));
+        let beside_modules = self.modules_dir().ok().map(|m| m.join("config"));
+        [Some(boot), beside_modules]
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file())
     }
 }
 
@@ -258,12 +261,16 @@ pub fn fetch(cache: &Path, suite: Suite) -> anyhow::Result<Kernel> {
     if kernel.root.join(".complete").is_file() {
         return Ok(kernel);
     }
-    // sid's image package is empty: the kernel is in linux-binary-RELEASE and the modules in
-    // linux-modules-RELEASE.
+    // sid's image package is empty: the kernel is in linux-binary-RELEASE, the modules in
+    // linux-modules-RELEASE and the build configuration (which mkinitramfs reads) in
+    // linux-base-RELEASE.
+    let parts = ["binary", "modules", "base"].map(|part| format!("linux-{part}-{release}"));
     let mut packages = vec![image.clone()];
-    packages.extend(apt.depends(&image)?.into_iter().filter(|d| {
-        *d == format!("linux-binary-{release}") || *d == format!("linux-modules-{release}")
-    }));
+    packages.extend(
+        apt.depends(&image)?
+            .into_iter()
+            .filter(|d| parts.contains(d)),
+    );
     eprintln!(
         "xtask vm: fetching {} ({})",
         packages.join(" "),
