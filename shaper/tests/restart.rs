@@ -35,6 +35,8 @@ const BURST_BYTES: f64 = 262_144.0;
 const FLOOD: u64 = 12_000_000;
 /// Received over a whole run may exceed rate × time + burst by this much (timing at the edges).
 const SLACK: f64 = 0.02;
+/// The longest a flood runs if its test never stops it (it fails first).
+const FLOOD_BOUND: Duration = Duration::from_secs(60);
 
 fn udp_port(snapshot: &Snapshot, iface: &str) -> PortStats {
     snapshot
@@ -115,15 +117,17 @@ impl Flood {
         }
     }
 
-    /// Waits for the sender to finish and checks the whole run against the limit: at most
-    /// rate × time + burst (+2%) arrived, and the flood really was >= 10× the limit.
+    /// Stops the flood now and checks the whole run against the limit: at most rate × time +
+    /// burst (+2%) arrived, and the flood really was >= 10× the limit. Stopped, not awaited: a
+    /// slow machine (the VM test bed emulates its CPUs) takes seconds to start a daemon, and
+    /// the flood must still be running when the new one has taken over.
     fn finish(self, what: &str) {
         let Self {
             receiver,
             sender,
             start,
         } = self;
-        let offered = sender.wait().expect("sender");
+        let offered = sender.finish().expect("sender");
         let elapsed = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(200));
         let received = (receiver.count() * WIRE) as f64;
@@ -165,7 +169,8 @@ fn crash_and_restart(mode: &str, tag: &str) {
     let first = Daemon::start_with_state(&pair.a, &format!("{tag}1"), &args, &state.file());
     let pin_base = first.pin_base.clone();
     set_limit(&first);
-    let flood = Flood::start(&pair, Duration::from_secs(7));
+    // Bounded; `finish` stops it once the new daemon has policed it for a while.
+    let flood = Flood::start(&pair, FLOOD_BOUND);
     std::thread::sleep(Duration::from_millis(1500));
     let before = udp_port(&first.stats(), &pair.a_if);
     let rule_before = first.rules()[0].clone();
@@ -213,6 +218,7 @@ fn crash_and_restart(mode: &str, tag: &str) {
         "{}",
         second.log()
     );
+    std::thread::sleep(Duration::from_millis(1500));
     flood.finish(&format!("kill -9 ({mode})"));
     let (status, log) = second.stop();
     assert!(status.success(), "{log}");
@@ -251,7 +257,7 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
     let old = Daemon::start_with_state(&pair.a, "up1", &args, &state.file());
     let pin_base = old.pin_base.clone();
     set_limit(&old);
-    let flood = Flood::start(&pair, Duration::from_secs(5));
+    let flood = Flood::start(&pair, FLOOD_BOUND);
     std::thread::sleep(Duration::from_millis(1500));
     let old_programs = program_ids(&status(&pair, &pin_base));
     let before = udp_port(&old.stats(), &pair.a_if);
@@ -272,6 +278,7 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
     );
     let after = udp_port(&new.stats(), &pair.a_if);
     assert!(after.packets >= before.packets && after.bytes >= before.bytes);
+    std::thread::sleep(Duration::from_millis(1500));
     flood.finish("persist restart");
     // Without --persist a stop takes everything down; this one persists, so `down` does.
     drop(new);

@@ -111,9 +111,12 @@ enum Job {
     /// under the target directory's vm/. The first run fetches the kernels and builds the root
     /// file system (a few minutes; cached); each kernel then takes a few minutes.
     Vm {
-        /// Only these kernels (5.10, 6.1, 6.12, newest, or a codename); repeatable. Default: all.
-        #[arg(long = "kernel", value_name = "KERNEL")]
+        /// Only these kernels (5.10, 6.1, 6.12, newest, or a codename); repeatable.
+        #[arg(long = "kernel", value_name = "KERNEL", conflicts_with = "all")]
         kernels: Vec<String>,
+        /// Every kernel of the test bed (what runs without --kernel too).
+        #[arg(long)]
+        all: bool,
         /// Write the table into README.md (between its kernel-matrix markers).
         #[arg(long)]
         update_readme: bool,
@@ -166,6 +169,7 @@ fn main() -> anyhow::Result<()> {
         Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),
         Job::Vm {
             kernels,
+            all: _,
             update_readme,
             timeout,
             only,

@@ -247,35 +247,27 @@ fn build_tests() -> anyhow::Result<Binaries> {
         bail!("cargo test --no-run failed: {}", output.status);
     }
     let mut tests = BTreeMap::new();
-    let mut shaper = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let (Some(name), Some(executable)) = (
+        let is_test = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(executable)) = (
+            is_test,
             message["target"]["name"].as_str(),
             message["executable"].as_str(),
-        ) else {
-            continue;
-        };
-        let kinds = &message["target"]["kind"];
-        if kinds
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "test"))
-        {
+        ) {
             tests.insert(name.to_owned(), PathBuf::from(executable));
-        } else if name == "shaper"
-            && kinds
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "bin"))
-        {
-            shaper = Some(PathBuf::from(executable));
         }
     }
-    shaper.context("cargo built no `shaper` binary")?;
-    // The copy the tests were built to start (CARGO_BIN_EXE_shaper): cargo's uplifted binary in
-    // the profile directory, not the one under deps/ the JSON names.
+    // The binary the tests were built to start (CARGO_BIN_EXE_shaper): cargo's copy in the
+    // profile directory, not the one under deps/.
     let shaper = target_dir()?.join("debug").join("shaper");
+    if !shaper.is_file() {
+        bail!("cargo test built no {}", shaper.display());
+    }
     Ok(Binaries { tests, shaper })
 }
 
@@ -306,8 +298,7 @@ fn prepare_work(
         .filter(|f| only.is_empty() || only.iter().any(|o| f.name.contains(o.as_str())))
         .flat_map(|f| f.tests.iter().copied())
         .collect();
-    let mut needed: Vec<&str> = plan.iter().map(|(binary, _)| *binary).collect();
-    needed.dedup();
+    let needed: std::collections::BTreeSet<&str> = plan.iter().map(|(binary, _)| *binary).collect();
     let strip = |from: &Path, to: &Path| {
         check(
             Command::new("objcopy")
@@ -322,10 +313,7 @@ fn prepare_work(
             .tests
             .get(*binary)
             .with_context(|| format!("cargo built no test binary {binary}"))?;
-        let target = bin.join(binary);
-        if !target.exists() {
-            strip(path, &target)?;
-        }
+        strip(path, &bin.join(binary))?;
     }
     let mut script = String::from(
         "#!/bin/bash\n\
