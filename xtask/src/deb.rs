@@ -118,7 +118,7 @@ fn control_file(version: &str, installed_kib: u64) -> String {
          .\n \
          It exports Prometheus metrics, serves health probes, and comes with a\n \
          live terminal view (shaper top). The binary is static and embeds the\n \
-         eBPF object; Linux 5.15 or newer is required.\n"
+         eBPF object; Linux 6.1 or newer is required.\n"
     )
 }
 

@@ -127,6 +127,11 @@ enum Job {
         /// The table then shows the rest as not run.
         #[arg(long, value_name = "TEXT")]
         only: Vec<String>,
+        /// Instead of the matrix: build the .deb and run it under the guest's systemd on
+        /// Debian 12's kernel (install, the real socket, reload, restart under a flood, stop,
+        /// purge, `systemd-analyze security`).
+        #[arg(long, conflicts_with_all = ["kernels", "only", "update_readme"])]
+        package: bool,
     },
     /// Build what an edge node installs without a toolchain, under the target directory's
     /// dist/: the static musl binary, shaper-VERSION-x86_64-linux.tar.gz (binary, man pages,
@@ -173,11 +178,13 @@ fn main() -> anyhow::Result<()> {
             update_readme,
             timeout,
             only,
+            package,
         } => vm::run(&vm::Options {
             kernels,
             update_readme,
             timeout: Duration::from_secs(timeout * 60),
             only,
+            package,
         }),
     }
 }

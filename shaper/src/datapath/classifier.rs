@@ -202,12 +202,15 @@ impl Classifier {
 
     fn load_with(interfaces: u32, pins: Option<&PinDir>) -> Result<Self> {
         let adopting = pins.is_some_and(|p| p.map(maps::PORT_COUNTERS).exists());
+        // This start makes the pin directory: nothing in it is anybody else's.
+        let fresh = pins.is_some_and(|p| !p.root().exists());
         let loaded = Self::load_or_adopt(interfaces, pins, adopting);
         // aya pins each map as it creates it, before any program is verified: a refusal by the
         // verifier (or any later error) would leave a fresh start's maps pinned, and `shaper
-        // status` would report a datapath that never ran. What an earlier daemon pinned stays.
+        // status` would report a datapath that never ran. A directory that was there before
+        // (an earlier daemon's, or a foreign map in the way) is left as it was.
         if loaded.is_err()
-            && !adopting
+            && fresh
             && let Some(pins) = pins
             && let Err(e) = pins.remove()
         {
@@ -332,12 +335,12 @@ impl Classifier {
         Ok(())
     }
 
-    /// Whether the maps were pinned by an earlier daemon, whose datapath this one took over.
     /// What the kernel reported of each program it loaded.
     pub fn verified(&self) -> &[VerifiedProgram] {
         &self.verified
     }
 
+    /// Whether the maps were pinned by an earlier daemon, whose datapath this one took over.
     pub fn adopted(&self) -> bool {
         self.adopted
     }

@@ -15,6 +15,7 @@ mod guest;
 mod image;
 mod kernels;
 mod matrix;
+mod package;
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +42,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Only the features whose names contain one of these; empty: all.
     pub only: Vec<String>,
+    /// Instead of the matrix: the .deb under systemd on Debian 12's kernel.
+    pub package: bool,
 }
 
 /// The README's markers around the generated table.
@@ -50,7 +53,9 @@ const README_END: &str = "<!-- kernel-matrix:end -->";
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     check_tools()?;
-    let suites: Vec<Suite> = if options.kernels.is_empty() {
+    let suites: Vec<Suite> = if options.package {
+        vec![kernels::suite("bookworm")?]
+    } else if options.kernels.is_empty() {
         kernels::SUITES.to_vec()
     } else {
         options
@@ -83,6 +88,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "xtask vm: [{:.0}s] root file system ready",
         started.elapsed().as_secs_f64()
     );
+
+    if options.package {
+        return package::run(&kernels[0], &root, &out_dir, options.timeout);
+    }
 
     let mut results = Vec::new();
     for kernel in &kernels {
