@@ -18,7 +18,10 @@
 //!
 //! The cost on the common path (a segment without SYN, RST or FIN) is one flags test, and on
 //! ingress an ACK also reads its port's `pending` count: the LRU is looked up only while that
-//! port has a handshake waiting for its ACK.
+//! port has a handshake waiting for its ACK. Whoever removes a `SYNACK_SENT` entry takes it out
+//! of `pending`, exactly once: the ACK, a RST, or userspace giving up on a handshake whose ACK
+//! never came. The entries the LRU evicts are taken out by userspace, which finds a port's
+//! `pending` above its entries in the LRU (`shaper::datapath::tcp_telemetry::PendingRepair`).
 
 use crate::parse::Flow;
 use aya_ebpf::{
@@ -325,11 +328,15 @@ fn client_ack(ctx: &TcContext, slot: u32, flow: &Flow, local_port: u16, remote_p
     if state != handshake::SYNACK_SENT {
         return;
     }
+    // Removed first: a duplicate ACK on another CPU, or userspace dropping the entry as stale,
+    // then finds nothing, so `pending` goes down once.
+    if HANDSHAKES.remove(key).is_err() {
+        return;
+    }
     pending(slot, local_port, u64::MAX);
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    finish(
-        &key,
+    record(
         entry_flags,
         slot,
         RTT_SIDE_CLIENT,
@@ -364,22 +371,29 @@ fn reset(
             // SAFETY: a live array element (index checked by the lookup).
             unsafe { add(&raw mut (*events).probes, 1) };
         }
-    } else {
+        let _ = HANDSHAKES.remove(key);
+    } else if HANDSHAKES.remove(key).is_ok() {
+        // Only the one who removes the entry counts its end (see `client_ack`).
         if state == handshake::SYNACK_SENT {
             pending(slot, local_port, u64::MAX);
         }
         stats(offset_of!(HandshakeStats, discarded));
     }
-    let _ = HANDSHAKES.remove(key);
 }
 
-/// Records a sample (unless the timed segment was retransmitted) and forgets the handshake.
+/// Forgets the handshake and records its sample (unless the timed segment was retransmitted).
 #[inline(always)]
 fn finish(key: &HandshakeKey, entry_flags: u32, slot: u32, side: u32, port: u16, ns: u64) {
     // Removed first: a duplicate reply on another CPU then finds nothing and adds no sample.
     if HANDSHAKES.remove(key).is_err() {
         return;
     }
+    record(entry_flags, slot, side, port, ns);
+}
+
+/// Records the sample of a handshake just removed from `HANDSHAKES`.
+#[inline(always)]
+fn record(entry_flags: u32, slot: u32, side: u32, port: u16, ns: u64) {
     if entry_flags & handshake::RETRANSMITTED != 0 {
         stats(offset_of!(HandshakeStats, discarded));
         return;

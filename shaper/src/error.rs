@@ -109,6 +109,12 @@ pub enum Error {
     )]
     SocketInUse { path: PathBuf },
 
+    #[error(
+        "--socket {path} is {kind}, not a socket: shaper replaces only a socket a stopped daemon \
+         left; choose another path or remove it"
+    )]
+    NotASocket { path: PathBuf, kind: &'static str },
+
     #[error("the daemon's reply could not be read")]
     BadReply(#[source] serde_json::Error),
 
@@ -257,6 +263,9 @@ pub enum Error {
     },
 
     #[error(transparent)]
+    UnsafeFile(#[from] crate::private_files::UnsafeFile),
+
+    #[error(transparent)]
     Io(#[from] io::Error),
 
     #[error("reading the program's log lines (aya-log)")]
@@ -264,6 +273,45 @@ pub enum Error {
 
     #[error("'{0}' is not a log level: off, error, warn, info, debug or trace")]
     LogLevel(String),
+
+    #[error(
+        "bpf(2) was refused (EPERM) under a seccomp filter: a container runtime's \
+         default profile allows bpf(2) only with CAP_SYS_ADMIN (podman's and CRI-O's do; \
+         containerd >= 1.7 and Docker >= 23 allow it with CAP_BPF). Run with the profile made by \
+         deploy/seccomp/shaper-profile.py (README, Kubernetes)"
+    )]
+    SeccompRefusedBpf {
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// An EPERM from bpf(2) in a process under a seccomp filter (`Seccomp: 2` in
+    /// /proc/self/status) is the filter's, not the kernel's: the start-up check has already
+    /// made sure the capabilities are held. Says so, instead of a bare "Operation not permitted".
+    pub fn explain_seccomp(self) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&self);
+        let mut eperm = false;
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<io::Error>() {
+                eperm |= io.raw_os_error() == Some(libc::EPERM);
+            }
+            cause = error.source();
+        }
+        let filtered = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+            status
+                .lines()
+                .any(|line| line.split_whitespace().eq(["Seccomp:", "2"]))
+        });
+        if eperm && filtered {
+            Self::SeccompRefusedBpf {
+                source: Box::new(self),
+            }
+        } else {
+            self
+        }
+    }
 }
 
 impl From<aya::EbpfError> for Error {

@@ -21,6 +21,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod policy;
+pub mod private_files;
 pub mod telemetry;
 
 pub use datapath::{

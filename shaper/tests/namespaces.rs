@@ -425,6 +425,7 @@ fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
         metrics_addr: Some(MetricsAddr::Off),
         metrics_top_ports: None,
         metrics_top_remotes: 0,
+        metrics_max_connections: shaper::telemetry::metrics::DEFAULT_MAX_CONNECTIONS,
         bpf_log: 0,
         socket: socket.clone(),
         pin_dir: common::daemon::pin_base(),

@@ -312,17 +312,23 @@ fn a_pinned_map_with_another_layout_is_refused() {
         .output()
         .expect("bpftool");
     assert!(created.status.success(), "{created:?}");
+    // A directory of its own: the daemon refuses a state directory others may write (/tmp).
+    let dir = std::env::temp_dir().join(format!("shaper-test-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("test dir");
     let refused = pair
         .a
         .command(daemon::SHAPER)
-        .args(["--socket", "/tmp/shaper-test-layout.sock", "run", "--iface"])
+        .arg("--socket")
+        .arg(dir.join("shaper.sock"))
+        .args(["run", "--iface"])
         .arg(&pair.a_if)
         .arg("--pin-dir")
         .arg(&pin_base)
-        .args(["--state", "/tmp/shaper-test-layout-state.json"])
+        .arg("--state")
+        .arg(dir.join("state.json"))
         .output()
         .expect("run the daemon");
-    let _ = std::fs::remove_file("/tmp/shaper-test-layout-state.json");
+    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     println!("{stderr}");
     assert!(!refused.status.success(), "{stderr}");

@@ -6,7 +6,10 @@ mod common;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
-use shaper::{Classifier, Direction};
+use shaper::{
+    Classifier, Direction,
+    datapath::tcp_telemetry::{PendingRepair, Repaired},
+};
 use shaper_common::{
     DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, TcpEvents,
 };
@@ -192,11 +195,63 @@ kernel_test!(
         );
         assert!(tracking.measured > 0, "{tracking:?}");
         // The counters stay exact: every SYN and SYN-ACK counted.
-        let events = events(c, DIR_INGRESS, 8443);
-        assert_eq!(events.syn, u64::from(n));
+        let counted = events(c, DIR_INGRESS, 8443);
+        assert_eq!(counted.syn, u64::from(n));
         assert_eq!(
             c.port_counters().tcp().events(0, DIR_EGRESS, 8443).synack,
             u64::from(n)
         );
+        // Each evicted handshake left the port's pending count raised: every later ACK to it
+        // would look the LRU up. The repair takes them out once two passes agree.
+        assert_eq!(counted.pending, tracking.lost);
+        let mut repair = PendingRepair::new(PendingRepair::STALE_AFTER);
+        let first = c.repair_pending(&mut repair).expect("first pass");
+        assert_eq!(
+            first,
+            Repaired::default(),
+            "an excess seen once is not trusted"
+        );
+        let second = c.repair_pending(&mut repair).expect("second pass");
+        assert_eq!(
+            second,
+            Repaired {
+                stale: 0,
+                evicted: tracking.lost,
+                ports: 1
+            }
+        );
+        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
+        assert_eq!(
+            c.repair_pending(&mut repair).expect("third pass"),
+            Repaired::default()
+        );
+    }
+);
+
+kernel_test!(
+    a_handshake_whose_ack_never_comes_is_dropped_once_and_the_late_ack_counts_nothing,
+    |c| {
+        run(c, Direction::Ingress, &segment(40001, 8443, SYN, false));
+        run(c, Direction::Egress, &segment(8443, 40001, SYN | ACK, true));
+        run(c, Direction::Ingress, &segment(40002, 8443, SYN, false));
+        run(c, Direction::Egress, &segment(8443, 40002, SYN | ACK, true));
+        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 2);
+        // A repair that finds every waiting handshake stale (the daemon waits 75 s).
+        let mut repair = PendingRepair::new(std::time::Duration::ZERO);
+        assert_eq!(
+            c.repair_pending(&mut repair).expect("pass"),
+            Repaired {
+                stale: 2,
+                evicted: 0,
+                ports: 0
+            }
+        );
+        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
+        // The late ACK and a late RST find nothing: no sample, and the count stays at zero
+        // rather than going below it.
+        run(c, Direction::Ingress, &segment(40001, 8443, ACK, false));
+        run(c, Direction::Ingress, &segment(40002, 8443, RST, false));
+        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
+        assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 0);
     }
 );

@@ -3,7 +3,10 @@
 //! an OCI archive under `dist/`, and removed from podman's store again. Nothing is pulled
 //! (FROM scratch) and nothing is run (these machines cannot run containers).
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -16,7 +19,8 @@ use crate::{
 /// Where the binary sits in the image, and so its entrypoint.
 const IMAGE_BINARY: &str = "/usr/sbin/shaper";
 
-pub fn build(built: &Built) -> anyhow::Result<()> {
+/// Builds, checks and saves the image; returns the OCI archive's path.
+pub fn build(built: &Built) -> anyhow::Result<PathBuf> {
     // The pid keeps two builds on one machine apart; the tag users see is set on loading.
     let tag = format!(
         "localhost/shaper-dist-check:{VERSION}-{}",
@@ -43,11 +47,12 @@ pub fn build(built: &Built) -> anyhow::Result<()> {
                 .arg(&tag),
         )?;
         eprintln!("xtask: {} (podman load -i ...)", archive.display());
-        Ok(())
+        Ok(archive)
     });
     let removed = podman(&["rmi", "--force", &tag]);
-    saved?;
-    removed.map(|_| ())
+    let archive = saved?;
+    removed?;
+    Ok(archive)
 }
 
 /// The image's entrypoint is [`IMAGE_BINARY`] and that file is byte for byte the binary the

@@ -7,7 +7,7 @@ use shaper::{
     daemon::{Daemon, Flags},
     datapath::{attach::AttachChoice, pins},
     policy::state_file::DEFAULT_STATE_FILE,
-    telemetry::metrics::MetricsAddr,
+    telemetry::metrics::{self, MetricsAddr},
 };
 
 #[derive(Debug, Args)]
@@ -48,6 +48,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     metrics_top_remotes: usize,
 
+    /// Connections the metrics endpoint keeps open at once. Each serves one request, must send
+    /// it within 5 s and is closed after 30 s; at the cap, the oldest connection that has sent
+    /// no request is closed for the new one, so probes get through idle clients.
+    #[arg(long, value_name = "N", default_value_t = metrics::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    metrics_max_connections: usize,
+
     /// The level of the program's own log lines (its rare paths, through aya-log): off, error,
     /// warn, info, debug or trace. `shaper log-level` changes it while the daemon runs.
     #[arg(long, value_name = "LEVEL", default_value = "off", value_parser = parse_bpf_log)]
@@ -66,6 +73,13 @@ pub struct RunArgs {
     pin_dir: PathBuf,
 }
 
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=65_536) => Ok(n),
+        _ => Err("a number of connections from 1 to 65536".into()),
+    }
+}
+
 fn parse_bpf_log(text: &str) -> Result<u32, String> {
     shaper::datapath::bpf_log::parse_level(text).map_err(|e| e.to_string())
 }
@@ -79,6 +93,7 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         metrics_top_ports: args.metrics_top_ports,
         metrics_top_remotes: args.metrics_top_remotes,
+        metrics_max_connections: args.metrics_max_connections,
         bpf_log: args.bpf_log,
         socket: socket.to_owned(),
         pin_dir: args.pin_dir,

@@ -78,12 +78,26 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Binds `path` with mode 0600, creating its directory (0755) if needed. A socket file that
-    /// nobody listens on (left by a killed daemon) is replaced; a live one is an error.
+    /// nobody listens on (left by a killed daemon) is replaced; a live one is an error, and so
+    /// is anything else at the path (a symlink, a regular file): it is never removed.
     pub fn bind(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::FileTypeExt as _;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::path(dir))?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_symlink() {
+                return Err(crate::private_files::UnsafeFile::Symlink {
+                    path: path.to_owned(),
+                }
+                .into());
+            }
+            if !meta.file_type().is_socket() {
+                return Err(Error::NotASocket {
+                    path: path.to_owned(),
+                    kind: crate::private_files::kind_of(&meta),
+                });
+            }
             if StdUnixStream::connect(path).is_ok() {
                 return Err(Error::SocketInUse {
                     path: path.to_owned(),
@@ -104,13 +118,26 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Accepts connections forever, answering each request with `handle`.
+    /// Accepts connections forever, answering each request with `handle`. A failed accept
+    /// (EMFILE or ENFILE when descriptors run out, ECONNABORTED) never ends the daemon, whose
+    /// datapath and metrics go on: it is logged and retried after a pause, so a descriptor
+    /// shortage does not spin the loop.
     pub async fn serve<H>(&self, handle: H) -> Result<()>
     where
         H: Fn(Request) -> Response + Clone + Send + 'static,
     {
         loop {
-            let (stream, _) = self.listener.accept().await?;
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    log::warn!(
+                        "control socket {}: accept failed: {error}; retrying in 100 ms",
+                        self.path.display()
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let handle = handle.clone();
             tokio::spawn(async move {
                 if let Err(e) = serve_connection(stream, handle).await {

@@ -43,6 +43,7 @@ mod tracing;
 use std::{
     future::Future,
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
@@ -163,6 +164,10 @@ impl Daemon {
                         settings.metrics_top_remotes,
                     ),
                     health: health::probe_fn(Arc::clone(&in_force)),
+                    bounds: metrics::HttpBounds {
+                        max_connections: settings.metrics_max_connections,
+                        ..metrics::HttpBounds::default()
+                    },
                 };
                 Some((listener, handlers))
             }
@@ -274,9 +279,21 @@ fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener> {
         },
         error,
     })?;
+    // std listens with a backlog of 128. A burst of connections (a scrape storm, a reconnecting
+    // fleet) beyond it while the accept loop catches up has its SYNs dropped, and each dropped
+    // client, a probe included, retries only after the 1 s SYN timeout. The kernel caps the
+    // backlog at net.core.somaxconn (4096 since Linux 5.4); listen(2) on a listening socket only
+    // changes the backlog.
+    // SAFETY: listen(2) on a socket this function owns; it touches no memory.
+    if unsafe { libc::listen(listener.as_raw_fd(), METRICS_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
+
+/// The metrics listener's accept queue (see [`bind_metrics`]).
+const METRICS_BACKLOG: i32 = 4096;
 
 /// One scrape: the inventory under the daemon's lock, the port scan without it.
 fn scrape_fn(
@@ -313,6 +330,7 @@ async fn serve(
     shutdown: impl Future<Output = Result<()>>,
 ) -> Result<()> {
     let reloads = config_watch::serve(Arc::clone(&in_force), config);
+    let repairs = pending_repairs(Arc::clone(&in_force));
     let handle = move |request| requests::answer(&in_force, request);
     let metrics = async move {
         match metrics {
@@ -325,5 +343,39 @@ async fn serve(
         served = metrics => served.map_err(|error| Error::MetricsServe { error }),
         stopped = shutdown => stopped,
         reloaded = reloads => reloaded,
+        never = repairs => never,
+    }
+}
+
+/// How often the handshake tracker's `pending` counts are checked against what it holds.
+const PENDING_REPAIR_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every [`PENDING_REPAIR_PERIOD`], one pass of the `pending` repair (see
+/// [`PendingRepair`](crate::datapath::tcp_telemetry::PendingRepair)) on the blocking pool: it
+/// walks the handshake LRU with a syscall per entry. Never returns.
+async fn pending_repairs(in_force: Arc<Mutex<InForce>>) -> Result<()> {
+    use crate::datapath::tcp_telemetry::{PendingRepair, Repaired};
+    let repair = Arc::new(Mutex::new(PendingRepair::new(PendingRepair::STALE_AFTER)));
+    let mut ticks = tokio::time::interval(PENDING_REPAIR_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let (in_force, repair) = (Arc::clone(&in_force), Arc::clone(&repair));
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut repair = repair.lock().map_err(|_| Error::Poisoned)?;
+            let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
+            in_force.classifier.repair_pending(&mut repair)
+        })
+        .await;
+        match pass {
+            Ok(Ok(repaired)) if repaired != Repaired::default() => info!(
+                "handshake tracker: {} handshake(s) whose ACK never came removed, {} the LRU \
+                 evicted taken out of the pending counts of {} port(s)",
+                repaired.stale, repaired.evicted, repaired.ports
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => log::warn!("handshake tracker repair: {}", chain(&error)),
+            Err(join) => log::warn!("handshake tracker repair: {join}"),
+        }
     }
 }

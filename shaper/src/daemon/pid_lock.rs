@@ -4,12 +4,9 @@
 //! way, so two daemons never save over each other's rules.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{Read as _, Seek as _, SeekFrom, Write as _},
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    },
+    os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
     path::{Path, PathBuf},
 };
 
@@ -37,13 +34,20 @@ impl PidLock {
     }
 
     /// Claims the state file `state` for this daemon's lifetime, with a lock file beside it.
+    /// A directory others may write to is refused: they could take the names of the lock and
+    /// the state file before the daemon does.
     pub fn acquire_state(state: &Path) -> Result<Self> {
-        let dir = state.parent().unwrap_or(Path::new("."));
+        let dir = match state.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
             .map_err(Error::path(dir))?;
+        let meta = fs::metadata(dir).map_err(Error::path(dir))?;
+        crate::private_files::refuse_writable_by_others(dir, &meta)?;
         let mut name = state.file_name().unwrap_or_default().to_owned();
         name.push(".lock");
         Self::claim(dir.join(name))?.map_err(|HeldBy(pid)| Error::StateInUse {
@@ -114,14 +118,8 @@ impl PidLock {
 
     /// Takes the flock on `path` (created if needed) and writes our pid into it.
     fn claim(path: PathBuf) -> Result<std::result::Result<Self, HeldBy>> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(Error::path(&path))?;
+        // Never a link or another file: the pid is written into it below, truncating it.
+        let mut file = crate::private_files::open_lock_file(&path)?;
         // SAFETY: flock on a valid, owned descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut pid = String::new();

@@ -29,6 +29,8 @@ pub struct Flags {
     pub metrics_top_ports: Option<usize>,
     /// Remotes of watched ports with a `shaper_remote_bytes_total` series (0 = none).
     pub metrics_top_remotes: usize,
+    /// Connections the metrics endpoint keeps open at once.
+    pub metrics_max_connections: usize,
     /// The level of the program's aya-log lines (`shaper_common::log_level`; 0 = off).
     pub bpf_log: u32,
     pub socket: PathBuf,
@@ -54,6 +56,7 @@ pub struct Settings {
     pub metrics_addr: MetricsAddr,
     pub metrics_top_ports: usize,
     pub metrics_top_remotes: usize,
+    pub metrics_max_connections: usize,
     pub bpf_log: u32,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
@@ -105,6 +108,7 @@ impl Settings {
                 .or(config.metrics_top_ports)
                 .unwrap_or(metrics::DEFAULT_TOP_PORTS),
             metrics_top_remotes: flags.metrics_top_remotes,
+            metrics_max_connections: flags.metrics_max_connections,
             bpf_log: flags.bpf_log,
             socket: flags.socket,
             pin_dir: flags.pin_dir,

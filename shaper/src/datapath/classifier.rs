@@ -244,7 +244,9 @@ impl Classifier {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        let mut ebpf = loader.load(OBJECT)?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| Error::from(e).explain_seccomp())?;
         let mut verified = Vec::new();
         for direction in Direction::BOTH {
             let program = attach::program_mut(&mut ebpf, direction)?;
@@ -546,6 +548,15 @@ impl Classifier {
     /// The handshake tracker's totals, and the samples it lost to LRU evictions.
     pub fn handshake_tracking(&self) -> Result<crate::datapath::tcp_telemetry::HandshakeTracking> {
         crate::datapath::tcp_telemetry::tracking(&self.ebpf)
+    }
+
+    /// One pass of `repair` over the handshake tracker and the `pending` counts (see
+    /// [`PendingRepair`](crate::datapath::tcp_telemetry::PendingRepair)).
+    pub fn repair_pending(
+        &mut self,
+        repair: &mut crate::datapath::tcp_telemetry::PendingRepair,
+    ) -> Result<crate::datapath::tcp_telemetry::Repaired> {
+        repair.pass(&mut self.ebpf, self.capacity)
     }
 
     /// The (slot, local port, remote address) pairs of accepted handshakes the program

@@ -164,6 +164,11 @@ impl WritableMapping {
     pub fn bytes(&self) -> &[AtomicU8] {
         self.0.bytes()
     }
+
+    /// The mapping as 64-bit words (the `pending` counts the program adds to atomically).
+    pub fn words(&self) -> &[AtomicU64] {
+        self.0.words()
+    }
 }
 
 /// 64-bit words in one [`Counter`].

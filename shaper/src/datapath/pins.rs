@@ -172,23 +172,23 @@ pub fn netns_cookie() -> Result<u64> {
     Ok(cookie)
 }
 
-/// Makes sure `path`'s bpffs is mounted: below [`BPFFS`], mounts it there if nothing is; any
-/// other place must already be on bpffs.
+/// Makes sure `path` will be on bpffs: its deepest existing ancestor must be, which is also
+/// what a container given only its pin directory (a bind of the host's `/sys/fs/bpf/shaper`)
+/// sees. Below [`BPFFS`] with nothing mounted there, mounts bpffs at [`BPFFS`].
 fn ensure_bpffs(path: &Path) -> Result<()> {
     let mount_point = Path::new(BPFFS);
-    let check = if path.starts_with(mount_point) {
-        mount_point
-    } else {
-        path.ancestors()
-            .find(|p| p.exists())
-            .unwrap_or(Path::new("/"))
-    };
-    if is_bpffs(check)? {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing)? {
         return Ok(());
     }
-    if check != mount_point {
+    // Something else mounted below a bpffs, or a place outside /sys/fs/bpf: pins cannot live
+    // there, and mounting over it would hide what it holds.
+    if !path.starts_with(mount_point) || existing != mount_point {
         return Err(Error::NotBpffs {
-            path: check.to_owned(),
+            path: existing.to_owned(),
         });
     }
     // SAFETY: mount(2) with NUL-terminated constant strings and no data.

@@ -2,7 +2,12 @@
 //! round-trip histograms (mmapable arrays, read from shared memory like the port counters), and
 //! the totals of the handshake tracker.
 
-use std::os::fd::BorrowedFd;
+use std::{
+    collections::BTreeMap,
+    os::fd::BorrowedFd,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
@@ -16,7 +21,11 @@ use shaper_common::{
 };
 
 use crate::{
-    datapath::{classifier::map_shared, mapped_arrays::ReadOnlyMapping},
+    datapath::{
+        classifier::map_shared,
+        ktime,
+        mapped_arrays::{ReadOnlyMapping, WritableMapping},
+    },
     error::{Error, Result},
     telemetry::tcp_counts::TcpCounts,
 };
@@ -179,4 +188,125 @@ pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
             .timed
             .saturating_sub(after.measured + after.discarded + in_flight),
     })
+}
+
+/// Keeps each port's ingress `pending` count (the handshakes waiting for an ACK, which decides
+/// whether the program looks an ACK up in the `HANDSHAKES` LRU) equal to what the LRU holds.
+/// Two things raise it for good otherwise: a handshake whose ACK never comes (the client gave
+/// up) and one the LRU evicts to make room. Either would send every later ACK to that port down
+/// the slow path. One [`pass`](Self::pass), every few seconds:
+/// - removes `SYNACK_SENT` entries older than `stale_after` and takes each out of `pending`
+///   (the program does the same when an ACK or a RST removes one; whoever removes the entry
+///   counts it, so never twice);
+/// - finds ports whose `pending` is above their `SYNACK_SENT` entries: evictions. The excess
+///   is subtracted once two passes in a row saw it (the smaller of the two): a handshake that
+///   starts or ends during a walk of the LRU looks like an excess once, never twice.
+#[derive(Debug)]
+pub struct PendingRepair {
+    stale_after: Duration,
+    /// Each (slot, port)'s excess in the previous pass.
+    excess: BTreeMap<(u32, u16), u64>,
+}
+
+/// What a [`PendingRepair::pass`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Handshakes removed because their ACK did not come within `stale_after`.
+    pub stale: u64,
+    /// Counts subtracted for handshakes the LRU evicted.
+    pub evicted: u64,
+    /// Ports whose count was lowered.
+    pub ports: usize,
+}
+
+impl PendingRepair {
+    /// How long a SYN-ACK may wait for its ACK: Linux retransmits it for about 63 s with the
+    /// default `tcp_synack_retries` of 5 (1 + 2 + 4 + 8 + 16 + 32 s), then drops the request.
+    pub const STALE_AFTER: Duration = Duration::from_secs(75);
+
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            stale_after,
+            excess: BTreeMap::new(),
+        }
+    }
+
+    /// One pass over the LRU and the ingress counts of `capacity` interface slots.
+    pub(crate) fn pass(&mut self, ebpf: &mut Ebpf, capacity: u32) -> Result<Repaired> {
+        let rows = (capacity * TCP_EVENTS_PER_IFACE) as usize;
+        let events = map_shared(ebpf, maps::TCP_EVENTS, |fd: BorrowedFd<'_>| {
+            WritableMapping::new(fd, rows * size_of::<TcpEvents>())
+        })?;
+        let pending_word = |slot: u32, port: u16| {
+            let row = tcp_events_index(slot, DIR_INGRESS, port) as usize;
+            events.words().get(row * EVENT_WORDS + PENDING_WORD)
+        };
+        let mut handshakes: HashMap<&mut MapData, HandshakeKey, Handshake> = HashMap::try_from(
+            ebpf.map_mut(maps::HANDSHAKES)
+                .ok_or(Error::MissingInObject {
+                    kind: "map",
+                    name: maps::HANDSHAKES,
+                })?,
+        )?;
+        // Bounded to the map's size: a walk that loses its place starts again (see `tracking`).
+        let entries: Vec<(HandshakeKey, Handshake)> = handshakes
+            .iter()
+            .take(HANDSHAKE_ENTRIES as usize)
+            .map_while(|entry| entry.ok())
+            .filter(|(_, h)| h.state == handshake::SYNACK_SENT)
+            .collect();
+        let now = ktime::monotonic_ns();
+        let stale_ns = u64::try_from(self.stale_after.as_nanos()).unwrap_or(u64::MAX);
+        let mut repaired = Repaired::default();
+        let mut waiting: BTreeMap<(u32, u16), u64> = BTreeMap::new();
+        for (key, entry) in entries {
+            if now.saturating_sub(entry.stamp_ns) >= stale_ns {
+                // Gone already (its ACK came, or the LRU took it): not ours to count.
+                if handshakes.remove(&key).is_ok() {
+                    if let Some(word) = pending_word(key.slot, key.local_port) {
+                        subtract(word, 1);
+                    }
+                    repaired.stale += 1;
+                }
+            } else {
+                *waiting.entry((key.slot, key.local_port)).or_default() += 1;
+            }
+        }
+        let mut excess = BTreeMap::new();
+        for slot in 0..capacity {
+            for port in 0..=u16::MAX {
+                let Some(word) = pending_word(slot, port) else {
+                    continue;
+                };
+                let count = word.load(Ordering::Relaxed);
+                let held = waiting.get(&(slot, port)).copied().unwrap_or(0);
+                // A count above what waits, or one that went below zero (wrapped): too high.
+                if count == 0 || (count <= held && count <= i64::MAX as u64) {
+                    continue;
+                }
+                let now_excess = count.wrapping_sub(held);
+                if let Some(&before) = self.excess.get(&(slot, port)) {
+                    let by = before.min(now_excess);
+                    subtract(word, by);
+                    repaired.evicted = repaired.evicted.wrapping_add(by);
+                    repaired.ports += 1;
+                } else {
+                    excess.insert((slot, port), now_excess);
+                }
+            }
+        }
+        self.excess = excess;
+        Ok(repaired)
+    }
+}
+
+/// Word of [`TcpEvents`] that holds `pending`.
+const PENDING_WORD: usize = std::mem::offset_of!(TcpEvents, pending) / 8;
+
+/// Takes `by` from a count the program adds to with atomic adds: a compare-and-swap, so an
+/// add or a subtraction by the program in between is never lost.
+fn subtract(word: &AtomicU64, by: u64) {
+    let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+        Some(count.wrapping_sub(by))
+    });
 }

@@ -88,9 +88,19 @@ pub enum ConfigError {
         source: io::Error,
     },
 
-    /// Not valid TOML, or an unknown key; `message` is the toml crate's, with line and column.
-    #[error("{origin}: {message}")]
-    Syntax { origin: String, message: String },
+    /// Not valid TOML, or an unknown key: where, and the toml crate's message without the
+    /// excerpt of the file it would add (a config line may hold what the journal should not).
+    #[error("{origin}: line {line}, column {column}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    /// The file (or, through a link, its target) may be changed by users other than its owner.
+    #[error(transparent)]
+    Unsafe(#[from] crate::private_files::UnsafeFile),
 
     /// A bad top-level value (`interfaces`, `attach`, `limit`).
     #[error("{origin}: {field} {value}: {problem}")]
@@ -132,20 +142,43 @@ pub enum ConfigError {
     },
 }
 
-/// Reads and parses the config file at `path`; messages name it as given.
+/// Reads and parses the config file at `path`; messages name it as given. A file that its
+/// group or everyone may write is refused: it gives a root daemon its orders.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read as _;
+    let read_error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    // The mode of the file that is read, not of whatever the path names a moment later.
+    let mut file = fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    crate::private_files::refuse_writable_by_others(path, &meta)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
     parse(&text, &path.display().to_string())
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 /// Parses config `text`; `origin` (the file's name) starts every error message.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let syntax = |error: toml::de::Error| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: error.to_string().trim_end().to_owned(),
+    let syntax = |error: toml::de::Error| {
+        let (line, column) = line_and_column(text, error.span().map_or(0, |span| span.start));
+        ConfigError::Syntax {
+            origin: origin.to_owned(),
+            line,
+            column,
+            message: error.message().trim_end().to_owned(),
+        }
     };
     // `[limit]` for `[[limit]]` is an easy slip whose serde message ("invalid type: map,
     // expected a sequence") does not say what to write instead.
@@ -770,7 +803,18 @@ mod tests {
         assert!(message.starts_with("test.toml: "), "{message}");
         assert_contains(&message, &["line 3"]);
         let message = error("[[limit]]\nport = 1\nport = 2\n");
-        assert_contains(&message, &["test.toml: ", "line 3", "duplicate key"]);
+        assert_contains(
+            &message,
+            &["test.toml: ", "line 3, column 1", "duplicate key"],
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_never_quotes_the_line() {
+        let message = error("token = \"s3cr3t\" oops\n");
+        assert_contains(&message, &["test.toml: line 1, column 18: "]);
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert_eq!(line_and_column("ab\ncd\néf", 8), (3, 2));
     }
 
     #[test]
@@ -1022,6 +1066,22 @@ mod tests {
         );
         assert_contains(&missing, &["absent.toml", "cannot read"]);
         assert_eq!(loaded.unwrap().limits, vec![spec("9090", 8)]);
+    }
+
+    #[test]
+    fn a_config_others_may_write_is_refused_by_name() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("shaper-config-mode-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("shaper.toml");
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let loaded = load(&path);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_contains(&message, &[&path.display().to_string(), "everyone", "0666"]);
+        assert!(loaded.is_ok());
     }
 
     #[test]

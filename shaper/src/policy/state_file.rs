@@ -137,24 +137,9 @@ pub(crate) fn to_json<'a>(
     Ok(out)
 }
 
-/// Replaces `path` with `contents` so that a crash leaves either the old or the new file:
-/// written to a temporary file in the same directory, synced, then renamed over the target.
+/// Replaces `path` with `contents`: see [`crate::private_files::write_atomically`].
 pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(Error::path(dir))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(Error::path(&tmp))?;
-    file.write_all(contents).map_err(Error::path(&tmp))?;
-    file.sync_all().map_err(Error::path(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::path(path))?;
-    Ok(())
+    Ok(crate::private_files::write_atomically(path, contents)?)
 }
 
 #[cfg(test)]
@@ -231,7 +216,11 @@ mod tests {
         };
         write_atomically(&path, serde_json::to_string(&state).unwrap().as_bytes()).unwrap();
         assert!(read(&path).unwrap().is_some());
-        assert!(!path.with_extension("json.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"], "nothing but the state file is left");
         std::fs::write(
             &path,
             "{\"version\": 99, \"config_rules\": [], \"rules\": []}",

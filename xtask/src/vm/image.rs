@@ -21,7 +21,10 @@ use crate::check;
 /// What the guest needs beyond debootstrap's minimal base: systemd as init, the module
 /// loader, `ip`/`tc`, `mount`, and the tools the kernel tests drive (python3 with scapy for
 /// hand-made TCP, nft for the handshake tests' drops, bpftool for the pinned-layout test,
-/// sysctl). initramfs-tools makes each kernel's initrd inside the tree.
+/// sysctl). initramfs-tools makes each kernel's initrd inside the tree. podman (with crun,
+/// conmon and containers-common, its dependencies; no recommends) runs the container image in
+/// the package scenario; containers-common needs a `container-network-stack`, which debootstrap
+/// does not choose by itself: netavark, the smaller one (the scenario uses the host's network).
 const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -35,6 +38,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "bpftool",
     "initramfs-tools",
+    "podman",
+    "netavark",
 ];
 
 /// The suite of the guest's userland: the build machines' own, so binaries built here run there.
@@ -229,7 +234,19 @@ fn configure(tree: &Path) -> anyhow::Result<()> {
         "/etc/systemd/system/shaper-vm.service",
         &wants.join("shaper-vm.service"),
     )?;
-    for unit in ["serial-getty@ttyS0.service", "getty@tty1.service"] {
+    // podman's API socket and service and its boot-time jobs (auto-update, restarting
+    // containers) start at every boot and take the emulated CPUs from the tests: a Go binary
+    // under TCG. The image scenario runs the podman command, which needs none of them.
+    for unit in [
+        "serial-getty@ttyS0.service",
+        "getty@tty1.service",
+        "podman.socket",
+        "podman.service",
+        "podman-auto-update.service",
+        "podman-auto-update.timer",
+        "podman-restart.service",
+        "podman-clean-transient.service",
+    ] {
         relink("/dev/null", &units.join(unit))?;
     }
     // apt, fstrim and e2scrub timers would only compete with the tests for the emulated CPUs.

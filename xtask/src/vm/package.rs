@@ -1,6 +1,8 @@
-//! `cargo xtask vm --package`: the Debian package under the guest's real systemd, on Debian 12's
-//! own kernel. The steps are in `scenarios/package.sh`, run as the guest's `run`; this side
-//! builds the package, boots the guest and reports each step.
+//! `cargo xtask vm --package`: the Debian package under the guest's real systemd and then the
+//! container image under the guest's podman with the DaemonSet's privileges, on Debian 12's own
+//! kernel. The steps are in `scenarios/package.sh` and `scenarios/image.sh` (their shared parts
+//! in `scenarios/lib.sh`), run one after the other by the guest's `run`; this side builds the
+//! package and the image, boots the guest and reports each step.
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
@@ -8,8 +10,13 @@ use anyhow::{Context as _, bail};
 
 use super::{guest, image::RootFs, kernels::Kernel, matrix};
 
-const SCENARIO: &str = include_str!("scenarios/package.sh");
+const PACKAGE: &str = include_str!("scenarios/package.sh");
+const IMAGE: &str = include_str!("scenarios/image.sh");
+const LIB: &str = include_str!("scenarios/lib.sh");
 const FLOOD: &str = include_str!("scenarios/udp_flood.py");
+/// The guest's entry point: the image scenario starts from the node the package scenario left
+/// (its network, the package purged).
+const RUN: &str = "#!/bin/bash\n/vm/package.sh && /vm/image.sh\n";
 
 /// Boots `kernel` with the package built from this tree and runs the scenario; fails on the
 /// first step that fails, with its log.
@@ -21,19 +28,40 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let built = crate::dist::tarball()?;
     let deb = crate::deb::build(&built)?;
+    let image = crate::container::build(&built)?;
+    let manifests = crate::workspace_root().join("deploy/kubernetes");
+    let daemonset = pod_privileges(&fs::read_to_string(manifests.join("daemonset.yaml"))?)?;
     let work = out_dir.join("package").join("work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     fs::copy(&deb, work.join("shaper.deb"))
         .with_context(|| format!("copying {}", deb.display()))?;
-    for (name, text) in [("run", SCENARIO), ("udp_flood.py", FLOOD)] {
+    fs::copy(&image, work.join("shaper.oci.tar"))
+        .with_context(|| format!("copying {}", image.display()))?;
+    fs::copy(
+        manifests.join("configmap.yaml"),
+        work.join("configmap.yaml"),
+    )?;
+    fs::copy(
+        crate::workspace_root().join("deploy/seccomp/shaper-profile.py"),
+        work.join("shaper-profile.py"),
+    )?;
+    for (name, text) in [
+        ("run", RUN),
+        ("package.sh", PACKAGE),
+        ("image.sh", IMAGE),
+        ("lib.sh", LIB),
+        ("udp_flood.py", FLOOD),
+        ("daemonset.env", daemonset.as_str()),
+    ] {
         let path = work.join(name);
         fs::write(&path, text)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
     }
     eprintln!(
-        "xtask vm: the package {} under systemd on {}",
+        "xtask vm: the package {} under systemd and the image {} under podman on {}",
         deb.display(),
+        image.display(),
         kernel.release
     );
     let outcome = guest::Boot {
@@ -47,7 +75,8 @@ pub fn run(
     let (steps, _) = matrix::read_guest_results(&outcome.out)?;
     for step in &steps {
         eprintln!(
-            "xtask vm: package: {:<22} {} ({:.1} s)",
+            "xtask vm: {:<8} {:<22} {} ({:.1} s)",
+            step.binary,
             step.name,
             if step.exit_code == 0 { "ok" } else { "FAILED" },
             step.millis as f64 / 1000.0
@@ -69,9 +98,10 @@ pub fn run(
         let log = outcome
             .out
             .join("tests")
-            .join(format!("package-{}.log", failed.name));
+            .join(format!("{}-{}.log", failed.binary, failed.name));
         bail!(
-            "package scenario: step {} failed; {}:\n{}",
+            "{} scenario: step {} failed; {}:\n{}",
+            failed.binary,
             failed.name,
             log.display(),
             fs::read_to_string(&log).unwrap_or_default()
@@ -85,4 +115,85 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// Capability numbers (linux/capability.h) of the capabilities a pod may be given here.
+const CAPABILITIES: &[(&str, u32)] = &[("NET_ADMIN", 12), ("PERFMON", 38), ("BPF", 39)];
+
+/// The settings of the DaemonSet's pod that `scenarios/image.sh` reproduces with podman's flags,
+/// each as the manifest must spell it; the capabilities are read from it. A manifest that says
+/// something else fails here, so the scenario cannot silently test another pod than the one
+/// shipped. Returns `daemonset.env` for the guest: CAPS (podman's `--cap-add`) and CAP_MASK
+/// (the `CapBnd` line of /proc/PID/status the daemon must show).
+fn pod_privileges(manifest: &str) -> anyhow::Result<String> {
+    const EXPECTED: &[&str] = &[
+        "hostNetwork: true",
+        "runAsUser: 0",
+        "runAsGroup: 0",
+        "privileged: false",
+        "allowPrivilegeEscalation: false",
+        "readOnlyRootFilesystem: true",
+        "drop: [ALL]",
+        "type: RuntimeDefault",
+        "mountPropagation: HostToContainer",
+        "mountPath: /sys/fs/bpf",
+        "memory: 256Mi",
+        "- --persist",
+    ];
+    let lines: Vec<&str> = manifest.lines().map(str::trim).collect();
+    for expected in EXPECTED {
+        if !lines.contains(expected) {
+            bail!(
+                "deploy/kubernetes/daemonset.yaml no longer says `{expected}`: \
+                 update xtask/src/vm/scenarios/image.sh, which runs the image as the manifest says"
+            );
+        }
+    }
+    let added = lines
+        .iter()
+        .find_map(|line| line.strip_prefix("add: [")?.strip_suffix(']'))
+        .context("deploy/kubernetes/daemonset.yaml: no `add: [...]` capabilities line")?;
+    let mut caps = Vec::new();
+    let mut mask = 0u64;
+    for name in added.split(',').map(str::trim) {
+        let (_, number) = CAPABILITIES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .with_context(|| {
+                format!("daemonset.yaml adds capability {name}, unknown to xtask vm")
+            })?;
+        caps.push(format!("CAP_{name}"));
+        mask |= 1 << number;
+    }
+    Ok(format!("CAPS={}\nCAP_MASK={mask:016x}\n", caps.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_daemonset_gives_the_scenario_its_privileges() {
+        let manifest =
+            fs::read_to_string(crate::workspace_root().join("deploy/kubernetes/daemonset.yaml"))
+                .unwrap();
+        assert_eq!(
+            pod_privileges(&manifest).unwrap(),
+            "CAPS=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN\nCAP_MASK=000000c000001000\n"
+        );
+    }
+
+    #[test]
+    fn a_changed_pod_is_refused() {
+        let manifest = "hostNetwork: false\n";
+        let error = pod_privileges(manifest).unwrap_err().to_string();
+        assert!(error.contains("hostNetwork: true"), "{error}");
+        let unknown = "hostNetwork: true\nrunAsUser: 0\nrunAsGroup: 0\nprivileged: false\n\
+            allowPrivilegeEscalation: false\nreadOnlyRootFilesystem: true\ndrop: [ALL]\n\
+            type: RuntimeDefault\nmountPropagation: HostToContainer\n\
+            mountPath: /sys/fs/bpf\nmemory: 256Mi\n\
+            - --persist\nadd: [BPF, SYS_ADMIN]\n";
+        let error = pod_privileges(unknown).unwrap_err().to_string();
+        assert!(error.contains("SYS_ADMIN"), "{error}");
+    }
 }

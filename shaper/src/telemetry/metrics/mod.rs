@@ -7,6 +7,7 @@
 //! saved beside the state file after each scrape that changed it, and resumed by the next
 //! daemon ([`saved_selection`]).
 
+mod http_connections;
 mod http_endpoint;
 mod metric_families;
 mod port_selection;
@@ -26,6 +27,7 @@ use std::{
     time::Instant,
 };
 
+pub use http_connections::{Bounds as HttpBounds, DEFAULT_MAX_CONNECTIONS};
 pub use http_endpoint::{Handlers, HealthFn, Probe, ScrapeFn, serve};
 pub use port_selection::{Group, Memory, Offset, PortKey, Selection, Selector, Totals};
 pub use saved_selection::{path_beside as selection_file_beside, unpinned_datapath_id};

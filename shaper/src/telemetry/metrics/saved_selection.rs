@@ -21,8 +21,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -181,7 +180,7 @@ impl SelectionFile {
             return;
         };
         let text = to_json(&self.datapath_id, &groups(&memory, interfaces));
-        match write_atomically(&self.path, &text) {
+        match crate::private_files::write_atomically(&self.path, &text) {
             Ok(()) => {
                 self.written = Some(selector.revision());
                 if self.failing {
@@ -346,26 +345,6 @@ fn to_json(datapath_id: &str, groups: &[SavedGroup]) -> Vec<u8> {
     }
     out.extend_from_slice(b"\n]}\n");
     out
-}
-
-/// Replaces `path` with `contents`, whole or not at all: a temporary file beside it, renamed
-/// over it. Not synced: the file is only resumed over the same kernel counters, which a power
-/// loss takes with it (the datapath is new after a reboot), while a crashed or killed daemon
-/// leaves the page cache, and so the renamed file, intact.
-fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
