@@ -517,3 +517,28 @@ fn assert_rules_are(rules: &[shaper::policy::rules_in_force::RuleView], model: &
         );
     }
 }
+
+/// Every change names who made it, as the kernel reports the connecting process (SO_PEERCRED):
+/// the CLI's `limit set`, `limit rm` and `watch` lines end with its uid, user and pid.
+#[test]
+fn each_change_is_logged_with_the_peer_that_asked_for_it() {
+    if !common::require_root("each_change_is_logged_with_the_peer_that_asked_for_it") {
+        return;
+    }
+    let ns = Namespace::create(&format!("shaper-test-{}-cp", std::process::id() % 100_000))
+        .expect("test namespace");
+    let daemon = Daemon::start(&ns, "cp", &["--iface", "lo", "--metrics-addr", "off"]);
+    daemon.cli_ok(&["limit", "set", "9091", "--rate", "10mbit"]);
+    daemon.cli_ok(&["watch", "9091"]);
+    daemon.cli_ok(&["limit", "rm", "9091"]);
+    let log = daemon.log();
+    for change in ["limit set: ", "watching ", "limit removed: "] {
+        let line = log
+            .lines()
+            .find(|line| line.contains(change))
+            .unwrap_or_else(|| panic!("no {change:?} line:\n{log}"));
+        // The CLI ran as root; its pid is its own, its command `shaper`.
+        assert!(line.contains("(by uid 0 (root), pid "), "{line}");
+        assert!(line.ends_with(" (shaper))"), "{line}");
+    }
+}

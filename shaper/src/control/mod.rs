@@ -5,8 +5,10 @@
 //! request longer than [`MAX_REQUEST_BYTES`] or that does not parse gets an error reply; the
 //! daemon keeps serving ([`socket`]).
 
+pub mod peer;
 pub mod protocol;
 pub mod socket;
 
+pub use peer::Peer;
 pub use protocol::{DEFAULT_SOCKET, MAX_REQUEST_BYTES, Request, Response};
 pub use socket::{ControlSocket, request, request_held};

@@ -14,7 +14,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::{MAX_REQUEST_BYTES, Request, Response};
+use super::{MAX_REQUEST_BYTES, Peer, Request, Response};
 use crate::error::{Error, Result};
 
 /// How long a client may take to send a request line before the daemon hangs up.
@@ -118,13 +118,14 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Accepts connections forever, answering each request with `handle`. A failed accept
+    /// Accepts connections forever, answering each request with `handle`, which is told who
+    /// sent it (`None`: the kernel gave no credentials). A failed accept
     /// (EMFILE or ENFILE when descriptors run out, ECONNABORTED) never ends the daemon, whose
     /// datapath and metrics go on: it is logged and retried after a pause, so a descriptor
     /// shortage does not spin the loop.
     pub async fn serve<H>(&self, handle: H) -> Result<()>
     where
-        H: Fn(Request) -> Response + Clone + Send + 'static,
+        H: Fn(Request, Option<Peer>) -> Response + Clone + Send + 'static,
     {
         loop {
             let stream = match self.listener.accept().await {
@@ -156,8 +157,9 @@ impl Drop for ControlSocket {
 
 async fn serve_connection<H>(stream: UnixStream, handle: H) -> io::Result<()>
 where
-    H: Fn(Request) -> Response,
+    H: Fn(Request, Option<Peer>) -> Response,
 {
+    let peer = Peer::of(&stream);
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
     loop {
@@ -180,7 +182,7 @@ where
             }
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => handle(request),
+                Ok(request) => handle(request, peer),
                 Err(e) => Response::Error {
                     message: format!("malformed request: {e}"),
                 },
@@ -195,7 +197,7 @@ where
             if written.is_ok() {
                 let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
             }
-            handle(Request::TraceOff { session });
+            handle(Request::TraceOff { session }, peer);
             return written;
         }
         written?;
@@ -226,7 +228,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         let server = tokio::spawn(async move {
             let _ = socket
-                .serve(|_| Response::Error {
+                .serve(|_, _| Response::Error {
                     message: "no classifier in this test".into(),
                 })
                 .await;

@@ -331,7 +331,7 @@ async fn serve(
 ) -> Result<()> {
     let reloads = config_watch::serve(Arc::clone(&in_force), config);
     let repairs = pending_repairs(Arc::clone(&in_force));
-    let handle = move |request| requests::answer(&in_force, request);
+    let handle = move |request, peer| requests::answer(&in_force, request, peer);
     let metrics = async move {
         match metrics {
             Some((listener, handlers)) => metrics::serve(listener, handlers).await,

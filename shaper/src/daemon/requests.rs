@@ -6,23 +6,38 @@ use log::info;
 
 use super::InForce;
 use crate::{
-    control::{Request, Response},
+    control::{Peer, Request, Response},
     error::{Error, Result, chain},
     telemetry::{exposure, listening_sockets},
 };
 
-/// Answers `request`; an error becomes an error reply, and the daemon goes on serving.
-pub(super) fn answer(in_force: &Mutex<InForce>, request: Request) -> Response {
+/// Answers `request` from `peer`; an error becomes an error reply, and the daemon goes on
+/// serving. Every change is logged with who asked for it.
+pub(super) fn answer(in_force: &Mutex<InForce>, request: Request, peer: Option<Peer>) -> Response {
+    let by = By(peer);
     let reply = match in_force.lock() {
-        Ok(mut in_force) => in_force.answer(request),
+        Ok(mut in_force) => in_force.answer(request, by),
         Err(_) => Err(Error::Poisoned),
     };
     // The whole chain: the CLI has nothing else to print.
     reply.unwrap_or_else(|e| Response::Error { message: chain(&e) })
 }
 
+/// `by uid 0 (root), pid 4242 (shaper)` at the end of a change's log line.
+#[derive(Clone, Copy)]
+pub(super) struct By(Option<Peer>);
+
+impl std::fmt::Display for By {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(peer) => write!(f, "by {peer}"),
+            None => f.write_str("by an unknown peer"),
+        }
+    }
+}
+
 impl InForce {
-    fn answer(&mut self, request: Request) -> Result<Response> {
+    fn answer(&mut self, request: Request, by: By) -> Result<Response> {
         let Self {
             classifier,
             limits,
@@ -39,7 +54,7 @@ impl InForce {
                 let key = rule.key.to_string();
                 let (rule, replaced) = limits.set(classifier, rule)?;
                 info!(
-                    "limit set: {key}: rate {} burst {} {}",
+                    "limit set: {key}: rate {} burst {} {} ({by})",
                     rule.rate, rule.burst, rule.action
                 );
                 Response::RuleSet { rule, replaced }
@@ -47,7 +62,7 @@ impl InForce {
             Request::LimitRm { rule } => {
                 let key = rule.to_string();
                 let rule = limits.remove(classifier, &rule)?;
-                info!("limit removed: {key}");
+                info!("limit removed: {key} ({by})");
                 Response::RuleRemoved { rule }
             }
             Request::LimitLs => Response::Rules {
@@ -56,7 +71,7 @@ impl InForce {
             Request::Exposure => Response::Exposure(exposure::gather(classifier)?),
             Request::Watch { watch } => {
                 if watches.add(classifier, watch.clone())? {
-                    info!("watching {watch}");
+                    info!("watching {watch} ({by})");
                 }
                 Response::Watches {
                     watches: watches.list(),
@@ -64,7 +79,7 @@ impl InForce {
             }
             Request::Unwatch { watch } => {
                 watches.remove(classifier, &watch)?;
-                info!("no longer watching {watch}");
+                info!("no longer watching {watch} ({by})");
                 Response::Watches {
                     watches: watches.list(),
                 }
@@ -75,12 +90,12 @@ impl InForce {
             Request::Talkers { port } => {
                 Response::Talkers(crate::datapath::watched_ports::read(classifier, port)?)
             }
-            Request::TraceOn { trace } => tracing.on(classifier, trace)?,
-            Request::TraceOff { session } => tracing.off(classifier, session)?,
+            Request::TraceOn { trace } => tracing.on(classifier, trace, by)?,
+            Request::TraceOff { session } => tracing.off(classifier, session, by)?,
             Request::LogLevel { level } => {
                 let value = crate::datapath::bpf_log::parse_level(&level)?;
                 crate::datapath::bpf_log::set_level(classifier, value)?;
-                info!("program log level: {level}");
+                info!("program log level: {level} ({by})");
                 Response::LogLevel { level }
             }
         })

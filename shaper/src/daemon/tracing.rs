@@ -25,8 +25,14 @@ pub(crate) fn switch_off(classifier: &mut Classifier) -> Result<()> {
 }
 
 impl Tracing {
-    /// Starts a trace of `spec` on `classifier`, refused while another runs.
-    pub(super) fn on(&mut self, classifier: &mut Classifier, spec: TraceSpec) -> Result<Response> {
+    /// Starts a trace of `spec` on `classifier`, refused while another runs; `by` (who asked)
+    /// ends the log line.
+    pub(super) fn on(
+        &mut self,
+        classifier: &mut Classifier,
+        spec: TraceSpec,
+        by: impl std::fmt::Display,
+    ) -> Result<Response> {
         if let Some(session) = self.current {
             return Err(Error::Watch(format!(
                 "trace {session} is running; one trace at a time (its events share one ring \
@@ -51,7 +57,7 @@ impl Tracing {
         let session = self.next;
         self.current = Some(session);
         info!(
-            "trace {session} on: port {} dir {} verdict {}",
+            "trace {session} on: port {} dir {} verdict {} ({by})",
             spec.ports, spec.dir, spec.verdict
         );
         Ok(Response::TraceOn {
@@ -63,11 +69,16 @@ impl Tracing {
     }
 
     /// Ends trace `session` if it is the one running (a stale id changes nothing).
-    pub(super) fn off(&mut self, classifier: &mut Classifier, session: u64) -> Result<Response> {
+    pub(super) fn off(
+        &mut self,
+        classifier: &mut Classifier,
+        session: u64,
+        by: impl std::fmt::Display,
+    ) -> Result<Response> {
         if self.current == Some(session) {
             switch_off(classifier)?;
             self.current = None;
-            info!("trace {session} off");
+            info!("trace {session} off ({by})");
         }
         Ok(Response::TraceOff { session })
     }
