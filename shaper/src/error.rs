@@ -300,9 +300,7 @@ impl Error {
             cause = error.source();
         }
         let filtered = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-            status
-                .lines()
-                .any(|line| line.split_whitespace().eq(["Seccomp:", "2"]))
+            crate::daemon::capabilities::status_field(&status, "Seccomp") == Some("2")
         });
         if eperm && filtered {
             Self::SeccompRefusedBpf {

@@ -271,7 +271,8 @@ pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
     missing
 }
 
-fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+/// The value of field `name` of a `/proc/<pid>/status` text, trimmed.
+pub(crate) fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         (key == name).then(|| value.trim())
