@@ -101,8 +101,25 @@ pub enum Error {
     )]
     DaemonNotRunning { path: PathBuf },
 
-    #[error("permission denied on {path}: the control socket is root-only; run this as root")]
-    ControlPermission { path: PathBuf },
+    #[error("permission denied on the control socket {path}: {admitted}")]
+    ControlPermission { path: PathBuf, admitted: String },
+
+    #[error(
+        "socket group {name}: no such group; create it (`addgroup --system {name}`) or name \
+         another with --socket-group / socket_group"
+    )]
+    UnknownGroup { name: String },
+
+    #[error(
+        "giving the control socket {path} to group {group}: {error} (the daemon must be in the \
+         group, e.g. the unit's SupplementaryGroups=, or hold CAP_CHOWN at start-up)"
+    )]
+    SocketGroup {
+        path: PathBuf,
+        group: String,
+        #[source]
+        error: io::Error,
+    },
 
     #[error(
         "another shaper daemon already serves {path}; stop it or give this one another --socket"

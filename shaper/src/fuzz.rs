@@ -37,6 +37,6 @@ pub fn state_file_text(config_rules: &[RuleSpec], rules: &[Rule]) -> serde_json:
         config_rules,
         rules
             .iter()
-            .map(|rule| (rule, crate::policy::config_reload::Origin::Runtime)),
+            .map(|rule| (rule, crate::policy::config_reload::Origin::Runtime, None)),
     )
 }

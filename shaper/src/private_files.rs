@@ -140,6 +140,34 @@ pub fn refuse_writable_by_others(path: &Path, meta: &fs::Metadata) -> Result<(),
     })
 }
 
+/// Refuses the directory at `path` unless it is a directory (not a link to one) owned by this
+/// process's uid that no one else may write to: what the daemon adopts from a directory (its
+/// pins) must have been put there by root.
+pub fn refuse_foreign_dir(path: &Path) -> Result<(), UnsafeFile> {
+    let meta = fs::symlink_metadata(path).map_err(io_error(path))?;
+    if meta.file_type().is_symlink() {
+        return Err(UnsafeFile::Symlink {
+            path: path.to_owned(),
+        });
+    }
+    if !meta.is_dir() {
+        return Err(UnsafeFile::NotRegular {
+            path: path.to_owned(),
+            kind: kind_of(&meta),
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.uid() != uid {
+        return Err(UnsafeFile::ForeignOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    refuse_writable_by_others(path, &meta)
+}
+
 /// `O_NOFOLLOW` on a symlink fails with ELOOP; said in words, with the path.
 fn refusal_for(path: &Path, source: io::Error) -> UnsafeFile {
     if source.raw_os_error() == Some(libc::ELOOP)

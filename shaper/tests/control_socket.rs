@@ -542,3 +542,222 @@ fn each_change_is_logged_with_the_peer_that_asked_for_it() {
         assert!(line.ends_with(" (shaper))"), "{line}");
     }
 }
+
+/// A gid no test machine needs to have a name for: `--socket-group` takes numbers too.
+const SOCKET_GID: u32 = 4242;
+
+/// Debian's `nobody`.
+const NOBODY: u32 = 65534;
+
+/// With `--socket-group`, the socket is the group's too (0660): `nobody` outside it is refused
+/// by the kernel with a message that says who is admitted; `nobody` in it changes a limit, the
+/// daemon's log line names that user, and `limit ls` shows who set the rule and when. A trace
+/// belongs to the connection that started it: another connection cannot end it.
+#[test]
+fn the_socket_group_may_change_limits_others_are_refused_and_the_actor_is_shown() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if !common::require_root("the_socket_group_may_change_limits") {
+        return;
+    }
+    let ns = Namespace::create(&format!("shaper-test-{}-sg", std::process::id() % 100_000))
+        .expect("test namespace");
+    let gid = SOCKET_GID.to_string();
+    let daemon = Daemon::start(
+        &ns,
+        "sg",
+        &[
+            "--iface",
+            "lo",
+            "--metrics-addr",
+            "off",
+            "--socket-group",
+            &gid,
+        ],
+    );
+    let meta = std::fs::metadata(&daemon.socket).expect("socket");
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, SOCKET_GID));
+    // Everything on the way must be reachable by `nobody`: the socket's directory and a copy of
+    // the CLI outside the build tree (which may sit under a 0700 home).
+    let dir = daemon.socket.parent().expect("socket dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = BinCopy::new("sg");
+
+    let refused = bin.run_as(
+        NOBODY,
+        &[],
+        &daemon.socket,
+        &["limit", "set", "9092", "--rate", "10mbit"],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("permission denied on the control socket")
+            && stderr.contains(&format!("root and members of group gid {SOCKET_GID}")),
+        "{stderr}"
+    );
+
+    let member = bin.run_as(
+        NOBODY,
+        &[SOCKET_GID],
+        &daemon.socket,
+        &["limit", "set", "9093", "--rate", "10mbit"],
+    );
+    assert!(
+        member.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&member.stderr),
+        daemon.log()
+    );
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("limit set: 9093"))
+        .unwrap_or_else(|| panic!("no limit set line:\n{log}"));
+    assert!(line.contains("(by uid 65534 (nobody), pid "), "{line}");
+    assert!(
+        !log.contains("9092"),
+        "the refused change reached the daemon:\n{log}"
+    );
+
+    // Root sets one too; `limit ls` names each rule's actor.
+    daemon.cli_ok(&["limit", "set", "9094", "--rate", "10mbit"]);
+    let rules = daemon.rules();
+    let actor = |port: u16| {
+        let rule = rules
+            .iter()
+            .find(|r| r.ports.lo == port)
+            .unwrap_or_else(|| panic!("rule {port}: {rules:?}"));
+        rule.set_by.clone().expect("an actor")
+    };
+    let (by_nobody, by_root) = (actor(9093), actor(9094));
+    assert_eq!(
+        (by_nobody.uid, by_nobody.user.as_deref()),
+        (Some(NOBODY), Some("nobody"))
+    );
+    assert_eq!(by_nobody.command.as_deref(), Some("shaper"));
+    assert_eq!(
+        (by_root.uid, by_root.user.as_deref()),
+        (Some(0), Some("root"))
+    );
+    assert!(
+        by_nobody.at.ends_with('Z') && by_nobody.at <= by_root.at,
+        "{by_nobody:?} {by_root:?}"
+    );
+    let table = daemon.cli_ok(&["limit", "ls"]);
+    let row = table
+        .lines()
+        .find(|line| line.contains(" 9093 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains(&format!("nobody       {}", by_nobody.at)),
+        "{table}"
+    );
+
+    // A trace belongs to its connection.
+    use shaper::control::protocol::TraceSpec;
+    let (reply, held) = control::request_held(
+        &daemon.socket,
+        &Request::TraceOn {
+            trace: TraceSpec {
+                ports: PortRange::single(9093),
+                dir: DirSel::Both,
+                verdict: Default::default(),
+                per_cpu_per_second: 100,
+            },
+        },
+    )
+    .expect("trace on");
+    let Response::TraceOn { session, .. } = reply else {
+        panic!("{reply:?}");
+    };
+    let stolen = control::request(&daemon.socket, &Request::TraceOff { session })
+        .expect_err("another connection ended the trace");
+    assert!(
+        stolen
+            .to_string()
+            .contains("belongs to another control connection"),
+        "{stolen}"
+    );
+    drop(held);
+    // The daemon ends the trace when its connection closes; then a new one may start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = control::request_held(
+            &daemon.socket,
+            &Request::TraceOn {
+                trace: TraceSpec {
+                    ports: PortRange::single(9094),
+                    dir: DirSel::Both,
+                    verdict: Default::default(),
+                    per_cpu_per_second: 100,
+                },
+            },
+        );
+        match again {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.to_string().contains("is running"), "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the trace outlived its connection: {e}"),
+        }
+    }
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The CLI copied to a directory everyone may read, removed on drop.
+struct BinCopy {
+    dir: std::path::PathBuf,
+}
+
+impl BinCopy {
+    fn new(tag: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir =
+            std::env::temp_dir().join(format!("shaper-test-{}-{tag}-bin", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bin dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::copy(common::daemon::SHAPER, dir.join("shaper")).expect("copy the CLI");
+        std::fs::set_permissions(dir.join("shaper"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        Self { dir }
+    }
+
+    /// `shaper --socket SOCKET ARGS` as `uid` (its gid the same) with supplementary `groups`.
+    fn run_as(
+        &self,
+        uid: u32,
+        groups: &[u32],
+        socket: &Path,
+        args: &[&str],
+    ) -> std::process::Output {
+        use std::os::unix::process::CommandExt as _;
+        let groups = groups.to_vec();
+        let mut command = std::process::Command::new(self.dir.join("shaper"));
+        command.arg("--socket").arg(socket).args(args);
+        // std applies `uid`/`gid` after clearing the supplementary groups, so the whole change
+        // of identity happens here, in the child between fork and exec.
+        // SAFETY: setgroups, setgid and setuid are async-signal-safe and touch only `groups`,
+        // which the closure owns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.output().expect("run the CLI as another user")
+    }
+}
+
+impl Drop for BinCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

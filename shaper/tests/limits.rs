@@ -145,7 +145,11 @@ fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
     };
     let (rule_view, _) = s
         .limits
-        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(key("9090"), Action::Drop),
+            test_actor(),
+        )
         .expect("set");
     let frame = udp_frame(40000, 9090);
     let (passed, ended) = drain_burst(&mut s.classifier, &frame);
@@ -202,7 +206,9 @@ fn a_new_rule_whose_fill_time_exceeds_the_uptime_starts_with_a_full_burst() {
         rate_bps,
         ..spec(key("9090"), Action::Drop)
     };
-    s.limits.set(&mut s.classifier, rule_spec).expect("set");
+    s.limits
+        .set(&mut s.classifier, rule_spec, test_actor())
+        .expect("set");
     let frame = udp_frame(40000, 9090);
     let (passed, ended) = passes_until_limited(
         &mut s.classifier,
@@ -223,7 +229,11 @@ fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
         return;
     };
     s.limits
-        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(key("9090"), Action::Drop),
+            test_actor(),
+        )
         .expect("set");
     let frame = udp_frame(40000, 9090);
     let (passed, _) = drain_burst(&mut s.classifier, &frame);
@@ -242,7 +252,11 @@ fn an_observe_rule_passes_everything_and_counts_would_drops() {
     };
     let (rule_view, _) = s
         .limits
-        .set(&mut s.classifier, spec(key("9090"), Action::Observe))
+        .set(
+            &mut s.classifier,
+            spec(key("9090"), Action::Observe),
+            test_actor(),
+        )
         .expect("set");
     let frame = udp_frame(40000, 9090);
     let extra = 5;
@@ -269,11 +283,19 @@ fn a_single_port_rule_governs_its_port_inside_a_range_rule() {
     };
     let (range, _) = s
         .limits
-        .set(&mut s.classifier, spec(key("9000-9999"), Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(key("9000-9999"), Action::Drop),
+            test_actor(),
+        )
         .expect("set range");
     let (single, _) = s
         .limits
-        .set(&mut s.classifier, spec(key("9090"), Action::Observe))
+        .set(
+            &mut s.classifier,
+            spec(key("9090"), Action::Observe),
+            test_actor(),
+        )
         .expect("set single");
     assert_eq!(
         verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9090)),
@@ -307,7 +329,7 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
     };
     let (remote_rule, _) = s
         .limits
-        .set(&mut s.classifier, spec(remote, Action::Drop))
+        .set(&mut s.classifier, spec(remote, Action::Drop), test_actor())
         .expect("set remote");
     // Egress from local 40000 to remote 443: the remote rule.
     assert_eq!(
@@ -328,7 +350,11 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
     // A rule on the local port wins over the remote one.
     let (local, _) = s
         .limits
-        .set(&mut s.classifier, spec(key("40000"), Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(key("40000"), Action::Drop),
+            test_actor(),
+        )
         .expect("set local");
     verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443));
     assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
@@ -342,7 +368,11 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
     };
     let (first, replaced) = s
         .limits
-        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(key("9090"), Action::Drop),
+            test_actor(),
+        )
         .expect("set");
     assert!(!replaced);
     let frame = udp_frame(40000, 9090);
@@ -356,6 +386,7 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
                 rate_bps: 2 * RATE_BPS,
                 ..spec(key("9090"), Action::Drop)
             },
+            test_actor(),
         )
         .expect("replace");
     assert!(replaced);
@@ -394,7 +425,11 @@ fn a_refused_rule_changes_nothing() {
     };
     let (kept, _) = s
         .limits
-        .set(&mut s.classifier, spec(key("9090"), Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(key("9090"), Action::Drop),
+            test_actor(),
+        )
         .expect("set");
     let before = s.limits.list(&s.classifier);
     let saved = std::fs::read_to_string(&s.state).expect("state file");
@@ -405,7 +440,7 @@ fn a_refused_rule_changes_nothing() {
     };
     let err = s
         .limits
-        .set(&mut s.classifier, too_small)
+        .set(&mut s.classifier, too_small, test_actor())
         .unwrap_err()
         .to_string();
     assert!(
@@ -418,7 +453,11 @@ fn a_refused_rule_changes_nothing() {
     };
     let err = s
         .limits
-        .set(&mut s.classifier, spec(other_iface, Action::Drop))
+        .set(
+            &mut s.classifier,
+            spec(other_iface, Action::Drop),
+            test_actor(),
+        )
         .unwrap_err()
         .to_string();
     assert!(
@@ -431,4 +470,10 @@ fn a_refused_rule_changes_nothing() {
         saved
     );
     assert_eq!(rule(&s, kept.id).action, Action::Drop);
+}
+
+/// The actor of a rule set directly through the library, as a control request from this
+/// process would record it.
+fn test_actor() -> shaper::policy::rule_actor::Actor {
+    shaper::policy::rule_actor::Actor::now(Some(0), Some("root".into()), None, None)
 }

@@ -428,6 +428,8 @@ fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
         metrics_max_connections: shaper::telemetry::metrics::DEFAULT_MAX_CONNECTIONS,
         bpf_log: 0,
         socket: socket.clone(),
+        socket_group: None,
+        owner_names: None,
         pin_dir: common::daemon::pin_base(),
         persist: false,
     };

@@ -241,6 +241,7 @@ fn an_ecn_rule_marks_ect_ipv4_below_half_the_burst_with_a_valid_checksum_and_dro
         .set(
             &mut s.classifier,
             spec(9090, DirSel::Both, Action::Drop, true),
+            test_actor(),
         )
         .expect("set");
     assert!(view.ecn);
@@ -274,6 +275,7 @@ fn an_ecn_rule_marks_ect_1_ipv6_below_half_the_burst() {
         .set(
             &mut s.classifier,
             spec(9091, DirSel::Both, Action::Drop, true),
+            test_actor(),
         )
         .expect("set");
     let frame = ipv6_frame(9091, ECT_1);
@@ -299,6 +301,7 @@ fn an_ecn_rule_never_marks_not_ect_packets_and_drops_them_only_when_empty() {
         .set(
             &mut s.classifier,
             spec(9092, DirSel::Both, Action::Drop, true),
+            test_actor(),
         )
         .expect("set");
     for frame in [ipv4_frame(9092, NOT_ECT), ipv6_frame(9092, NOT_ECT)] {
@@ -322,6 +325,7 @@ fn a_drop_rule_without_ecn_never_marks() {
         .set(
             &mut s.classifier,
             spec(9093, DirSel::Both, Action::Drop, false),
+            test_actor(),
         )
         .expect("set");
     let frame = ipv4_frame(9093, ECT_0);
@@ -358,6 +362,7 @@ fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() 
             .set(
                 &mut s.classifier,
                 spec(9094, DirSel::Egress, Action::Shape, false),
+                test_actor(),
             )
             .expect("set");
         // Egress: the local port is the source port.
@@ -416,10 +421,11 @@ fn bad_combinations_of_action_and_options_are_refused() {
     let Some(mut s) = setup("shape-refused") else {
         return;
     };
-    let refusal = |s: &mut Setup, spec: RuleSpec| match s.limits.set(&mut s.classifier, spec) {
-        Err(Error::ActionOption(e)) => e,
-        other => panic!("expected a refusal, got {other:?}"),
-    };
+    let refusal =
+        |s: &mut Setup, spec: RuleSpec| match s.limits.set(&mut s.classifier, spec, test_actor()) {
+            Err(Error::ActionOption(e)) => e,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
     assert!(matches!(
         refusal(&mut s, spec(9096, DirSel::Both, Action::Observe, true)),
         ActionOptionError::EcnNeedsDrop { .. }
@@ -443,4 +449,10 @@ fn tc(args: &[&str]) -> String {
         .expect("run tc");
     assert!(output.status.success(), "tc {args:?}: {output:?}");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The actor of a rule set directly through the library, as a control request from this
+/// process would record it.
+fn test_actor() -> shaper::policy::rule_actor::Actor {
+    shaper::policy::rule_actor::Actor::now(Some(0), Some("root".into()), None, None)
 }

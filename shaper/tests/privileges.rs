@@ -19,12 +19,16 @@ use common::{
     netns::{InNamespace as _, VethPair, veth_pair},
 };
 use shaper::{
-    daemon::capabilities::{KEEP_AFTER_ATTACH, keep_mask, status_mask},
+    daemon::capabilities::{keep_mask, kept_after_attach, status_mask},
     datapath::classifier::Proto,
+    telemetry::listening_sockets::Owners,
 };
 
 /// `CapEff` of the daemon after attaching, as measured and quoted in the README.
 const KEPT_MASK: u64 = 0x0000_0000_0008_1004;
+
+/// `CapEff` with `--no-owner-names`: CAP_NET_ADMIN alone.
+const KEPT_MASK_UNNAMED: u64 = 0x0000_0000_0000_1000;
 
 /// Debian's `nobody`.
 const NOBODY: u32 = 65534;
@@ -48,7 +52,11 @@ fn clsact_daemon_keeps_only_the_documented_capabilities_and_still_does_its_job()
 }
 
 fn keeps_only_the_documented_set(mode: &str, tag: &str) {
-    assert_eq!(keep_mask().0, KEPT_MASK, "the README quotes {KEPT_MASK:#x}");
+    assert_eq!(
+        keep_mask(Owners::Named).0,
+        KEPT_MASK,
+        "the README quotes {KEPT_MASK:#x}"
+    );
     let pair = veth_pair(tag);
     // Sockets the daemon did not open and the test does not hold: owned by a root process (with
     // every capability, so reading its fds needs CAP_SYS_PTRACE) and by `nobody` (whose
@@ -56,7 +64,7 @@ fn keeps_only_the_documented_set(mode: &str, tag: &str) {
     let root_held = Holder::spawn(&pair, None);
     let nobody_held = Holder::spawn(&pair, Some(NOBODY));
     let daemon = Daemon::start(&pair.a, tag, &["--iface", &pair.a_if, "--attach", mode]);
-    assert_every_thread_holds_exactly_the_kept_set(daemon.pid(), "after start-up");
+    assert_every_thread_holds_exactly(daemon.pid(), Owners::Named, "after start-up");
 
     let listening = daemon.stats().listening;
     for holder in [&root_held, &nobody_held] {
@@ -111,7 +119,7 @@ fn keeps_only_the_documented_set(mode: &str, tag: &str) {
         );
     }
     // The scrape ran on a thread of tokio's blocking pool, started after the cut.
-    assert_every_thread_holds_exactly_the_kept_set(daemon.pid(), "after a scrape");
+    assert_every_thread_holds_exactly(daemon.pid(), Owners::Named, "after a scrape");
 
     let (status, log) = daemon.stop();
     assert!(status.success(), "{mode}: exit {status}:\n{log}");
@@ -126,9 +134,74 @@ fn keeps_only_the_documented_set(mode: &str, tag: &str) {
     assert_nothing_attached(&pair, mode);
 }
 
-/// `CapEff`, `CapPrm` and `CapBnd` of every thread are exactly [`KEPT_MASK`]; nothing is
-/// inheritable or ambient, and no_new_privs is set.
-fn assert_every_thread_holds_exactly_the_kept_set(pid: u32, when: &str) {
+/// With `--no-owner-names` the daemon keeps CAP_NET_ADMIN alone, names no socket's process,
+/// and still changes limits, serves scrapes and detaches its clsact filters when it stops.
+#[test]
+fn without_owner_names_the_daemon_keeps_cap_net_admin_alone() {
+    if !common::require_root("without_owner_names_the_daemon_keeps_cap_net_admin_alone") {
+        return;
+    }
+    assert_eq!(keep_mask(Owners::Unnamed).0, KEPT_MASK_UNNAMED);
+    let pair = veth_pair("pu");
+    let root_held = Holder::spawn(&pair, None);
+    let daemon = Daemon::start(
+        &pair.a,
+        "pu",
+        &[
+            "--iface",
+            &pair.a_if,
+            "--attach",
+            "clsact",
+            "--no-owner-names",
+        ],
+    );
+    assert_every_thread_holds_exactly(daemon.pid(), Owners::Unnamed, "after start-up");
+    let listening = daemon.stats().listening;
+    assert!(
+        listening
+            .iter()
+            .any(|l| l.port == root_held.port && l.process == "unknown"),
+        "{listening:?}"
+    );
+    assert!(
+        listening.iter().all(|l| l.process == "unknown"),
+        "a process was named: {listening:?}"
+    );
+    daemon.cli_ok(&["limit", "set", "9090", "--rate", "10mbit"]);
+    assert_eq!(daemon.rules().len(), 1);
+    let metrics: SocketAddr = "127.0.0.1:19350".parse().unwrap();
+    let response = get(&pair.a, metrics, "/metrics", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let port = root_held.port.to_string();
+    let labels = [
+        ("proto", "tcp"),
+        ("port", port.as_str()),
+        ("process", "unknown"),
+        ("scope", "any"),
+    ];
+    assert_eq!(
+        samples(&response.body).get(&series("shaper_port_listening", &labels)),
+        Some(&1.0)
+    );
+    assert_every_thread_holds_exactly(daemon.pid(), Owners::Unnamed, "after a scrape");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(
+        log.contains("capabilities after attach: CAP_NET_ADMIN (CapEff 0000000000001000)"),
+        "{log}"
+    );
+    assert!(!log.contains("WARN"), "{log}");
+    assert_nothing_attached(&pair, "clsact");
+}
+
+/// `CapEff`, `CapPrm` and `CapBnd` of every thread are exactly what a daemon naming `owners`
+/// keeps ([`KEPT_MASK`] or [`KEPT_MASK_UNNAMED`]); nothing is inheritable or ambient, and
+/// no_new_privs is set.
+fn assert_every_thread_holds_exactly(pid: u32, owners: Owners, when: &str) {
+    let expected = match owners {
+        Owners::Named => KEPT_MASK,
+        Owners::Unnamed => KEPT_MASK_UNNAMED,
+    };
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon's tasks");
     let mut threads = 0;
     for task in tasks {
@@ -138,11 +211,14 @@ fn assert_every_thread_holds_exactly_the_kept_set(pid: u32, when: &str) {
         for field in ["CapEff", "CapPrm", "CapBnd"] {
             assert_eq!(
                 mask(field),
-                KEPT_MASK,
-                "{when}: {field} of {} is {:#x}, not {KEPT_MASK:#x} ({})",
+                expected,
+                "{when}: {field} of {} is {:#x}, not {expected:#x} ({})",
                 path.display(),
                 mask(field),
-                KEEP_AFTER_ATTACH.map(|k| k.cap.to_string()).join(", ")
+                kept_after_attach(owners)
+                    .map(|k| k.cap.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         assert_eq!(mask("CapInh"), 0, "{when}: {}", path.display());

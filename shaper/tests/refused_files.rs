@@ -348,3 +348,57 @@ fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// A pin directory the daemon did not make: it adopts whatever maps and links it finds there, so
+/// one another user owns or may write to is refused before anything is loaded or attached.
+#[test]
+fn a_pin_directory_others_own_or_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !common::require_root("a_pin_directory_others_own_or_may_write_is_refused") {
+        return;
+    }
+    /// Removes the planted pin directories, even when an assertion fails.
+    struct Planted(Vec<PathBuf>);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let sandbox = Sandbox::new("pin");
+    let base = common::daemon::pin_base();
+    let foreign = base.with_file_name(format!("{}-foreign", std::process::id()));
+    let open = base.with_file_name(format!("{}-open", std::process::id()));
+    let _planted = Planted(vec![foreign.clone(), open.clone()]);
+    for dir in [&foreign, &open] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, expected) in [
+        (&foreign, "is owned by uid 65534, not by this daemon"),
+        (&open, "is writable by everyone"),
+    ] {
+        let (status, stderr) = sandbox.run_refused(&[
+            Path::new("--state"),
+            &sandbox.state,
+            Path::new("--pin-dir"),
+            dir,
+        ]);
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{} {expected}", dir.display())),
+            "{stderr}"
+        );
+        sandbox.assert_nothing_attached();
+        // Nothing was pinned below it.
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "{}",
+            dir.display()
+        );
+    }
+    sandbox.assert_state_resumes("pin2");
+}

@@ -431,7 +431,11 @@ fn runtime_changes_and_the_file_after_reloads_sighup_and_a_restart() {
     );
     let listing = daemon.cli_ok(&["limit", "ls"]);
     assert!(
-        listing.lines().next().unwrap_or("").ends_with(" ORIGIN"),
+        listing
+            .lines()
+            .next()
+            .unwrap_or("")
+            .ends_with(" ORIGIN  SET-BY       SET-AT"),
         "{listing}"
     );
     let json: serde_json::Value =

@@ -13,6 +13,7 @@ use shaper::{
     Classifier, Direction,
     policy::{
         config_reload::{Origin, ReloadSummary},
+        rule_actor::Actor,
         rule_table::{Action, PortRange, RuleKey, RuleSpec},
         rules_in_force::{Limits, RuleView},
     },
@@ -93,8 +94,14 @@ fn a_reload_keeps_unchanged_rules_replaces_changed_in_place_removes_and_adds() {
     classifier.register("lo").expect("register lo");
     let file = vec![spec(9001, 1024), spec(9002, 1024), spec(9003, 1024)];
     let mut limits = Limits::start(&mut classifier, file, &state).expect("start");
+    let actor = Actor::now(
+        Some(1000),
+        Some("alice".into()),
+        Some(4242),
+        Some("shaper".into()),
+    );
     limits
-        .set(&mut classifier, spec(9004, 1024))
+        .set(&mut classifier, spec(9004, 1024), actor.clone())
         .expect("a runtime rule");
     // Empty the buckets of the rules that stay: a burst passes, then a drop.
     for port in [9001, 9002, 9004] {
@@ -192,4 +199,20 @@ fn a_reload_keeps_unchanged_rules_replaces_changed_in_place_removes_and_adds() {
         .map(|r| (r.ports.lo, r.origin))
         .collect();
     assert_eq!(ports, [(9001, Origin::Config), (9004, Origin::Runtime)]);
+
+    // Who set the runtime rule survives the reloads and a restart from the state file; the
+    // config rule has no actor.
+    let actors = |limits: &Limits, classifier: &Classifier| -> Vec<(u16, Option<Actor>)> {
+        limits
+            .list(classifier)
+            .into_iter()
+            .map(|r| (r.ports.lo, r.set_by))
+            .collect()
+    };
+    let expected = vec![(9001, None), (9004, Some(actor))];
+    assert_eq!(actors(&limits, &classifier), expected);
+    drop(limits);
+    let restarted =
+        Limits::start(&mut classifier, vec![spec(9001, 1024)], &state).expect("restart");
+    assert_eq!(actors(&restarted, &classifier), expected);
 }

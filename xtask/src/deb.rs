@@ -44,6 +44,11 @@ pub fn build(built: &Built) -> anyhow::Result<PathBuf> {
         &root.join("etc/shaper/shaper.toml"),
         0o644,
     )?;
+    install(
+        &deploy.join("sysusers.conf"),
+        &root.join("usr/lib/sysusers.d/shaper.conf"),
+        0o644,
+    )?;
     fs::create_dir_all(root.join("var/lib/shaper"))?;
     for page in fs::read_dir(tree.join("man8"))? {
         let page = page?.path();

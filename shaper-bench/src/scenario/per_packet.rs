@@ -57,9 +57,10 @@ impl Subject {
         limits.set(
             &mut classifier,
             rule(PORT_PASS, MAX_RATE_BPS, Some(MAX_BURST_BYTES)),
+            bench_actor(),
         )?;
         // 8 bit/s refills one byte a second: once the burst is spent, every packet is dropped.
-        limits.set(&mut classifier, rule(PORT_DROP, 8, None))?;
+        limits.set(&mut classifier, rule(PORT_DROP, 8, None), bench_actor())?;
         shaper::datapath::watched_ports::paint(
             &classifier,
             &[shaper::datapath::watched_ports::WatchSpec {
@@ -225,4 +226,9 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
         jit.trim()
     ));
     super::per_packet_shape::run(cx)
+}
+
+/// Who the bench's rules are set by, as `limit ls` would show them.
+pub(crate) fn bench_actor() -> shaper::policy::rule_actor::Actor {
+    shaper::policy::rule_actor::Actor::now(None, None, None, Some("shaper-bench".to_owned()))
 }

@@ -92,6 +92,7 @@ fn measure(reps: usize, repeat: u32) -> anyhow::Result<Vec<Vec<f64>>> {
             ecn: false,
             queue_bytes: None,
         },
+        super::per_packet::bench_actor(),
     )?;
     let indices: Vec<usize> = (0..VARIANTS.len()).collect();
     let samples = alternate(reps, &indices, |&i| {

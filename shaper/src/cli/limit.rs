@@ -188,10 +188,10 @@ fn table(rules: &[RuleView]) -> String {
         return "no rules; add one with `shaper limit set PORT --rate RATE`\n".into();
     }
     let mut out = String::new();
-    let row = |out: &mut String, cells: [&str; 14]| {
+    let row = |out: &mut String, cells: [&str; 16]| {
         let _ = writeln!(
             out,
-            "{:>4} {:<11} {:<6} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14} {}",
+            "{:>4} {:<11} {:<6} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14} {:<7} {:<12} {}",
             cells[0],
             cells[1],
             cells[2],
@@ -205,7 +205,9 @@ fn table(rules: &[RuleView]) -> String {
             cells[10],
             cells[11],
             cells[12],
-            cells[13]
+            cells[13],
+            cells[14],
+            cells[15]
         );
     };
     row(
@@ -225,9 +227,16 @@ fn table(rules: &[RuleView]) -> String {
             "WOULD-DROP",
             "PASSED-BYTES",
             "ORIGIN",
+            "SET-BY",
+            "SET-AT",
         ],
     );
     for r in rules {
+        // Config rules, and runtime rules saved before actors were recorded, have none.
+        let (set_by, set_at) = match &r.set_by {
+            Some(actor) => (actor.who(), actor.at.as_str()),
+            None => ("-".to_owned(), "-"),
+        };
         row(
             &mut out,
             [
@@ -245,6 +254,8 @@ fn table(rules: &[RuleView]) -> String {
                 &r.would_drop_packets.to_string(),
                 &r.passed_bytes.to_string(),
                 r.origin.name(),
+                &set_by,
+                set_at,
             ],
         );
     }
@@ -326,6 +337,7 @@ mod tests {
             queued_bytes: 0,
             backlog_packets: 0,
             backlog_bytes: 0,
+            set_by: None,
         }
     }
 
@@ -369,10 +381,22 @@ mod tests {
 
     #[test]
     fn the_table_has_a_row_per_rule() {
-        let table = table(&[view("443", Side::Remote, None, Action::Observe)]);
+        let set = RuleView {
+            set_by: Some(shaper::policy::rule_actor::Actor {
+                uid: Some(1000),
+                user: Some("alice".into()),
+                pid: Some(4242),
+                command: Some("shaper".into()),
+                at: "2026-12-06T06:40:00Z".into(),
+            }),
+            ..view("443", Side::Remote, None, Action::Observe)
+        };
+        let table = table(&[set, view("80", Side::Local, None, Action::Drop)]);
         assert_eq!(
             table,
-            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES ORIGIN\n   3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000 runtime\n"
+            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES ORIGIN  SET-BY       SET-AT\n\
+             \x20  3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000 runtime alice        2026-12-06T06:40:00Z\n\
+             \x20  3 80          local  egress  udp   all            8mbit     300KB drop              10            2            1          15000 runtime -            -\n"
         );
     }
 }

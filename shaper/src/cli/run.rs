@@ -67,6 +67,19 @@ pub struct RunArgs {
     #[arg(long)]
     persist: bool,
 
+    /// Let the members of GROUP (a name or a gid) use the control socket, as root may: the
+    /// socket gets mode 0660 and that group. Without it the socket is root-only (0600).
+    /// Default: the config file's `socket_group`.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    socket_group: Option<String>,
+
+    /// Do not name the processes that own listening sockets (`shaper stats`, `exposure`,
+    /// `shaper_port_listening` show process "unknown"); the daemon then drops CAP_SYS_PTRACE
+    /// and CAP_DAC_READ_SEARCH after attaching and keeps CAP_NET_ADMIN alone. Default: the
+    /// config file's `owner_names`, else names on.
+    #[arg(long)]
+    no_owner_names: bool,
+
     /// Where the datapath is pinned, in a directory per network namespace below it (on bpffs;
     /// under /sys/fs/bpf it is mounted if missing).
     #[arg(long, value_name = "DIR", env = "SHAPER_PIN_DIR", default_value = pins::DEFAULT_BASE)]
@@ -77,6 +90,14 @@ fn parse_max_connections(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n @ 1..=65_536) => Ok(n),
         _ => Err("a number of connections from 1 to 65536".into()),
+    }
+}
+
+fn parse_group(text: &str) -> Result<String, String> {
+    if text.parse::<u32>().is_ok() || shaper::policy::config_file::is_group_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a group name (letters, digits, _ - .) or a gid".into())
     }
 }
 
@@ -96,6 +117,8 @@ pub fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         metrics_max_connections: args.metrics_max_connections,
         bpf_log: args.bpf_log,
         socket: socket.to_owned(),
+        socket_group: args.socket_group,
+        owner_names: args.no_owner_names.then_some(false),
         pin_dir: args.pin_dir,
         persist: args.persist,
     };

@@ -20,6 +20,17 @@ impl Peer {
             pid: cred.pid().filter(|&pid| pid > 0),
         })
     }
+
+    /// The uid's login name from the password database, if it has one.
+    pub fn user(&self) -> Option<String> {
+        user_name(self.uid)
+    }
+
+    /// The process's command (`/proc/PID/comm`), while it runs.
+    pub fn command(&self) -> Option<String> {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid?)).ok()?;
+        Some(comm.trim_end().to_owned())
+    }
 }
 
 /// `uid 0 (root), pid 4242 (shaper)`: the user's name from the password database and the
@@ -28,13 +39,13 @@ impl Peer {
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "uid {}", self.uid)?;
-        if let Some(name) = user_name(self.uid) {
+        if let Some(name) = self.user() {
             write!(f, " ({name})")?;
         }
         if let Some(pid) = self.pid {
             write!(f, ", pid {pid}")?;
-            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                write!(f, " ({})", comm.trim_end())?;
+            if let Some(command) = self.command() {
+                write!(f, " ({command})")?;
             }
         }
         Ok(())

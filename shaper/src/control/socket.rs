@@ -14,11 +14,25 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::{MAX_REQUEST_BYTES, Peer, Request, Response};
+use super::{MAX_REQUEST_BYTES, Peer, Request, Response, access::SocketGroup};
 use crate::error::{Error, Result};
 
 /// How long a client may take to send a request line before the daemon hangs up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client may take to read a reply (a `limit ls` of 65,535 rules is about 40 MB)
+/// before the daemon hangs up: a client that stops reading holds one task, not the daemon.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who sent a request: the peer as the kernel named it, and the connection it came on (trace
+/// sessions belong to their connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// `None`: the kernel gave no credentials.
+    pub peer: Option<Peer>,
+    /// Numbered from 1 in the order the daemon accepted them.
+    pub connection: u64,
+}
 
 /// Sends one request to the daemon at `path` and waits for its response.
 pub fn request(path: &Path, request: &Request) -> Result<Response> {
@@ -39,6 +53,7 @@ fn send(path: &Path, request: &Request) -> Result<StdUnixStream> {
         },
         io::ErrorKind::PermissionDenied => Error::ControlPermission {
             path: path.to_owned(),
+            admitted: super::access::admitted(path),
         },
         _ => Error::path(path)(e),
     })?;
@@ -77,10 +92,11 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path` with mode 0600, creating its directory (0755) if needed. A socket file that
-    /// nobody listens on (left by a killed daemon) is replaced; a live one is an error, and so
-    /// is anything else at the path (a symlink, a regular file): it is never removed.
-    pub fn bind(path: &Path) -> Result<Self> {
+    /// Binds `path` with mode 0600, or 0660 and `group` ([`SocketGroup::share`]), creating its
+    /// directory (0755) if needed. A socket file that nobody listens on (left by a killed
+    /// daemon) is replaced; a live one is an error, and so is anything else at the path (a
+    /// symlink, a regular file): it is never removed.
+    pub fn bind(path: &Path, group: Option<&SocketGroup>) -> Result<Self> {
         use std::os::unix::fs::FileTypeExt as _;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::path(dir))?;
@@ -106,12 +122,17 @@ impl ControlSocket {
             std::fs::remove_file(path).map_err(Error::path(path))?;
         }
         let listener = UnixListener::bind(path).map_err(Error::path(path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(Error::path(path))?;
-        Ok(Self {
+        let socket = Self {
             listener,
             path: path.to_owned(),
-        })
+        };
+        // Dropping `socket` on an error below removes the file again.
+        match group {
+            Some(group) => group.share(path)?,
+            None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(Error::path(path))?,
+        }
+        Ok(socket)
     }
 
     pub fn path(&self) -> &Path {
@@ -119,14 +140,17 @@ impl ControlSocket {
     }
 
     /// Accepts connections forever, answering each request with `handle`, which is told who
-    /// sent it (`None`: the kernel gave no credentials). A failed accept
+    /// sent it ([`Caller`]). `handle` runs on tokio's blocking pool, so a long request (a
+    /// `limit ls` of tens of thousands of rules) never stalls the runtime's other tasks (the
+    /// metrics endpoint, the config watcher). A failed accept
     /// (EMFILE or ENFILE when descriptors run out, ECONNABORTED) never ends the daemon, whose
     /// datapath and metrics go on: it is logged and retried after a pause, so a descriptor
     /// shortage does not spin the loop.
     pub async fn serve<H>(&self, handle: H) -> Result<()>
     where
-        H: Fn(Request, Option<Peer>) -> Response + Clone + Send + 'static,
+        H: Fn(Request, Caller) -> Response + Clone + Send + Sync + 'static,
     {
+        let mut connections = 0u64;
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -140,8 +164,13 @@ impl ControlSocket {
                 }
             };
             let handle = handle.clone();
+            connections += 1;
+            let caller = Caller {
+                peer: Peer::of(&stream),
+                connection: connections,
+            };
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, handle).await {
+                if let Err(e) = serve_connection(stream, caller, handle).await {
                     log::debug!("control connection: {e}");
                 }
             });
@@ -155,11 +184,23 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn serve_connection<H>(stream: UnixStream, handle: H) -> io::Result<()>
+/// Runs `handle` on the blocking pool; a panic in it becomes an error reply.
+async fn answer<H>(handle: &H, request: Request, caller: Caller) -> Response
 where
-    H: Fn(Request, Option<Peer>) -> Response,
+    H: Fn(Request, Caller) -> Response + Clone + Send + 'static,
 {
-    let peer = Peer::of(&stream);
+    let handle = handle.clone();
+    tokio::task::spawn_blocking(move || handle(request, caller))
+        .await
+        .unwrap_or_else(|join| Response::Error {
+            message: format!("the daemon failed to answer: {join}"),
+        })
+}
+
+async fn serve_connection<H>(stream: UnixStream, caller: Caller, handle: H) -> io::Result<()>
+where
+    H: Fn(Request, Caller) -> Response + Clone + Send + 'static,
+{
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
     loop {
@@ -182,7 +223,7 @@ where
             }
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => handle(request, peer),
+                Ok(request) => answer(&handle, request, caller).await,
                 Err(e) => Response::Error {
                     message: format!("malformed request: {e}"),
                 },
@@ -190,14 +231,16 @@ where
         };
         let mut reply = serde_json::to_vec(&response).map_err(io::Error::other)?;
         reply.push(b'\n');
-        let written = write.write_all(&reply).await;
+        let written = tokio::time::timeout(REPLY_TIMEOUT, write.write_all(&reply))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "reply timed out")));
         if let Response::TraceOn { session, .. } = response {
             // A trace lives as long as this connection: wait for the client to close it (or
             // die, which closes it too), with no timeout, then end the trace.
             if written.is_ok() {
                 let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
             }
-            handle(Request::TraceOff { session }, peer);
+            answer(&handle, Request::TraceOff { session }, caller).await;
             return written;
         }
         written?;
@@ -223,7 +266,7 @@ mod tests {
     async fn malformed_and_oversized_requests_get_errors_and_the_daemon_keeps_serving() {
         let path =
             std::env::temp_dir().join(format!("shaper-control-test-{}.sock", std::process::id()));
-        let socket = ControlSocket::bind(&path).unwrap();
+        let socket = ControlSocket::bind(&path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let server = tokio::spawn(async move {

@@ -20,7 +20,10 @@ use std::fmt;
 use caps::{CapSet, Capability, CapsHashSet};
 use log::{info, warn};
 
-use crate::error::{Error, Result, chain};
+use crate::{
+    error::{Error, Result, chain},
+    telemetry::listening_sockets::Owners,
+};
 
 const CAP_NET_ADMIN: u32 = Capability::CAP_NET_ADMIN as u32;
 const CAP_SYS_ADMIN: u32 = Capability::CAP_SYS_ADMIN as u32;
@@ -32,6 +35,8 @@ const CAP_BPF: u32 = Capability::CAP_BPF as u32;
 pub struct Keep {
     pub cap: Capability,
     pub without_it: &'static str,
+    /// Only for naming listening sockets' processes: dropped too with `--no-owner-names`.
+    pub owner_names_only: bool,
 }
 
 /// What the running daemon still does that needs a capability, found on Linux 6.18 by dropping
@@ -49,6 +54,7 @@ pub const KEEP_AFTER_ATTACH: [Keep; 3] = [
     Keep {
         cap: Capability::CAP_NET_ADMIN,
         without_it: "clsact filters stay behind at shutdown, and the tcx attach check fails",
+        owner_names_only: false,
     },
     // readlink of /proc/PID/fd/N asks ptrace_may_access(PTRACE_MODE_READ_FSCREDS)
     // (fs/proc/base.c `proc_fd_access_allowed`). For a root process, uids match, but
@@ -59,6 +65,7 @@ pub const KEEP_AFTER_ATTACH: [Keep; 3] = [
     Keep {
         cap: Capability::CAP_SYS_PTRACE,
         without_it: "sockets of other processes show process \"unknown\"",
+        owner_names_only: true,
     },
     // Another uid's /proc/PID/fd is its own, mode 0500 (fs/proc/fd.c `proc_fd_permission` ->
     // `generic_permission`): opening it needs CAP_DAC_READ_SEARCH, which CAP_SYS_PTRACE does not
@@ -66,6 +73,7 @@ pub const KEEP_AFTER_ATTACH: [Keep; 3] = [
     Keep {
         cap: Capability::CAP_DAC_READ_SEARCH,
         without_it: "sockets of other users' processes show process \"unknown\"",
+        owner_names_only: true,
     },
 ];
 
@@ -157,10 +165,10 @@ fn split(keep: CapMask, permitted: CapMask) -> (CapMask, CapMask) {
     )
 }
 
-/// Cuts the calling thread's capabilities to [`KEEP_AFTER_ATTACH`] (those of them it holds), as
-/// described in the module documentation, and logs what it kept.
-pub fn drop_after_attach() -> std::result::Result<Kept, NotDropped> {
-    let keep = keep_mask();
+/// Cuts the calling thread's capabilities to [`KEEP_AFTER_ATTACH`] (those of them it holds and
+/// `owners` needs), as described in the module documentation, and logs what it kept.
+pub fn drop_after_attach(owners: Owners) -> std::result::Result<Kept, NotDropped> {
+    let keep = keep_mask(owners);
     let permitted = CapMask::of(caps::read(None, CapSet::Permitted).map_err(step("capget"))?);
     let (kept, missing) = split(keep, permitted);
 
@@ -190,7 +198,7 @@ pub fn drop_after_attach() -> std::result::Result<Kept, NotDropped> {
         "capabilities after attach: {} (CapEff {:016x})",
         now.effective, now.effective.0
     );
-    for keep in KEEP_AFTER_ATTACH.iter().filter(|k| missing.contains(k.cap)) {
+    for keep in kept_after_attach(owners).filter(|k| missing.contains(k.cap)) {
         info!(
             "{} was not held from the start: {}",
             keep.cap, keep.without_it
@@ -222,10 +230,17 @@ pub fn warn_not_dropped(error: NotDropped) -> Kept {
     now.unwrap_or_default()
 }
 
-/// [`KEEP_AFTER_ATTACH`] as a mask: what `CapEff`, `CapPrm` and `CapBnd` of a daemon started
+/// Of [`KEEP_AFTER_ATTACH`], what a daemon naming listeners' owners or not (`owners`) keeps.
+pub fn kept_after_attach(owners: Owners) -> impl Iterator<Item = &'static Keep> {
+    KEEP_AFTER_ATTACH
+        .iter()
+        .filter(move |k| owners == Owners::Named || !k.owner_names_only)
+}
+
+/// [`kept_after_attach`] as a mask: what `CapEff`, `CapPrm` and `CapBnd` of a daemon started
 /// as root show after the cut.
-pub fn keep_mask() -> CapMask {
-    CapMask::of(KEEP_AFTER_ATTACH.iter().map(|k| k.cap))
+pub fn keep_mask(owners: Owners) -> CapMask {
+    CapMask::of(kept_after_attach(owners).map(|k| k.cap))
 }
 
 /// The calling thread's sets, from `/proc/thread-self/status` (the kernel's own rendering, so
@@ -361,11 +376,13 @@ mod tests {
     /// The README quotes this mask as the measured `CapEff`.
     #[test]
     fn the_kept_set_is_net_admin_sys_ptrace_and_dac_read_search() {
-        assert_eq!(keep_mask(), CapMask(0x0000_0000_0008_1004));
+        assert_eq!(keep_mask(Owners::Named), CapMask(0x0000_0000_0008_1004));
         assert_eq!(
-            keep_mask().to_string(),
+            keep_mask(Owners::Named).to_string(),
             "CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE"
         );
+        // --no-owner-names: CAP_NET_ADMIN alone.
+        assert_eq!(keep_mask(Owners::Unnamed), CapMask(0x1000));
     }
 
     #[test]
@@ -380,7 +397,7 @@ mod tests {
 
     #[test]
     fn keeps_only_what_it_holds_and_names_the_rest_missing() {
-        let keep = keep_mask();
+        let keep = keep_mask(Owners::Named);
         // Root: everything held, nothing missing.
         assert_eq!(split(keep, CapMask(0x1ff_ffff_ffff)), (keep, CapMask(0)));
         // Started with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN only.

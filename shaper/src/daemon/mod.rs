@@ -59,7 +59,10 @@ use crate::{
     datapath::{attach::AttachChoice, bpf_log, classifier::Classifier, pins::PinDir},
     error::{Error, Result, chain},
     policy::{config_file::Config, rules_in_force::Limits, watch_list::WatchList},
-    telemetry::metrics::{self, Exporter, Format, Inventory, MetricsAddr},
+    telemetry::{
+        listening_sockets::Owners,
+        metrics::{self, Exporter, Format, Inventory, MetricsAddr},
+    },
 };
 
 /// What the control socket and the metrics scrapes work on, behind one lock.
@@ -68,6 +71,8 @@ pub(crate) struct InForce {
     pub(crate) limits: Limits,
     pub(crate) watches: WatchList,
     pub(crate) tracing: tracing::Tracing,
+    /// Whether listening sockets are named with their processes (`--no-owner-names`).
+    pub(crate) owners: Owners,
 }
 
 /// A started daemon: attached, with its rules installed and its sockets bound.
@@ -145,12 +150,14 @@ impl Daemon {
             classifier
                 .datapath_id()
                 .unwrap_or_else(metrics::unpinned_datapath_id),
-        );
+        )
+        .with_owners(settings.owners);
         let in_force = Arc::new(Mutex::new(InForce {
             classifier,
             limits,
             watches,
             tracing: tracing::Tracing::default(),
+            owners: settings.owners,
         }));
         let metrics = match metrics_listener {
             None => None,
@@ -172,15 +179,24 @@ impl Daemon {
                 Some((listener, handlers))
             }
         };
-        let control = ControlSocket::bind(&settings.socket)?;
-        info!("control socket {}", control.path().display());
+        let control = ControlSocket::bind(&settings.socket, settings.socket_group.as_ref())?;
+        match &settings.socket_group {
+            Some(group) => info!(
+                "control socket {} (root and group {}, gid {})",
+                control.path().display(),
+                group.name,
+                group.gid
+            ),
+            None => info!("control socket {} (root only)", control.path().display()),
+        }
         in_force
             .lock()
             .map_err(|_| Error::Poisoned)?
             .classifier
             .mark_serving();
         drop(_entered);
-        capabilities::drop_after_attach().unwrap_or_else(capabilities::warn_not_dropped);
+        capabilities::drop_after_attach(settings.owners)
+            .unwrap_or_else(capabilities::warn_not_dropped);
         Ok(Self {
             in_force,
             control,
@@ -331,7 +347,7 @@ async fn serve(
 ) -> Result<()> {
     let reloads = config_watch::serve(Arc::clone(&in_force), config);
     let repairs = pending_repairs(Arc::clone(&in_force));
-    let handle = move |request, peer| requests::answer(&in_force, request, peer);
+    let handle = move |request, caller| requests::answer(&in_force, request, caller);
     let metrics = async move {
         match metrics {
             Some((listener, handlers)) => metrics::serve(listener, handlers).await,

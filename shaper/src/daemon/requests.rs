@@ -6,17 +6,17 @@ use log::info;
 
 use super::InForce;
 use crate::{
-    control::{Peer, Request, Response},
+    control::{Caller, Peer, Request, Response},
     error::{Error, Result, chain},
+    policy::rule_actor::Actor,
     telemetry::{exposure, listening_sockets},
 };
 
-/// Answers `request` from `peer`; an error becomes an error reply, and the daemon goes on
+/// Answers `request` from `caller`; an error becomes an error reply, and the daemon goes on
 /// serving. Every change is logged with who asked for it.
-pub(super) fn answer(in_force: &Mutex<InForce>, request: Request, peer: Option<Peer>) -> Response {
-    let by = By(peer);
+pub(super) fn answer(in_force: &Mutex<InForce>, request: Request, caller: Caller) -> Response {
     let reply = match in_force.lock() {
-        Ok(mut in_force) => in_force.answer(request, by),
+        Ok(mut in_force) => in_force.answer(request, caller),
         Err(_) => Err(Error::Poisoned),
     };
     // The whole chain: the CLI has nothing else to print.
@@ -36,23 +36,35 @@ impl std::fmt::Display for By {
     }
 }
 
+impl By {
+    /// The rule's [`Actor`]: the same identity as the log line, acting now.
+    fn actor(self) -> Actor {
+        match self.0 {
+            Some(peer) => Actor::now(Some(peer.uid), peer.user(), peer.pid, peer.command()),
+            None => Actor::now(None, None, None, None),
+        }
+    }
+}
+
 impl InForce {
-    fn answer(&mut self, request: Request, by: By) -> Result<Response> {
+    fn answer(&mut self, request: Request, caller: Caller) -> Result<Response> {
+        let by = By(caller.peer);
         let Self {
             classifier,
             limits,
             watches,
             tracing,
+            owners,
         } = self;
         Ok(match request {
             Request::Stats => {
                 let mut snapshot = classifier.snapshot()?;
-                snapshot.listening = listening_sockets::listeners();
+                snapshot.listening = listening_sockets::listeners(*owners);
                 Response::Stats(snapshot)
             }
             Request::LimitSet { rule } => {
                 let key = rule.key.to_string();
-                let (rule, replaced) = limits.set(classifier, rule)?;
+                let (rule, replaced) = limits.set(classifier, rule, by.actor())?;
                 info!(
                     "limit set: {key}: rate {} burst {} {} ({by})",
                     rule.rate, rule.burst, rule.action
@@ -68,7 +80,7 @@ impl InForce {
             Request::LimitLs => Response::Rules {
                 rules: limits.list(classifier),
             },
-            Request::Exposure => Response::Exposure(exposure::gather(classifier)?),
+            Request::Exposure => Response::Exposure(exposure::gather(classifier, *owners)?),
             Request::Watch { watch } => {
                 if watches.add(classifier, watch.clone())? {
                     info!("watching {watch} ({by})");
@@ -90,8 +102,10 @@ impl InForce {
             Request::Talkers { port } => {
                 Response::Talkers(crate::datapath::watched_ports::read(classifier, port)?)
             }
-            Request::TraceOn { trace } => tracing.on(classifier, trace, by)?,
-            Request::TraceOff { session } => tracing.off(classifier, session, by)?,
+            Request::TraceOn { trace } => tracing.on(classifier, trace, caller.connection, by)?,
+            Request::TraceOff { session } => {
+                tracing.off(classifier, session, caller.connection, by)?
+            }
             Request::LogLevel { level } => {
                 let value = crate::datapath::bpf_log::parse_level(&level)?;
                 crate::datapath::bpf_log::set_level(classifier, value)?;

@@ -6,6 +6,7 @@ use std::{collections::HashSet, path::PathBuf};
 use log::info;
 
 use crate::{
+    control::access::SocketGroup,
     datapath::{
         attach::{AttachChoice, AttachMode},
         interfaces,
@@ -15,7 +16,10 @@ use crate::{
         config_file::{self, Config},
         rule_table::RuleSpec,
     },
-    telemetry::metrics::{self, MetricsAddr},
+    telemetry::{
+        listening_sockets::Owners,
+        metrics::{self, MetricsAddr},
+    },
 };
 
 /// What `shaper run` was given: a field is empty or `None` where its flag was not.
@@ -34,6 +38,10 @@ pub struct Flags {
     /// The level of the program's aya-log lines (`shaper_common::log_level`; 0 = off).
     pub bpf_log: u32,
     pub socket: PathBuf,
+    /// The group whose members may use the control socket (a name or a gid).
+    pub socket_group: Option<String>,
+    /// `--no-owner-names`: `Some(false)`.
+    pub owner_names: Option<bool>,
     /// Where each network namespace's datapath is pinned (a directory per namespace below it).
     pub pin_dir: PathBuf,
     /// Leave the datapath attached and pinned on SIGTERM/SIGINT (the service's way).
@@ -59,6 +67,9 @@ pub struct Settings {
     pub metrics_max_connections: usize,
     pub bpf_log: u32,
     pub socket: PathBuf,
+    /// The group that shares the control socket with root, looked up.
+    pub socket_group: Option<SocketGroup>,
+    pub owners: Owners,
     pub pin_dir: PathBuf,
     pub persist: bool,
 }
@@ -92,6 +103,16 @@ impl Settings {
             interfaces::index(name)?;
         }
         let attach = flags.attach.or(config.attach).unwrap_or(AttachChoice::Auto);
+        let socket_group = flags
+            .socket_group
+            .or(config.socket_group)
+            .map(|name| SocketGroup::resolve(&name))
+            .transpose()?;
+        let owners = if flags.owner_names.or(config.owner_names).unwrap_or(true) {
+            Owners::Named
+        } else {
+            Owners::Unnamed
+        };
         Ok(Self {
             ifaces,
             attach,
@@ -111,6 +132,8 @@ impl Settings {
             metrics_max_connections: flags.metrics_max_connections,
             bpf_log: flags.bpf_log,
             socket: flags.socket,
+            socket_group,
+            owners,
             pin_dir: flags.pin_dir,
             persist: flags.persist || config.persist.unwrap_or(false),
         })

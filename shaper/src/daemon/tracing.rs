@@ -15,8 +15,15 @@ use crate::{
 /// Which trace runs, if any.
 #[derive(Debug, Default)]
 pub(crate) struct Tracing {
-    current: Option<u64>,
+    current: Option<Session>,
     next: u64,
+}
+
+/// A running trace and the control connection it belongs to.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    id: u64,
+    connection: u64,
 }
 
 /// Clears every trace switch.
@@ -25,15 +32,16 @@ pub(crate) fn switch_off(classifier: &mut Classifier) -> Result<()> {
 }
 
 impl Tracing {
-    /// Starts a trace of `spec` on `classifier`, refused while another runs; `by` (who asked)
-    /// ends the log line.
+    /// Starts a trace of `spec` on `classifier` for control connection `connection`, refused
+    /// while another runs; `by` (who asked) ends the log line.
     pub(super) fn on(
         &mut self,
         classifier: &mut Classifier,
         spec: TraceSpec,
+        connection: u64,
         by: impl std::fmt::Display,
     ) -> Result<Response> {
-        if let Some(session) = self.current {
+        if let Some(Session { id: session, .. }) = self.current {
             return Err(Error::Watch(format!(
                 "trace {session} is running; one trace at a time (its events share one ring \
                  buffer)"
@@ -55,7 +63,10 @@ impl Tracing {
         trace_switch::set(classifier, Some((spec.ports, spec.dir)), config)?;
         self.next += 1;
         let session = self.next;
-        self.current = Some(session);
+        self.current = Some(Session {
+            id: session,
+            connection,
+        });
         info!(
             "trace {session} on: port {} dir {} verdict {} ({by})",
             spec.ports, spec.dir, spec.verdict
@@ -68,17 +79,28 @@ impl Tracing {
         })
     }
 
-    /// Ends trace `session` if it is the one running (a stale id changes nothing).
+    /// Ends trace `session` if it is the one running (a stale id changes nothing). Only the
+    /// connection that started it may: ids are sequential, so any client could guess another's.
     pub(super) fn off(
         &mut self,
         classifier: &mut Classifier,
         session: u64,
+        connection: u64,
         by: impl std::fmt::Display,
     ) -> Result<Response> {
-        if self.current == Some(session) {
-            switch_off(classifier)?;
-            self.current = None;
-            info!("trace {session} off ({by})");
+        match self.current {
+            Some(running) if running.id == session && running.connection != connection => {
+                return Err(Error::Watch(format!(
+                    "trace {session} belongs to another control connection; it ends when that \
+                     connection closes (its `shaper trace` exits)"
+                )));
+            }
+            Some(running) if running.id == session => {
+                switch_off(classifier)?;
+                self.current = None;
+                info!("trace {session} off ({by})");
+            }
+            _ => {}
         }
         Ok(Response::TraceOff { session })
     }

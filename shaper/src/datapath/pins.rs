@@ -87,19 +87,25 @@ impl PinDir {
     }
 
     /// Creates the directories maps and links are pinned into, mounting bpffs at
-    /// [`BPFFS`] first if nothing is mounted there.
+    /// [`BPFFS`] first if nothing is mounted there. The pin directory, this namespace's
+    /// directory and the two below it must be directories of this uid that nobody else may
+    /// write: the daemon adopts whatever maps and links it finds there, so a directory another
+    /// user could have filled is refused, not trusted.
     pub fn create(&self) -> Result<()> {
         ensure_bpffs(&self.root)?;
-        for dir in [self.root.join("maps"), self.root.join("ifaces")] {
-            fs::create_dir_all(&dir).map_err(Error::path(&dir))?;
+        let base = self.root.parent().unwrap_or(&self.root);
+        let (maps, ifaces) = (self.root.join("maps"), self.root.join("ifaces"));
+        // Each checked before anything is made below it.
+        for dir in [base, self.root.as_path(), &maps, &ifaces] {
+            create_dirs(dir)?;
+            crate::private_files::refuse_foreign_dir(dir)?;
         }
         Ok(())
     }
 
     /// Creates `iface`'s directory.
     pub fn create_iface(&self, iface: &str) -> Result<()> {
-        let dir = self.iface(iface);
-        fs::create_dir_all(&dir).map_err(Error::path(&dir))
+        create_dirs(&self.iface(iface))
     }
 
     /// The interfaces that have pins, by name.
@@ -131,6 +137,17 @@ impl PinDir {
         info!("removed the pins under {}", self.root.display());
         Ok(())
     }
+}
+
+/// Creates `dir` and its missing parents with mode 0755 (less what the umask takes), so a
+/// permissive umask cannot make them writable by others.
+fn create_dirs(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(Error::path(dir))
 }
 
 /// Removes `path` and everything below it; a path that is already gone is fine. bpffs unlinks

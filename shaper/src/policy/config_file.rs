@@ -74,6 +74,10 @@ pub struct Config {
     pub metrics_top_ports: Option<usize>,
     /// Whether SIGTERM/SIGINT leave the datapath attached and pinned, if given.
     pub persist: Option<bool>,
+    /// The group whose members may use the control socket (a name or a number), if given.
+    pub socket_group: Option<String>,
+    /// Whether listening sockets are named with their owning processes, if given.
+    pub owner_names: Option<bool>,
     /// The `[[watch]]` tables, in file order.
     pub watches: Vec<crate::datapath::watched_ports::WatchSpec>,
 }
@@ -257,6 +261,28 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         };
         config.persist = Some(*persist);
     }
+    if let Some(value) = &raw.socket_group {
+        let group = match value {
+            Value::String(name) if is_group_name(name) => Some(name.clone()),
+            Value::Integer(gid) => u32::try_from(*gid).ok().map(|gid| gid.to_string()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            let problem = "expected a group name or a gid, e.g. \"shaper\"";
+            top("socket_group", value, problem.to_owned())
+        })?;
+        config.socket_group = Some(group);
+    }
+    if let Some(value) = &raw.owner_names {
+        let Value::Boolean(names) = value else {
+            return Err(top(
+                "owner_names",
+                value,
+                "expected true or false".to_owned(),
+            ));
+        };
+        config.owner_names = Some(*names);
+    }
 
     // Rule numbers by key: a config may hold tens of thousands of rules, too many to compare
     // each with all the others.
@@ -280,6 +306,19 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// A group name as useradd(8) and adduser(8) accept them by default: letters, digits, `_`, `-`
+/// and `.`, not starting with `-`, at most 32 bytes (what the password database allows). A name
+/// of digits only would read as a gid.
+pub fn is_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -288,6 +327,8 @@ struct RawConfig {
     metrics_addr: Option<Value>,
     metrics_top_ports: Option<Value>,
     persist: Option<Value>,
+    socket_group: Option<Value>,
+    owner_names: Option<Value>,
     #[serde(default)]
     limit: Vec<RawLimit>,
     #[serde(default)]
@@ -663,6 +704,8 @@ mod tests {
             metrics_addr = "0.0.0.0:19350"
             metrics_top_ports = 20
             persist = true
+            socket_group = "shaper"
+            owner_names = false
 
             [[limit]]
             port = 9090
@@ -693,6 +736,8 @@ mod tests {
             metrics_addr: Some(MetricsAddr::At("0.0.0.0:19350".parse().unwrap())),
             metrics_top_ports: Some(20),
             persist: Some(true),
+            socket_group: Some("shaper".to_owned()),
+            owner_names: Some(false),
             watches: Vec::new(),
             limits: vec![
                 RuleSpec {
@@ -966,6 +1011,10 @@ mod tests {
             ("metrics_top_ports = -1", "metrics_top_ports", "-1"),
             ("metrics_top_ports = \"all\"", "metrics_top_ports", "'all'"),
             ("persist = \"yes\"", "persist", "'yes'"),
+            ("socket_group = \"\"", "socket_group", "''"),
+            ("socket_group = \"a b\"", "socket_group", "'a b'"),
+            ("socket_group = -1", "socket_group", "-1"),
+            ("owner_names = 1", "owner_names", "1"),
         ] {
             let message = error(text);
             let head = format!("test.toml: {field} {value}: ");
@@ -973,6 +1022,8 @@ mod tests {
         }
         let off = parse("metrics_addr = \"off\"", "test.toml").unwrap();
         assert_eq!(off.metrics_addr, Some(MetricsAddr::Off));
+        let gid = parse("socket_group = 50", "test.toml").unwrap();
+        assert_eq!(gid.socket_group.as_deref(), Some("50"));
     }
 
     #[test]

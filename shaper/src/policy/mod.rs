@@ -5,6 +5,7 @@ pub mod action_options;
 pub mod config_file;
 pub mod config_reload;
 pub mod rates_and_sizes;
+pub mod rule_actor;
 pub mod rule_table;
 pub mod rules_in_force;
 pub mod state_file;

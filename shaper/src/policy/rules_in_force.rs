@@ -8,7 +8,7 @@
 //! whose winning rule changes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -25,6 +25,7 @@ use crate::{
     policy::action_options,
     policy::config_reload::{Origin, ReloadStatus, ReloadSummary},
     policy::rates_and_sizes,
+    policy::rule_actor::Actor,
     policy::rule_table::{
         Action, DirSel, PortRange, ProtoSel, Rule, RuleKey, RuleSpec, RuleTable, SetOutcome, Side,
         make_limit,
@@ -88,6 +89,10 @@ pub struct RuleView {
     pub backlog_packets: u64,
     #[serde(default)]
     pub backlog_bytes: u64,
+    /// Who set a runtime rule through the control socket, and when; `null` for a config rule
+    /// (and for a runtime rule saved by a shaper that did not record it).
+    #[serde(default)]
+    pub set_by: Option<Actor>,
 }
 
 impl RuleView {
@@ -112,6 +117,8 @@ pub struct Limits {
     /// The keys of the rules in force whose origin is the config file; every other rule was
     /// set at runtime.
     config_keys: HashSet<RuleKey>,
+    /// Who set each runtime rule; config rules have none.
+    actors: HashMap<RuleKey, Actor>,
     state_file: PathBuf,
     reload: ReloadStatus,
 }
@@ -128,6 +135,7 @@ impl Limits {
             table: RuleTable::new(),
             config_keys: config_rules.iter().map(|spec| spec.key.clone()).collect(),
             config_rules,
+            actors: HashMap::new(),
             state_file: state_file.to_owned(),
             reload: ReloadStatus::succeeded_now(),
         };
@@ -148,6 +156,11 @@ impl Limits {
                             == Origin::Config
                     })
                     .map(|saved| saved.rule.key.clone())
+                    .collect();
+                limits.actors = state
+                    .rules
+                    .iter()
+                    .filter_map(|saved| Some((saved.rule.key.clone(), saved.set_by.clone()?)))
                     .collect();
                 let rules = state.rules.into_iter().map(|saved| saved.rule).collect();
                 limits.restore(classifier, rules)?;
@@ -180,17 +193,25 @@ impl Limits {
                         .map_err(|e| refused(e.into()))?;
                 }
                 limits.install(classifier, table)?;
-                limits.save(&limits.table, &limits.config_rules, |key| {
-                    limits.config_keys.contains(key)
-                })?;
+                limits.save(
+                    &limits.table,
+                    &limits.config_rules,
+                    |key| limits.config_keys.contains(key),
+                    &limits.actors,
+                )?;
             }
         }
         Ok(limits)
     }
 
-    /// Adds a rule, or replaces the limit of the rule with the same key (keeping its counters).
-    /// Returns the rule and whether it replaced one.
-    pub fn set(&mut self, classifier: &mut Classifier, spec: RuleSpec) -> Result<(RuleView, bool)> {
+    /// Adds a rule, or replaces the limit of the rule with the same key (keeping its counters),
+    /// on behalf of `actor`. Returns the rule and whether it replaced one.
+    pub fn set(
+        &mut self,
+        classifier: &mut Classifier,
+        spec: RuleSpec,
+        actor: Actor,
+    ) -> Result<(RuleView, bool)> {
         let limit = Attached::read(classifier)?.validate(&spec)?;
         let mut next = self.table.clone();
         let outcome = next.set(spec.key.clone(), limit)?;
@@ -203,14 +224,22 @@ impl Limits {
         shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
         // next reload puts the file's rule back (see the README, *Reloading*).
-        self.save(&next, &self.config_rules, |key| {
-            key != &spec.key && self.config_keys.contains(key)
-        })?;
+        let mut actors = self.actors.clone();
+        actors.insert(spec.key.clone(), actor);
+        self.save(
+            &next,
+            &self.config_rules,
+            |key| key != &spec.key && self.config_keys.contains(key),
+            &actors,
+        )?;
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
-            if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
-                self.config_keys.contains(key)
-            }) {
+            if let Err(undo) = self.save(
+                &self.table,
+                &self.config_rules,
+                |key| self.config_keys.contains(key),
+                &self.actors,
+            ) {
                 log::error!(
                     "restoring {} after a failed change: {}",
                     self.state_file.display(),
@@ -222,6 +251,7 @@ impl Limits {
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
         self.config_keys.remove(&spec.key);
+        self.actors = actors;
         prune_classes(classifier, &wanted);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
@@ -232,6 +262,7 @@ impl Limits {
                 classifier,
                 rule,
                 Origin::Runtime,
+                self.actors.get(&spec.key),
                 &shape_stats(classifier, &self.table),
             ),
             !fresh,
@@ -257,19 +288,24 @@ impl Limits {
                 },
             });
         };
-        self.save(&next, &self.config_rules, |other| {
-            other != key && self.config_keys.contains(other)
-        })?;
+        self.save(
+            &next,
+            &self.config_rules,
+            |other| other != key && self.config_keys.contains(other),
+            &self.actors,
+        )?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         let removed = view(
             classifier,
             &rule,
             self.origin(&rule.key),
+            self.actor(&rule.key),
             &shape_stats(classifier, &self.table),
         );
         self.table = next;
         self.config_keys.remove(key);
+        self.actors.remove(key);
         // The rule is already out of the index: a stale limit left behind is never read.
         if let Err(e) = classifier.clear_rule(rule.id) {
             log::warn!(
@@ -297,8 +333,25 @@ impl Limits {
         let shaped = shape_stats(classifier, &self.table);
         rules
             .into_iter()
-            .map(|rule| view(classifier, rule, self.origin(&rule.key), &shaped))
+            .map(|rule| {
+                view(
+                    classifier,
+                    rule,
+                    self.origin(&rule.key),
+                    self.actor(&rule.key),
+                    &shaped,
+                )
+            })
             .collect()
+    }
+
+    /// Who set the rule under `key`, if it is a runtime rule set through the control socket.
+    fn actor(&self, key: &RuleKey) -> Option<&Actor> {
+        if self.config_keys.contains(key) {
+            None
+        } else {
+            self.actors.get(key)
+        }
     }
 
     fn origin(&self, key: &RuleKey) -> Origin {
@@ -381,15 +434,23 @@ impl Limits {
             .map(|rule| rule.id)
             .collect();
         shape_classes::add(classifier, &wanted, &changed)?;
-        self.save(&next, &config_rules, |key| config_keys.contains(key))?;
+        self.save(
+            &next,
+            &config_rules,
+            |key| config_keys.contains(key),
+            &self.actors,
+        )?;
         if let Err(e) = apply(classifier, &self.table, &next) {
             // Put back what was in force, as far as the maps let us.
             if let Err(undo) = apply(classifier, &next, &self.table) {
                 log::error!("undoing a reload that failed: {}", chain(&undo));
             }
-            if let Err(undo) = self.save(&self.table, &self.config_rules, |key| {
-                self.config_keys.contains(key)
-            }) {
+            if let Err(undo) = self.save(
+                &self.table,
+                &self.config_rules,
+                |key| self.config_keys.contains(key),
+                &self.actors,
+            ) {
                 log::error!(
                     "restoring {} after a failed reload: {}",
                     self.state_file.display(),
@@ -401,6 +462,11 @@ impl Limits {
         self.table = next;
         self.config_rules = config_rules;
         self.config_keys = config_keys;
+        // A rule the file now names is the file's; one the reload removed has no actor.
+        let table = &self.table;
+        let config_keys = &self.config_keys;
+        self.actors
+            .retain(|key, _| !config_keys.contains(key) && table.find(key).is_some());
         prune_classes(classifier, &wanted);
         Ok(summary)
     }
@@ -484,23 +550,24 @@ impl Limits {
         shape_classes::release(&classifier.interface_names())
     }
 
-    /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's.
+    /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's,
+    /// `actors` who set the others.
     fn save(
         &self,
         table: &RuleTable,
         config_rules: &[RuleSpec],
         is_config: impl Fn(&RuleKey) -> bool,
+        actors: &HashMap<RuleKey, Actor>,
     ) -> Result<()> {
         state_file::write(
             &self.state_file,
             config_rules,
             table.rules().map(|rule| {
-                let origin = if is_config(&rule.key) {
-                    Origin::Config
+                if is_config(&rule.key) {
+                    (rule, Origin::Config, None)
                 } else {
-                    Origin::Runtime
-                };
-                (rule, origin)
+                    (rule, Origin::Runtime, actors.get(&rule.key))
+                }
             }),
         )
     }
@@ -628,6 +695,7 @@ fn view(
     classifier: &Classifier,
     rule: &Rule,
     origin: Origin,
+    set_by: Option<&Actor>,
     shaped: &BTreeMap<u16, htb::ClassStats>,
 ) -> RuleView {
     let now_ns = crate::datapath::ktime::monotonic_ns();
@@ -681,6 +749,7 @@ fn view(
         queued_bytes: class.bytes,
         backlog_packets: class.backlog_packets,
         backlog_bytes: class.backlog_bytes,
+        set_by: set_by.cloned(),
     }
 }
 
@@ -720,11 +789,18 @@ mod tests {
             queued_bytes: 13,
             backlog_packets: 14,
             backlog_bytes: 15,
+            set_by: Some(Actor {
+                uid: Some(1000),
+                user: Some("alice".into()),
+                pid: Some(4242),
+                command: Some("shaper".into()),
+                at: "2026-12-06T06:40:00Z".into(),
+            }),
         };
         let json = serde_json::to_string(&view).unwrap();
         assert_eq!(
             json,
-            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config","ecn":false,"marked_packets":9,"marked_bytes":10,"queue_bytes":11,"queued_packets":12,"queued_bytes":13,"backlog_packets":14,"backlog_bytes":15}"#
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config","ecn":false,"marked_packets":9,"marked_bytes":10,"queue_bytes":11,"queued_packets":12,"queued_bytes":13,"backlog_packets":14,"backlog_bytes":15,"set_by":{"uid":1000,"user":"alice","pid":4242,"command":"shaper","at":"2026-12-06T06:40:00Z"}}"#
         );
         assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Error, Result},
     policy::config_reload::Origin,
+    policy::rule_actor::Actor,
     policy::rule_table::{Rule, RuleSpec},
 };
 
@@ -35,6 +36,9 @@ pub(crate) struct SavedRule {
     pub(crate) rule: Rule,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) origin: Option<Origin>,
+    /// Who set a runtime rule (added within version 1: older files have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) set_by: Option<Actor>,
 }
 
 /// A rule to save, borrowed.
@@ -43,6 +47,8 @@ struct RuleToSave<'a> {
     #[serde(flatten)]
     rule: &'a Rule,
     origin: Origin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    set_by: Option<&'a Actor>,
 }
 
 /// Reads the state file at `path`: `None` when there is none yet. A file that is not a state
@@ -101,7 +107,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<State> {
 pub(crate) fn write<'a>(
     path: &Path,
     config_rules: &[RuleSpec],
-    rules: impl Iterator<Item = (&'a Rule, Origin)>,
+    rules: impl Iterator<Item = (&'a Rule, Origin, Option<&'a Actor>)>,
 ) -> Result<()> {
     let text = to_json(config_rules, rules).map_err(std::io::Error::other)?;
     write_atomically(path, &text)
@@ -112,7 +118,7 @@ pub(crate) fn write<'a>(
 /// rules took 34 MB and most of a `limit set`), and a line per rule keeps it readable.
 pub(crate) fn to_json<'a>(
     config_rules: &[RuleSpec],
-    rules: impl Iterator<Item = (&'a Rule, Origin)>,
+    rules: impl Iterator<Item = (&'a Rule, Origin, Option<&'a Actor>)>,
 ) -> serde_json::Result<Vec<u8>> {
     fn list<T: Serialize>(
         out: &mut Vec<u8>,
@@ -131,7 +137,11 @@ pub(crate) fn to_json<'a>(
     out.extend_from_slice(b",\n\"rules\": ");
     list(
         &mut out,
-        rules.map(|(rule, origin)| RuleToSave { rule, origin }),
+        rules.map(|(rule, origin, set_by)| RuleToSave {
+            rule,
+            origin,
+            set_by,
+        }),
     )?;
     out.extend_from_slice(b"\n}\n");
     Ok(out)
@@ -178,8 +188,21 @@ mod tests {
                 },
             })
             .collect();
+        let alice = Actor {
+            uid: Some(1000),
+            user: Some("alice".into()),
+            pid: Some(4242),
+            command: Some("shaper".into()),
+            at: "2026-12-06T06:40:00Z".into(),
+        };
+        // The first rule's actor is known, the others' are not (saved by an older shaper).
+        let actor = |id: u16| (id == 1).then_some(&alice);
         let text = String::from_utf8(
-            to_json(&config_rules, rules.iter().map(|r| (r, Origin::Runtime))).unwrap(),
+            to_json(
+                &config_rules,
+                rules.iter().map(|r| (r, Origin::Runtime, actor(r.id))),
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -196,7 +219,8 @@ mod tests {
                 .iter()
                 .map(|rule| SavedRule {
                     rule: rule.clone(),
-                    origin: Some(Origin::Runtime)
+                    origin: Some(Origin::Runtime),
+                    set_by: actor(rule.id).cloned(),
                 })
                 .collect::<Vec<_>>()
         );
@@ -266,7 +290,11 @@ mod tests {
                 },
             })
             .into();
-        to_json(&config_rules, rules.iter().map(|r| (r, Origin::Config))).unwrap()
+        to_json(
+            &config_rules,
+            rules.iter().map(|r| (r, Origin::Config, None)),
+        )
+        .unwrap()
     }
 
     #[test]

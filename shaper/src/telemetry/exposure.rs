@@ -20,7 +20,7 @@ use crate::{
     Classifier, Direction,
     datapath::classifier::Proto,
     error::Result,
-    telemetry::listening_sockets::{ScopedListener, scoped_listeners},
+    telemetry::listening_sockets::{Owners, ScopedListener, scoped_listeners},
 };
 
 /// The JSON schema version of [`Exposure`]; bumped on any incompatible change.
@@ -71,8 +71,8 @@ pub fn surprise(port: &ExposedPort) -> (bool, bool, bool) {
     (port.scope != "loopback", port.from_outside, !port.rule)
 }
 
-/// Gathers the report from the classifier and procfs.
-pub fn gather(classifier: &Classifier) -> Result<Exposure> {
+/// Gathers the report from the classifier and procfs, naming listeners' processes or not.
+pub fn gather(classifier: &Classifier, owners: Owners) -> Result<Exposure> {
     let tcp = classifier.port_counters();
     let tcp = tcp.tcp();
     let interfaces = classifier.interface_states();
@@ -86,7 +86,7 @@ pub fn gather(classifier: &Classifier) -> Result<Exposure> {
                 .insert(key.remote_addr);
         }
     }
-    let listeners = scoped_listeners();
+    let listeners = scoped_listeners(owners);
     let mut listening: Vec<ExposedPort> = listeners
         .iter()
         .map(|ScopedListener { listener, scope }| {

@@ -7,7 +7,9 @@
 //! client's ephemeral port, not a service. The owner is found by matching the socket's inode
 //! against every process's `/proc/PID/fd` links; its name is the kernel's `comm` (at most 15
 //! characters). A socket whose owner cannot be seen (a kernel socket, or a process that exited
-//! meanwhile) is reported with process `unknown`.
+//! meanwhile) is reported with process `unknown`, and so is every socket when the daemon runs
+//! with `--no-owner-names` ([`Owners::Unnamed`]), which skips the walk and, with it, the two
+//! capabilities it needs.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -34,10 +36,21 @@ pub struct Listener {
 /// The process name used when a socket's owner cannot be found.
 pub const UNKNOWN_PROCESS: &str = "unknown";
 
+/// Whether listening sockets are named with their owning processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Owners {
+    /// Every process's `/proc/PID/fd` is walked for the socket's inode (CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH for other users' processes).
+    #[default]
+    Named,
+    /// No walk: every socket's process is `unknown`.
+    Unnamed,
+}
+
 /// Every listening socket, one entry per (protocol, port, process), sorted. A table that
 /// cannot be read (IPv6 disabled, say) contributes nothing.
-pub fn listeners() -> Vec<Listener> {
-    let unique: BTreeSet<Listener> = scoped_listeners()
+pub fn listeners(owners: Owners) -> Vec<Listener> {
+    let unique: BTreeSet<Listener> = scoped_listeners(owners)
         .into_iter()
         .map(|scoped| scoped.listener)
         .collect();
@@ -69,7 +82,7 @@ pub fn bind_scope(addr: IpAddr) -> String {
 
 /// Every listening socket with its bind scope, one entry per (protocol, port, process, scope),
 /// sorted.
-pub fn scoped_listeners() -> Vec<ScopedListener> {
+pub fn scoped_listeners(owners: Owners) -> Vec<ScopedListener> {
     let mut sockets: Vec<(Proto, SocketAddr, u64)> = Vec::new();
     let tcp = procfs::net::tcp()
         .into_iter()
@@ -89,7 +102,10 @@ pub fn scoped_listeners() -> Vec<ScopedListener> {
             sockets.push((Proto::Udp, entry.local_address, entry.inode));
         }
     }
-    let owners = socket_owners();
+    let owners = match owners {
+        Owners::Named => socket_owners(),
+        Owners::Unnamed => HashMap::new(),
+    };
     let unique: BTreeSet<ScopedListener> = sockets
         .into_iter()
         .map(|(proto, addr, inode)| ScopedListener {
@@ -165,7 +181,7 @@ mod tests {
             .and_then(|p| p.stat())
             .expect("own stat")
             .comm;
-        let found = listeners();
+        let found = listeners(Owners::Named);
         let has = |proto, port| {
             found
                 .iter()

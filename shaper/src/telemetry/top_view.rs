@@ -502,6 +502,7 @@ mod tests {
                 queued_bytes: 0,
                 backlog_packets: 0,
                 backlog_bytes: 0,
+                set_by: None,
             }],
         }
     }

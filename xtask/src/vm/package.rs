@@ -126,8 +126,20 @@ const CAPABILITIES: &[(&str, u32)] = &[("NET_ADMIN", 12), ("PERFMON", 38), ("BPF
 /// shipped. Returns `daemonset.env` for the guest: CAPS (podman's `--cap-add`) and CAP_MASK
 /// (the `CapBnd` line of /proc/PID/status the daemon must show).
 fn pod_privileges(manifest: &str) -> anyhow::Result<String> {
+    if !manifest
+        .lines()
+        .any(|line| line.trim() == "hostNetwork: true")
+    {
+        bail!(
+            "deploy/kubernetes/daemonset.yaml no longer says `hostNetwork: true`: \
+             update xtask/src/vm/scenarios/image.sh, which runs the image as the manifest says"
+        );
+    }
+    // The daemon's container alone: the pod has others (the metrics proxy) with settings of
+    // their own, which must not stand in for the daemon's.
+    let container = container_block(manifest, "shaper")
+        .context("deploy/kubernetes/daemonset.yaml: no container named shaper")?;
     const EXPECTED: &[&str] = &[
-        "hostNetwork: true",
         "runAsUser: 0",
         "runAsGroup: 0",
         "privileged: false",
@@ -140,7 +152,7 @@ fn pod_privileges(manifest: &str) -> anyhow::Result<String> {
         "memory: 256Mi",
         "- --persist",
     ];
-    let lines: Vec<&str> = manifest.lines().map(str::trim).collect();
+    let lines: Vec<&str> = container.iter().map(|line| line.trim()).collect();
     for expected in EXPECTED {
         if !lines.contains(expected) {
             bail!(
@@ -168,6 +180,22 @@ fn pod_privileges(manifest: &str) -> anyhow::Result<String> {
     Ok(format!("CAPS={}\nCAP_MASK={mask:016x}\n", caps.join(",")))
 }
 
+/// The lines of the container `name` of a manifest: from its `- name: NAME` item to the next
+/// line indented as little or less (the next container, or the end of the list).
+fn container_block<'a>(manifest: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut lines = manifest.lines();
+    let start = lines.find(|line| line.trim() == format!("- name: {name}"))?;
+    let depth = indent(start);
+    let mut block = vec![start];
+    block.extend(
+        lines
+            .take_while(|line| line.trim().is_empty() || indent(line) > depth)
+            .filter(|line| !line.trim().is_empty()),
+    );
+    Some(block)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,17 +211,40 @@ mod tests {
         );
     }
 
+    /// The daemon's container with `settings`, then a sidecar with the hardening lines the
+    /// daemon's must have.
+    fn pod(settings: &str) -> String {
+        let indented: String = settings.lines().map(|l| format!("      {l}\n")).collect();
+        format!(
+            "spec:\n  hostNetwork: true\n  containers:\n    - name: shaper\n{indented}\
+             \x20   - name: sidecar\n      allowPrivilegeEscalation: false\n      \
+             readOnlyRootFilesystem: true\n      drop: [ALL]\n      type: RuntimeDefault\n"
+        )
+    }
+
+    const DAEMON: &str = "runAsUser: 0\nrunAsGroup: 0\nprivileged: false\n\
+        allowPrivilegeEscalation: false\nreadOnlyRootFilesystem: true\ndrop: [ALL]\n\
+        type: RuntimeDefault\nmountPropagation: HostToContainer\n\
+        mountPath: /sys/fs/bpf\nmemory: 256Mi\n- --persist\nadd: [BPF, NET_ADMIN]\n";
+
     #[test]
     fn a_changed_pod_is_refused() {
         let manifest = "hostNetwork: false\n";
         let error = pod_privileges(manifest).unwrap_err().to_string();
         assert!(error.contains("hostNetwork: true"), "{error}");
-        let unknown = "hostNetwork: true\nrunAsUser: 0\nrunAsGroup: 0\nprivileged: false\n\
-            allowPrivilegeEscalation: false\nreadOnlyRootFilesystem: true\ndrop: [ALL]\n\
-            type: RuntimeDefault\nmountPropagation: HostToContainer\n\
-            mountPath: /sys/fs/bpf\nmemory: 256Mi\n\
-            - --persist\nadd: [BPF, SYS_ADMIN]\n";
-        let error = pod_privileges(unknown).unwrap_err().to_string();
+        assert_eq!(
+            pod_privileges(&pod(DAEMON)).unwrap(),
+            "CAPS=CAP_BPF,CAP_NET_ADMIN\nCAP_MASK=0000008000001000\n"
+        );
+        let unknown = pod(&DAEMON.replace("NET_ADMIN", "SYS_ADMIN"));
+        let error = pod_privileges(&unknown).unwrap_err().to_string();
         assert!(error.contains("SYS_ADMIN"), "{error}");
+        // A hardening line only the sidecar keeps does not count for the daemon.
+        let escalating = pod(&DAEMON.replace(
+            "allowPrivilegeEscalation: false",
+            "allowPrivilegeEscalation: true",
+        ));
+        let error = pod_privileges(&escalating).unwrap_err().to_string();
+        assert!(error.contains("allowPrivilegeEscalation: false"), "{error}");
     }
 }

@@ -41,7 +41,7 @@ use crate::{
     policy::config_reload::ReloadStatus,
     policy::rule_table::{Rule, Side},
     policy::rules_in_force::Limits,
-    telemetry::listening_sockets::{ScopedListener, scoped_listeners},
+    telemetry::listening_sockets::{Owners, ScopedListener, scoped_listeners},
 };
 
 /// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
@@ -190,6 +190,8 @@ pub struct Exporter {
     counters: PortCounters,
     top_ports: usize,
     selection: Mutex<Remembered>,
+    /// Whether `shaper_port_listening` names processes.
+    owners: Owners,
 }
 
 /// The selection's memory, and the file it is saved to (if any).
@@ -222,6 +224,7 @@ impl Exporter {
                 selector: Selector::default(),
                 file: None,
             }),
+            owners: Owners::Named,
         }
     }
 
@@ -244,7 +247,13 @@ impl Exporter {
                 selector: Selector::default(),
                 file: Some(file),
             }),
+            owners: Owners::Named,
         }
+    }
+
+    /// The same exporter, naming listeners' processes or not.
+    pub fn with_owners(self, owners: Owners) -> Self {
+        Self { owners, ..self }
     }
 
     /// Scans every port's counters and selects the series. Scrapes are serialized: the
@@ -256,7 +265,7 @@ impl Exporter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Remembered { selector, file } = &mut *remembered;
-        let listeners = scoped_listeners();
+        let listeners = scoped_listeners(self.owners);
         let mut pinned = inventory.rule_ports();
         let listening: HashSet<(u32, u16)> = listeners
             .iter()
