@@ -1,6 +1,9 @@
 //! shaper: an eBPF per-port traffic observer and policer for Linux tc hooks.
 //!
-//! The library holds everything but argument parsing, by concern:
+//! The library holds everything but argument parsing, by concern, in layers that import only
+//! downwards (checked by `tests/layers.rs`):
+//! - [`types`]: plain types every layer speaks — port ranges, the keyword enums, the metrics
+//!   address.
 //! - [`datapath`]: what lives in the kernel and how userspace reaches it — loading the
 //!   classifier and its maps, attaching it (tcx or clsact), the mmapped counters, rtnetlink,
 //!   interfaces, and the kernel's clock.
@@ -23,6 +26,7 @@ pub mod fuzz;
 pub mod policy;
 pub mod private_files;
 pub mod telemetry;
+pub mod types;
 
 pub use datapath::{
     attach::{AttachMode, Direction},

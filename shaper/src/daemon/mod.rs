@@ -35,7 +35,7 @@
 pub mod capabilities;
 pub mod config_watch;
 mod health;
-pub mod pid_lock;
+
 mod requests;
 pub mod settings;
 mod tracing;
@@ -56,7 +56,7 @@ pub use settings::{Flags, Settings};
 
 use crate::{
     control::ControlSocket,
-    datapath::{attach::AttachChoice, bpf_log, classifier::Classifier, pins::PinDir},
+    datapath::{attach::AttachChoice, bpf_log, classifier::Classifier, pid_lock, pins::PinDir},
     error::{Error, Result, chain},
     policy::{config_file::Config, rules_in_force::Limits, watch_list::WatchList},
     telemetry::{

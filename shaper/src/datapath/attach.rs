@@ -19,7 +19,7 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::pid_lock::PidLock,
+    datapath::pid_lock::PidLock,
     datapath::{netlink, pins::PinDir, tcx_query},
     error::{Error, Result, chain},
 };
@@ -52,7 +52,7 @@ impl AttachMode {
     }
 }
 
-crate::policy::rule_table::keyword_enum!(
+crate::types::keywords::keyword_enum!(
     /// How the operator asks for the programs to be attached (`--attach`, the config file's
     /// `attach`): a mode, or `auto` for the best one the running kernel has.
     AttachChoice {

@@ -11,7 +11,7 @@ use aya::programs::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::pid_lock::PidLock,
+    datapath::pid_lock::PidLock,
     datapath::{
         attach::{self, AttachMode, Direction, Removed},
         interfaces, netlink,

@@ -11,7 +11,7 @@ use shaper_common::{
 use crate::{
     datapath::classifier::Classifier,
     error::{Error, Result},
-    policy::rule_table::{DirSel, PortRange},
+    types::{keywords::DirSel, ports::PortRange},
 };
 
 /// Sets the trace bit on `ports` in `dir` on every interface (both protocols) and nothing

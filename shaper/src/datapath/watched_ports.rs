@@ -22,7 +22,7 @@ use crate::{
     Direction,
     datapath::classifier::{Classifier, PROTOCOLS, Proto},
     error::{Error, Result},
-    policy::rule_table::{DirSel, PortRange},
+    types::{keywords::DirSel, ports::PortRange},
 };
 
 /// Bytes of map memory the watched ports and the trace take: the switches of `interfaces`

@@ -55,7 +55,7 @@ use crate::{
     policy::rule_table::{
         Action, DirSel, PORT_FORMS, PortRange, PortRangeError, ProtoSel, RuleKey, RuleSpec, Side,
     },
-    telemetry::metrics::MetricsAddr,
+    types::metrics_addr::MetricsAddr,
 };
 
 /// What a config file asks for.

@@ -18,204 +18,17 @@ use std::{
     cmp::Ordering,
     collections::{BTreeMap, HashMap},
     fmt,
-    str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
-use shaper_common::{
-    DIR_EGRESS, DIR_INGRESS, MAX_RULES, NO_RULE, PORTS, PROTO_TCP, PROTO_UDP,
-    RULE_INDEX_ROWS_PER_IFACE, SIDE_LOCAL, SIDE_REMOTE, bucket, rule_index_row,
-};
+use shaper_common::{MAX_RULES, NO_RULE, PORTS, RULE_INDEX_ROWS_PER_IFACE, bucket, rule_index_row};
 
 use crate::policy::rates_and_sizes;
 
-/// An inclusive port range; a single port is `lo == hi`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
-}
-
-impl PortRange {
-    pub fn single(port: u16) -> Self {
-        Self { lo: port, hi: port }
-    }
-
-    /// Ports in the range minus one (0 for a single port).
-    pub fn width(&self) -> u16 {
-        self.hi - self.lo
-    }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.lo..=self.hi).contains(&port)
-    }
-}
-
-pub const PORT_FORMS: &str =
-    "a port 0-65535 (9090) or an inclusive range LO-HI with LO < HI (8000-8099)";
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{value}' is not a port or port range; accepted: {PORT_FORMS}")]
-pub struct PortRangeError {
-    pub value: String,
-}
-
-impl FromStr for PortRange {
-    type Err = PortRangeError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || PortRangeError {
-            value: text.to_owned(),
-        };
-        let port = |s: &str| -> Result<u16, PortRangeError> {
-            let s = s.trim();
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(error());
-            }
-            s.parse().map_err(|_| error())
-        };
-        match text.split_once('-') {
-            None => Ok(Self::single(port(text)?)),
-            Some((lo, hi)) => {
-                let (lo, hi) = (port(lo)?, port(hi)?);
-                if lo >= hi {
-                    return Err(error());
-                }
-                Ok(Self { lo, hi })
-            }
-        }
-    }
-}
-
-impl TryFrom<String> for PortRange {
-    type Error = PortRangeError;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        text.parse()
-    }
-}
-
-/// As its text (`9090`, `8000-8099`), written straight into the output: the state file holds
-/// one per rule, and a `String` per port was a measurable part of saving 65,535 rules.
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi {
-            write!(f, "{}", self.lo)
-        } else {
-            write!(f, "{}-{}", self.lo, self.hi)
-        }
-    }
-}
-
-/// Generates the string form, parsing and listing of a small keyword enum, so the CLI, the
-/// config file, the control protocol and the state file all spell it the same way. Paths are
-/// absolute so that any module of the crate can use it.
-macro_rules! keyword_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize, ::clap::ValueEnum)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-
-        impl $name {
-            pub const WORDS: &'static [&'static str] = &[$($word),+];
-            pub fn name(self) -> &'static str {
-                match self { $(Self::$variant => $word),+ }
-            }
-        }
-
-        impl ::std::fmt::Display for $name {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-
-        impl ::std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(text: &str) -> Result<Self, String> {
-                match text {
-                    $($word => Ok(Self::$variant),)+
-                    _ => Err(format!("'{text}' is not one of {}", Self::WORDS.join(", "))),
-                }
-            }
-        }
-    };
-}
-
-pub(crate) use keyword_enum;
-
-keyword_enum!(
-    /// The hook directions a rule applies to; each direction has its own bucket.
-    DirSel { #[default] Both => "both", Ingress => "ingress", Egress => "egress" }
-);
-keyword_enum!(
-    ProtoSel { #[default] Any => "any", Tcp => "tcp", Udp => "udp" }
-);
-keyword_enum!(
-    Action {
-        /// Drop packets the bucket has no tokens for.
-        #[default]
-        Drop => "drop",
-        /// Pass every packet; count those `drop` would have dropped.
-        Observe => "observe",
-        /// Queue the rule's packets in an HTB class at the rate (egress).
-        Shape => "shape",
-    }
-);
-keyword_enum!(
-    /// Which packets `shaper trace` shows, by verdict.
-    TraceVerdicts { #[default] All => "all", Drop => "drop", WouldDrop => "would-drop" }
-);
-keyword_enum!(
-    /// Which port of the packet the rule's ports are: the local one, or the remote one.
-    Side { #[default] Local => "local", Remote => "remote" }
-);
-
-impl DirSel {
-    /// Classifier direction indices this selection covers.
-    pub fn directions(self) -> &'static [u32] {
-        match self {
-            Self::Both => &[DIR_INGRESS, DIR_EGRESS],
-            Self::Ingress => &[DIR_INGRESS],
-            Self::Egress => &[DIR_EGRESS],
-        }
-    }
-}
-
-impl ProtoSel {
-    pub fn protos(self) -> &'static [u32] {
-        match self {
-            Self::Any => &[PROTO_TCP, PROTO_UDP],
-            Self::Tcp => &[PROTO_TCP],
-            Self::Udp => &[PROTO_UDP],
-        }
-    }
-}
-
-impl Side {
-    pub fn index(self) -> u32 {
-        match self {
-            Self::Local => SIDE_LOCAL,
-            Self::Remote => SIDE_REMOTE,
-        }
-    }
-}
-
-impl Action {
-    pub fn code(self) -> u32 {
-        match self {
-            Self::Drop => shaper_common::ACTION_DROP,
-            Self::Observe => shaper_common::ACTION_OBSERVE,
-            Self::Shape => shaper_common::ACTION_SHAPE,
-        }
-    }
-}
+pub use crate::types::{
+    keywords::{Action, DirSel, ProtoSel, Side, TraceVerdicts},
+    ports::{PORT_FORMS, PortRange, PortRangeError},
+};
 
 /// What identifies a rule: setting a rule with the same key replaces it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -555,6 +368,10 @@ impl RuleTable {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
+    use shaper_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP, SIDE_LOCAL, SIDE_REMOTE};
+
     use super::*;
 
     fn key(ports: &str) -> RuleKey {

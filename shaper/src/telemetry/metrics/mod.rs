@@ -17,15 +17,7 @@ mod saved_selection;
 mod tcp_families;
 mod text_formats;
 
-use std::{
-    collections::HashSet,
-    fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::Path,
-    str::FromStr,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::HashSet, path::Path, sync::Mutex, time::Instant};
 
 pub use http_connections::{Bounds as HttpBounds, DEFAULT_MAX_CONNECTIONS};
 pub use http_endpoint::{Handlers, HealthFn, Probe, ScrapeFn, serve};
@@ -44,48 +36,13 @@ use crate::{
     telemetry::listening_sockets::{Owners, ScopedListener, scoped_listeners},
 };
 
-/// Where `/metrics` listens unless told otherwise: loopback only, so that a daemon on an edge
-/// node does not publish its ports and process names to the world by default. 19350 is outside
-/// the 9100-9999 range of the Prometheus exporter port registry, which is fully allocated.
-pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 19350));
+pub use crate::types::metrics_addr::{DEFAULT_ADDR, MetricsAddr};
 
 /// How many ports, beyond the pinned ones, get a series of their own by default.
 pub const DEFAULT_TOP_PORTS: usize = 100;
 
 /// At most this many ports get a series because a single-port rule names them.
 pub const MAX_RULE_PINNED_PORTS: usize = 1024;
-
-/// `--metrics-addr`: an address to serve `/metrics` on, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricsAddr {
-    Off,
-    At(SocketAddr),
-}
-
-impl FromStr for MetricsAddr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text == "off" {
-            return Ok(Self::Off);
-        }
-        text.parse().map(Self::At).map_err(|_| {
-            format!(
-                "'{text}' is not ADDR:PORT (e.g. 127.0.0.1:19350, 0.0.0.0:19350, [::]:19350) \
-                 or off"
-            )
-        })
-    }
-}
-
-impl fmt::Display for MetricsAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Off => f.write_str("off"),
-            Self::At(addr) => write!(f, "{addr}"),
-        }
-    }
-}
 
 /// What a scrape needs from the daemon's state, copied while holding its lock.
 #[derive(Debug, Clone)]

@@ -1,0 +1,109 @@
+//! The small keyword enums every layer speaks (directions, protocols, sides, actions, trace
+//! verdicts), spelt the same way in the CLI, the config file, the control protocol and the state
+//! file.
+
+use shaper_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP, SIDE_LOCAL, SIDE_REMOTE};
+
+/// Generates the string form, parsing and listing of a small keyword enum, so the CLI, the
+/// config file, the control protocol and the state file all spell it the same way. Paths are
+/// absolute so that any module of the crate can use it.
+macro_rules! keyword_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize, ::clap::ValueEnum)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$variant => $word),+ }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($word => Ok(Self::$variant),)+
+                    _ => Err(format!("'{text}' is not one of {}", Self::WORDS.join(", "))),
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use keyword_enum;
+
+keyword_enum!(
+    /// The hook directions a rule applies to; each direction has its own bucket.
+    DirSel { #[default] Both => "both", Ingress => "ingress", Egress => "egress" }
+);
+keyword_enum!(
+    ProtoSel { #[default] Any => "any", Tcp => "tcp", Udp => "udp" }
+);
+keyword_enum!(
+    Action {
+        /// Drop packets the bucket has no tokens for.
+        #[default]
+        Drop => "drop",
+        /// Pass every packet; count those `drop` would have dropped.
+        Observe => "observe",
+        /// Queue the rule's packets in an HTB class at the rate (egress).
+        Shape => "shape",
+    }
+);
+keyword_enum!(
+    /// Which packets `shaper trace` shows, by verdict.
+    TraceVerdicts { #[default] All => "all", Drop => "drop", WouldDrop => "would-drop" }
+);
+keyword_enum!(
+    /// Which port of the packet the rule's ports are: the local one, or the remote one.
+    Side { #[default] Local => "local", Remote => "remote" }
+);
+
+impl DirSel {
+    /// Classifier direction indices this selection covers.
+    pub fn directions(self) -> &'static [u32] {
+        match self {
+            Self::Both => &[DIR_INGRESS, DIR_EGRESS],
+            Self::Ingress => &[DIR_INGRESS],
+            Self::Egress => &[DIR_EGRESS],
+        }
+    }
+}
+
+impl ProtoSel {
+    pub fn protos(self) -> &'static [u32] {
+        match self {
+            Self::Any => &[PROTO_TCP, PROTO_UDP],
+            Self::Tcp => &[PROTO_TCP],
+            Self::Udp => &[PROTO_UDP],
+        }
+    }
+}
+
+impl Side {
+    pub fn index(self) -> u32 {
+        match self {
+            Self::Local => SIDE_LOCAL,
+            Self::Remote => SIDE_REMOTE,
+        }
+    }
+}
+
+impl Action {
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Drop => shaper_common::ACTION_DROP,
+            Self::Observe => shaper_common::ACTION_OBSERVE,
+            Self::Shape => shaper_common::ACTION_SHAPE,
+        }
+    }
+}
