@@ -13,7 +13,8 @@ use shaper::{Classifier, Direction};
 type Counts = BTreeMap<String, (u64, u64)>;
 
 fn counts(classifier: &Classifier) -> Counts {
-    let snapshot = classifier.snapshot().expect("snapshot");
+    let snapshot =
+        shaper::telemetry::counter_snapshot::Snapshot::read(classifier).expect("snapshot");
     let ports = snapshot.ports.iter().map(|p| {
         (
             format!("{}/{}/{}", p.direction, p.proto, p.port),

@@ -17,6 +17,7 @@ use std::{
 use common::{
     daemon::{Daemon, SHAPER},
     netns::{InNamespace as _, veth_pair},
+    temp_dir::TempDir,
     traffic::{WIRE, receiver, sender},
 };
 use shaper::{Direction, datapath::classifier::Proto};
@@ -51,24 +52,6 @@ fn artifact(test: &str, name: &str) -> Option<PathBuf> {
         path.display()
     );
     None
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("shaper-dist-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn output_text(output: &std::process::Output) -> String {

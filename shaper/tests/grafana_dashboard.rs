@@ -11,8 +11,6 @@ mod common;
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -20,8 +18,8 @@ use std::{
 
 use common::{
     daemon::Daemon,
-    metrics::get,
-    netns::{InNamespace as _, Namespace, veth_pair},
+    netns::{InNamespace as _, veth_pair},
+    prometheus::Prometheus,
     traffic::sender,
 };
 
@@ -89,92 +87,6 @@ fn the_dashboard_has_every_panel_the_issue_asks_for() {
     );
 }
 
-/// A Prometheus server on loopback inside a namespace, killed and its data removed on drop.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Prometheus {
-    fn start(ns: &Namespace, binary: &Path, target: SocketAddr) -> Self {
-        let dir = std::env::temp_dir().join(format!("shaper-test-grafana-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("prometheus dir");
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: shaper\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
-            ),
-        )
-        .expect("write prometheus.yml");
-        let addr: SocketAddr = "127.0.0.1:19391".parse().unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = ns
-            .command(binary.to_str().expect("utf-8 path"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus");
-        Self { child, dir, addr }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// The result vector of an instant query, `None` while the server does not answer.
-    fn query(&self, ns: &Namespace, promql: &str) -> Option<Vec<serde_json::Value>> {
-        let up =
-            ns.within(|| TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok());
-        if !up {
-            return None;
-        }
-        let encoded: String = promql
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let response = get(
-            ns,
-            self.addr,
-            &format!("/api/v1/query?query={encoded}"),
-            None,
-        );
-        let json: serde_json::Value = serde_json::from_str(&response.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", response.body));
-        assert_eq!(json["status"], "success", "{promql}: {json}");
-        Some(
-            json["data"]["result"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-        )
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
     if !common::require_root("every_panel_query_returns_data_from_a_real_prometheus") {
@@ -201,7 +113,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         .a
         .within(|| TcpListener::bind(("0.0.0.0", 8443)).expect("bind"));
     listener.set_nonblocking(true).expect("nonblocking");
-    let prometheus = Prometheus::start(&pair.a, &binary, "127.0.0.1:19350".parse().unwrap());
+    let prometheus = Prometheus::start(&pair.a, &binary, "127.0.0.1:19350".parse().unwrap(), "gd");
 
     let stop = AtomicBool::new(false);
     let deadline = Instant::now() + Duration::from_secs(60);

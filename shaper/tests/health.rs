@@ -4,24 +4,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use aya::maps::{Array, MapData};
 use common::{
     daemon::Daemon,
-    metrics::{Response, get},
+    metrics::{DAEMON_ADDR, Response, get},
     netns::{InNamespace as _, veth_pair},
 };
 use shaper::datapath::pins::PinDir;
 use shaper_common::{RuleConfig, maps};
 
-/// Where the daemon serves metrics and probes by default, inside its namespace.
-fn addr() -> SocketAddr {
-    "127.0.0.1:19350".parse().unwrap()
-}
-
 fn probe(pair: &common::netns::VethPair, path: &str) -> Response {
-    get(&pair.a, addr(), path, None)
+    get(&pair.a, DAEMON_ADDR, path, None)
 }
 
 #[test]

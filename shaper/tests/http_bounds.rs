@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use std::{
 
 use common::{
     daemon::Daemon,
-    metrics::get,
+    metrics::{DAEMON_ADDR, get},
     netns::{InNamespace as _, veth_pair},
 };
 
@@ -24,10 +24,6 @@ const CAP: usize = 256;
 const IDLE: usize = 2_000;
 const SCRAPERS: usize = 200;
 const RULES: u32 = 65_535;
-
-fn addr() -> SocketAddr {
-    "127.0.0.1:19350".parse().unwrap()
-}
 
 /// Socket descriptors the process `pid` holds.
 fn sockets_of(pid: u32) -> usize {
@@ -102,7 +98,7 @@ fn idle_connections_and_a_scrape_storm_never_keep_the_probe_out() {
     let pid = daemon.pid();
     let baseline = sockets_of(pid);
     let one_scrape = Instant::now();
-    let scrape = get(&pair.a, addr(), "/metrics", None);
+    let scrape = get(&pair.a, DAEMON_ADDR, "/metrics", None);
     assert_eq!(scrape.status, 200, "{}", scrape.body);
     println!(
         "one scrape alone: {:.2} s, {} bytes",
@@ -117,7 +113,7 @@ fn idle_connections_and_a_scrape_storm_never_keep_the_probe_out() {
             let mut latencies = Vec::new();
             while !done.load(Ordering::Relaxed) {
                 let asked = Instant::now();
-                let answer = get(&pair.a, addr(), "/healthz", None);
+                let answer = get(&pair.a, DAEMON_ADDR, "/healthz", None);
                 latencies.push((asked.elapsed(), answer.status));
                 thread::sleep(Duration::from_millis(100));
             }
@@ -136,14 +132,14 @@ fn idle_connections_and_a_scrape_storm_never_keep_the_probe_out() {
         let idle: Vec<TcpStream> = pair.a.within(|| {
             (0..IDLE)
                 .map(|_| {
-                    TcpStream::connect_timeout(&addr(), Duration::from_secs(5))
+                    TcpStream::connect_timeout(&DAEMON_ADDR, Duration::from_secs(5))
                         .expect("connect an idle client")
                 })
                 .collect()
         });
         // 200 scrapes at once.
         let scrapers: Vec<_> = (0..SCRAPERS)
-            .map(|_| scope.spawn(|| get(&pair.a, addr(), "/metrics", None).status))
+            .map(|_| scope.spawn(|| get(&pair.a, DAEMON_ADDR, "/metrics", None).status))
             .collect();
         let scrapes: Vec<u16> = scrapers
             .into_iter()
@@ -207,7 +203,7 @@ fn idle_connections_and_a_scrape_storm_never_keep_the_probe_out() {
     assert_eq!(daemon.pid(), pid);
     let listed = daemon.cli_ok(&["limit", "ls", "--json"]);
     assert!(listed.contains("\"ports\": \"65535\"") || listed.contains("\"ports\":\"65535\""));
-    let live = get(&pair.a, addr(), "/healthz", None);
+    let live = get(&pair.a, DAEMON_ADDR, "/healthz", None);
     assert_eq!(live.status, 200, "{}", live.body);
     let log = daemon.log();
     assert!(
@@ -227,7 +223,7 @@ fn a_stalled_request_is_cut_off_and_each_connection_serves_one_request() {
     let pair = veth_pair("hs");
     let daemon = Daemon::start(&pair.a, "hs", &["--iface", &pair.a_if]);
     let (stalled_for, second) = pair.a.within(|| {
-        let mut stalled = TcpStream::connect(addr()).expect("connect");
+        let mut stalled = TcpStream::connect(DAEMON_ADDR).expect("connect");
         stalled
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             .expect("half a head");
@@ -239,7 +235,7 @@ fn a_stalled_request_is_cut_off_and_each_connection_serves_one_request() {
         let _ = stalled.read_to_end(&mut rest);
         let stalled_for = started.elapsed();
 
-        let mut client = TcpStream::connect(addr()).expect("connect");
+        let mut client = TcpStream::connect(DAEMON_ADDR).expect("connect");
         client
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");

@@ -7,14 +7,15 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use aya::programs::{TestRun as _, TestRunOptions};
+use common::limits_fixture::{LimitsFixture as Setup, test_actor};
 use common::packet::*;
 use shaper::{
     Classifier, Direction,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
-    policy::rules_in_force::{Limits, RuleView},
+    policy::rules_in_force::RuleView,
 };
 
 /// TC_ACT_UNSPEC (pass on) and TC_ACT_SHOT.
@@ -25,33 +26,8 @@ const RATE_BPS: u64 = 1024; // 128 bytes per second
 const BURST: u64 = 192 * 1024;
 const FRAME_LEN: usize = 128;
 
-struct Setup {
-    classifier: Classifier,
-    limits: Limits,
-    state: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.state.parent().expect("state dir"));
-    }
-}
-
 fn setup(test: &str) -> Option<Setup> {
-    if !common::require_root(test) {
-        return None;
-    }
-    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-    classifier.register("lo").expect("register lo");
-    let state = std::env::temp_dir()
-        .join(format!("shaper-{test}-{}", std::process::id()))
-        .join("state.json");
-    let limits = Limits::start(&mut classifier, Vec::new(), &state).expect("start limits");
-    Some(Setup {
-        classifier,
-        limits,
-        state,
-    })
+    Setup::on_lo(test)
 }
 
 fn key(ports: &str) -> RuleKey {
@@ -470,10 +446,4 @@ fn a_refused_rule_changes_nothing() {
         saved
     );
     assert_eq!(rule(&s, kept.id).action, Action::Drop);
-}
-
-/// The actor of a rule set directly through the library, as a control request from this
-/// process would record it.
-fn test_actor() -> shaper::policy::rule_actor::Actor {
-    shaper::policy::rule_actor::Actor::now(Some(0), Some("root".into()), None, None)
 }

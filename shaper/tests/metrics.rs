@@ -10,8 +10,8 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -19,9 +19,11 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::{
     daemon::Daemon,
-    metrics::{Samples, get, label, samples, series},
-    netns::{InNamespace as _, Namespace, VethPair, veth_pair},
+    metrics::{DAEMON_ADDR, Samples, get, label, samples, scrape, series},
+    netns::{InNamespace as _, VethPair, veth_pair},
     packet::*,
+    prometheus::Prometheus,
+    temp_dir::TempDir,
     traffic::{PAYLOAD, WIRE, sender},
 };
 use shaper::{
@@ -29,17 +31,6 @@ use shaper::{
     policy::rules_in_force::Limits,
     telemetry::metrics::{Exporter, Format, Inventory, selection_file_beside},
 };
-
-/// Where the daemon serves metrics by default, inside its namespace.
-fn metrics_addr() -> SocketAddr {
-    "127.0.0.1:19350".parse().unwrap()
-}
-
-fn scrape(pair: &VethPair) -> Samples {
-    let response = get(&pair.a, metrics_addr(), "/metrics", None);
-    assert_eq!(response.status, 200, "{}", response.body);
-    samples(&response.body)
-}
 
 /// Sends `count` datagrams from namespace `b` to `port` on `a`, one at a time.
 fn send(pair: &VethPair, port: u16, count: u64) {
@@ -84,7 +75,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     send(&pair, 9311, 50);
     daemon.settled();
 
-    let response = get(&pair.a, metrics_addr(), "/metrics", None);
+    let response = get(&pair.a, DAEMON_ADDR, "/metrics", None);
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
         response.headers["content-type"],
@@ -163,53 +154,27 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     );
     assert!(got.contains_key("shaper_scrape_duration_seconds"));
 
-    if let Some(promtool) = common::tool("promtool") {
-        let checked = run_with_stdin(&promtool, &["check", "metrics"], &body);
-        assert!(checked.0, "promtool check metrics:\n{}\n{body}", checked.1);
+    if common::metrics::promtool_check(&body) {
         println!("promtool check metrics: ok ({} series)", got.len());
     }
 
     // Prometheus asks for OpenMetrics first; it gets it, terminated by # EOF.
     let prometheus_accept = "application/openmetrics-text;version=1.0.0,\
         application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-    let response = get(&pair.a, metrics_addr(), "/metrics", Some(prometheus_accept));
+    let response = get(&pair.a, DAEMON_ADDR, "/metrics", Some(prometheus_accept));
     assert_eq!(
         response.headers["content-type"],
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     assert!(response.body.ends_with("# EOF\n"), "{}", response.body);
     assert!(response.body.contains("# TYPE shaper_bytes counter\n"));
-    assert_eq!(get(&pair.a, metrics_addr(), "/nothing", None).status, 404);
+    assert_eq!(get(&pair.a, DAEMON_ADDR, "/nothing", None).status, 404);
 
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
 
 /// Runs `program args` with `input` on stdin; returns success and stdout+stderr.
-fn run_with_stdin(program: &Path, args: &[&str], input: &str) -> (bool, String) {
-    use std::io::Write as _;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    let output = child.wait_with_output().expect("wait");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 #[test]
 fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
     if !common::require_root("a_filter_deleted_behind_the_daemons_back_shows_as_detached") {
@@ -226,20 +191,20 @@ fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
         ];
         got[&series("shaper_program_attached", &labels)]
     };
-    let got = scrape(&pair);
+    let got = scrape(&pair.a).1;
     assert_eq!(
         (attached(&got, "ingress"), attached(&got, "egress")),
         (1.0, 1.0)
     );
     pair.a.tc(&["filter", "del", "dev", iface, "ingress"]);
-    let got = scrape(&pair);
+    let got = scrape(&pair.a).1;
     assert_eq!(
         (attached(&got, "ingress"), attached(&got, "egress")),
         (0.0, 1.0)
     );
     // Removing the qdisc takes the other filter with it.
     pair.a.tc(&["qdisc", "del", "dev", iface, "clsact"]);
-    let got = scrape(&pair);
+    let got = scrape(&pair.a).1;
     assert_eq!(
         (attached(&got, "ingress"), attached(&got, "egress")),
         (0.0, 0.0)
@@ -285,24 +250,6 @@ fn saved_udp_ingress_ports(state: &Path, iface: &str) -> Vec<String> {
         .flat_map(|g| g["shown"].as_array().expect("shown").clone())
         .map(|port| port[0].to_string())
         .collect()
-}
-
-/// A directory of the test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("shaper-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -366,7 +313,7 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
             send(&pair, port, count);
         }
         daemon.settled();
-        let got = scrape(&pair);
+        let got = scrape(&pair.a).1;
         for (series, value) in &previous_samples {
             if series.contains("_total{")
                 && let Some(now) = got.get(series)
@@ -417,84 +364,6 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
     assert!(status.success(), "{log}");
 }
 
-/// A Prometheus server on loopback inside a namespace, killed and its data removed on drop.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Prometheus {
-    fn start(ns: &Namespace, binary: &Path, target: SocketAddr) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("shaper-test-prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("prometheus dir");
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: shaper\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
-            ),
-        )
-        .expect("write prometheus.yml");
-        let addr: SocketAddr = "127.0.0.1:19390".parse().unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = ns
-            .command(binary.to_str().expect("utf-8 path"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus");
-        Self { child, dir, addr }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// Runs an instant query through the HTTP API; returns the result vector as JSON.
-    fn query(&self, ns: &Namespace, promql: &str) -> Vec<serde_json::Value> {
-        let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let response = get(ns, self.addr, &path, None);
-        let json: serde_json::Value = serde_json::from_str(&response.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", response.body));
-        assert_eq!(json["status"], "success", "{json}");
-        json["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn a_real_prometheus_scrapes_rates_and_limits() {
     if !common::require_root("a_real_prometheus_scrapes_rates_and_limits") {
@@ -508,7 +377,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     daemon.cli_ok(&[
         "limit", "set", "9321", "--rate", "100mbit", "--action", "observe",
     ]);
-    let prometheus = Prometheus::start(&pair.a, &binary, metrics_addr());
+    let prometheus = Prometheus::start(&pair.a, &binary, DAEMON_ADDR, "mp");
 
     // Background traffic to 9321: 100 kB/s, for at most 60 s, until the test is done.
     let started = Instant::now();
@@ -527,13 +396,10 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(500));
         // Until Prometheus is up, its port refuses: keep polling.
-        let up = pair.a.within(|| {
-            std::net::TcpStream::connect_timeout(&prometheus.addr, Duration::from_secs(1)).is_ok()
-        });
-        if !up {
+        let Some(result) = prometheus.query(&pair.a, rate_query) else {
             continue;
-        }
-        rates = prometheus.query(&pair.a, rate_query);
+        };
+        rates = result;
         if !rates.is_empty() {
             break;
         }
@@ -550,21 +416,32 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
         .and_then(|v| v.parse().ok())
         .expect("rate value");
     println!("Prometheus: {rate_query} = {rate:.0} B/s (sent {sent_rate:.0} B/s on average)");
-    let limits = prometheus.query(&pair.a, limit_query);
+    let limits = prometheus
+        .query(&pair.a, limit_query)
+        .expect("Prometheus answers");
     assert_eq!(limits.len(), 1, "{limits:?}");
     assert_eq!(limits[0]["value"][1], "12500000", "{limits:?}");
     assert_eq!(limits[0]["metric"]["action"], "observe");
-    let burst = prometheus.query(&pair.a, "shaper_limit_burst_bytes{ports=\"9321\"}");
+    let burst = prometheus
+        .query(&pair.a, "shaper_limit_burst_bytes{ports=\"9321\"}")
+        .expect("Prometheus answers");
     assert_eq!(burst.len(), 1, "{burst:?}");
     // The README's example queries run (`query` asserts the API's "success") and the
     // per-port throughput one finds the traffic.
     let examples = readme_queries();
     assert!(examples.len() >= 4, "{examples:?}");
     for promql in &examples {
-        let result = prometheus.query(&pair.a, promql);
+        let result = prometheus
+            .query(&pair.a, promql)
+            .expect("Prometheus answers");
         println!("README query {promql}: {} series", result.len());
     }
-    assert!(!prometheus.query(&pair.a, &examples[0]).is_empty());
+    assert!(
+        !prometheus
+            .query(&pair.a, &examples[0])
+            .expect("Prometheus answers")
+            .is_empty()
+    );
     drop(prometheus);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");

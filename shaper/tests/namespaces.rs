@@ -204,23 +204,11 @@ fn tcp_transfer(pair: &VethPair) {
 }
 
 /// skbs the interface has transmitted (one per GSO aggregate, not per segment).
-/// The namespace's `TcpRetransSegs` (RFC 4022 tcpRetransSegs, /proc/net/snmp), read by a
-/// process inside it: /proc/net is the reading process's namespace's.
+/// The namespace's `TcpRetransSegs` (RFC 4022 tcpRetransSegs, /proc/net/snmp).
 fn retransmitted_segments(ns: &Namespace) -> u64 {
-    let snmp = ns
-        .run("cat", &["/proc/net/snmp"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().expect("Tcp names"),
-        tcp.next().expect("Tcp values"),
-    );
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "RetransSegs")
-        .and_then(|(_, value)| value.parse().ok())
-        .expect("RetransSegs")
+    shaper_testbed::tcp_segments::Segments::read(ns)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .retransmitted
 }
 
 fn tx_packets(ns: &Namespace, dev: &str) -> u64 {

@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use aya::programs::{TestRun as _, TestRunOptions};
+use common::limits_fixture::{LimitsFixture as Setup, test_actor};
 use common::{
     netns::{InNamespace as _, veth_pair},
     packet::*,
@@ -19,7 +18,7 @@ use shaper::{
     error::Error,
     policy::action_options::ActionOptionError,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
-    policy::rules_in_force::{Limits, RuleView},
+    policy::rules_in_force::RuleView,
 };
 
 /// TC_ACT_UNSPEC (pass on) and TC_ACT_SHOT.
@@ -43,33 +42,8 @@ const CE: u8 = 0b11;
 const SKB_CONTEXT_LEN: usize = 192;
 const SKB_PRIORITY: usize = 32;
 
-struct Setup {
-    classifier: Classifier,
-    limits: Limits,
-    state: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.state.parent().expect("state dir"));
-    }
-}
-
 fn setup(test: &str) -> Option<Setup> {
-    if !common::require_root(test) {
-        return None;
-    }
-    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-    classifier.register("lo").expect("register lo");
-    let state = std::env::temp_dir()
-        .join(format!("shaper-marks-{test}-{}", std::process::id()))
-        .join("state.json");
-    let limits = Limits::start(&mut classifier, Vec::new(), &state).expect("start limits");
-    Some(Setup {
-        classifier,
-        limits,
-        state,
-    })
+    Setup::on_lo(test)
 }
 
 fn spec(port: u16, dir: DirSel, action: Action, ecn: bool) -> RuleSpec {
@@ -344,19 +318,8 @@ fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() 
     let pair = veth_pair("pm");
     let iface = pair.a_if.clone();
     pair.a.within(|| {
-        let mut classifier = Classifier::load(2).expect("load and verify the classifier");
-        classifier.register(&iface).expect("register the veth");
         // BPF_PROG_TEST_RUN runs a packet on the namespace's loopback device.
-        classifier.register("lo").expect("register lo");
-        let state = std::env::temp_dir()
-            .join(format!("shaper-marks-shape-{}", std::process::id()))
-            .join("state.json");
-        let limits = Limits::start(&mut classifier, Vec::new(), &state).expect("start limits");
-        let mut s = Setup {
-            classifier,
-            limits,
-            state,
-        };
+        let mut s = Setup::load("marks-shape", &[&iface, "lo"]);
         let (view, _) = s
             .limits
             .set(
@@ -449,10 +412,4 @@ fn tc(args: &[&str]) -> String {
         .expect("run tc");
     assert!(output.status.success(), "tc {args:?}: {output:?}");
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The actor of a rule set directly through the library, as a control request from this
-/// process would record it.
-fn test_actor() -> shaper::policy::rule_actor::Actor {
-    shaper::policy::rule_actor::Actor::now(Some(0), Some("root".into()), None, None)
 }

@@ -10,14 +10,14 @@ use std::{
     net::{SocketAddr, UdpSocket},
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{
     daemon::Daemon,
-    metrics::{Samples, get, samples},
+    metrics::{Samples, scrape},
     netns::{InNamespace as _, VethPair, veth_pair},
+    temp_dir::TempDir,
     traffic::{WIRE, receiver, sender},
 };
 use shaper::policy::{config_reload::Origin, rules_in_force::RuleView};
@@ -35,24 +35,6 @@ const IN_FORCE_WITHIN: Duration = Duration::from_secs(2);
 /// A config file with one UDP rule on [`PORT`] at `rate`.
 fn config(rate: &str) -> String {
     format!("[[limit]]\nport = {PORT}\nproto = \"udp\"\nrate = \"{rate}\"\nburst = \"256KiB\"\n")
-}
-
-/// A directory of the test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("shaper-reload-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// How the file is changed.
@@ -232,42 +214,6 @@ fn a_configmap_data_symlink_swap_changes_the_rate_within_2s_keeping_counters() {
     }
 }
 
-fn metrics_addr() -> SocketAddr {
-    "127.0.0.1:19350".parse().unwrap()
-}
-
-fn scrape(pair: &VethPair) -> (Samples, String) {
-    let response = get(&pair.a, metrics_addr(), "/metrics", None);
-    assert_eq!(response.status, 200, "{}", response.body);
-    (samples(&response.body), response.body)
-}
-
-fn promtool_check(body: &str) {
-    let Some(promtool) = common::tool("promtool") else {
-        return;
-    };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("feed promtool");
-    let output = child.wait_with_output().expect("promtool");
-    assert!(
-        output.status.success(),
-        "promtool check metrics:\n{}{}\n{body}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 const SUCCESSFUL: &str = "shaper_config_last_reload_successful";
 const SUCCESS_TIME: &str = "shaper_config_last_reload_success_timestamp_seconds";
 
@@ -275,7 +221,7 @@ const SUCCESS_TIME: &str = "shaper_config_last_reload_success_timestamp_seconds"
 fn wait_for_gauge(pair: &VethPair, value: f64, daemon: &Daemon) -> (Samples, String) {
     let start = Instant::now();
     loop {
-        let (got, body) = scrape(pair);
+        let (body, got) = scrape(&pair.a);
         if got.get(SUCCESSFUL) == Some(&value) {
             return (got, body);
         }
@@ -304,7 +250,7 @@ fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
         "rb",
         &["--iface", &pair.a_if, "--config", &path_arg],
     );
-    let (got, body) = scrape(&pair);
+    let (body, got) = scrape(&pair.a);
     assert_eq!(got.get(SUCCESSFUL), Some(&1.0), "{body}");
     let started = got[SUCCESS_TIME];
     let now = std::time::SystemTime::now()
@@ -315,7 +261,7 @@ fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
         (now - 60.0..=now).contains(&started),
         "the start-up load counts as a success: {started} (now {now})"
     );
-    promtool_check(&body);
+    common::metrics::promtool_check(&body);
     let before = daemon.rules();
 
     // A burst below the minimum for the veth's 64 KiB aggregates: parses, but does not validate.
@@ -328,7 +274,7 @@ fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
     );
     let (got, body) = wait_for_gauge(&pair, 0.0, &daemon);
     assert_eq!(got[SUCCESS_TIME].to_bits(), started.to_bits(), "{body}");
-    promtool_check(&body);
+    common::metrics::promtool_check(&body);
     assert_eq!(daemon.rules().len(), 1);
     assert_eq!(
         daemon.rules()[0].rate_bps,
@@ -355,7 +301,7 @@ fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
         log.contains(&format!("{}: limit #1 (port 7411): rate", path.display())),
         "{log}"
     );
-    assert_eq!(scrape(&pair).0.get(SUCCESSFUL), Some(&0.0));
+    assert_eq!(scrape(&pair.a).1.get(SUCCESSFUL), Some(&0.0));
     for line in log.lines().filter(|line| line.contains("refused")).skip(1) {
         println!("{line}");
     }

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
+use common::temp_dir::TempDir;
 use shaper::{
     Classifier, Direction,
     policy::{
@@ -74,21 +73,12 @@ fn rule(limits: &Limits, classifier: &Classifier, port: u16) -> Option<RuleView>
         .find(|rule| rule.ports.lo == port)
 }
 
-struct StateDir(PathBuf);
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_reload_keeps_unchanged_rules_replaces_changed_in_place_removes_and_adds() {
     if !common::require_root("reload_diff") {
         return;
     }
-    let dir =
-        StateDir(std::env::temp_dir().join(format!("shaper-reload-diff-{}", std::process::id())));
+    let dir = TempDir::new("reload-diff");
     let state = dir.0.join("state.json");
     let mut classifier = Classifier::load(1).expect("load the classifier");
     classifier.register("lo").expect("register lo");

@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -16,6 +15,7 @@ use common::{
     daemon::{self, Daemon},
     metrics,
     netns::{InNamespace as _, VethPair, veth_pair},
+    temp_dir::TempDir,
     traffic::{WIRE, receiver, sender},
 };
 use serde_json::Value;
@@ -43,28 +43,6 @@ fn udp_port(snapshot: &Snapshot, iface: &str) -> PortStats {
         .port(iface, Direction::Ingress, Proto::Udp, PORT)
         .cloned()
         .unwrap_or_else(|| panic!("no counters for udp/{PORT}: {snapshot:#?}"))
-}
-
-/// A state file shared by the daemons of one test, removed with its directory on drop.
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("shaper-restart-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("state dir");
-        Self(dir)
-    }
-
-    fn file(&self) -> PathBuf {
-        self.0.join("state.json")
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `shaper status --json` in the daemon's namespace.
@@ -164,9 +142,9 @@ fn set_limit(daemon: &Daemon) {
 /// throughout and every counter continues from where it was.
 fn crash_and_restart(mode: &str, tag: &str) {
     let pair = veth_pair(tag);
-    let state = StateDir::new(tag);
+    let state = TempDir::new(tag);
     let args = ["--iface", pair.a_if.as_str(), "--attach", mode];
-    let first = Daemon::start_with_state(&pair.a, &format!("{tag}1"), &args, &state.file());
+    let first = Daemon::start_with_state(&pair.a, &format!("{tag}1"), &args, &state.state_file());
     let pin_base = first.pin_base.clone();
     set_limit(&first);
     // Bounded; `finish` stops it once the new daemon has policed it for a while.
@@ -192,7 +170,7 @@ fn crash_and_restart(mode: &str, tag: &str) {
     );
 
     let restart = Instant::now();
-    let second = Daemon::start_with_state(&pair.a, &format!("{tag}2"), &args, &state.file());
+    let second = Daemon::start_with_state(&pair.a, &format!("{tag}2"), &args, &state.state_file());
     println!(
         "{mode}: the new daemon answered {} ms after it was started",
         restart.elapsed().as_millis()
@@ -252,9 +230,9 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
         return;
     }
     let pair = veth_pair("up");
-    let state = StateDir::new("up");
+    let state = TempDir::new("up");
     let args = ["--iface", pair.a_if.as_str(), "--persist"];
-    let old = Daemon::start_with_state(&pair.a, "up1", &args, &state.file());
+    let old = Daemon::start_with_state(&pair.a, "up1", &args, &state.state_file());
     let pin_base = old.pin_base.clone();
     set_limit(&old);
     let flood = Flood::start(&pair, FLOOD_BOUND);
@@ -264,7 +242,7 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
     let (exit, log) = old.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("stays attached and pinned"), "{log}");
-    let new = Daemon::start_with_state(&pair.a, "up2", &args, &state.file());
+    let new = Daemon::start_with_state(&pair.a, "up2", &args, &state.state_file());
     let new_status = status(&pair, &pin_base);
     let new_programs = program_ids(&new_status);
     println!("upgrade: programs {old_programs:?} -> {new_programs:?}");
@@ -362,7 +340,7 @@ fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
         return;
     }
     let pair = veth_pair("dn");
-    let state = StateDir::new("dn");
+    let state = TempDir::new("dn");
     let args = [
         "--iface",
         pair.a_if.as_str(),
@@ -370,7 +348,7 @@ fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
         "clsact",
         "--persist",
     ];
-    let first = Daemon::start_with_state(&pair.a, "dn1", &args, &state.file());
+    let first = Daemon::start_with_state(&pair.a, "dn1", &args, &state.state_file());
     let pin_base = first.pin_base.clone();
     let base = pin_base.to_string_lossy().into_owned();
     let (exit, log) = first.stop();
@@ -397,7 +375,12 @@ fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
     let again = Daemon::in_netns(&pair.a.name, &["down", "--pin-dir", &base]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to remove"));
 
-    let later = Daemon::start_with_state(&pair.a, "dn2", &["--iface", &pair.a_if], &state.file());
+    let later = Daemon::start_with_state(
+        &pair.a,
+        "dn2",
+        &["--iface", &pair.a_if],
+        &state.state_file(),
+    );
     assert!(!later.log().contains("adopting"), "{}", later.log());
     let (exit, log) = later.stop();
     assert!(exit.success(), "{log}");
@@ -410,12 +393,12 @@ fn no_counter_series_decreases_across_a_crash_and_restart() {
         return;
     }
     let pair = veth_pair("sr");
-    let state = StateDir::new("sr");
+    let state = TempDir::new("sr");
     let addr: SocketAddr = "127.0.0.1:19350".parse().expect("addr");
     // One port of series beyond the pinned ones, so two busy unlimited ports trade places and
     // `other` carries an offset when the daemon dies.
     let args = ["--iface", pair.a_if.as_str(), "--metrics-top-ports", "1"];
-    let first = Daemon::start_with_state(&pair.a, "sr1", &args, &state.file());
+    let first = Daemon::start_with_state(&pair.a, "sr1", &args, &state.state_file());
     set_limit(&first);
     let flood = Flood::start(&pair, Duration::from_secs(3));
     let client = pair
@@ -440,7 +423,7 @@ fn no_counter_series_decreases_across_a_crash_and_restart() {
         "{before:#?}"
     );
     first.kill9();
-    let second = Daemon::start_with_state(&pair.a, "sr2", &args, &state.file());
+    let second = Daemon::start_with_state(&pair.a, "sr2", &args, &state.state_file());
     let after = metrics::samples(&metrics::get(&pair.a, addr, "/metrics", None).body);
     drop(flood);
     let mut compared = 0;

@@ -274,28 +274,11 @@ fn shaper_down_after_a_persistent_daemon_removes_the_htb_root() {
     common::daemon::down(&pair.a.name, &pin_base);
 }
 
-/// The sender's TcpRetransSegs and OutSegs (/proc/net/snmp of the namespace it runs in). Read
-/// through /proc/thread-self: /proc/net is the thread group leader's namespace, not that of the
-/// thread `within` moved into `ns`.
+/// The sender's TcpRetransSegs and OutSegs (/proc/net/snmp of the namespace it runs in).
 fn tcp_segments(ns: &Namespace) -> (u64, u64) {
-    let snmp = ns.within(|| std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp"));
-    let mut lines = snmp.lines().filter(|line| line.starts_with("Tcp:"));
-    let (names, values) = (
-        lines.next().expect("Tcp names"),
-        lines.next().expect("Tcp values"),
-    );
-    let field = |name: &str| {
-        let at = names
-            .split_whitespace()
-            .position(|n| n == name)
-            .unwrap_or_else(|| panic!("no {name} in /proc/net/snmp"));
-        values
-            .split_whitespace()
-            .nth(at)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("bad {name} in /proc/net/snmp"))
-    };
-    (field("RetransSegs"), field("OutSegs"))
+    let segments =
+        shaper_testbed::tcp_segments::Segments::read(ns).unwrap_or_else(|e| panic!("{e}"));
+    (segments.retransmitted, segments.sent)
 }
 
 /// A TCP download from the service on `port` in `a` to a client in `b` for a warm-up and a

@@ -18,6 +18,7 @@ use std::{
 use common::{
     daemon::Daemon,
     netns::{InNamespace as _, veth_pair},
+    temp_dir::TempDir,
     traffic::{Receiver, WIRE, pinned_sender, receiver, sender},
 };
 use shaper::{Direction, datapath::classifier::Proto, telemetry::counter_snapshot::Snapshot};
@@ -428,8 +429,8 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
         return;
     }
     let pair = veth_pair("r");
-    let state_dir = tempdir("restart");
-    let state = state_dir.path.join("state.json");
+    let state_dir = TempDir::new("restart");
+    let state = state_dir.0.join("state.json");
     let args = ["--iface", pair.a_if.as_str()];
     let first = Daemon::start_with_state(&pair.a, "r1", &args, &state);
     first.cli_ok(&["limit", "set", "7101", "--rate", "8mbit", "--proto", "udp"]);
@@ -545,23 +546,6 @@ fn the_cli_says_when_the_daemon_is_not_running_and_how_to_start_it() {
 }
 
 /// A temporary directory removed on drop.
-struct TempDir {
-    path: std::path::PathBuf,
-}
-
-fn tempdir(tag: &str) -> TempDir {
-    let path = std::env::temp_dir().join(format!("shaper-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).expect("temp dir");
-    TempDir { path }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 #[test]
 fn the_example_config_starts_a_daemon_with_its_rules() {
     if !common::require_root("example_config") {
@@ -593,8 +577,8 @@ fn the_example_config_starts_a_daemon_with_its_rules() {
 
 #[test]
 fn a_bad_config_file_stops_the_daemon_with_the_field_and_value() {
-    let dir = tempdir("bad-config");
-    let config = dir.path.join("shaper.toml");
+    let dir = TempDir::new("bad-config");
+    let config = dir.0.join("shaper.toml");
     std::fs::write(
         &config,
         "[[limit]]\nport = 9090\nrate = \"10mbit\"\n\n[[limit]]\nport = 80\nrate = \"10 mbps\"\n",

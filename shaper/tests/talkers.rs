@@ -15,6 +15,7 @@ use common::{
     metrics::{get, samples, series},
     netns::{InNamespace as _, VethPair, veth_pair},
     packet::*,
+    temp_dir::TempDir,
 };
 use shaper::{
     Classifier, Direction,
@@ -25,29 +26,6 @@ use shaper_common::MAX_TALKERS;
 
 /// Ethernet + IPv4 + UDP headers: a datagram of `payload` bytes is this much more on the wire.
 const HEADERS: u64 = 14 + 20 + 8;
-
-/// A state directory that outlives one daemon (for a restart) and is removed on drop.
-struct StateDir(std::path::PathBuf);
-
-impl StateDir {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("shaper-test-{}-{tag}-state", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("state dir");
-        Self(dir)
-    }
-
-    fn file(&self) -> std::path::PathBuf {
-        self.0.join("state.json")
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Adds `count` more addresses (198.18.0.11, .12, ...) to namespace b's end of the pair.
 fn extra_addresses(pair: &VethPair, count: u8) -> Vec<Ipv4Addr> {
@@ -130,8 +108,9 @@ fn top_port_lists_exactly_the_three_remotes_with_their_packets_and_bytes() {
         return;
     }
     let pair = veth_pair("tk");
-    let state = StateDir::new("tk");
-    let daemon = Daemon::start_with_state(&pair.a, "tk", &["--iface", &pair.a_if], &state.file());
+    let state = TempDir::new("tk");
+    let daemon =
+        Daemon::start_with_state(&pair.a, "tk", &["--iface", &pair.a_if], &state.state_file());
     let remotes = extra_addresses(&pair, 3);
     let port = 7001u16;
     let listed = daemon.cli_ok(&["watch", "7001", "--dir", "ingress"]);
@@ -198,7 +177,12 @@ fn top_port_lists_exactly_the_three_remotes_with_their_packets_and_bytes() {
     daemon.cli_ok(&["watch", "7001-7003"]);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
-    let daemon = Daemon::start_with_state(&pair.a, "tk2", &["--iface", &pair.a_if], &state.file());
+    let daemon = Daemon::start_with_state(
+        &pair.a,
+        "tk2",
+        &["--iface", &pair.a_if],
+        &state.state_file(),
+    );
     assert!(
         daemon
             .cli_ok(&["watch"])
@@ -390,7 +374,7 @@ fn config_watches_are_in_force_from_the_start() {
         return;
     }
     let pair = veth_pair("tw");
-    let state = StateDir::new("tw");
+    let state = TempDir::new("tw");
     let config = state.0.join("shaper.toml");
     std::fs::write(
         &config,
@@ -401,7 +385,8 @@ fn config_watches_are_in_force_from_the_start() {
     )
     .expect("config");
     let config = config.to_string_lossy().into_owned();
-    let daemon = Daemon::start_with_state(&pair.a, "tw", &["--config", &config], &state.file());
+    let daemon =
+        Daemon::start_with_state(&pair.a, "tw", &["--config", &config], &state.state_file());
     assert!(
         daemon
             .cli_ok(&["watch"])

@@ -6,15 +6,14 @@ mod common;
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use common::{
     daemon::Daemon,
-    metrics::{Samples, get, samples, series},
-    netns::{InNamespace as _, VethPair, veth_pair},
+    metrics::{Samples, scrape, series},
+    netns::{InNamespace as _, veth_pair},
 };
 
 const CONNECTIONS: u64 = 20;
@@ -24,14 +23,6 @@ const LOOPBACK_PORT: u16 = 8444;
 /// A port whose SYNs a firewall drops: nothing answers them.
 const FIREWALLED_PORT: u16 = 8998;
 const FIREWALLED_ATTEMPTS: u64 = 5;
-
-fn scrape(pair: &VethPair) -> (String, Samples) {
-    let addr: SocketAddr = "127.0.0.1:19350".parse().unwrap();
-    let response = get(&pair.a, addr, "/metrics", None);
-    assert_eq!(response.status, 200, "{}", response.body);
-    let parsed = samples(&response.body);
-    (response.body, parsed)
-}
 
 /// The sample of `name` with `labels` (in exposition order), 0 when absent (a family writes a
 /// port's series only once it counted something); a series without labels must be present.
@@ -121,7 +112,7 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
     let closed: &'static str = closed.leak();
     let n = CONNECTIONS as f64;
     // The closes are the last packets; wait (bounded) until both FINs of every connection passed.
-    let mut got = scrape(&pair);
+    let mut got = scrape(&pair.a);
     for _ in 0..50 {
         if value(&got.1, "shaper_tcp_fin_total", &on("egress", open)) >= n
             && value(&got.1, "shaper_tcp_fin_total", &on("ingress", open)) >= n
@@ -129,7 +120,7 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        got = scrape(&pair);
+        got = scrape(&pair.a);
     }
     let (body, got) = got;
     for (name, direction, port, expected) in [
@@ -195,10 +186,7 @@ fn real_connections_count_each_handshake_close_and_refusal_exactly() {
         ];
         assert_eq!(value(&got, "shaper_port_listening", &labels), 1.0, "{body}");
     }
-    if let Some(promtool) = common::tool("promtool") {
-        let (ok, text) = promtool_check(&promtool, &body);
-        assert!(ok, "promtool check metrics:\n{text}\n{body}");
-    }
+    common::metrics::promtool_check(&body);
 
     // The reached 0.0.0.0 listener comes before the loopback ones (ours and the metrics
     // endpoint's), and the probed closed ports are listed: refused, and unanswered.
@@ -342,7 +330,7 @@ fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_
         String::from_utf8_lossy(&output.stderr)
     );
     daemon.settled();
-    let (body, got) = scrape(&pair);
+    let (body, got) = scrape(&pair.a);
     let iface = pair.a_if.as_str();
     let open = OPEN_PORT.to_string();
     let labels = [
@@ -448,28 +436,4 @@ fn top_shows_new_connections_resets_and_handshake_quantiles_of_its_interval() {
     let p99 = client["handshake_rtt_p99_seconds"].as_f64().expect("p99");
     assert!(p50 <= p99 && p99 <= 0.016777216, "{view:#}");
     drop(daemon);
-}
-
-fn promtool_check(promtool: &Path, body: &str) -> (bool, String) {
-    use std::io::Write as _;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("write stdin");
-    let output = child.wait_with_output().expect("wait");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }

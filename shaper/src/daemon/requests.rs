@@ -9,7 +9,7 @@ use crate::{
     control::{Caller, Peer, Request, Response},
     error::{Error, Result, chain},
     policy::rule_actor::Actor,
-    telemetry::{exposure, listening_sockets},
+    telemetry::{counter_snapshot::Snapshot, exposure, listening_sockets},
 };
 
 /// Answers `request` from `caller`; an error becomes an error reply, and the daemon goes on
@@ -58,7 +58,7 @@ impl InForce {
         } = self;
         Ok(match request {
             Request::Stats => {
-                let mut snapshot = classifier.snapshot()?;
+                let mut snapshot = Snapshot::read(classifier)?;
                 snapshot.listening = listening_sockets::listeners(*owners);
                 Response::Stats(snapshot)
             }

@@ -23,9 +23,6 @@ use crate::{
     datapath::pins::{MapLayout, PinDir},
     datapath::tcp_telemetry::{self, TcpTelemetry},
     error::{Error, Result, chain},
-    telemetry::counter_snapshot::{
-        InterfaceInfo, PortStats, SCHEMA_VERSION, Snapshot, UnclassifiedStats,
-    },
 };
 
 /// The eBPF object built from `shaper-ebpf` by the build script.
@@ -65,6 +62,16 @@ impl fmt::Display for Proto {
 
 /// The protocols counted per port.
 pub const PROTOCOLS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+
+/// A registered interface as this daemon knows it, without asking the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentInterface {
+    pub slot: u32,
+    pub name: String,
+    pub ifindex: u32,
+    /// How it is attached; `None` while it is only registered.
+    pub mode: Option<AttachMode>,
+}
 
 /// A registered interface, and whether the programs are on it as the kernel reports now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,6 +539,21 @@ impl Classifier {
 
     /// Names of the registered interfaces, in slot order; an adopted slot this daemon does not
     /// use is named "", which no interface-specific rule matches.
+    /// The interfaces this daemon registered, by slot, with how each is attached.
+    pub fn current_interfaces(&self) -> Vec<CurrentInterface> {
+        self.interfaces
+            .iter()
+            .enumerate()
+            .filter(|(_, iface)| iface.current)
+            .map(|(slot, iface)| CurrentInterface {
+                slot: slot as u32,
+                name: iface.name.clone(),
+                ifindex: iface.ifindex,
+                mode: iface.attachment.as_ref().map(|a| a.mode),
+            })
+            .collect()
+    }
+
     pub fn interface_names(&self) -> Vec<String> {
         self.interfaces
             .iter()
@@ -796,72 +818,6 @@ impl Classifier {
             packets: sum.packets + c.packets,
             bytes: sum.bytes + c.bytes,
         }))
-    }
-
-    /// Every counter that has seen traffic.
-    pub fn snapshot(&self) -> Result<Snapshot> {
-        let mut snapshot = Snapshot {
-            schema_version: SCHEMA_VERSION,
-            interfaces: Vec::new(),
-            ports: Vec::new(),
-            unclassified: Vec::new(),
-            listening: Vec::new(),
-        };
-        for (slot, iface) in self.interfaces.iter().enumerate() {
-            if !iface.current {
-                continue;
-            }
-            let slot = slot as u32;
-            snapshot.interfaces.push(InterfaceInfo {
-                name: iface.name.clone(),
-                ifindex: iface.ifindex,
-                attach: iface
-                    .attachment
-                    .as_ref()
-                    .map_or("none", |a| a.mode.name())
-                    .to_owned(),
-            });
-            for direction in Direction::BOTH {
-                for proto in PROTOCOLS {
-                    self.ports.for_each_active(
-                        slot,
-                        direction.index(),
-                        proto.index(),
-                        |port, reading| {
-                            snapshot.ports.push(PortStats {
-                                iface: iface.name.clone(),
-                                direction,
-                                proto,
-                                port,
-                                packets: reading.seen.packets,
-                                bytes: reading.seen.bytes,
-                                dropped_packets: reading.dropped.packets,
-                                dropped_bytes: reading.dropped.bytes,
-                                would_drop_packets: reading.would_drop.packets,
-                                would_drop_bytes: reading.would_drop.bytes,
-                                rule: self.local_rule(slot, direction, proto.index(), port),
-                                tcp: (proto == Proto::Tcp)
-                                    .then(|| self.ports.tcp().counts(slot, direction.index(), port))
-                                    .flatten(),
-                            });
-                        },
-                    );
-                }
-                for (reason, reason_name) in reason::NAMES.iter().enumerate() {
-                    let counter = self.unclassified_counter(slot, direction, reason as u32)?;
-                    if counter.packets != 0 {
-                        snapshot.unclassified.push(UnclassifiedStats {
-                            iface: iface.name.clone(),
-                            direction,
-                            reason: (*reason_name).to_owned(),
-                            packets: counter.packets,
-                            bytes: counter.bytes,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(snapshot)
     }
 }
 

@@ -29,8 +29,18 @@ use crate::{
         ifb, interfaces,
     },
     error::{Error, Result},
-    policy::rule_table::{Action, Rule},
+    types::keywords::DirSel,
 };
+
+/// What one shape rule asks of the devices: its class, on one interface or on all of them
+/// (`iface` `None`), in the directions `dir` names (egress on the interface itself, ingress on
+/// its IFB device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassRequest {
+    pub class: ClassSpec,
+    pub iface: Option<String>,
+    pub dir: DirSel,
+}
 
 /// The classes one device should have, and for an IFB device the interface it serves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,9 +55,9 @@ pub struct Device {
 /// name is a key, so one left without shape rules is pruned.
 pub type Wanted = BTreeMap<String, Device>;
 
-/// The classes `rules` ask for on the attached interfaces `ifaces`: every shape rule on its one
+/// The classes `requests` ask for on the attached interfaces `ifaces`: each on its one
 /// interface, or on all of them, in each of its directions.
-pub fn wanted<'a>(rules: impl IntoIterator<Item = &'a Rule>, ifaces: &[String]) -> Wanted {
+pub fn wanted(requests: impl IntoIterator<Item = ClassRequest>, ifaces: &[String]) -> Wanted {
     let mut wanted = Wanted::new();
     let mut devices = Vec::new();
     for name in ifaces.iter().filter(|name| !name.is_empty()) {
@@ -64,30 +74,22 @@ pub fn wanted<'a>(rules: impl IntoIterator<Item = &'a Rule>, ifaces: &[String]) 
         }
         devices.push((name.clone(), ifb));
     }
-    for rule in rules {
-        if rule.limit.action != Action::Shape {
-            continue;
-        }
-        let spec = ClassSpec {
-            rule: rule.id,
-            rate_bps: rule.limit.rate_bps,
-            burst_bytes: rule.limit.burst_bytes,
-            queue_bytes: rule.limit.queue_bytes,
-        };
-        let directions = rule.key.dir.directions();
+    for request in requests {
+        let spec = request.class;
+        let directions = request.dir.directions();
         for (name, ifb) in &devices {
-            if rule.key.iface.as_ref().is_some_and(|only| only != name) {
+            if request.iface.as_ref().is_some_and(|only| only != name) {
                 continue;
             }
             if directions.contains(&shaper_common::DIR_EGRESS)
                 && let Some(device) = wanted.get_mut(name)
             {
-                device.classes.insert(rule.id, spec);
+                device.classes.insert(spec.rule, spec);
             }
             if directions.contains(&shaper_common::DIR_INGRESS)
                 && let Some(device) = ifb.as_ref().and_then(|ifb| wanted.get_mut(ifb))
             {
-                device.classes.insert(rule.id, spec);
+                device.classes.insert(spec.rule, spec);
             }
         }
     }

@@ -27,8 +27,34 @@ use crate::{
         mapped_arrays::{ReadOnlyMapping, WritableMapping},
     },
     error::{Error, Result},
-    telemetry::tcp_counts::TcpCounts,
 };
+
+/// A port row's TCP events (see *TCP connections* in the README for which port each counts
+/// under) and its handshake round-trip histogram: client side on an ingress row, server side
+/// on an egress row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpCounts {
+    pub syn: u64,
+    pub synack: u64,
+    pub rst: u64,
+    pub fin: u64,
+    pub probes: u64,
+    /// Non-cumulative counts per bucket; bucket `i` ends at 2^(16+i) ns, the last is +Inf.
+    pub rtt_buckets: Vec<u64>,
+}
+
+impl TcpCounts {
+    pub fn new(events: &TcpEvents, histogram: &RttHistogram) -> Self {
+        Self {
+            syn: events.syn,
+            synack: events.synack,
+            rst: events.rst,
+            fin: events.fin,
+            probes: events.probes,
+            rtt_buckets: histogram.buckets.to_vec(),
+        }
+    }
+}
 
 const EVENT_WORDS: usize = size_of::<TcpEvents>() / 8;
 const RTT_WORDS: usize = size_of::<RttHistogram>() / 8;

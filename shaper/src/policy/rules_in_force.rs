@@ -220,7 +220,8 @@ impl Limits {
             SetOutcome::Replaced(id) => (id, false),
         };
         // A shape rule's class exists before the classifier names it.
-        let wanted = shape_classes::wanted(next.rules(), &classifier.interface_names());
+        let wanted =
+            shape_classes::wanted(class_requests(next.rules()), &classifier.interface_names());
         shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
         // next reload puts the file's rule back (see the README, *Reloading*).
@@ -314,7 +315,10 @@ impl Limits {
                 chain(&e)
             );
         }
-        let wanted = shape_classes::wanted(self.table.rules(), &classifier.interface_names());
+        let wanted = shape_classes::wanted(
+            class_requests(self.table.rules()),
+            &classifier.interface_names(),
+        );
         prune_classes(classifier, &wanted);
         Ok(removed)
     }
@@ -423,7 +427,8 @@ impl Limits {
         }
         // The classes of shape rules exist before the classifier names them (those of changed
         // rules set again); the ones no rule needs any more go once it no longer does.
-        let wanted = shape_classes::wanted(next.rules(), &classifier.interface_names());
+        let wanted =
+            shape_classes::wanted(class_requests(next.rules()), &classifier.interface_names());
         let changed: BTreeSet<u16> = next
             .rules()
             .filter(|rule| {
@@ -508,7 +513,8 @@ impl Limits {
     fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
         let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
             classifier.live_rules()?.into_iter().collect();
-        let wanted = shape_classes::wanted(table.rules(), &classifier.interface_names());
+        let wanted =
+            shape_classes::wanted(class_requests(table.rules()), &classifier.interface_names());
         shape_classes::add(
             classifier,
             &wanted,
@@ -670,6 +676,25 @@ fn bucket_bytes_now(
         .saturating_add(credit)
         .min(config.burst_nanobits);
     tokens / shaper_common::bucket::NANOBITS_PER_BYTE
+}
+
+/// The HTB classes the shape rules among `rules` ask for (the other actions need none).
+fn class_requests<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+) -> impl Iterator<Item = shape_classes::ClassRequest> {
+    rules
+        .into_iter()
+        .filter(|rule| rule.limit.action == Action::Shape)
+        .map(|rule| shape_classes::ClassRequest {
+            class: htb::ClassSpec {
+                rule: rule.id,
+                rate_bps: rule.limit.rate_bps,
+                burst_bytes: rule.limit.burst_bytes,
+                queue_bytes: rule.limit.queue_bytes,
+            },
+            iface: rule.key.iface.clone(),
+            dir: rule.key.dir,
+        })
 }
 
 /// Removes the classes no rule needs any more. The rule change they follow is done and saved,

@@ -4,7 +4,13 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Direction, datapath::classifier::Proto, telemetry::listening_sockets::Listener};
+use shaper_common::reason;
+
+use crate::{
+    Direction,
+    datapath::classifier::{Classifier, PROTOCOLS, Proto},
+    telemetry::listening_sockets::Listener,
+};
 
 /// The JSON schema version of [`Snapshot`]; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -21,6 +27,70 @@ pub struct Snapshot {
     /// network namespace.
     #[serde(default)]
     pub listening: Vec<Listener>,
+}
+
+impl Snapshot {
+    /// Every counter of `classifier` that has seen traffic. `listening` is left empty: the
+    /// daemon adds the sockets, which are not the datapath's.
+    pub fn read(classifier: &Classifier) -> crate::Result<Self> {
+        let mut snapshot = Self {
+            schema_version: SCHEMA_VERSION,
+            interfaces: Vec::new(),
+            ports: Vec::new(),
+            unclassified: Vec::new(),
+            listening: Vec::new(),
+        };
+        let counters = classifier.port_counters();
+        for iface in classifier.current_interfaces() {
+            let slot = iface.slot;
+            snapshot.interfaces.push(InterfaceInfo {
+                name: iface.name.clone(),
+                ifindex: iface.ifindex,
+                attach: iface.mode.map_or("none", |mode| mode.name()).to_owned(),
+            });
+            for direction in Direction::BOTH {
+                for proto in PROTOCOLS {
+                    counters.for_each_active(
+                        slot,
+                        direction.index(),
+                        proto.index(),
+                        |port, reading| {
+                            snapshot.ports.push(PortStats {
+                                iface: iface.name.clone(),
+                                direction,
+                                proto,
+                                port,
+                                packets: reading.seen.packets,
+                                bytes: reading.seen.bytes,
+                                dropped_packets: reading.dropped.packets,
+                                dropped_bytes: reading.dropped.bytes,
+                                would_drop_packets: reading.would_drop.packets,
+                                would_drop_bytes: reading.would_drop.bytes,
+                                rule: classifier.local_rule(slot, direction, proto.index(), port),
+                                tcp: (proto == Proto::Tcp)
+                                    .then(|| counters.tcp().counts(slot, direction.index(), port))
+                                    .flatten(),
+                            });
+                        },
+                    );
+                }
+                for (reason, reason_name) in reason::NAMES.iter().enumerate() {
+                    let counter =
+                        classifier.unclassified_counter(slot, direction, reason as u32)?;
+                    if counter.packets != 0 {
+                        snapshot.unclassified.push(UnclassifiedStats {
+                            iface: iface.name.clone(),
+                            direction,
+                            reason: (*reason_name).to_owned(),
+                            packets: counter.packets,
+                            bytes: counter.bytes,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(snapshot)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -77,3 +77,44 @@ pub fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
     let end = series[start..].find('"')? + start;
     Some(&series[start..end])
 }
+
+/// `promtool check metrics` on `body`: panics with promtool's words when it finds a problem.
+/// Returns whether promtool ran (outside CI a machine without it skips; see [`super::tool`]).
+pub fn promtool_check(body: &str) -> bool {
+    let Some(promtool) = super::tool("promtool") else {
+        return false;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("wait for promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}\n{body}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    true
+}
+
+/// Where a test's daemon serves metrics and probes: the default address, inside its namespace.
+pub const DAEMON_ADDR: SocketAddr = shaper::telemetry::metrics::DEFAULT_ADDR;
+
+/// One scrape of `/metrics` of the daemon in `ns` (status 200 asserted): the body and its
+/// samples.
+pub fn scrape(ns: &Namespace) -> (String, Samples) {
+    let response = get(ns, DAEMON_ADDR, "/metrics", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let parsed = samples(&response.body);
+    (response.body, parsed)
+}

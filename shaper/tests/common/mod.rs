@@ -6,9 +6,12 @@
 )]
 
 pub mod daemon;
+pub mod limits_fixture;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
+pub mod temp_dir;
 pub mod traffic;
 
 /// Kernel tests need root. Outside CI they skip with a message; with CI=true a skip would hide a
