@@ -58,6 +58,28 @@ fn no_import_runs_up_a_layer() {
     );
 }
 
+/// The command line is the binary's: the library's types carry no clap derive or import (the
+/// binary's `cli/keyword.rs` turns the library's keyword lists into clap's possible values).
+#[test]
+fn the_library_knows_nothing_of_clap() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for file in rust_files(&src) {
+        let relative = file.strip_prefix(&src).expect("below src");
+        if relative.starts_with("cli")
+            || relative.starts_with("bin")
+            || relative == Path::new("main.rs")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read a source file");
+        if strip_comments_and_strings(&text).contains("clap") {
+            found.push(relative.to_owned());
+        }
+    }
+    assert!(found.is_empty(), "library files that use clap: {found:?}");
+}
+
 /// The checker itself, on text whose answer is known.
 #[test]
 fn the_checker_sees_grouped_nested_and_inline_paths() {

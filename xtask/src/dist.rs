@@ -105,6 +105,7 @@ pub fn tarball() -> anyhow::Result<Built> {
         (check_deploy::UNIT, "shaper.service"),
         ("shaper.toml", "shaper.toml"),
         ("README.md", "README.md"),
+        ("CHANGELOG.md", "CHANGELOG.md"),
         ("LICENSE-MIT", "LICENSE-MIT"),
         ("LICENSE-APACHE", "LICENSE-APACHE"),
     ] {

@@ -11,6 +11,8 @@ use shaper::{
     policy::rules_in_force::RuleView,
 };
 
+use super::keyword::keyword;
+
 #[derive(Debug, Subcommand)]
 pub enum LimitCommand {
     /// Limit a port or port range; setting the same rule again replaces its limit and keeps
@@ -30,10 +32,10 @@ pub struct KeyArgs {
     ports: PortRange,
 
     /// The hook direction(s); each direction has its own bucket.
-    #[arg(long, value_enum, default_value_t = DirSel::Both)]
+    #[arg(long, value_parser = keyword::<DirSel>(), default_value_t = DirSel::Both)]
     dir: DirSel,
 
-    #[arg(long, value_enum, default_value_t = ProtoSel::Any)]
+    #[arg(long, value_parser = keyword::<ProtoSel>(), default_value_t = ProtoSel::Any)]
     proto: ProtoSel,
 
     /// One interface the daemon is attached to; default: all of them.
@@ -63,7 +65,7 @@ pub struct SetArgs {
 
     /// drop: police; observe: pass everything and count what drop would have dropped; shape:
     /// queue the rule's packets in an HTB class at the rate (ingress through an IFB device).
-    #[arg(long, value_enum, default_value_t = Action::Drop)]
+    #[arg(long, value_parser = keyword::<Action>(), default_value_t = Action::Drop)]
     action: Action,
 
     /// With `--action drop`: mark ECN-capable packets CE while the bucket holds less than half

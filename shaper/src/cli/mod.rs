@@ -2,6 +2,7 @@
 
 mod datapath;
 mod exposure;
+mod keyword;
 mod limit;
 mod log_level;
 mod run;

@@ -10,6 +10,8 @@ use shaper::{
     telemetry::metrics::{self, MetricsAddr},
 };
 
+use super::keyword::keyword;
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Interface to attach to (ingress and egress); repeat for several. Default: the config
@@ -19,7 +21,7 @@ pub struct RunArgs {
 
     /// How to attach: tcx links (Linux >= 6.6), legacy clsact filters, or auto (tcx where the
     /// kernel has it). Default: the config file's `attach`, else auto.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = keyword::<AttachChoice>())]
     attach: Option<AttachChoice>,
 
     /// TOML file with the interfaces and the limit rules to start with (see shaper.toml). Its

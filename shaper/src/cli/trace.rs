@@ -27,15 +27,17 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use super::keyword::keyword;
+
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// A local port or an inclusive range LO-HI; default every port.
     ports: Option<PortRange>,
     /// Directions to trace.
-    #[arg(long, default_value_t = DirSel::Both)]
+    #[arg(long, value_parser = keyword::<DirSel>(), default_value_t = DirSel::Both)]
     dir: DirSel,
     /// Which packets, by verdict.
-    #[arg(long, value_enum, default_value_t = TraceVerdicts::All)]
+    #[arg(long, value_parser = keyword::<TraceVerdicts>(), default_value_t = TraceVerdicts::All)]
     verdict: TraceVerdicts,
     /// Stop after this many events.
     #[arg(long, value_name = "N")]

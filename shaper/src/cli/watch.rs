@@ -10,12 +10,14 @@ use shaper::{
     policy::rule_table::{DirSel, PortRange},
 };
 
+use super::keyword::keyword;
+
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// A local port or an inclusive range LO-HI; left out, the watches are listed.
     ports: Option<PortRange>,
     /// Directions to watch.
-    #[arg(long, default_value_t = DirSel::Both)]
+    #[arg(long, value_parser = keyword::<DirSel>(), default_value_t = DirSel::Both)]
     dir: DirSel,
     /// One attached interface; default all of them.
     #[arg(long)]
@@ -40,7 +42,7 @@ pub fn watch(args: WatchArgs, socket: &Path) -> anyhow::Result<()> {
 pub struct UnwatchArgs {
     /// The port or range of the watch, as it was given.
     ports: PortRange,
-    #[arg(long, default_value_t = DirSel::Both)]
+    #[arg(long, value_parser = keyword::<DirSel>(), default_value_t = DirSel::Both)]
     dir: DirSel,
     #[arg(long)]
     iface: Option<String>,

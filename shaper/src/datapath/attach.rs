@@ -56,9 +56,8 @@ crate::types::keywords::keyword_enum!(
     /// How the operator asks for the programs to be attached (`--attach`, the config file's
     /// `attach`): a mode, or `auto` for the best one the running kernel has.
     AttachChoice {
-        // No doc comments on the variants: clap would list them in `--attach`'s help.
-        #[default]
-        Auto => "auto",
+        // No doc comments on the variants: `--attach`'s help would list them.
+        Auto => "auto" (default),
         Tcx => "tcx",
         Clsact => "clsact",
     }

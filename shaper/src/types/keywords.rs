@@ -4,21 +4,36 @@
 
 use shaper_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP, SIDE_LOCAL, SIDE_REMOTE};
 
+/// A keyword enum's words, each with its help (its doc comment, empty without one), for
+/// whoever lists them: the command line shows them as its possible values.
+pub trait Keyword: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static {
+    const WORDS: &'static [&'static str];
+    const HELP: &'static [&'static str];
+}
+
 /// Generates the string form, parsing and listing of a small keyword enum, so the CLI, the
 /// config file, the control protocol and the state file all spell it the same way. Paths are
-/// absolute so that any module of the crate can use it.
+/// absolute so that any module of the crate can use it. A variant's doc comment is its help
+/// (`--help` lists it); `(default)` after the word marks the default variant.
 macro_rules! keyword_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident {
+        $( $(#[doc = $vdoc:literal])* $variant:ident => $word:literal $(($default:ident))? ),+ $(,)?
+    }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize, ::clap::ValueEnum)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
+        pub enum $name { $( $(#[doc = $vdoc])* $(#[$default])? $variant ),+ }
 
         impl $name {
             pub const WORDS: &'static [&'static str] = &[$($word),+];
             pub fn name(self) -> &'static str {
                 match self { $(Self::$variant => $word),+ }
             }
+        }
+
+        impl $crate::types::keywords::Keyword for $name {
+            const WORDS: &'static [&'static str] = &[$($word),+];
+            const HELP: &'static [&'static str] = &[$(concat!("" $(, $vdoc)*)),+];
         }
 
         impl ::std::fmt::Display for $name {
@@ -43,16 +58,15 @@ pub(crate) use keyword_enum;
 
 keyword_enum!(
     /// The hook directions a rule applies to; each direction has its own bucket.
-    DirSel { #[default] Both => "both", Ingress => "ingress", Egress => "egress" }
+    DirSel { Both => "both" (default), Ingress => "ingress", Egress => "egress" }
 );
 keyword_enum!(
-    ProtoSel { #[default] Any => "any", Tcp => "tcp", Udp => "udp" }
+    ProtoSel { Any => "any" (default), Tcp => "tcp", Udp => "udp" }
 );
 keyword_enum!(
     Action {
         /// Drop packets the bucket has no tokens for.
-        #[default]
-        Drop => "drop",
+        Drop => "drop" (default),
         /// Pass every packet; count those `drop` would have dropped.
         Observe => "observe",
         /// Queue the rule's packets in an HTB class at the rate (egress).
@@ -61,11 +75,11 @@ keyword_enum!(
 );
 keyword_enum!(
     /// Which packets `shaper trace` shows, by verdict.
-    TraceVerdicts { #[default] All => "all", Drop => "drop", WouldDrop => "would-drop" }
+    TraceVerdicts { All => "all" (default), Drop => "drop", WouldDrop => "would-drop" }
 );
 keyword_enum!(
     /// Which port of the packet the rule's ports are: the local one, or the remote one.
-    Side { #[default] Local => "local", Remote => "remote" }
+    Side { Local => "local" (default), Remote => "remote" }
 );
 
 impl DirSel {
