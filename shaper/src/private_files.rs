@@ -104,15 +104,7 @@ pub fn open_lock_file(path: &Path) -> Result<File, UnsafeFile> {
             kind: kind_of(&meta),
         });
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if meta.uid() != uid {
-        return Err(UnsafeFile::ForeignOwner {
-            path: path.to_owned(),
-            owner: meta.uid(),
-            uid,
-        });
-    }
+    refuse_foreign_owner(path, &meta)?;
     if meta.nlink() > 1 {
         return Err(UnsafeFile::HardLinked {
             path: path.to_owned(),
@@ -156,16 +148,22 @@ pub fn refuse_foreign_dir(path: &Path) -> Result<(), UnsafeFile> {
             kind: kind_of(&meta),
         });
     }
+    refuse_foreign_owner(path, &meta)?;
+    refuse_writable_by_others(path, &meta)
+}
+
+/// Refuses `path` (`meta` its metadata) unless this process's uid owns it.
+fn refuse_foreign_owner(path: &Path, meta: &fs::Metadata) -> Result<(), UnsafeFile> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    if meta.uid() != uid {
-        return Err(UnsafeFile::ForeignOwner {
-            path: path.to_owned(),
-            owner: meta.uid(),
-            uid,
-        });
+    if meta.uid() == uid {
+        return Ok(());
     }
-    refuse_writable_by_others(path, &meta)
+    Err(UnsafeFile::ForeignOwner {
+        path: path.to_owned(),
+        owner: meta.uid(),
+        uid,
+    })
 }
 
 /// `O_NOFOLLOW` on a symlink fails with ELOOP; said in words, with the path.
