@@ -23,6 +23,8 @@ const PASS: i32 = -1;
 const DROP: i32 = 2;
 
 const RATE_BPS: u64 = 1024; // 128 bytes per second
+/// 1 byte per second: a frame takes two minutes to refill.
+const SLOW_BPS: u64 = 8;
 const BURST: u64 = 192 * 1024;
 const FRAME_LEN: usize = 128;
 
@@ -342,13 +344,16 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
     let Some(mut s) = setup("replace_rm") else {
         return;
     };
+    // 1 and then 2 bytes a second: nothing refills a 128-byte frame in the time the test takes,
+    // however slow the machine (under TCG a replacement alone took over the half second that
+    // 256 B/s needs to refill one).
+    let slow = |rate_bps| RuleSpec {
+        rate_bps,
+        ..spec(key("9090"), Action::Drop)
+    };
     let (first, replaced) = s
         .limits
-        .set(
-            &mut s.classifier,
-            spec(key("9090"), Action::Drop),
-            test_actor(),
-        )
+        .set(&mut s.classifier, slow(SLOW_BPS), test_actor())
         .expect("set");
     assert!(!replaced);
     let frame = udp_frame(40000, 9090);
@@ -356,18 +361,11 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
     assert_eq!(passed, PACKETS_PER_BURST);
     let (second, replaced) = s
         .limits
-        .set(
-            &mut s.classifier,
-            RuleSpec {
-                rate_bps: 2 * RATE_BPS,
-                ..spec(key("9090"), Action::Drop)
-            },
-            test_actor(),
-        )
+        .set(&mut s.classifier, slow(2 * SLOW_BPS), test_actor())
         .expect("replace");
     assert!(replaced);
     assert_eq!(second.id, first.id);
-    assert_eq!(second.rate_bps, 2 * RATE_BPS);
+    assert_eq!(second.rate_bps, 2 * SLOW_BPS);
     assert_eq!(
         (second.passed_packets, second.dropped_packets),
         (PACKETS_PER_BURST, 1),
