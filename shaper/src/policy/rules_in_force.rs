@@ -197,7 +197,7 @@ impl Limits {
                     &limits.table,
                     &limits.config_rules,
                     |key| limits.config_keys.contains(key),
-                    &limits.actors,
+                    |key| limits.actors.get(key),
                 )?;
             }
         }
@@ -225,13 +225,19 @@ impl Limits {
         shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
         // next reload puts the file's rule back (see the README, *Reloading*).
-        let mut actors = self.actors.clone();
-        actors.insert(spec.key.clone(), actor);
+        // The new actor is saved before it is recorded: a change that cannot be saved or written
+        // leaves `self.actors` as it was, without copying the map (one entry per runtime rule).
         self.save(
             &next,
             &self.config_rules,
             |key| key != &spec.key && self.config_keys.contains(key),
-            &actors,
+            |key| {
+                if key == &spec.key {
+                    Some(&actor)
+                } else {
+                    self.actors.get(key)
+                }
+            },
         )?;
         if let Err(e) = classifier.write_rule(id, &limit.config(), fresh) {
             // Nothing reached the rule index; put the saved state back as it was.
@@ -239,7 +245,7 @@ impl Limits {
                 &self.table,
                 &self.config_rules,
                 |key| self.config_keys.contains(key),
-                &self.actors,
+                |key| self.actors.get(key),
             ) {
                 log::error!(
                     "restoring {} after a failed change: {}",
@@ -252,7 +258,7 @@ impl Limits {
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
         self.config_keys.remove(&spec.key);
-        self.actors = actors;
+        self.actors.insert(spec.key.clone(), actor);
         prune_classes(classifier, &wanted);
         let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
             key: spec.key.to_string(),
@@ -293,7 +299,7 @@ impl Limits {
             &next,
             &self.config_rules,
             |other| other != key && self.config_keys.contains(other),
-            &self.actors,
+            |key| self.actors.get(key),
         )?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
@@ -443,7 +449,7 @@ impl Limits {
             &next,
             &config_rules,
             |key| config_keys.contains(key),
-            &self.actors,
+            |key| self.actors.get(key),
         )?;
         if let Err(e) = apply(classifier, &self.table, &next) {
             // Put back what was in force, as far as the maps let us.
@@ -454,7 +460,7 @@ impl Limits {
                 &self.table,
                 &self.config_rules,
                 |key| self.config_keys.contains(key),
-                &self.actors,
+                |key| self.actors.get(key),
             ) {
                 log::error!(
                     "restoring {} after a failed reload: {}",
@@ -557,13 +563,13 @@ impl Limits {
     }
 
     /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's,
-    /// `actors` who set the others.
-    fn save(
+    /// `actor_of` who set the others.
+    fn save<'a>(
         &self,
-        table: &RuleTable,
+        table: &'a RuleTable,
         config_rules: &[RuleSpec],
         is_config: impl Fn(&RuleKey) -> bool,
-        actors: &HashMap<RuleKey, Actor>,
+        actor_of: impl Fn(&RuleKey) -> Option<&'a Actor>,
     ) -> Result<()> {
         state_file::write(
             &self.state_file,
@@ -572,7 +578,7 @@ impl Limits {
                 if is_config(&rule.key) {
                     (rule, Origin::Config, None)
                 } else {
-                    (rule, Origin::Runtime, actors.get(&rule.key))
+                    (rule, Origin::Runtime, actor_of(&rule.key))
                 }
             }),
         )
