@@ -1,6 +1,6 @@
 //! Builds the eBPF object (crate `shaper-ebpf`) for the BPF target and leaves it in OUT_DIR,
-//! where `src/classifier.rs` embeds it; records the rustc version for `shaper_build_info`
-//! and the git commit and aya version for `shaper --version`.
+//! where `src/datapath/classifier/mod.rs` embeds it; records the rustc version for
+//! `shaper_build_info` and the git commit and aya version for `shaper --version`.
 
 #[path = "build/bpf_linker.rs"]
 mod bpf_linker;

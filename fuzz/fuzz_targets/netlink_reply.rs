@@ -1,4 +1,4 @@
-//! rtnetlink replies, as the daemon reads them (`datapath/netlink.rs`): the message walker and
+//! rtnetlink replies, as the daemon reads them (`datapath/netlink/`): the message walker and
 //! the attribute walker under each request's handler (an ack, RTM_GETLINK's GSO/GRO sizes, a
 //! clsact filter dump).
 //!

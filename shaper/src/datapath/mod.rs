@@ -3,8 +3,6 @@
 pub mod attach;
 pub mod bpf_log;
 pub mod classifier;
-pub mod htb;
-pub mod ifb;
 pub mod interfaces;
 pub mod kernel_support;
 pub mod ktime;

@@ -25,8 +25,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::{
     datapath::{
         classifier::Classifier,
-        htb::{self, ClassSpec, ClassStats},
-        ifb, interfaces,
+        interfaces,
+        netlink::{
+            htb::{self, ClassSpec, ClassStats},
+            ifb,
+        },
     },
     error::{Error, Result},
     types::keywords::DirSel,

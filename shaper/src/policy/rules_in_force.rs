@@ -18,8 +18,8 @@ use shaper_common::Counter;
 use crate::{
     Direction,
     datapath::classifier::Classifier,
-    datapath::htb,
     datapath::interfaces,
+    datapath::netlink::htb,
     datapath::shape_classes,
     error::{Error, Result, chain},
     policy::action_options,
@@ -64,7 +64,7 @@ pub struct RuleView {
     #[serde(default)]
     pub egress_bucket_bytes: u64,
     /// `config` when the config file names this rule as it is, `runtime` when it was set with
-    /// `shaper limit set` (see the README, *Reloading*).
+    /// `shaper limit set` (see docs/src/guide/config.md, *Reloading*).
     #[serde(default)]
     pub origin: Origin,
     /// `--ecn` (drop rules).
@@ -224,7 +224,7 @@ impl Limits {
             shape_classes::wanted(class_requests(next.rules()), &classifier.interface_names());
         shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
-        // next reload puts the file's rule back (see the README, *Reloading*).
+        // next reload puts the file's rule back (see docs/src/guide/config.md, *Reloading*).
         // The new actor is saved before it is recorded: a change that cannot be saved or written
         // leaves `self.actors` as it was, without copying the map (one entry per runtime rule).
         self.save(

@@ -6,11 +6,12 @@
 
 use std::io;
 
-use crate::datapath::htb::{Message, ack};
+use super::{
+    constants::{IFF_UP, NLM_F_CREATE, NLM_F_EXCL},
+    exchange::ack,
+    request::{Request, device_index},
+};
 
-const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
-const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
-const IFF_UP: u32 = libc::IFF_UP as u32;
 // include/uapi/linux/if_link.h: IFLA_LINKINFO and, inside it, IFLA_INFO_KIND.
 const IFLA_INFO_KIND: u16 = 1;
 
@@ -23,13 +24,13 @@ pub fn name_for(ifindex: u32) -> String {
 /// Makes IFB device `name` and brings it up (`ip link add NAME up type ifb`); one that exists
 /// already (an earlier daemon's) is kept.
 pub fn create(name: &str) -> io::Result<()> {
-    let mut message = Message::link(0, IFF_UP, IFF_UP);
-    message
+    let mut request = Request::link(0, IFF_UP, IFF_UP);
+    request
         .put_str(libc::IFLA_IFNAME, name)
         .nested(libc::IFLA_LINKINFO, |info| {
             info.put_str(IFLA_INFO_KIND, "ifb");
         });
-    match ack(libc::RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &message) {
+    match ack(libc::RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &request) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         other => other,
     }
@@ -37,6 +38,9 @@ pub fn create(name: &str) -> io::Result<()> {
 
 /// Removes the device with index `ifindex` (and its qdiscs with it).
 pub fn delete(ifindex: u32) -> io::Result<()> {
-    let index = i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
-    ack(libc::RTM_DELLINK, 0, &Message::link(index, 0, 0))
+    ack(
+        libc::RTM_DELLINK,
+        0,
+        &Request::link(device_index(ifindex)?, 0, 0),
+    )
 }

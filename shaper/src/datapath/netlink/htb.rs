@@ -1,28 +1,24 @@
 //! The rtnetlink requests behind shape rules: the HTB root qdisc shaper installs on an
 //! interface, one HTB class per shape rule with a bounded bfifo queue under it, the class's
-//! statistics, and what the root was before. Built on the exchange of [`netlink`], as the clsact
-//! requests there are; the layouts are those of include/uapi/linux/pkt_sched.h.
+//! statistics, and what the root was before. Built on the exchange and the message builder of
+//! [`netlink`](super), as the clsact requests are; the layouts are those of
+//! include/uapi/linux/pkt_sched.h.
 
 use std::{io, ops::ControlFlow};
 
 use shaper_common::{SHAPE_HTB_MAJOR, shape_class_id};
 
-use crate::datapath::netlink::{
-    Reply, acknowledged, device_index, invalid, read_u32, talk_bytes, walk_attributes,
+use super::{
+    attributes::{read_u32, walk_attributes},
+    constants::{
+        NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, TC_H_ROOT,
+        TCMSG_LEN,
+    },
+    exchange::{Reply, ack, talk},
+    invalid,
+    request::{Request, device_index},
 };
 
-const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
-const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
-const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
-const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
-const NLM_F_REPLACE: u16 = libc::NLM_F_REPLACE as u16;
-const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
-const NLM_F_ECHO: u16 = libc::NLM_F_ECHO as u16;
-const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
-const NLA_F_NESTED: u16 = libc::NLA_F_NESTED as u16;
-
-/// include/uapi/linux/pkt_sched.h: the parent of a device's root qdisc.
-const TC_H_ROOT: u32 = 0xFFFF_FFFF;
 /// The handle of shaper's HTB root, `5348:`.
 pub const ROOT_HANDLE: u32 = SHAPE_HTB_MAJOR << 16;
 
@@ -112,79 +108,18 @@ pub struct Class {
     pub stats: ClassStats,
 }
 
-/// Attributes after a fixed header, built as rtnetlink expects them (struct nlattr, each padded
-/// to NLA_ALIGNTO).
-#[derive(Default)]
-pub(crate) struct Message {
-    pub(crate) bytes: Vec<u8>,
-}
-
-impl Message {
-    /// A message starting with a struct ifinfomsg (include/uapi/linux/rtnetlink.h).
-    pub(crate) fn link(index: i32, flags: u32, change: u32) -> Self {
-        let mut bytes = vec![AF_UNSPEC, 0, 0, 0];
-        bytes.extend_from_slice(&index.to_ne_bytes());
-        bytes.extend_from_slice(&flags.to_ne_bytes());
-        bytes.extend_from_slice(&change.to_ne_bytes());
-        Self { bytes }
-    }
-
-    /// A message starting with a struct tcmsg (include/uapi/linux/rtnetlink.h).
-    fn tc(ifindex: i32, handle: u32, parent: u32) -> Self {
-        let mut bytes = vec![AF_UNSPEC, 0, 0, 0];
-        bytes.extend_from_slice(&ifindex.to_ne_bytes());
-        bytes.extend_from_slice(&handle.to_ne_bytes());
-        bytes.extend_from_slice(&parent.to_ne_bytes());
-        bytes.extend_from_slice(&0u32.to_ne_bytes());
-        Self { bytes }
-    }
-
-    pub(crate) fn put(&mut self, kind: u16, value: &[u8]) -> &mut Self {
-        let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
-        self.bytes.extend_from_slice(&len.to_ne_bytes());
-        self.bytes.extend_from_slice(&kind.to_ne_bytes());
-        self.bytes.extend_from_slice(value);
-        let padded = self.bytes.len().next_multiple_of(4);
-        self.bytes.resize(padded, 0);
-        self
-    }
-
-    /// A string attribute with its NUL, as nla_put_string puts it.
-    pub(crate) fn put_str(&mut self, kind: u16, value: &str) -> &mut Self {
-        let mut bytes = value.as_bytes().to_vec();
-        bytes.push(0);
-        self.put(kind, &bytes)
-    }
-
-    /// A nested attribute holding what `inner` puts.
-    pub(crate) fn nested(&mut self, kind: u16, inner: impl FnOnce(&mut Message)) -> &mut Self {
-        let mut nested = Message::default();
-        inner(&mut nested);
-        self.put(kind | NLA_F_NESTED, &nested.bytes)
-    }
-}
-
-pub(crate) fn ack(kind: u16, flags: u16, message: &Message) -> io::Result<()> {
-    talk_bytes(
-        kind,
-        NLM_F_REQUEST | NLM_F_ACK | flags,
-        &message.bytes,
-        acknowledged,
-    )
-}
-
 /// The root qdisc of `ifindex` (RTM_GETQDISC for parent TC_H_ROOT), `None` when the kernel
 /// reports none: a device that is down has the builtin noop qdisc, which rtnetlink does not
 /// show (net/sched/sch_api.c `tc_qdisc_dump_ignore`) and answers with EINVAL or ENOENT.
 pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
-    let message = Message::tc(device_index(ifindex)?, 0, TC_H_ROOT);
+    let request = Request::tc(device_index(ifindex)?, 0, TC_H_ROOT);
     // The answer to a qdisc "get" is a notification, sent to the asker only with NLM_F_ECHO
     // (net/sched/sch_api.c `tc_get_qdisc` → `qdisc_notify` → `rtnetlink_send(..., report)`);
     // without it the kernel answers nobody and the exchange would wait forever.
-    let reply = talk_bytes(
+    let reply = talk(
         libc::RTM_GETQDISC,
         NLM_F_REQUEST | NLM_F_ECHO,
-        &message.bytes,
+        &request,
         |reply| match reply {
             Reply::Message {
                 kind: libc::RTM_NEWQDISC,
@@ -203,7 +138,7 @@ pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
 /// A qdisc's kind and handle from an RTM_NEWQDISC payload (tcmsg, then attributes).
 fn parse_qdisc(payload: &[u8]) -> io::Result<RootQdisc> {
     let handle = read_u32(payload, 8).ok_or_else(|| invalid("short RTM_NEWQDISC"))?;
-    let attributes = payload.get(20..).unwrap_or_default();
+    let attributes = payload.get(TCMSG_LEN..).unwrap_or_default();
     let kind = walk_attributes(attributes)
         .find(|&(kind, _)| kind == libc::TCA_KIND)
         .map(|(_, value)| {
@@ -218,29 +153,29 @@ fn parse_qdisc(payload: &[u8]) -> io::Result<RootQdisc> {
 /// direct queue, which sends at the device's speed (`htb_classify` returns HTB_DIRECT when the
 /// default class does not exist).
 pub fn install_root(ifindex: u32) -> io::Result<()> {
-    let mut message = Message::tc(device_index(ifindex)?, ROOT_HANDLE, TC_H_ROOT);
+    let mut request = Request::tc(device_index(ifindex)?, ROOT_HANDLE, TC_H_ROOT);
     let mut glob = Vec::with_capacity(20);
     // struct tc_htb_glob: version, rate2quantum, defcls (0: none), debug, direct_pkts.
     for word in [HTB_PROTOCOL_VERSION, HTB_RATE_TO_QUANTUM, 0, 0, 0] {
         glob.extend_from_slice(&word.to_ne_bytes());
     }
-    message
+    request
         .put_str(libc::TCA_KIND, "htb")
         .nested(libc::TCA_OPTIONS, |options| {
             options
                 .put(TCA_HTB_INIT, &glob)
                 .put(TCA_HTB_DIRECT_QLEN, &DIRECT_QUEUE_PACKETS.to_ne_bytes());
         });
-    ack(libc::RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, &message)
+    ack(libc::RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, &request)
 }
 
 /// Deletes shaper's HTB root from `ifindex` (and every class and queue under it); the kernel
 /// attaches its default root again. Naming the kind and handle makes the kernel refuse rather
 /// than delete a root that is not shaper's (`tc_get_qdisc`).
 pub fn delete_root(ifindex: u32) -> io::Result<()> {
-    let mut message = Message::tc(device_index(ifindex)?, ROOT_HANDLE, TC_H_ROOT);
-    message.put_str(libc::TCA_KIND, "htb");
-    ack(libc::RTM_DELQDISC, 0, &message)
+    let mut request = Request::tc(device_index(ifindex)?, ROOT_HANDLE, TC_H_ROOT);
+    request.put_str(libc::TCA_KIND, "htb");
+    ack(libc::RTM_DELQDISC, 0, &request)
 }
 
 /// struct tc_ratespec for `bytes_per_sec` (saturated to u32; the 64-bit attribute carries more).
@@ -262,7 +197,7 @@ fn buffer_ticks(bytes: u64, bytes_per_sec: u64) -> u32 {
 
 /// The RTM_NEWTCLASS options of a class at `spec`'s rate, with ceil = rate: the class never
 /// borrows, so its rate is a hard limit.
-fn class_options(spec: &ClassSpec) -> Message {
+fn class_options(spec: &ClassSpec) -> Request {
     let bytes_per_sec = (spec.rate_bps / 8).max(1);
     let buffer = buffer_ticks(spec.burst_bytes, bytes_per_sec);
     // A quantum only matters between classes that borrow; shaper's never do. Given explicitly
@@ -275,7 +210,7 @@ fn class_options(spec: &ClassSpec) -> Message {
     for word in [buffer, buffer, quantum, 0, 0] {
         opt.extend_from_slice(&word.to_ne_bytes());
     }
-    let mut options = Message::default();
+    let mut options = Request::default();
     options.put(TCA_HTB_PARMS, &opt);
     if bytes_per_sec > u64::from(u32::MAX) {
         options
@@ -291,12 +226,12 @@ fn class_options(spec: &ClassSpec) -> Message {
 pub fn set_class(ifindex: u32, spec: &ClassSpec, leaf: Option<u32>) -> io::Result<()> {
     let index = device_index(ifindex)?;
     let classid = shape_class_id(u32::from(spec.rule));
-    let mut message = Message::tc(index, classid, ROOT_HANDLE);
+    let mut request = Request::tc(index, classid, ROOT_HANDLE);
     let options = class_options(spec);
-    message
+    request
         .put_str(libc::TCA_KIND, "htb")
         .nested(libc::TCA_OPTIONS, |nested| nested.bytes = options.bytes);
-    ack(libc::RTM_NEWTCLASS, NLM_F_CREATE, &message)?;
+    ack(libc::RTM_NEWTCLASS, NLM_F_CREATE, &request)?;
 
     // struct tc_fifo_qopt: the limit, in bytes for bfifo.
     let limit = u32::try_from(spec.queue_bytes).unwrap_or(u32::MAX);
@@ -307,32 +242,32 @@ pub fn set_class(ifindex: u32, spec: &ClassSpec, leaf: Option<u32>) -> io::Resul
         // with the default handle 0, which `tc_modify_qdisc` ignores as a default).
         _ => (0, NLM_F_CREATE | NLM_F_EXCL),
     };
-    let mut message = Message::tc(index, handle, classid);
-    message
+    let mut request = Request::tc(index, handle, classid);
+    request
         .put_str(libc::TCA_KIND, "bfifo")
         .put(libc::TCA_OPTIONS, &limit.to_ne_bytes());
-    ack(libc::RTM_NEWQDISC, flags, &message)
+    ack(libc::RTM_NEWQDISC, flags, &request)
 }
 
 /// Deletes shape rule `rule`'s class (and its queue) from `ifindex`.
 pub fn delete_class(ifindex: u32, rule: u16) -> io::Result<()> {
-    let message = Message::tc(
+    let request = Request::tc(
         device_index(ifindex)?,
         shape_class_id(u32::from(rule)),
         ROOT_HANDLE,
     );
-    ack(libc::RTM_DELTCLASS, 0, &message)
+    ack(libc::RTM_DELTCLASS, 0, &request)
 }
 
 /// The classes of shaper's root on `ifindex` (an RTM_GETTCLASS dump), with their statistics.
 /// Empty when shaper's root is not there.
 pub fn classes(ifindex: u32) -> io::Result<Vec<Class>> {
-    let message = Message::tc(device_index(ifindex)?, 0, ROOT_HANDLE);
+    let request = Request::tc(device_index(ifindex)?, 0, ROOT_HANDLE);
     let mut classes = Vec::new();
-    let dumped = talk_bytes(
+    let dumped = talk(
         libc::RTM_GETTCLASS,
         NLM_F_REQUEST | NLM_F_DUMP,
-        &message.bytes,
+        &request,
         |reply| match reply {
             Reply::Message {
                 kind: libc::RTM_NEWTCLASS,
@@ -362,7 +297,7 @@ fn parse_class(payload: &[u8]) -> Option<Class> {
     }
     let leaf = read_u32(payload, 16)?;
     let mut stats = ClassStats::default();
-    for (kind, value) in walk_attributes(payload.get(20..)?) {
+    for (kind, value) in walk_attributes(payload.get(TCMSG_LEN..)?) {
         if kind == libc::TCA_STATS2 {
             stats = parse_stats(value);
         }
@@ -410,6 +345,7 @@ fn parse_stats(nested: &[u8]) -> ClassStats {
 }
 
 #[cfg(test)]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -444,7 +380,7 @@ mod tests {
 
     #[test]
     fn classes_of_other_qdiscs_and_the_root_itself_are_not_shapers() {
-        let mut payload = Message::tc(1, 0x0001_0005, ROOT_HANDLE).bytes;
+        let mut payload = Request::tc(1, 0x0001_0005, ROOT_HANDLE).bytes;
         assert_eq!(parse_class(&payload), None);
         payload[8..12].copy_from_slice(&ROOT_HANDLE.to_ne_bytes());
         assert_eq!(parse_class(&payload), None);
