@@ -1,5 +1,5 @@
 //! `shaper-bench`: the measurements behind `cargo xtask bench` (issue 5). Run as root; prints a
-//! table and writes the JSON report (schema in `report.rs` and the README's Performance
+//! table and writes the JSON report (schema in `report.rs` and docs/src/reference/json.md; the scenarios in docs/src/contributing/benchmarks.md
 //! section). Every namespace, daemon, nftables table and file it makes is removed when it ends,
 //! also on error or Ctrl-C.
 

@@ -187,7 +187,8 @@ pub const SIDES: u32 = 2;
 
 /// Rule ids are `1..MAX_RULES`; id 0 in the rule index means "no rule". 65,536 is every id a
 /// `u16` cell of the rule index can name: enough for one rule on every port but one, and the
-/// rule maps it sizes take 12 MiB (see the README's memory section).
+/// rule maps it sizes take 12 MiB (see docs/src/contributing/architecture.md, *Design and
+/// memory*).
 pub const MAX_RULES: u32 = 1 << 16;
 const _: () = assert!(MAX_RULES - 1 <= u16::MAX as u32, "rule ids are u16 cells");
 pub const NO_RULE: u16 = 0;

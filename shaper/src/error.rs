@@ -295,7 +295,7 @@ pub enum Error {
         "bpf(2) was refused (EPERM) under a seccomp filter: a container runtime's \
          default profile allows bpf(2) only with CAP_SYS_ADMIN (podman's and CRI-O's do; \
          containerd >= 1.7 and Docker >= 23 allow it with CAP_BPF). Run with the profile made by \
-         deploy/seccomp/shaper-profile.py (README, Kubernetes)"
+         deploy/seccomp/shaper-profile.py (the guide's Kubernetes section, docs/src/guide/install.md)"
     )]
     SeccompRefusedBpf {
         #[source]

@@ -1,7 +1,7 @@
 //! The running kernel as the datapath meets it: what loading costs its verifier, and the floor.
 //!
 //! These run on the build machine and on every kernel of the VM test bed (`cargo xtask vm`),
-//! which reads the `verifier-stats:` lines into the README's kernel table.
+//! which reads the `verifier-stats:` lines into the book's kernel table (docs/src/guide/prerequisites.md).
 
 mod common;
 

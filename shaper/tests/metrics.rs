@@ -426,15 +426,15 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
         .query(&pair.a, "shaper_limit_burst_bytes{ports=\"9321\"}")
         .expect("Prometheus answers");
     assert_eq!(burst.len(), 1, "{burst:?}");
-    // The README's example queries run (`query` asserts the API's "success") and the
+    // The guide's example queries (docs/src/guide/scraping.md) run (`query` asserts the API's "success") and the
     // per-port throughput one finds the traffic.
-    let examples = readme_queries();
+    let examples = guide_queries();
     assert!(examples.len() >= 4, "{examples:?}");
     for promql in &examples {
         let result = prometheus
             .query(&pair.a, promql)
             .expect("Prometheus answers");
-        println!("README query {promql}: {} series", result.len());
+        println!("example query {promql}: {} series", result.len());
     }
     assert!(
         !prometheus
@@ -447,16 +447,17 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
     assert!(status.success(), "{log}");
 }
 
-const README: &str = include_str!("../../README.md");
+/// The guide's page with the example queries and alert rules.
+const SCRAPING_PAGE: &str = include_str!("../../docs/src/guide/scraping.md");
 const ALERTS: &str = include_str!("../../examples/prometheus/shaper-alerts.yml");
 
-/// The queries of the README's ```promql block, one per line, comments left out.
-fn readme_queries() -> Vec<String> {
-    let block = README
+/// The queries of the scraping page's ```promql block, one per line, comments left out.
+fn guide_queries() -> Vec<String> {
+    let block = SCRAPING_PAGE
         .split("```promql\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("a promql block in the README");
+        .expect("a promql block in docs/src/guide/scraping.md");
     block
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
@@ -465,10 +466,10 @@ fn readme_queries() -> Vec<String> {
 }
 
 #[test]
-fn the_readme_shows_the_alert_rules_and_promtool_accepts_them() {
+fn the_guide_shows_the_alert_rules_and_promtool_accepts_them() {
     assert!(
-        README.contains(&format!("```yaml\n{ALERTS}```")),
-        "README and examples/prometheus/shaper-alerts.yml differ"
+        SCRAPING_PAGE.contains(&format!("```yaml\n{ALERTS}```")),
+        "docs/src/guide/scraping.md and examples/prometheus/shaper-alerts.yml differ"
     );
     if let Some(promtool) = common::tool("promtool") {
         let rules = std::env::temp_dir().join(format!("shaper-alerts-{}.yml", std::process::id()));

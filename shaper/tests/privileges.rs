@@ -24,7 +24,10 @@ use shaper::{
     telemetry::listening_sockets::Owners,
 };
 
-/// `CapEff` of the daemon after attaching, as measured and quoted in the README.
+/// The guide's page that quotes both masks (docs/src/guide/security.md, *Privileges*).
+const SECURITY_PAGE: &str = include_str!("../../docs/src/guide/security.md");
+
+/// `CapEff` of the daemon after attaching, as measured and quoted in the guide's *Privileges*.
 const KEPT_MASK: u64 = 0x0000_0000_0008_1004;
 
 /// `CapEff` with `--no-owner-names`: CAP_NET_ADMIN alone.
@@ -55,8 +58,14 @@ fn keeps_only_the_documented_set(mode: &str, tag: &str) {
     assert_eq!(
         keep_mask(Owners::Named).0,
         KEPT_MASK,
-        "the README quotes {KEPT_MASK:#x}"
+        "docs/src/guide/security.md quotes {KEPT_MASK:#x}"
     );
+    for mask in [KEPT_MASK, KEPT_MASK_UNNAMED] {
+        assert!(
+            SECURITY_PAGE.contains(&format!("CapEff {mask:016x}")),
+            "docs/src/guide/security.md no longer quotes CapEff {mask:016x}"
+        );
+    }
     let pair = veth_pair(tag);
     // Sockets the daemon did not open and the test does not hold: owned by a root process (with
     // every capability, so reading its fds needs CAP_SYS_PTRACE) and by `nobody` (whose

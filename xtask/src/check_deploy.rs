@@ -15,7 +15,7 @@ pub const INSTALLED_BINARY: &str = "/usr/sbin/shaper";
 
 /// `systemd-analyze security`'s overall exposure for the unit, in tenths, must not exceed this.
 /// The unit scores 2.6 (systemd 252); the margin admits a newer systemd weighing a setting a
-/// little differently, not a weakened unit. README, *Install*, explains what the rest is.
+/// little differently, not a weakened unit. The guide's *Install* (docs/src/guide/install.md) explains what the rest is.
 const EXPOSURE_THRESHOLD_TENTHS: u32 = 28;
 
 pub fn run() -> anyhow::Result<()> {

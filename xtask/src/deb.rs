@@ -145,7 +145,7 @@ fn debian_changelog(version: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Lintian's verdict: any error fails; warnings are printed (README, *Install*, says why each
+/// Lintian's verdict: any error fails; warnings are printed (the guide's *Install*, docs/src/guide/install.md, says why each
 /// warning kept is acceptable).
 fn lintian(deb: &Path) -> anyhow::Result<()> {
     let output = Command::new("lintian")

@@ -4,8 +4,8 @@
 //! - the **static binary** (`x86_64-unknown-linux-musl`, the eBPF object embedded as in every
 //!   build), checked with `ldd`;
 //! - the **tarball** `shaper-VERSION-x86_64-linux.tar.gz`: the binary, one man page per
-//!   (sub)command, bash/zsh/fish completions, the systemd unit, the example config, README and
-//!   licences;
+//!   (sub)command, bash/zsh/fish completions, the systemd unit, the example config, README, the
+//!   book's Markdown (`docs/src` as `doc/`, readable as it is) and licences;
 //! - the **Debian package** (see [`crate::deb`]), checked with lintian;
 //! - the **container image** (see [`crate::container`]), when `--image` asks for it.
 
@@ -111,6 +111,7 @@ pub fn tarball() -> anyhow::Result<Built> {
     ] {
         copy(&root.join(from), &tree.join(to))?;
     }
+    copy_markdown_tree(&root.join("docs/src"), &tree.join("doc"))?;
 
     let tarball = dist.join(format!("{name}.tar.gz"));
     // Sorted names, root-owned entries and one fixed time (the commit's, when there is one):
@@ -153,6 +154,24 @@ fn check_static(binary: &Path) -> anyhow::Result<()> {
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     fs::copy(from, to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// The `.md` files under `from`, at the same relative paths under `to`: the book's chapters link
+/// to each other relatively, so the copy reads as the source does.
+fn copy_markdown_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if path.is_dir() {
+            copy_markdown_tree(&path, &to.join(name))?;
+        } else if path.extension().is_some_and(|e| e == "md") {
+            copy(&path, &to.join(name))?;
+        }
+    }
     Ok(())
 }
 

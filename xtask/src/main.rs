@@ -1,6 +1,7 @@
 //! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo |
-//! fuzz-inputs | check-deploy | dist | vm`.
+//! fuzz-inputs | check-deploy | dist | vm | book | docs`.
 
+mod book;
 mod bootstrap;
 mod check_deploy;
 mod container;
@@ -117,9 +118,10 @@ enum Job {
         /// Every kernel of the test bed (what runs without --kernel too).
         #[arg(long)]
         all: bool,
-        /// Write the table into README.md (between its kernel-matrix markers).
-        #[arg(long)]
-        update_readme: bool,
+        /// Write the table into the book's docs/src/guide/prerequisites.md (between its
+        /// kernel-matrix markers).
+        #[arg(long = "update-docs", alias = "update-readme")]
+        update_docs: bool,
         /// Minutes one guest may take, boot to power-off.
         #[arg(long, value_name = "MIN", default_value_t = 20)]
         timeout: u64,
@@ -130,13 +132,20 @@ enum Job {
         /// Instead of the matrix: build the .deb and run it under the guest's systemd on
         /// Debian 12's kernel (install, the real socket, reload, restart under a flood, stop,
         /// purge, `systemd-analyze security`).
-        #[arg(long, conflicts_with_all = ["kernels", "only", "update_readme"])]
+        #[arg(long, conflicts_with_all = ["kernels", "only", "update_docs"])]
         package: bool,
     },
+    /// Build the book in docs/ with mdBook (installed into the cache on first use) into the
+    /// target directory's book/, and check every relative link of it and of README.md: the file
+    /// must exist and a #fragment must name one of its headings.
+    Book,
+    /// Rewrite the book's generated command reference (docs/src/reference/commands.md) from the
+    /// CLI's clap definition (`shaper-docs --markdown`).
+    Docs,
     /// Build what an edge node installs without a toolchain, under the target directory's
     /// dist/: the static musl binary, shaper-VERSION-x86_64-linux.tar.gz (binary, man pages,
-    /// completions, unit, example config, README, licences) and the Debian package (checked
-    /// with lintian).
+    /// completions, unit, example config, README and the book's Markdown, licences) and the
+    /// Debian package (checked with lintian).
     Dist {
         /// Skip the Debian package.
         #[arg(long)]
@@ -171,17 +180,19 @@ fn main() -> anyhow::Result<()> {
             targets,
         }),
         Job::CheckDeploy => check_deploy::run(),
+        Job::Book => book::run(),
+        Job::Docs => book::generate(),
         Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),
         Job::Vm {
             kernels,
             all: _,
-            update_readme,
+            update_docs,
             timeout,
             only,
             package,
         } => vm::run(&vm::Options {
             kernels,
-            update_readme,
+            update_docs,
             timeout: Duration::from_secs(timeout * 60),
             only,
             package,

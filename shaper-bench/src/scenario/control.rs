@@ -339,7 +339,7 @@ fn latency(cx: &mut Context, small: &Daemon, large: &Daemon) -> anyhow::Result<(
 }
 
 /// Resident memory of both daemons, and the memory of their BPF maps as the kernel reports it
-/// (`bpftool map show`, `bytes_memlock`), next to the README's formula.
+/// (`bpftool map show`, `bytes_memlock`), next to the formula of docs/src/contributing/architecture.md.
 fn memory(cx: &mut Context, small: &Daemon, large: &Daemon) -> anyhow::Result<()> {
     for (name, daemon) in [("1_rule", small), ("65535_rules", large)] {
         let rss = daemon.rss_bytes()? as f64 / (1 << 20) as f64;

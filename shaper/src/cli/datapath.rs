@@ -20,7 +20,7 @@ pub struct PinArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pins: PinArgs,
-    /// Print JSON (schema in the README) instead of text.
+    /// Print JSON (schema in the docs' reference/json.md) instead of text.
     #[arg(long)]
     json: bool,
 }

@@ -81,7 +81,7 @@ pub struct SetArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Print JSON (schema in the README) instead of a table.
+    /// Print JSON (schema in the docs' reference/json.md) instead of a table.
     #[arg(long)]
     json: bool,
 }

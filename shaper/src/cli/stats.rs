@@ -8,7 +8,7 @@ use shaper::control::{self, Request, Response};
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Print JSON (schema in the README) instead of a table.
+    /// Print JSON (schema in the docs' reference/json.md) instead of a table.
     #[arg(long)]
     json: bool,
 }

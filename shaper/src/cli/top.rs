@@ -37,7 +37,7 @@ pub struct TopArgs {
     /// Take one sample over one interval, print it and exit.
     #[arg(long)]
     once: bool,
-    /// With --once: print the sample as JSON (schema in the README).
+    /// With --once: print the sample as JSON (schema in the docs' reference/json.md).
     #[arg(long, requires = "once")]
     json: bool,
     /// Show rates in bytes per second instead of bits (key `b` toggles it).

@@ -42,7 +42,7 @@ pub struct TraceArgs {
     /// Stop after this many events.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
-    /// One JSON object per line (schema in the README).
+    /// One JSON object per line (schema in the docs' reference/json.md).
     #[arg(long)]
     json: bool,
     /// Events each CPU may send per second; beyond it they are counted as lost.

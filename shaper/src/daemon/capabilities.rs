@@ -41,7 +41,7 @@ pub struct Keep {
 
 /// What the running daemon still does that needs a capability, found on Linux 6.18 by dropping
 /// each in turn and running every control request, a scrape and the shutdown in both attach
-/// modes (README, *Privileges*). Everything else it does after attaching needs none: map lookups
+/// modes (docs/src/guide/security.md, *Privileges*). Everything else it does after attaching needs none: map lookups
 /// and updates on fds it holds (no check since Linux 5.19, commit c8644cd0efe7), the mmapped
 /// counters, rtnetlink GET requests (`rtnetlink_rcv_msg` asks CAP_NET_ADMIN of every other
 /// kind), closing a tcx link, `/proc/net/*`, `/proc/PID/stat`, and its own root-owned files.
@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(status_field(status, "NoNewPrivs"), Some("1"));
     }
 
-    /// The README quotes this mask as the measured `CapEff`.
+    /// docs/src/guide/security.md quotes this mask as the measured `CapEff`.
     #[test]
     fn the_kept_set_is_net_admin_sys_ptrace_and_dac_read_search() {
         assert_eq!(keep_mask(Owners::Named), CapMask(0x0000_0000_0008_1004));

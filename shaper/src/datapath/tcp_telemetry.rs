@@ -29,7 +29,7 @@ use crate::{
     error::{Error, Result},
 };
 
-/// A port row's TCP events (see *TCP connections* in the README for which port each counts
+/// A port row's TCP events (see docs/src/guide/tcp.md for which port each counts
 /// under) and its handshake round-trip histogram: client side on an ingress row, server side
 /// on an egress row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,8 +60,8 @@ pub enum ActionOptionError {
     #[error(
         "an ingress `shape` rule needs Linux >= 6.5, and this is {kernel}: before 6.5 the \
          kernel drops every packet the program redirects to the IFB device that queues them \
-         (see the README's *Supported kernels*). Shape egress only (--dir egress), or police \
-         ingress with `--action drop` (with --ecn for ECN-capable TCP)"
+         (see the guide's *Supported kernels*, docs/src/guide/prerequisites.md). Shape egress \
+         only (--dir egress), or police ingress with `--action drop` (with --ecn for ECN-capable TCP)"
     )]
     IngressShapeNeedsKernel { kernel: String },
 }

@@ -1,6 +1,6 @@
 //! What a reload of the config file changes, and what the daemon reports about reloads.
 //!
-//! The file is the source of truth for the rules it names (see the README, *Reloading*): after
+//! The file is the source of truth for the rules it names (see docs/src/guide/config.md, *Reloading*): after
 //! a reload every rule the file names is in force exactly as written, a rule an earlier file
 //! named and this one does not is removed, and a rule set at runtime under a key the file does
 //! not name stays. Each rule carries its [`Origin`] so `limit ls` shows which is which, and so

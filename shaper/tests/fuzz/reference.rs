@@ -98,8 +98,8 @@ fn ipv4(frame: &[u8], offset: usize) -> Class {
         Err(err::ipv4::HeaderSliceError::Content(_)) => return Unclassified(reason::MALFORMED),
     };
     // **Override**: etherparse's `Ipv4Slice` stops at any fragment, first ones too (MF set,
-    // offset 0). A first fragment carries the L4 header and counts under its port (README,
-    // *Limits*, Fragments); only an offset other than 0 means payload where the ports would be.
+    // offset 0). A first fragment carries the L4 header and counts under its port
+    // (docs/src/guide/counting.md, *Fragments*); only an offset other than 0 means payload where the ports would be.
     if ip.fragments_offset().value() != 0 {
         return Unclassified(reason::FRAGMENT);
     }

@@ -21,7 +21,7 @@ pub struct Suite {
     pub codename: &'static str,
     /// What an operator calls the suite's kernel: its version line.
     pub label: &'static str,
-    /// The distribution release that ships it, for the README's table.
+    /// The distribution release that ships it, for the book's kernel table.
     pub release: &'static str,
 }
 

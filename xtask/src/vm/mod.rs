@@ -36,8 +36,8 @@ use matrix::{FEATURES, KernelResult};
 pub struct Options {
     /// Kernels by version line or codename; empty: every kernel of the test bed.
     pub kernels: Vec<String>,
-    /// Write the table into README.md between its markers.
-    pub update_readme: bool,
+    /// Write the table into the book's supported-kernels page between its markers.
+    pub update_docs: bool,
     /// How long one guest may take, boot to power-off.
     pub timeout: Duration,
     /// Only the features whose names contain one of these; empty: all.
@@ -46,9 +46,11 @@ pub struct Options {
     pub package: bool,
 }
 
-/// The README's markers around the generated table.
-const README_START: &str = "<!-- kernel-matrix:start -->";
-const README_END: &str = "<!-- kernel-matrix:end -->";
+/// The markers around the generated table in [`KERNELS_PAGE`].
+const TABLE_START: &str = "<!-- kernel-matrix:start -->";
+const TABLE_END: &str = "<!-- kernel-matrix:end -->";
+/// The book's page that holds the table (the operator guide's *Supported kernels*).
+const KERNELS_PAGE: &str = "docs/src/guide/prerequisites.md";
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -167,8 +169,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    if options.update_readme {
-        update_readme(&table)?;
+    if options.update_docs {
+        update_docs(&table)?;
     }
     let failed: Vec<String> = results
         .iter()
@@ -379,15 +381,15 @@ fn utc_date() -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-/// Replaces the README's table between its markers.
-fn update_readme(table: &str) -> anyhow::Result<()> {
-    let path = workspace_root().join("README.md");
+/// Replaces the book's table between its markers.
+fn update_docs(table: &str) -> anyhow::Result<()> {
+    let path = workspace_root().join(KERNELS_PAGE);
     let text = fs::read_to_string(&path)?;
-    let (Some(start), Some(end)) = (text.find(README_START), text.find(README_END)) else {
-        bail!("README.md has no {README_START} … {README_END} markers");
+    let (Some(start), Some(end)) = (text.find(TABLE_START), text.find(TABLE_END)) else {
+        bail!("{KERNELS_PAGE} has no {TABLE_START} … {TABLE_END} markers");
     };
-    let updated = format!("{}{README_START}\n{table}{}", &text[..start], &text[end..]);
+    let updated = format!("{}{TABLE_START}\n{table}{}", &text[..start], &text[end..]);
     fs::write(&path, updated)?;
-    eprintln!("xtask vm: the table is in README.md");
+    eprintln!("xtask vm: the table is in {KERNELS_PAGE}");
     Ok(())
 }

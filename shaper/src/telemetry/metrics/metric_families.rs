@@ -1,7 +1,7 @@
 //! The metric families, their names, labels and help, written with prometheus-client.
 //!
 //! Names and labels are the interface operators build dashboards and alerts on: see the
-//! README's metrics table before changing any.
+//! metrics reference (docs/src/reference/metrics.md, checked by tests/docs.rs) before changing any.
 
 use std::time::Instant;
 
