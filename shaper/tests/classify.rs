@@ -1,9 +1,13 @@
 //! The real classifier, loaded into the kernel, run on hand-made packets with BPF_PROG_TEST_RUN.
-//! Each test asserts the one counter that moved, by exactly how much, and that nothing else did.
+//! Each test asserts the one counter that moved, by exactly how much, and that nothing else did;
+//! all of them share one loaded classifier (see `shared`).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
+};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
@@ -30,11 +34,22 @@ fn counts(classifier: &Classifier) -> Counts {
     ports.chain(reasons).collect()
 }
 
-/// A classifier counting packets that BPF_PROG_TEST_RUN delivers (on loopback).
-fn loaded() -> Classifier {
-    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-    classifier.register("lo").expect("register lo");
-    classifier
+/// The classifier every test of this file runs its frames through, counting what
+/// BPF_PROG_TEST_RUN delivers (on loopback). Loaded once: creating the maps and verifying both
+/// programs is nearly all of a test's time (0.4 s here, 5 s in a TCG guest of the kernel
+/// matrix), and `run` reports what one frame changed, so what earlier tests counted never shows.
+/// The guard keeps one test's frames together; a failed test's panic leaves the classifier as
+/// usable as before, so the poison is ignored.
+fn shared() -> MutexGuard<'static, Classifier> {
+    static CLASSIFIER: OnceLock<Mutex<Classifier>> = OnceLock::new();
+    CLASSIFIER
+        .get_or_init(|| {
+            let mut classifier = Classifier::load(1).expect("load and verify the classifier");
+            classifier.register("lo").expect("register lo");
+            Mutex::new(classifier)
+        })
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `frame` through the program of `direction` and returns what changed.
@@ -76,7 +91,7 @@ macro_rules! kernel_test {
             if !common::require_root(stringify!($name)) {
                 return;
             }
-            let mut classifier = loaded();
+            let mut classifier = shared();
             let body: fn(&mut Classifier) = $body;
             body(&mut classifier);
         }
