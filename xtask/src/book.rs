@@ -19,10 +19,10 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-use crate::{bootstrap::cache_root, cargo, check, target_dir, workspace_root};
+use crate::{bootstrap::cached_tool, cargo, check, target_dir, workspace_root};
 
 /// The mdBook release this project builds with; known to build with rustc 1.95 (it declares
 /// rust-version 1.88).
@@ -32,7 +32,14 @@ const MDBOOK_VERSION: &str = "0.5.4";
 const COMMANDS_PAGE: &str = "docs/src/reference/commands.md";
 
 pub fn run() -> anyhow::Result<()> {
-    let mdbook = install_mdbook()?;
+    let mdbook = cached_tool(
+        "mdbook",
+        MDBOOK_VERSION,
+        // Without `serve`, `watch` and `search`: the build needs none of them.
+        &["--no-default-features"],
+        "about three minutes on two cores",
+    )?
+    .join("mdbook");
     let root = workspace_root();
     let out = target_dir()?.join("book");
     let started = Instant::now();
@@ -96,35 +103,6 @@ pub fn generate() -> anyhow::Result<()> {
     fs::write(&path, &output.stdout).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask docs: wrote {COMMANDS_PAGE}");
     Ok(())
-}
-
-/// The cached mdbook binary, installing it first if needed.
-fn install_mdbook() -> anyhow::Result<PathBuf> {
-    let root = cache_root()
-        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
-        .join("mdbook")
-        .join(MDBOOK_VERSION);
-    let bin = root.join("bin").join("mdbook");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    eprintln!(
-        "xtask: installing mdbook {MDBOOK_VERSION} into {} (about three minutes on two cores)",
-        root.display()
-    );
-    let started = Instant::now();
-    check(
-        Command::new("cargo")
-            .args(["install", "mdbook", "--locked", "--no-default-features"])
-            .args(["--version", &format!("={MDBOOK_VERSION}")])
-            .arg("--root")
-            .arg(&root)
-            // Keep the install out of this workspace's target dir and config.
-            .current_dir(&root),
-    )?;
-    eprintln!("xtask: mdbook installed in {:.0?}", started.elapsed());
-    Ok(bin)
 }
 
 /// Every `.md` file under `dir`, sorted.

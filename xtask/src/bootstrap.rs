@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-/// The cache every tool xtask installs goes under (cargo-fuzz too, see `fuzz_inputs`).
+/// The cache every tool xtask installs goes under (bpf-linker here, the others by `cached_tool`).
 pub use bpf_linker::cache_root;
 use bpf_linker::{LinkerKey, linker_root};
 
@@ -110,16 +110,53 @@ fn build_bpf_linker(sysroot: &Path, key: &LinkerKey, root: &Path) -> anyhow::Res
     );
     let started = Instant::now();
     check(
-        Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--no-default-features"])
-            .args(["--version", &format!("={BPF_LINKER_VERSION}")])
+        cargo_install("bpf-linker", BPF_LINKER_VERSION, root)
+            .arg("--no-default-features")
             .args(["--features", &format!("llvm-{}", key.llvm_major)])
-            .arg("--root")
-            .arg(root)
-            .env("LLVM_PREFIX", &prefix)
-            // Keep the install out of this workspace's target dir and config.
-            .current_dir(root),
+            .env("LLVM_PREFIX", &prefix),
     )?;
     eprintln!("xtask: bpf-linker built in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// `cargo install KRATE --locked --version =VERSION --root ROOT`, run from `root` to keep the
+/// install out of this workspace's target dir and config; the caller adds features and
+/// environment.
+fn cargo_install(krate: &str, version: &str, root: &Path) -> Command {
+    let mut command = Command::new("cargo");
+    command
+        .args(["install", krate, "--locked"])
+        .args(["--version", &format!("={version}")])
+        .arg("--root")
+        .arg(root)
+        .current_dir(root);
+    command
+}
+
+/// The `bin/` directory of tool `krate` at `version` (its binary named like the crate) in the
+/// cache, `cargo install`ed there with `flags` first if it is not there yet; `takes` says how
+/// long that is for the one who waits.
+pub fn cached_tool(
+    krate: &str,
+    version: &str,
+    flags: &[&str],
+    takes: &str,
+) -> anyhow::Result<PathBuf> {
+    let root = cache_root()
+        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
+        .join(krate)
+        .join(version);
+    let bin = root.join("bin");
+    if bin.join(krate).is_file() {
+        return Ok(bin);
+    }
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    eprintln!(
+        "xtask: installing {krate} {version} into {} ({takes})",
+        root.display()
+    );
+    let started = Instant::now();
+    check(cargo_install(krate, version, &root).args(flags))?;
+    eprintln!("xtask: {krate} installed in {:.0?}", started.elapsed());
+    Ok(bin)
 }

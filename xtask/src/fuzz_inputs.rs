@@ -20,9 +20,9 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 
-use crate::{bootstrap::cache_root, cargo, check, target_dir, workspace_root};
+use crate::{bootstrap::cached_tool, cargo, check, target_dir, workspace_root};
 
 /// The cargo-fuzz release this project runs with; known to build with rustc 1.95.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -59,7 +59,7 @@ struct Outcome {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let bin = install_cargo_fuzz()?;
+    let bin = cached_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &[], "about a minute")?;
     let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
@@ -226,33 +226,4 @@ fn run_target(
         log,
         artifacts,
     })
-}
-
-/// The cached cargo-fuzz's bin directory, installing it first if needed.
-fn install_cargo_fuzz() -> anyhow::Result<PathBuf> {
-    let root = cache_root()
-        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
-        .join("cargo-fuzz")
-        .join(CARGO_FUZZ_VERSION);
-    let bin = root.join("bin");
-    if bin.join("cargo-fuzz").is_file() {
-        return Ok(bin);
-    }
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    eprintln!(
-        "xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about a minute)",
-        root.display()
-    );
-    let started = Instant::now();
-    check(
-        Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked"])
-            .args(["--version", &format!("={CARGO_FUZZ_VERSION}")])
-            .arg("--root")
-            .arg(&root)
-            // Keep the install out of this workspace's target dir and config.
-            .current_dir(&root),
-    )?;
-    eprintln!("xtask: cargo-fuzz installed in {:.0?}", started.elapsed());
-    Ok(bin)
 }
