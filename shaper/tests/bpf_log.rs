@@ -5,8 +5,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
+use common::test_run;
 use shaper::{Classifier, Direction, datapath::bpf_log};
 use shaper_common::{MAX_IPV6_EXT_HEADERS, log_level};
 
@@ -49,11 +49,7 @@ fn over_the_walk() -> Vec<u8> {
 }
 
 fn run(classifier: &mut Classifier, frame: &[u8]) {
-    let program = classifier.program_mut(Direction::Ingress).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-    assert_eq!(result.return_value as i32, -1, "passed untouched");
+    test_run::passes(classifier, Direction::Ingress, frame);
 }
 
 #[test]
@@ -61,8 +57,7 @@ fn a_rare_path_logs_its_line_at_debug_and_nothing_at_info() {
     if !common::require_root("bpf_log") {
         return;
     }
-    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-    classifier.register("lo").expect("register lo");
+    let mut classifier = test_run::on_loopback();
     let captured = Captured::default();
     let mut reader = bpf_log::reader(&mut classifier, captured.clone()).expect("AYA_LOGS");
 

@@ -9,8 +9,8 @@ use std::{
     sync::{Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
+use common::test_run;
 use shaper::{Classifier, Direction};
 
 /// Counters by "direction/proto/port" or "direction/reason": (packets, bytes).
@@ -43,11 +43,7 @@ fn counts(classifier: &Classifier) -> Counts {
 fn shared() -> MutexGuard<'static, Classifier> {
     static CLASSIFIER: OnceLock<Mutex<Classifier>> = OnceLock::new();
     CLASSIFIER
-        .get_or_init(|| {
-            let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-            classifier.register("lo").expect("register lo");
-            Mutex::new(classifier)
-        })
+        .get_or_init(|| Mutex::new(test_run::on_loopback()))
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
 }
@@ -60,14 +56,10 @@ fn run(
     ctx: Option<&[u8]>,
 ) -> Counts {
     let before = counts(classifier);
-    let program = classifier.program_mut(direction).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.ctx_in = ctx;
-    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-    // TC_ACT_UNSPEC: the packet goes on untouched, whatever was parsed.
+    // The packet goes on untouched, whatever was parsed.
     assert_eq!(
-        result.return_value as i32, -1,
+        test_run::run(classifier, direction, frame, ctx),
+        test_run::PASS,
         "classifier must pass every packet"
     );
     let after = counts(classifier);

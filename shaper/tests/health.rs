@@ -82,8 +82,7 @@ fn ready_until_a_hook_loses_its_program_or_a_rule_its_limit_and_live_throughout(
             format!("{iface} ingress: not attached\n{iface} egress: not attached\n").as_str()
         )
     );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -98,6 +97,5 @@ fn a_tcx_daemon_is_ready_with_no_rules() {
         (ready.status, ready.body.as_str()),
         (200, "ok: 1 interface(s) attached, 0 rule(s) installed\n")
     );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }

@@ -9,9 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::limits_fixture::{LimitsFixture as Setup, test_actor};
 use common::packet::*;
+use common::test_run;
 use shaper::{
     Classifier, Direction,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
@@ -62,13 +62,7 @@ fn udp_frame(src: u16, dst: u16) -> Vec<u8> {
 }
 
 fn verdict(classifier: &mut Classifier, direction: Direction, frame: &[u8]) -> i32 {
-    let program = classifier.program_mut(direction).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value as i32
+    test_run::run(classifier, direction, frame, None)
 }
 
 /// Runs `frame` until the first packet that does not get `PASS` (at most `limit` runs); returns
@@ -121,14 +115,7 @@ fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
     let Some(mut s) = setup("burst_then_drop") else {
         return;
     };
-    let (rule_view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(key("9090"), Action::Drop),
-            test_actor(),
-        )
-        .expect("set");
+    let rule_view = s.set(spec(key("9090"), Action::Drop), "set");
     let frame = udp_frame(40000, 9090);
     let (passed, ended) = drain_burst(&mut s.classifier, &frame);
     assert_eq!(passed, PACKETS_PER_BURST, "exactly one burst passes");
@@ -184,9 +171,7 @@ fn a_new_rule_whose_fill_time_exceeds_the_uptime_starts_with_a_full_burst() {
         rate_bps,
         ..spec(key("9090"), Action::Drop)
     };
-    s.limits
-        .set(&mut s.classifier, rule_spec, test_actor())
-        .expect("set");
+    s.set(rule_spec, "set");
     let frame = udp_frame(40000, 9090);
     let (passed, ended) = passes_until_limited(
         &mut s.classifier,
@@ -206,13 +191,7 @@ fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
     let Some(mut s) = setup("refill") else {
         return;
     };
-    s.limits
-        .set(
-            &mut s.classifier,
-            spec(key("9090"), Action::Drop),
-            test_actor(),
-        )
-        .expect("set");
+    s.set(spec(key("9090"), Action::Drop), "set");
     let frame = udp_frame(40000, 9090);
     let (passed, _) = drain_burst(&mut s.classifier, &frame);
     assert_eq!(passed, PACKETS_PER_BURST);
@@ -228,14 +207,7 @@ fn an_observe_rule_passes_everything_and_counts_would_drops() {
     let Some(mut s) = setup("observe") else {
         return;
     };
-    let (rule_view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(key("9090"), Action::Observe),
-            test_actor(),
-        )
-        .expect("set");
+    let rule_view = s.set(spec(key("9090"), Action::Observe), "set");
     let frame = udp_frame(40000, 9090);
     let extra = 5;
     for _ in 0..PACKETS_PER_BURST + extra {
@@ -259,22 +231,8 @@ fn a_single_port_rule_governs_its_port_inside_a_range_rule() {
     let Some(mut s) = setup("precedence") else {
         return;
     };
-    let (range, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(key("9000-9999"), Action::Drop),
-            test_actor(),
-        )
-        .expect("set range");
-    let (single, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(key("9090"), Action::Observe),
-            test_actor(),
-        )
-        .expect("set single");
+    let range = s.set(spec(key("9000-9999"), Action::Drop), "set range");
+    let single = s.set(spec(key("9090"), Action::Observe), "set single");
     assert_eq!(
         verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9090)),
         PASS
@@ -305,10 +263,7 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
         dir: DirSel::Egress,
         ..key("443")
     };
-    let (remote_rule, _) = s
-        .limits
-        .set(&mut s.classifier, spec(remote, Action::Drop), test_actor())
-        .expect("set remote");
+    let remote_rule = s.set(spec(remote, Action::Drop), "set remote");
     // Egress from local 40000 to remote 443: the remote rule.
     assert_eq!(
         verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443)),
@@ -326,14 +281,7 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
     );
     assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
     // A rule on the local port wins over the remote one.
-    let (local, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(key("40000"), Action::Drop),
-            test_actor(),
-        )
-        .expect("set local");
+    let local = s.set(spec(key("40000"), Action::Drop), "set local");
     verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443));
     assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
     assert_eq!(rule(&s, local.id).passed_packets, 1);
@@ -397,14 +345,7 @@ fn a_refused_rule_changes_nothing() {
     let Some(mut s) = setup("refused") else {
         return;
     };
-    let (kept, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(key("9090"), Action::Drop),
-            test_actor(),
-        )
-        .expect("set");
+    let kept = s.set(spec(key("9090"), Action::Drop), "set");
     let before = s.limits.list(&s.classifier);
     let saved = std::fs::read_to_string(&s.state).expect("state file");
     // lo hands the hooks 64 KiB aggregates, so 64 KiB is below the 192 KiB minimum.

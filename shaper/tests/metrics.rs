@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use common::test_run;
 use common::{
     daemon::Daemon,
     metrics::{DAEMON_ADDR, Samples, get, label, samples, scrape, series},
@@ -170,8 +170,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
     assert!(response.body.contains("# TYPE shaper_bytes counter\n"));
     assert_eq!(get(&pair.a, DAEMON_ADDR, "/nothing", None).status, 404);
 
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 /// Runs `program args` with `input` on stdin; returns success and stdout+stderr.
@@ -210,8 +209,7 @@ fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
         (0.0, 0.0)
     );
     // Stopping is not an error for what someone else removed already.
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    let log = daemon.stop_ok();
     assert!(log.contains("already detached by someone else"), "{log}");
 }
 
@@ -360,8 +358,7 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
         previous = bytes;
         previous_samples = got;
     }
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -443,8 +440,7 @@ fn a_real_prometheus_scrapes_rates_and_limits() {
             .is_empty()
     );
     drop(prometheus);
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 /// The guide's page with the example queries and alert rules.
@@ -519,10 +515,7 @@ fn a_scrape_of_all_65536_ports_in_both_directions_is_exact() {
                     ipv4(IPPROTO_UDP, &udp(src, dst, &[0; 18]))
                 };
                 let frame = ethernet(&[], ETH_P_IP, &l4);
-                let program = classifier.program_mut(direction).expect("program");
-                let mut options = TestRunOptions::new();
-                options.data_in = Some(&frame);
-                program.test_run(options).expect("BPF_PROG_TEST_RUN");
+                test_run::run(&mut classifier, direction, &frame, None);
                 frames += 1;
                 bytes += frame.len() as u64;
             }

@@ -304,8 +304,7 @@ fn refuses_a_second_daemon_on_the_same_interface() {
     );
     assert!(stderr.contains("already attached to"), "{stderr}");
     assert!(stderr.contains("pid"), "{stderr}");
-    let (status, log) = first.stop();
-    assert!(status.success(), "{log}");
+    first.stop_ok();
 }
 
 #[test]
@@ -325,8 +324,7 @@ fn without_iface_uses_the_default_route_interface() {
     ]);
     let daemon = Daemon::start(&pair.a, "r", &[]);
     assert_eq!(daemon.stats().interfaces[0].name, pair.a_if);
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    let log = daemon.stop_ok();
     assert!(log.contains("default route"), "{log}");
 }
 
@@ -375,8 +373,7 @@ fn clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one() {
 
     let second = Daemon::start(&pair.a, "k2", &clsact);
     assert_eq!(shaper_filters(), 1, "stale filter kept: {}", filters());
-    let (status, log) = second.stop();
-    assert!(status.success(), "{log}");
+    let log = second.stop_ok();
     // The next daemon replaced the filter in place (same priority and handle) instead of
     // adding a second one.
     assert!(log.contains("took over ingress and egress"), "{log}");

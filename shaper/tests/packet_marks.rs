@@ -210,14 +210,7 @@ fn an_ecn_rule_marks_ect_ipv4_below_half_the_burst_with_a_valid_checksum_and_dro
     let Some(mut s) = setup("ecn-v4") else {
         return;
     };
-    let (view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(9090, DirSel::Both, Action::Drop, true),
-            test_actor(),
-        )
-        .expect("set");
+    let view = s.set(spec(9090, DirSel::Both, Action::Drop, true), "set");
     assert!(view.ecn);
     let frame = ipv4_frame(9090, ECT_0);
     let codepoints = codepoints_until_dropped(&mut s, &frame, ipv4_ecn, |out| {
@@ -244,14 +237,7 @@ fn an_ecn_rule_marks_ect_1_ipv6_below_half_the_burst() {
     let Some(mut s) = setup("ecn-v6") else {
         return;
     };
-    let (view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(9091, DirSel::Both, Action::Drop, true),
-            test_actor(),
-        )
-        .expect("set");
+    let view = s.set(spec(9091, DirSel::Both, Action::Drop, true), "set");
     let frame = ipv6_frame(9091, ECT_1);
     let codepoints = codepoints_until_dropped(&mut s, &frame, ipv6_ecn, |out| {
         assert_eq!(out[ETH_HLEN] >> 4, 6, "IP version untouched");
@@ -270,14 +256,7 @@ fn an_ecn_rule_never_marks_not_ect_packets_and_drops_them_only_when_empty() {
     let Some(mut s) = setup("ecn-not-ect") else {
         return;
     };
-    let (view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(9092, DirSel::Both, Action::Drop, true),
-            test_actor(),
-        )
-        .expect("set");
+    let view = s.set(spec(9092, DirSel::Both, Action::Drop, true), "set");
     for frame in [ipv4_frame(9092, NOT_ECT), ipv6_frame(9092, NOT_ECT)] {
         let codepoints = codepoints_until_dropped(&mut s, &frame, |f| f[ETH_HLEN + 1], |_| {});
         // The whole byte after the run equals the byte before it: nothing was marked.
@@ -294,14 +273,7 @@ fn a_drop_rule_without_ecn_never_marks() {
     let Some(mut s) = setup("no-ecn") else {
         return;
     };
-    let (view, _) = s
-        .limits
-        .set(
-            &mut s.classifier,
-            spec(9093, DirSel::Both, Action::Drop, false),
-            test_actor(),
-        )
-        .expect("set");
+    let view = s.set(spec(9093, DirSel::Both, Action::Drop, false), "set");
     let frame = ipv4_frame(9093, ECT_0);
     let codepoints = codepoints_until_dropped(&mut s, &frame, ipv4_ecn, |_| {});
     assert_eq!(codepoints.len() as u64, PACKETS_PER_BURST);
@@ -320,14 +292,7 @@ fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() 
     pair.a.within(|| {
         // BPF_PROG_TEST_RUN runs a packet on the namespace's loopback device.
         let mut s = Setup::load("marks-shape", &[&iface, "lo"]);
-        let (view, _) = s
-            .limits
-            .set(
-                &mut s.classifier,
-                spec(9094, DirSel::Egress, Action::Shape, false),
-                test_actor(),
-            )
-            .expect("set");
+        let view = s.set(spec(9094, DirSel::Egress, Action::Shape, false), "set");
         // Egress: the local port is the source port.
         let payload = vec![0u8; FRAME_LEN - ETH_HLEN - 20 - 8];
         let frame = ethernet(

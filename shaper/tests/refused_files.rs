@@ -105,8 +105,7 @@ impl Sandbox {
         let rules = daemon.rules();
         assert_eq!(rules.len(), 1, "{rules:?}");
         assert_eq!(rules[0].ports.to_string(), "9090");
-        let (status, log) = daemon.stop();
-        assert!(status.success(), "{log}");
+        daemon.stop_ok();
     }
 }
 
@@ -322,8 +321,7 @@ fn links_planted_where_the_daemon_writes_are_refused_and_never_followed() {
     symlink(&precious, &old_tmp).unwrap();
     let daemon = Daemon::start_with_state(&sandbox.ns, "ln2", &ARGS, &sandbox.state);
     daemon.cli_ok(&["limit", "set", "9091", "--rate", "10mbit"]);
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
     let saved = std::fs::read_to_string(&sandbox.state).unwrap();
     assert!(saved.contains("9091"), "{saved}");
     assert!(

@@ -189,8 +189,7 @@ fn reload_under_flood(writer: Writer, tag: &str) {
         log.contains("(the file changed): 0 rule(s) added, 1 changed, 0 removed, 0 unchanged"),
         "{log}"
     );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -325,8 +324,7 @@ fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
     assert!(got[SUCCESS_TIME] > started + 1.0, "{body}");
     wait_for_rate(&daemon, PORT, 8_000_000, IN_FORCE_WITHIN);
     assert_eq!(daemon.rules()[0].id, before[0].id);
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 fn sighup(daemon: &Daemon) {
@@ -446,6 +444,5 @@ fn runtime_changes_and_the_file_after_reloads_sighup_and_a_restart() {
     // The removed file rule comes back at the next reload.
     sighup(&again);
     wait_for_rate(&again, 7423, 5_000_000, IN_FORCE_WITHIN);
-    let (status, log) = again.stop();
-    assert!(status.success(), "{log}");
+    again.stop_ok();
 }

@@ -5,9 +5,9 @@
 
 mod common;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
 use common::temp_dir::TempDir;
+use common::test_run;
 use shaper::{
     Classifier, Direction,
     policy::{
@@ -47,13 +47,7 @@ fn frame_to(port: u16) -> Vec<u8> {
 
 fn verdict(classifier: &mut Classifier, port: u16) -> i32 {
     let frame = frame_to(port);
-    let program = classifier.program_mut(Direction::Ingress).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(&frame);
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value as i32
+    test_run::run(classifier, Direction::Ingress, &frame, None)
 }
 
 /// How many packets to `port` pass before the first that does not (at most a burst and a few).

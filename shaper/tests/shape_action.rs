@@ -8,8 +8,7 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
@@ -17,6 +16,7 @@ use std::{
 use common::{
     daemon::Daemon,
     netns::{InNamespace as _, Namespace, VethPair, veth_pair},
+    tcp_bulk::{self, Writer},
     traffic::{Receiver, WIRE, receiver, sender},
 };
 
@@ -178,8 +178,7 @@ fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_th
         "the root qdisc is the one before the first shape rule"
     );
     assert!(classes(&pair.a, &pair.a_if).is_empty());
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -237,8 +236,7 @@ fn replacing_a_shape_rule_under_traffic_changes_its_class_and_stopping_the_daemo
     window("shape replaced by 12mbit", 1_500_000.0);
     drop(sending.wait());
 
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    let log = daemon.stop_ok();
     assert_eq!(
         root_qdisc(&pair.a, &pair.a_if),
         before,
@@ -274,64 +272,6 @@ fn shaper_down_after_a_persistent_daemon_removes_the_htb_root() {
     common::daemon::down(&pair.a.name, &pin_base);
 }
 
-/// The sender's TcpRetransSegs and OutSegs (/proc/net/snmp of the namespace it runs in).
-fn tcp_segments(ns: &Namespace) -> (u64, u64) {
-    let segments =
-        shaper_testbed::tcp_segments::Segments::read(ns).unwrap_or_else(|e| panic!("{e}"));
-    (segments.retransmitted, segments.sent)
-}
-
-/// A TCP download from the service on `port` in `a` to a client in `b` for a warm-up and a
-/// window: the goodput over the window and the sender's retransmitted / sent segments.
-fn download(pair: &VethPair, port: u16) -> (f64, u64, u64) {
-    let listener = pair
-        .a
-        .within(|| TcpListener::bind((pair.a_addr, port)).expect("listen"));
-    let mut client = pair.b.within(|| {
-        TcpStream::connect_timeout(
-            &SocketAddr::from((pair.a_addr, port)),
-            Duration::from_secs(5),
-        )
-        .expect("connect")
-    });
-    let (mut server, _) = listener.accept().expect("accept");
-    let (retrans0, out0) = tcp_segments(&pair.a);
-    let duration = WARMUP + WINDOW + Duration::from_millis(500);
-    let writing = thread::spawn(move || {
-        let chunk = vec![0x5au8; 64 * 1024];
-        let start = Instant::now();
-        while start.elapsed() < duration {
-            if server.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-    });
-    client
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let start = Instant::now();
-    let mut buf = vec![0u8; 256 * 1024];
-    let (mut total, mut at_warmup) = (0u64, None);
-    while let Ok(n) = client.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if at_warmup.is_none() && start.elapsed() >= WARMUP {
-            at_warmup = Some((total, Instant::now()));
-        }
-        if start.elapsed() >= WARMUP + WINDOW {
-            break;
-        }
-    }
-    let (first, t0) = at_warmup.expect("data flowed past the warm-up");
-    let goodput = (total - first) as f64 / t0.elapsed().as_secs_f64();
-    drop(client);
-    writing.join().expect("writer");
-    let (retrans1, out1) = tcp_segments(&pair.a);
-    (goodput, retrans1 - retrans0, out1 - out0)
-}
-
 #[test]
 fn a_tcp_download_through_an_egress_shape_rule_reaches_the_rate_without_retransmissions() {
     if !common::require_root("shape_tcp_egress") {
@@ -339,28 +279,40 @@ fn a_tcp_download_through_an_egress_shape_rule_reaches_the_rate_without_retransm
     }
     let pair = veth_pair("st");
     let daemon = Daemon::start(&pair.a, "st", &["--iface", &pair.a_if]);
-    let mut figures = Vec::new();
-    for (port, action) in [(7203u16, "drop"), (7204, "shape")] {
+    drop_then_shape(&daemon, &pair, [7203, 7204], Writer::ServiceInA);
+    daemon.stop_ok();
+}
+
+/// A TCP stream (written by `writer`: egress rules for a download, ingress ones for an upload)
+/// through a drop rule on `ports[0]`, then a shape rule on `ports[1]`, both at `RATE`: prints
+/// both, and holds the shaped one to the rate with under 1% of its segments retransmitted.
+fn drop_then_shape(daemon: &Daemon, pair: &VethPair, ports: [u16; 2], writer: Writer) {
+    let (dir, what) = match writer {
+        Writer::ServiceInA => ("egress", "tcp download"),
+        Writer::ClientInB => ("ingress", "tcp upload"),
+    };
+    let mut shaped = None;
+    for (port, action) in ports.into_iter().zip(["drop", "shape"]) {
         let port_text = port.to_string();
         let mut args = vec![
-            "limit", "set", &port_text, "--rate", RATE, "--dir", "egress", "--proto", "tcp",
-            "--action", action,
+            "limit", "set", &port_text, "--rate", RATE, "--dir", dir, "--proto", "tcp",
         ];
-        if action == "drop" {
-            args.truncate(args.len() - 2);
+        if action == "shape" {
+            args.extend(["--action", "shape"]);
         }
         daemon.cli_ok(&args);
-        let (goodput, retrans, sent) = download(&pair, port);
-        let ratio = goodput / RATE_BYTES_PER_SEC;
-        let retrans_share = retrans as f64 / sent.max(1) as f64;
+        let bulk = tcp_bulk::stream(pair, port, writer);
+        let ratio = bulk.goodput / RATE_BYTES_PER_SEC;
         println!(
-            "tcp download, egress {action} {RATE}: goodput/rate {ratio:.4}, sender retransmitted \
-             {retrans} of {sent} segments ({:.3}%)",
-            retrans_share * 100.0
+            "{what}, {dir} {action} {RATE}: goodput/rate {ratio:.4}, sender retransmitted {} of \
+             {} segments ({:.3}%)",
+            bulk.retransmitted,
+            bulk.sent,
+            bulk.retransmitted_share() * 100.0
         );
-        figures.push((action, ratio, retrans_share));
+        shaped = Some((ratio, bulk.retransmitted_share()));
     }
-    let (_, shape_ratio, shape_retrans) = figures[1];
+    let (shape_ratio, shape_retrans) = shaped.expect("the shape rule's stream");
     assert!(shape_ratio <= 1.02, "shaped goodput above the rate");
     assert!(
         shape_ratio >= 0.90,
@@ -371,8 +323,6 @@ fn a_tcp_download_through_an_egress_shape_rule_reaches_the_rate_without_retransm
         "shaping made the sender retransmit {:.3}% of its segments",
         shape_retrans * 100.0
     );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
 }
 
 /// Whether the IFB device of `iface` exists in `ns`.
@@ -510,59 +460,7 @@ fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_
         None,
         "the IFB device went with the rule"
     );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
-}
-
-/// A TCP upload from a client in `b` to `port` in `a` for a warm-up and a window: the goodput
-/// over the window and the client's retransmitted / sent segments.
-fn upload(pair: &VethPair, port: u16) -> (f64, u64, u64) {
-    let listener = pair
-        .a
-        .within(|| TcpListener::bind((pair.a_addr, port)).expect("listen"));
-    let mut client = pair.b.within(|| {
-        TcpStream::connect_timeout(
-            &SocketAddr::from((pair.a_addr, port)),
-            Duration::from_secs(5),
-        )
-        .expect("connect")
-    });
-    let (mut server, _) = listener.accept().expect("accept");
-    let (retrans0, out0) = tcp_segments(&pair.b);
-    let duration = WARMUP + WINDOW + Duration::from_millis(500);
-    let writing = thread::spawn(move || {
-        let chunk = vec![0x5au8; 64 * 1024];
-        let start = Instant::now();
-        while start.elapsed() < duration {
-            if client.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-    });
-    server
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let start = Instant::now();
-    let mut buf = vec![0u8; 256 * 1024];
-    let (mut total, mut at_warmup) = (0u64, None);
-    while let Ok(n) = server.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if at_warmup.is_none() && start.elapsed() >= WARMUP {
-            at_warmup = Some((total, Instant::now()));
-        }
-        if start.elapsed() >= WARMUP + WINDOW {
-            break;
-        }
-    }
-    let (first, t0) = at_warmup.expect("data flowed past the warm-up");
-    let goodput = (total - first) as f64 / t0.elapsed().as_secs_f64();
-    let (retrans1, out1) = tcp_segments(&pair.b);
-    drop(server);
-    writing.join().expect("writer");
-    (goodput, retrans1 - retrans0, out1 - out0)
+    daemon.stop_ok();
 }
 
 #[test]
@@ -572,40 +470,8 @@ fn a_tcp_upload_through_an_ingress_shape_rule_reaches_the_rate_with_few_retransm
     }
     let pair = veth_pair("sn");
     let daemon = Daemon::start(&pair.a, "sn", &["--iface", &pair.a_if]);
-    let mut figures = Vec::new();
-    for (port, action) in [(7205u16, "drop"), (7206, "shape")] {
-        let port_text = port.to_string();
-        let mut args = vec![
-            "limit", "set", &port_text, "--rate", RATE, "--dir", "ingress", "--proto", "tcp",
-            "--action", action,
-        ];
-        if action == "drop" {
-            args.truncate(args.len() - 2);
-        }
-        daemon.cli_ok(&args);
-        let (goodput, retrans, sent) = upload(&pair, port);
-        let ratio = goodput / RATE_BYTES_PER_SEC;
-        let retrans_share = retrans as f64 / sent.max(1) as f64;
-        println!(
-            "tcp upload, ingress {action} {RATE}: goodput/rate {ratio:.4}, sender retransmitted \
-             {retrans} of {sent} segments ({:.3}%)",
-            retrans_share * 100.0
-        );
-        figures.push((action, ratio, retrans_share));
-    }
-    let (_, shape_ratio, shape_retrans) = figures[1];
-    assert!(shape_ratio <= 1.02, "shaped goodput above the rate");
-    assert!(
-        shape_ratio >= 0.90,
-        "shaped goodput only {shape_ratio:.4} of the rate"
-    );
-    assert!(
-        shape_retrans < 0.01,
-        "shaping made the sender retransmit {:.3}% of its segments",
-        shape_retrans * 100.0
-    );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    drop_then_shape(&daemon, &pair, [7205, 7206], Writer::ClientInB);
+    daemon.stop_ok();
     assert_eq!(
         ifb_exists(&pair.a, &pair.a_if),
         None,
@@ -657,8 +523,7 @@ fn dir_both_shapes_each_way_and_a_root_somebody_added_is_never_replaced() {
     );
     assert!(daemon.rules().is_empty());
     assert_eq!(root_qdisc(&pair.a, &pair.a_if), before);
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
     assert_eq!(
         root_qdisc(&pair.a, &pair.a_if),
         before,
@@ -692,18 +557,20 @@ fn an_ecn_policer_marks_a_tcp_upload_of_an_ecn_sender() {
             args.push("--ecn");
         }
         daemon.cli_ok(&args);
-        let (goodput, retrans, sent) = upload(&pair, port);
+        let bulk = tcp_bulk::stream(&pair, port, Writer::ClientInB);
         let rule = daemon
             .rules()
             .into_iter()
             .find(|r| r.ports.lo == port)
             .expect("rule");
-        let ratio = goodput / RATE_BYTES_PER_SEC;
-        let share = retrans as f64 / sent.max(1) as f64;
+        let ratio = bulk.goodput / RATE_BYTES_PER_SEC;
+        let share = bulk.retransmitted_share();
         println!(
             "tcp upload, ingress drop{} {RATE}: goodput/rate {ratio:.4}, sender retransmitted \
-             {retrans} of {sent} segments ({:.3}%); rule dropped {} packets, marked {}",
+             {} of {} segments ({:.3}%); rule dropped {} packets, marked {}",
             if ecn { " --ecn" } else { "" },
+            bulk.retransmitted,
+            bulk.sent,
             share * 100.0,
             rule.dropped_packets,
             rule.marked_packets
@@ -713,6 +580,5 @@ fn an_ecn_policer_marks_a_tcp_upload_of_an_ecn_sender() {
     let ((_, unmarked), (_, marked)) = (figures[0], figures[1]);
     assert_eq!(unmarked, 0, "a rule without --ecn marks nothing");
     assert!(marked > 0, "the --ecn rule marked nothing");
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }

@@ -9,8 +9,7 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
@@ -18,6 +17,7 @@ use std::{
 use common::{
     daemon::Daemon,
     netns::{InNamespace as _, veth_pair},
+    tcp_bulk::{self, Writer},
     temp_dir::TempDir,
     traffic::{Receiver, WIRE, pinned_sender, receiver, sender},
 };
@@ -231,55 +231,12 @@ fn tcp_through_a_limit(direction: &str, tag: &str) {
     daemon.cli_ok(&[
         "limit", "set", &port, "--rate", TCP_LIMIT, "--dir", direction, "--proto", "tcp",
     ]);
-    let listener = pair
-        .a
-        .within(|| TcpListener::bind((pair.a_addr, PORT_LIMITED)).expect("listen"));
-    let client = pair.b.within(|| {
-        TcpStream::connect_timeout(
-            &SocketAddr::from((pair.a_addr, PORT_LIMITED)),
-            Duration::from_secs(5),
-        )
-        .expect("connect")
-    });
-    let (accepted, _) = listener.accept().expect("accept");
-    let (mut writer, mut reader) = if direction == "egress" {
-        (accepted, client)
+    let writer = if direction == "egress" {
+        Writer::ServiceInA
     } else {
-        (client, accepted)
+        Writer::ClientInB
     };
-    let duration = WARMUP + WINDOW + Duration::from_millis(500);
-    let writing = thread::spawn(move || {
-        let chunk = vec![0x5au8; 64 * 1024];
-        let start = Instant::now();
-        while start.elapsed() < duration {
-            if writer.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-    });
-    reader
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let start = Instant::now();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    let mut at_warmup = None;
-    while let Ok(n) = reader.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if at_warmup.is_none() && start.elapsed() >= WARMUP {
-            at_warmup = Some((total, Instant::now()));
-        }
-        if start.elapsed() >= WARMUP + WINDOW {
-            break;
-        }
-    }
-    let (first, t0) = at_warmup.expect("data flowed past the warm-up");
-    let goodput = (total - first) as f64 / t0.elapsed().as_secs_f64();
-    drop(reader);
-    writing.join().expect("writer");
+    let goodput = tcp_bulk::stream(&pair, PORT_LIMITED, writer).goodput;
     let rule = &daemon.rules()[0];
     let ratio = goodput / TCP_LIMIT_BYTES_PER_SEC;
     println!(
@@ -483,8 +440,7 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     assert_eq!(first.rules(), before);
     assert_eq!(std::fs::read_to_string(&state).expect("state"), saved);
 
-    let (status, log) = first.stop();
-    assert!(status.success(), "{log}");
+    first.stop_ok();
     let second = Daemon::start_with_state(&pair.a, "r2", &args, &state);
     let after = second.rules();
     let without_counters = |rules: &[shaper::policy::rules_in_force::RuleView]| -> Vec<String> {

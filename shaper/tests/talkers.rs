@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use common::test_run;
 use common::{
     daemon::Daemon,
     metrics::{get, samples, series},
@@ -175,8 +175,7 @@ fn top_port_lists_exactly_the_three_remotes_with_their_packets_and_bytes() {
     assert_eq!(rows(&top_port(&daemon, port)), expected);
     // The watch list survives a restart of the daemon: saved beside the state file.
     daemon.cli_ok(&["watch", "7001-7003"]);
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
     let daemon = Daemon::start_with_state(
         &pair.a,
         "tk2",
@@ -245,11 +244,7 @@ fn frame_from(source: Ipv4Addr, port: u16) -> Vec<u8> {
 }
 
 fn run(classifier: &mut Classifier, frame: &[u8]) {
-    let program = classifier.program_mut(Direction::Ingress).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-    assert_eq!(result.return_value as i32, -1, "passed untouched");
+    test_run::passes(classifier, Direction::Ingress, frame);
 }
 
 #[test]
@@ -257,8 +252,7 @@ fn lru_filled_past_its_size_counts_evictions_and_keeps_exact_totals() {
     if !common::require_root("lru_filled") {
         return;
     }
-    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-    classifier.register("lo").expect("register lo");
+    let mut classifier = test_run::on_loopback();
     let watch = WatchSpec {
         ports: "9".parse().expect("port"),
         dir: DirSel::Ingress,

@@ -4,8 +4,8 @@
 
 mod common;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::*;
+use common::test_run;
 use shaper::{
     Classifier, Direction,
     datapath::tcp_telemetry::{PendingRepair, Repaired},
@@ -32,18 +32,8 @@ fn segment(src: u16, dst: u16, flags: u8, reply: bool) -> Vec<u8> {
     ethernet(&[], ETH_P_IP, &ip)
 }
 
-fn loaded() -> Classifier {
-    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
-    classifier.register("lo").expect("register lo");
-    classifier
-}
-
 fn run(classifier: &mut Classifier, direction: Direction, frame: &[u8]) {
-    let program = classifier.program_mut(direction).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-    assert_eq!(result.return_value as i32, -1, "the classifier passes");
+    test_run::passes(classifier, direction, frame);
 }
 
 fn events(classifier: &Classifier, direction: u32, port: u16) -> TcpEvents {
@@ -62,7 +52,7 @@ macro_rules! kernel_test {
             if !common::require_root(stringify!($name)) {
                 return;
             }
-            let mut classifier = loaded();
+            let mut classifier = test_run::on_loopback();
             let body: fn(&mut Classifier) = $body;
             body(&mut classifier);
         }

@@ -210,8 +210,7 @@ fn top_in_tmux_shows_the_traffic_sorts_filters_and_quits_cleanly() {
         "the TUI is still on screen:\n{after}"
     );
 
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -296,6 +295,5 @@ fn once_json_follows_the_schema_and_measures_a_known_stream_within_ten_percent()
         table.contains("PORT") && row_with(&table, 7401).is_some(),
         "{table}"
     );
-    let (status, log) = daemon.stop();
-    assert!(status.success(), "{log}");
+    daemon.stop_ok();
 }

@@ -238,6 +238,14 @@ impl Daemon {
         let _ = std::fs::remove_dir(&pin_base);
         (status, self.log())
     }
+
+    /// [`stop`](Self::stop), and the daemon must have exited successfully (its log otherwise).
+    /// Returns the log.
+    pub fn stop_ok(self) -> String {
+        let (status, log) = self.stop();
+        assert!(status.success(), "{log}");
+        log
+    }
 }
 
 impl Daemon {

@@ -4,7 +4,12 @@
 
 use std::path::PathBuf;
 
-use shaper::{Classifier, policy::rule_actor::Actor, policy::rules_in_force::Limits};
+use shaper::{
+    Classifier,
+    policy::rule_actor::Actor,
+    policy::rule_table::RuleSpec,
+    policy::rules_in_force::{Limits, RuleView},
+};
 
 use super::temp_dir::TempDir;
 
@@ -34,6 +39,15 @@ impl LimitsFixture {
             state,
             _dir: dir,
         }
+    }
+
+    /// Sets `spec` as a control request from this process would (see [`test_actor`]): the rule
+    /// as `limit ls` shows it. A refusal fails the test with `what`.
+    pub fn set(&mut self, spec: RuleSpec, what: &str) -> RuleView {
+        self.limits
+            .set(&mut self.classifier, spec, test_actor())
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .0
     }
 
     /// On `lo` of the test's own namespace, after the root gate (`None`: skipped).

@@ -11,7 +11,9 @@ pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod tcp_bulk;
 pub mod temp_dir;
+pub mod test_run;
 pub mod traffic;
 
 /// Kernel tests need root. Outside CI they skip with a message; with CI=true a skip would hide a

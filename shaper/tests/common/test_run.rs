@@ -1,0 +1,43 @@
+//! The real classifier under BPF_PROG_TEST_RUN: loaded (verified, not attached) with `lo`
+//! registered, since the kernel runs a test packet as if it arrived on the namespace's loopback
+//! (net/bpf/test_run.c `bpf_prog_test_run_skb` sets `skb->dev` to it).
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use shaper::{Classifier, Direction};
+
+/// TC_ACT_UNSPEC: the packet goes on untouched (the next program runs, or it passes).
+pub const PASS: i32 = -1;
+
+/// Loads the classifier with one interface slot, given to `lo`.
+pub fn on_loopback() -> Classifier {
+    let mut classifier = Classifier::load(1).expect("load and verify the classifier");
+    classifier.register("lo").expect("register lo");
+    classifier
+}
+
+/// Runs `frame` (with `ctx` as its `__sk_buff`, if given) through the program of `direction`:
+/// the program's return value.
+pub fn run(
+    classifier: &mut Classifier,
+    direction: Direction,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+) -> i32 {
+    let program = classifier.program_mut(direction).expect("program");
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.ctx_in = ctx;
+    program
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value as i32
+}
+
+/// [`run`] for a frame the classifier must pass untouched (no rule governs it).
+pub fn passes(classifier: &mut Classifier, direction: Direction, frame: &[u8]) {
+    assert_eq!(
+        run(classifier, direction, frame, None),
+        PASS,
+        "the classifier passes this frame untouched"
+    );
+}
