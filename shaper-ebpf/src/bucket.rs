@@ -17,7 +17,8 @@
 //!
 //! The arithmetic itself lives in `shaper_common::bucket`, where host tests cover it.
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use crate::atomic;
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use shaper_common::{BucketState, RuleConfig, bucket};
 
 /// Compare-and-swap attempts to take tokens. Each failed attempt means another CPU took tokens
@@ -57,10 +58,9 @@ pub unsafe fn charge(
         };
         if claimed {
             let credit = bucket::refill(now - stamp, config.fill_ns, config.rate_bps);
-            // SAFETY: BPF atomic add on a live, aligned u64 (caller's contract).
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tokens_ptr, credit);
-            }
+            // SAFETY: a live, aligned u64 (caller's contract), which every CPU changes only by
+            // atomic adds and compare-and-swaps.
+            unsafe { atomic::add(tokens_ptr, credit) };
         }
     }
 

@@ -1,11 +1,8 @@
 //! Accounting: every packet lands in exactly one counter, a port's or an unclassified reason's.
 
-use crate::{IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, parse, tcp_events};
+use crate::{IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, atomic::add_counter, parse, tcp_events};
 use aya_ebpf::programs::TcContext;
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use shaper_common::{
-    Counter, DIR_INGRESS, MAX_IFACES, PROTO_TCP, port_counter_index, unclassified_index,
-};
+use shaper_common::{DIR_INGRESS, MAX_IFACES, PROTO_TCP, port_counter_index, unclassified_index};
 
 /// A packet with ports, as counted: what the limiter needs to find and charge its rule.
 pub struct Packet {
@@ -57,7 +54,7 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
             if let Some(counter) = PORT_COUNTERS.get_ptr_mut(counter_index) {
                 // SAFETY: `get_ptr_mut` returned a non-null pointer to an element of the array
                 // (index checked by the lookup), which lives as long as the map, so past this run.
-                unsafe { add_shared(counter, segments, bytes) };
+                unsafe { add_counter(counter, segments, bytes) };
             }
             if flow.proto == PROTO_TCP {
                 tcp_events::observe(ctx, slot, direction, &flow, local_port, remote_port);
@@ -87,27 +84,5 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
             }
             None
         }
-    }
-}
-
-/// Adds to a counter other CPUs update too. BPF atomic adds (BPF_ATOMIC | BPF_ADD) never lose an
-/// update; the two fields are independent, so no ordering between them is needed.
-///
-/// The BPF target spec says `atomic-cas: false`, so core's `AtomicU64::fetch_add` does not exist
-/// there; the intrinsic lowers to the same instruction. The eBPF crate is built with
-/// RUSTC_BOOTSTRAP already (for `-Z build-std`), which also admits `core_intrinsics`.
-///
-/// # Safety
-///
-/// `counter` points to a live, aligned `Counter` in a map value (from `get_ptr_mut`, say) that
-/// outlives the call.
-#[inline(always)]
-pub unsafe fn add_shared(counter: *mut Counter, packets: u64, bytes: u64) {
-    // SAFETY: the caller vouches for `counter`; `&raw mut` takes the fields' addresses without
-    // making references, and every other access to them is an atomic add too (or a userspace
-    // read of the mapping).
-    unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).packets, packets);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counter).bytes, bytes);
     }
 }

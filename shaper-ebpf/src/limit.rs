@@ -1,10 +1,14 @@
 //! Limits: find the rule that governs a packet, ask its bucket, count the verdict.
 
-use crate::{BUCKETS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, bucket, count, ecn, shape};
+use crate::{
+    BUCKETS, DROP, PASS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, atomic::add_counter,
+    bucket, count, ecn, shape,
+};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use shaper_common::{
     ACTION_DROP, ACTION_OBSERVE, ACTION_SHAPE, DIR_EGRESS, MAX_RULES, NO_RULE, RULE_FLAG_ECN,
-    SIDE_LOCAL, SIDE_REMOTE, bucket::cost, bucket_index, ecn_threshold, rule_index_row,
+    SIDE_LOCAL, SIDE_REMOTE, VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP, bucket::cost,
+    bucket_index, ecn_threshold, rule_index_row,
 };
 
 pub enum Verdict {
@@ -16,17 +20,46 @@ pub enum Verdict {
     Redirect(u32),
 }
 
+impl Verdict {
+    /// What the hook returns for the packet.
+    #[inline(always)]
+    pub fn action(self) -> i32 {
+        match self {
+            Self::Pass | Self::WouldDrop => PASS,
+            Self::Drop => DROP,
+            Self::Redirect(ifindex) => shape::redirect(ifindex),
+        }
+    }
+
+    /// The verdict as talkers and the trace report it (`shaper_common::VERDICT_*`): a shape
+    /// rule's redirect is a pass, its queue decides later.
+    #[inline(always)]
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Pass | Self::Redirect(_) => VERDICT_PASS,
+            Self::Drop => VERDICT_DROP,
+            Self::WouldDrop => VERDICT_WOULD_DROP,
+        }
+    }
+
+    /// The verdict of a [`code`](Self::code), as the out-of-line talkers and trace get it back.
+    #[inline(always)]
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            VERDICT_DROP => Self::Drop,
+            VERDICT_WOULD_DROP => Self::WouldDrop,
+            _ => Self::Pass,
+        }
+    }
+}
+
 /// The verdict for a counted packet. Userspace resolves overlapping rules into the rule index,
 /// so the program only looks up the winner: the local port's rule, else the remote port's.
 #[inline(always)]
 pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict {
-    let mut rule = rule_for(packet, direction, SIDE_LOCAL, packet.local_port);
-    if rule == NO_RULE {
-        rule = rule_for(packet, direction, SIDE_REMOTE, packet.remote_port);
-    }
-    if rule == NO_RULE || rule as u32 >= MAX_RULES {
+    let Some(rule) = rule_of(packet, direction) else {
         return Verdict::Pass;
-    }
+    };
     // One copy per packet, so its checks and its bucket use the same limit. Userspace rewrites a
     // limit with a plain map update (not atomic against this copy): a packet racing a change
     // can mix old and new fields once, which at worst grants or withholds one burst; the take
@@ -62,7 +95,7 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
         };
         // SAFETY: `counters` is a live `RULE_COUNTERS` element (from `get_ptr_mut` above);
         // `&raw mut` takes its field's address without making a reference.
-        unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };
+        unsafe { add_counter(&raw mut (*counters).passed, packet.segments, packet.bytes) };
         return verdict;
     }
     // SAFETY: a helper without arguments, allowed in every program type.
@@ -72,16 +105,14 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
     if let Some(left) = unsafe { bucket::charge(state, &config, now, cost(packet.bytes)) } {
         // SAFETY: `counters` is a live `RULE_COUNTERS` element, found like `state`; `&raw mut`
         // takes its field's address without making a reference.
-        unsafe { count::add_shared(&raw mut (*counters).passed, packet.segments, packet.bytes) };
+        unsafe { add_counter(&raw mut (*counters).passed, packet.segments, packet.bytes) };
         if config.flags & RULE_FLAG_ECN != 0
             && config.action == ACTION_DROP
             && left < ecn_threshold(config.burst_nanobits)
             && ecn::mark(ctx)
         {
             // SAFETY: the same live `RULE_COUNTERS` element, another field.
-            unsafe {
-                count::add_shared(&raw mut (*counters).marked, packet.segments, packet.bytes)
-            };
+            unsafe { add_counter(&raw mut (*counters).marked, packet.segments, packet.bytes) };
         }
         return Verdict::Pass;
     }
@@ -108,12 +139,23 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
         _ => return Verdict::Pass,
     };
     // SAFETY: a field of the live `RULE_COUNTERS` element found above.
-    unsafe { count::add_shared(rule_counter, packet.segments, packet.bytes) };
+    unsafe { add_counter(rule_counter, packet.segments, packet.bytes) };
     if let Some(port_counter) = port_counter {
         // SAFETY: a field of the live `PORT_VERDICTS` element found above.
-        unsafe { count::add_shared(port_counter, packet.segments, packet.bytes) };
+        unsafe { add_counter(port_counter, packet.segments, packet.bytes) };
     }
     verdict
+}
+
+/// The id of the rule that governs `packet`: the local port's, else the remote port's; `None`
+/// for none (or an id no rule can have).
+#[inline(always)]
+pub fn rule_of(packet: &count::Packet, direction: u32) -> Option<u16> {
+    let mut rule = rule_for(packet, direction, SIDE_LOCAL, packet.local_port);
+    if rule == NO_RULE {
+        rule = rule_for(packet, direction, SIDE_REMOTE, packet.remote_port);
+    }
+    (rule != NO_RULE && (rule as u32) < MAX_RULES).then_some(rule)
 }
 
 #[inline(always)]

@@ -11,10 +11,11 @@
 #![expect(
     internal_features,
     reason = "core_intrinsics: atomic adds and compare-and-swap on shared state, which core's \
-              atomics lack on the BPF target; see count::add_shared and bucket"
+              atomics lack on the BPF target; see the atomic and bucket modules"
 )]
 #![feature(core_intrinsics)]
 
+mod atomic;
 mod bucket;
 mod count;
 mod ecn;
@@ -112,11 +113,7 @@ fn handle(ctx: &TcContext, direction: u32) -> i32 {
     };
     let verdict = limit::apply(ctx, &packet, direction);
     talkers::account(ctx, &packet, direction, &verdict);
-    match verdict {
-        limit::Verdict::Pass | limit::Verdict::WouldDrop => PASS,
-        limit::Verdict::Drop => DROP,
-        limit::Verdict::Redirect(ifindex) => shape::redirect(ifindex),
-    }
+    verdict.action()
 }
 
 #[cfg(not(test))]

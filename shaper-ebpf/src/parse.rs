@@ -168,11 +168,17 @@ pub fn address(ctx: &TcContext, source: bool) -> Option<[u8; 16]> {
         let at = if source { l3 + 12 } else { l3 + 16 };
         let addr = ptr_at::<[u8; 4]>(ctx, at).ok()?;
         // SAFETY: ptr_at checked all 4 bytes lie in the linear data; a byte array.
-        let v4 = unsafe { addr.read_unaligned() };
-        Some([
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-        ])
+        Some(v4_mapped(unsafe { addr.read_unaligned() }))
     }
+}
+
+/// An IPv4 address as IPv6 sees it, `::ffff:a.b.c.d` (RFC 4291 section 2.5.5.2): how talkers,
+/// the trace and the handshake tracker key IPv4 peers.
+#[inline(always)]
+pub fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 /// Returns the L4 protocol and where its header starts.

@@ -29,7 +29,7 @@ use shaper_common::{
     WATCH_TALKERS, WatchRow, watch_row,
 };
 
-use crate::{count, limit::Verdict, parse};
+use crate::{atomic::add_counter, count, limit::Verdict, parse};
 
 /// Per (interface slot, direction, protocol): a byte of switches per local port
 /// ([`WATCH_TALKERS`]). Painted by userspace through mmap; sized at load time for the
@@ -60,11 +60,6 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
     }
     // Packed into scalars: a subprogram takes at most five arguments in registers, and passing
     // `packet` by reference would make the common path keep it in memory for this rare call.
-    let verdict_code: u64 = match verdict {
-        Verdict::Pass | Verdict::Redirect(_) => 0,
-        Verdict::Drop => 1,
-        Verdict::WouldDrop => 2,
-    };
     let segments = if packet.segments < u32::MAX as u64 {
         packet.segments
     } else {
@@ -72,7 +67,7 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
     };
     let ports = segments << 32 | (packet.local_port as u64) << 16 | packet.remote_port as u64;
     let what = (cell as u64) << 32
-        | verdict_code << 24
+        | (verdict.code() as u64) << 24
         | (direction as u64) << 16
         | (packet.proto as u64) << 8
         | packet.slot as u64;
@@ -81,7 +76,8 @@ pub fn account(ctx: &TcContext, packet: &count::Packet, direction: u32, verdict:
 
 /// The part of [`account`] only watched or traced ports reach. Not inlined: kept out of the
 /// common path, whose code and registers stay as they were without it (inlined, it cost the
-/// unlimited path about 10%; see the README's *Performance*).
+/// unlimited path about 10%; see the book's *Performance*,
+/// docs/src/contributing/benchmarks.md).
 #[inline(never)]
 fn watched(ctx: &TcContext, bytes: u64, ports: u64, what: u64) {
     let packet = &count::Packet {
@@ -94,11 +90,7 @@ fn watched(ctx: &TcContext, bytes: u64, ports: u64, what: u64) {
         bytes,
     };
     let direction = ((what >> 16) & 0xff) as u32;
-    let verdict = &match (what >> 24) & 0xff {
-        1 => Verdict::Drop,
-        2 => Verdict::WouldDrop,
-        _ => Verdict::Pass,
-    };
+    let verdict = &Verdict::from_code(((what >> 24) & 0xff) as u8);
     let cell = (what >> 32) as u8;
     crate::trace::record(ctx, packet, direction, verdict, cell);
     if cell & WATCH_TALKERS == 0 {
@@ -158,12 +150,12 @@ fn watched(ctx: &TcContext, bytes: u64, ports: u64, what: u64) {
 unsafe fn add(entry: *mut TalkerCounters, verdict: &Verdict, this: &Counter) {
     // SAFETY: the caller vouches for `entry`; `&raw mut` makes no references.
     unsafe {
-        count::add_shared(&raw mut (*entry).seen, this.packets, this.bytes);
+        add_counter(&raw mut (*entry).seen, this.packets, this.bytes);
         match verdict {
             Verdict::Pass | Verdict::Redirect(_) => {}
-            Verdict::Drop => count::add_shared(&raw mut (*entry).dropped, this.packets, this.bytes),
+            Verdict::Drop => add_counter(&raw mut (*entry).dropped, this.packets, this.bytes),
             Verdict::WouldDrop => {
-                count::add_shared(&raw mut (*entry).would_drop, this.packets, this.bytes)
+                add_counter(&raw mut (*entry).would_drop, this.packets, this.bytes)
             }
         }
     }

@@ -23,7 +23,7 @@
 //! never came. The entries the LRU evicts are taken out by userspace, which finds a port's
 //! `pending` above its entries in the LRU (`shaper::datapath::tcp_telemetry::PendingRepair`).
 
-use crate::parse::Flow;
+use crate::{atomic::add, parse, parse::Flow};
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::bpf_ktime_get_ns,
@@ -31,10 +31,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::TcContext,
 };
-use core::{
-    intrinsics::{AtomicOrdering, atomic_xadd},
-    mem::offset_of,
-};
+use core::mem::offset_of;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use shaper_common::{
     DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, Handshake, HandshakeKey, HandshakeStats, PROTO_TCP,
@@ -464,7 +461,7 @@ fn key(
         let dst = ctx
             .load::<[u8; 4]>(offset + offset_of!(Ipv4Hdr, dst_addr))
             .ok()?;
-        (v4_mapped(src), v4_mapped(dst))
+        (parse::v4_mapped(src), parse::v4_mapped(dst))
     };
     let (local_addr, remote_addr) = if direction == DIR_INGRESS {
         (dst, src)
@@ -478,22 +475,4 @@ fn key(
         remote_port,
         slot,
     })
-}
-
-#[inline(always)]
-fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
-}
-
-/// An atomic add to a counter every CPU updates (see `count::add_shared`).
-///
-/// # Safety
-///
-/// `target` points to a live, aligned u64 in a map value.
-#[inline(always)]
-unsafe fn add(target: *mut u64, delta: u64) {
-    // SAFETY: the caller vouches for `target`; every other write to it is an atomic add.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, delta) };
 }

@@ -18,12 +18,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shaper_common::{
-    DIR_INGRESS, MAX_RULES, NO_RULE, SIDE_LOCAL, SIDE_REMOTE, TRACE_RING_BYTES, TraceBudget,
-    TraceConfig, TraceEvent, VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP, WATCH_TRACE,
-    bucket::NANOBITS_PER_BYTE, bucket_index, rule_index_row, trace_lost,
+    DIR_INGRESS, NO_RULE, TRACE_RING_BYTES, TraceBudget, TraceConfig, TraceEvent, WATCH_TRACE,
+    bucket::NANOBITS_PER_BYTE, bucket_index, trace_lost,
 };
 
-use crate::{BUCKETS, RULE_INDEX, RULES, count, limit::Verdict, parse};
+use crate::{
+    BUCKETS, RULES, count,
+    limit::{self, Verdict},
+    parse,
+};
 
 #[map]
 static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
@@ -55,11 +58,7 @@ pub fn record(
     let Some(config) = TRACE_CONFIG.get(0) else {
         return;
     };
-    let verdict = match verdict {
-        Verdict::Pass | Verdict::Redirect(_) => VERDICT_PASS,
-        Verdict::Drop => VERDICT_DROP,
-        Verdict::WouldDrop => VERDICT_WOULD_DROP,
-    };
+    let verdict = verdict.code();
     if config.verdicts & (1 << verdict) == 0 {
         return;
     }
@@ -113,26 +112,13 @@ fn lost(reason: u32) {
     }
 }
 
-/// The rule the limiter found (local port first, then remote, as `limit::apply` looks), and
-/// the bytes its bucket holds, clamped to the burst as a take would see them.
+/// The rule the limiter found ([`limit::rule_of`], as `limit::apply` looks it up), and the
+/// bytes its bucket holds, clamped to the burst as a take would see them.
 #[inline(always)]
 fn rule_and_fill(packet: &count::Packet, direction: u32) -> (u16, u64) {
-    let lookup = |side, port: u16| match RULE_INDEX.get(rule_index_row(
-        packet.slot,
-        direction,
-        packet.proto,
-        side,
-    )) {
-        Some(row) => row[port as usize],
-        None => NO_RULE,
+    let Some(rule) = limit::rule_of(packet, direction) else {
+        return (NO_RULE, 0);
     };
-    let mut rule = lookup(SIDE_LOCAL, packet.local_port);
-    if rule == NO_RULE {
-        rule = lookup(SIDE_REMOTE, packet.remote_port);
-    }
-    if rule == NO_RULE || rule as u32 >= MAX_RULES {
-        return (rule, 0);
-    }
     let (Some(config), Some(bucket)) = (
         RULES.get(rule as u32),
         BUCKETS.get(bucket_index(rule as u32, direction)),
