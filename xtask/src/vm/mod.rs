@@ -139,15 +139,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 .join("tests")
                 .join(log_name(&failure.binary, &failure.name));
             let text = fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
             eprintln!(
-                "--- {} {} {} failed (exit {}); the end of {}:\n{}",
+                "--- {} {} {} failed (exit {}); the end of {} (backtrace frames left out):\n{}",
                 kernel.release,
                 failure.binary,
                 failure.name,
                 failure.exit_code,
                 log.display(),
-                lines[lines.len().saturating_sub(60)..].join("\n")
+                without_backtrace_frames(&text, 60)
             );
         }
         if outcome.exit_code != Some(0) && result.failures().is_empty() {
@@ -282,6 +281,35 @@ fn build_tests() -> anyhow::Result<Binaries> {
     Ok(Binaries { tests, shaper })
 }
 
+/// The last `lines` lines of a test's log without the frames of its backtraces: the guest sets
+/// RUST_BACKTRACE=1, and a panic's 40-odd frames (`N: function` and `at file:line` lines) would
+/// otherwise push its message and the log before it out of the excerpt CI shows. The whole log
+/// stays in the guest's output directory.
+fn without_backtrace_frames(text: &str, lines: usize) -> String {
+    let mut kept = Vec::new();
+    let mut in_backtrace = false;
+    for line in text.lines() {
+        if line == "stack backtrace:" {
+            in_backtrace = true;
+            kept.push("stack backtrace: (frames left out)");
+            continue;
+        }
+        if in_backtrace {
+            let frame = line.trim_start();
+            let is_frame = frame.starts_with("at ")
+                || frame
+                    .split_once(": ")
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if is_frame {
+                continue;
+            }
+            in_backtrace = false;
+        }
+        kept.push(line);
+    }
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
 fn log_name(binary: &str, name: &str) -> String {
     if name.is_empty() {
         format!("{binary}.log")
@@ -398,4 +426,36 @@ fn update_docs(table: &str) -> anyhow::Result<()> {
     fs::write(&path, updated)?;
     eprintln!("xtask vm: the table is in {KERNELS_PAGE}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_backtrace_frames;
+
+    #[test]
+    fn a_failure_excerpt_keeps_the_panic_message_and_drops_the_frames() {
+        let log = "running 1 test\n\
+                   thread 'main' panicked at shaper/tests/shaping.rs:120:5:\n\
+                   udp single sender: achieved/configured = 0.8000, outside ±0.05\n\
+                   stack backtrace:\n\
+                   \x20  0: rust_begin_unwind\n\
+                   \x20            at /rustc/x/library/std/src/panicking.rs:665:5\n\
+                   \x20 12: main\n\
+                   note: Some details are omitted\n\
+                   test udp ... FAILED\n";
+        let excerpt = without_backtrace_frames(log, 60);
+        assert_eq!(
+            excerpt,
+            "running 1 test\n\
+             thread 'main' panicked at shaper/tests/shaping.rs:120:5:\n\
+             udp single sender: achieved/configured = 0.8000, outside ±0.05\n\
+             stack backtrace: (frames left out)\n\
+             note: Some details are omitted\n\
+             test udp ... FAILED"
+        );
+        assert_eq!(
+            without_backtrace_frames(log, 2),
+            "note: Some details are omitted\ntest udp ... FAILED"
+        );
+    }
 }
