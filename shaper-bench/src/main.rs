@@ -20,7 +20,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 
 use report::{Machine, Report, ScenarioError};
@@ -151,6 +151,11 @@ fn main() -> anyhow::Result<()> {
     };
     print!("{}", report.table());
     report.write_json(&args.out)?;
+    // Beside the JSON: the same run as the book's figures section (`cargo xtask bench
+    // --update-docs` copies it there).
+    let markdown = args.out.with_extension("md");
+    std::fs::write(&markdown, report.markdown())
+        .with_context(|| format!("writing {}", markdown.display()))?;
     println!("report: {} ({:.0} s)", args.out.display(), report.wall_s);
     if sys::interrupted() {
         bail!("interrupted");

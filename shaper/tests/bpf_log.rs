@@ -37,15 +37,7 @@ impl Captured {
 
 /// An IPv6 UDP frame behind one Destination Options header more than the walk takes.
 fn over_the_walk() -> Vec<u8> {
-    let headers = MAX_IPV6_EXT_HEADERS as usize + 1;
-    let mut chain = Vec::new();
-    for _ in 0..headers {
-        chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
-    }
-    let last = chain.len() - 8;
-    chain[last] = IPPROTO_UDP;
-    chain.extend(udp(1, 2, b"x"));
-    ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain))
+    udp_behind_dstopts(MAX_IPV6_EXT_HEADERS as usize + 1)
 }
 
 fn run(classifier: &mut Classifier, frame: &[u8]) {
@@ -54,9 +46,7 @@ fn run(classifier: &mut Classifier, frame: &[u8]) {
 
 #[test]
 fn a_rare_path_logs_its_line_at_debug_and_nothing_at_info() {
-    if !common::require_root("bpf_log") {
-        return;
-    }
+    common::root_or_skip!();
     let mut classifier = test_run::on_loopback();
     let captured = Captured::default();
     let mut reader = bpf_log::reader(&mut classifier, captured.clone()).expect("AYA_LOGS");

@@ -78,15 +78,7 @@ fn only(key: &str, packets: u64, bytes: usize) -> Counts {
 
 macro_rules! kernel_test {
     ($name:ident, $body:expr) => {
-        #[test]
-        fn $name() {
-            if !common::require_root(stringify!($name)) {
-                return;
-            }
-            let mut classifier = shared();
-            let body: fn(&mut Classifier) = $body;
-            body(&mut classifier);
-        }
+        test_run::classifier_test!($name, shared(), $body);
     };
 }
 
@@ -225,20 +217,6 @@ kernel_test!(
         );
     }
 );
-
-/// An IPv6 frame whose UDP datagram (port 1 to 2) sits behind `headers` Destination Options
-/// headers.
-fn udp_behind_dstopts(headers: usize) -> Vec<u8> {
-    let mut chain = Vec::new();
-    for _ in 0..headers {
-        chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
-    }
-    // The last header's Next Header byte names UDP.
-    let last = chain.len() - 8;
-    chain[last] = IPPROTO_UDP;
-    chain.extend(udp(1, 2, b"x"));
-    ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain))
-}
 
 kernel_test!(ipv6_chain_as_long_as_the_walk_is_walked_to_its_end, |c| {
     // Exactly MAX_IPV6_EXT_HEADERS (8): the upper layer after them has its ports. The loop used

@@ -29,9 +29,7 @@ fn check(options: &fuzz::Options) {
 
 #[test]
 fn twenty_thousand_random_frames_count_as_the_reference_says() {
-    if !common::require_root("twenty_thousand_random_frames_count_as_the_reference_says") {
-        return;
-    }
+    common::root_or_skip!();
     check(&fuzz::Options::new(SEED, 20_000));
 }
 
@@ -41,9 +39,7 @@ fn twenty_thousand_random_frames_count_as_the_reference_says() {
 #[test]
 #[ignore = "the long run: `cargo xtask fuzz` runs it in a release build"]
 fn fuzz_as_asked_by_xtask() {
-    if !common::require_root("fuzz_as_asked_by_xtask") {
-        return;
-    }
+    common::root_or_skip!();
     let number = |name: &str| {
         std::env::var(name).ok().map(|v| {
             let parsed = match v.strip_prefix("0x") {

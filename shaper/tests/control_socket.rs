@@ -25,7 +25,6 @@ use shaper::{
     control::{self, MAX_REQUEST_BYTES, Request, Response},
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
 };
-use shaper_testbed::netns::Namespace;
 
 /// Connections sending abuse at once.
 const CHAOS_THREADS: usize = 32;
@@ -69,9 +68,7 @@ impl Rng {
 
 #[test]
 fn abusive_connections_never_stop_the_daemon_and_rules_follow_the_valid_changes_in_order() {
-    if !common::require_root("abusive_connections_never_stop_the_daemon") {
-        return;
-    }
+    common::root_or_skip!();
     let seed = std::env::var("SHAPER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -81,8 +78,7 @@ fn abusive_connections_never_stop_the_daemon_and_rules_follow_the_valid_changes_
         });
     eprintln!("seed {seed} (SHAPER_TEST_SEED={seed} repeats this run)");
 
-    let ns = Namespace::create(&format!("shaper-test-{}-cs", std::process::id() % 100_000))
-        .expect("test namespace");
+    let ns = common::test_namespace!();
     let dir = std::env::temp_dir().join(format!("shaper-test-{}-cs-state", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("state dir");
@@ -521,11 +517,8 @@ fn assert_rules_are(rules: &[shaper::policy::rules_in_force::RuleView], model: &
 /// the CLI's `limit set`, `limit rm` and `watch` lines end with its uid, user and pid.
 #[test]
 fn each_change_is_logged_with_the_peer_that_asked_for_it() {
-    if !common::require_root("each_change_is_logged_with_the_peer_that_asked_for_it") {
-        return;
-    }
-    let ns = Namespace::create(&format!("shaper-test-{}-cp", std::process::id() % 100_000))
-        .expect("test namespace");
+    common::root_or_skip!();
+    let ns = common::test_namespace!();
     let daemon = Daemon::start(&ns, "cp", &["--iface", "lo", "--metrics-addr", "off"]);
     daemon.cli_ok(&["limit", "set", "9091", "--rate", "10mbit"]);
     daemon.cli_ok(&["watch", "9091"]);
@@ -555,11 +548,8 @@ const NOBODY: u32 = 65534;
 #[test]
 fn the_socket_group_may_change_limits_others_are_refused_and_the_actor_is_shown() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    if !common::require_root("the_socket_group_may_change_limits") {
-        return;
-    }
-    let ns = Namespace::create(&format!("shaper-test-{}-sg", std::process::id() % 100_000))
-        .expect("test namespace");
+    common::root_or_skip!();
+    let ns = common::test_namespace!();
     let gid = SOCKET_GID.to_string();
     let daemon = Daemon::start(
         &ns,

@@ -8,7 +8,6 @@
 mod common;
 
 use std::{
-    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -16,9 +15,8 @@ use std::{
 
 use common::{
     daemon::{Daemon, SHAPER},
-    netns::{InNamespace as _, veth_pair},
     temp_dir::TempDir,
-    traffic::{WIRE, receiver, sender},
+    traffic::{WIRE, receiver_on, sender_to, settled_count},
 };
 use shaper::{Direction, datapath::classifier::Proto};
 
@@ -102,7 +100,7 @@ fn the_tarballs_static_binary_runs_the_daemon_and_holds_a_limit() {
         binary.display()
     );
 
-    let pair = veth_pair("dt");
+    let pair = common::test_veth_pair!();
     let state = unpacked.0.join("state.json");
     let daemon = Daemon::start_program(&binary, &pair.a, "dt", &["--iface", &pair.a_if], &state);
     let set = Command::new(&binary)
@@ -114,20 +112,11 @@ fn the_tarballs_static_binary_runs_the_daemon_and_holds_a_limit() {
         .expect("run the tarball's shaper limit set");
     assert!(set.status.success(), "{}", output_text(&set));
 
-    let arrived = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT)).expect("bind")),
-    );
+    let arrived = receiver_on(&pair, PORT);
     let started = Instant::now();
-    let offered = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT)),
-        OFFERED_BYTES,
-        SENDING,
-    )
-    .wait()
-    .expect("sender");
+    let offered = sender_to(&pair, PORT, OFFERED_BYTES, SENDING)
+        .wait()
+        .expect("sender");
     let elapsed = started.elapsed();
     let stats = daemon.settled();
     let port = stats
@@ -152,7 +141,7 @@ fn the_tarballs_static_binary_runs_the_daemon_and_holds_a_limit() {
         "the limit dropped too little: {port:?}"
     );
     assert_eq!(
-        arrived.count(),
+        settled_count(&arrived),
         offered - port.dropped_packets,
         "what was not dropped arrived"
     );

@@ -16,12 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    daemon::Daemon,
-    netns::{InNamespace as _, veth_pair},
-    prometheus::Prometheus,
-    traffic::sender,
-};
+use common::{daemon::Daemon, netns::InNamespace as _, prometheus::Prometheus, traffic::sender};
 
 const DASHBOARD: &str = include_str!("../../examples/grafana/shaper.json");
 
@@ -89,14 +84,12 @@ fn the_dashboard_has_every_panel_the_issue_asks_for() {
 
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
-    if !common::require_root("every_panel_query_returns_data_from_a_real_prometheus") {
-        return;
-    }
+    common::root_or_skip!();
     let Some(binary) = common::tool("prometheus") else {
         return;
     };
-    let pair = veth_pair("gd");
-    let daemon = Daemon::start(&pair.a, "gd", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     for (port, action) in [("9321", "drop"), ("9322", "observe")] {
         daemon.cli_ok(&[
             "limit", "set", port, "--rate", "100kbit", "--proto", "udp", "--action", action,

@@ -8,7 +8,7 @@ use aya::maps::{Array, MapData};
 use common::{
     daemon::Daemon,
     metrics::{DAEMON_ADDR, Response, get},
-    netns::{InNamespace as _, veth_pair},
+    netns::InNamespace as _,
 };
 use shaper::datapath::pins::PinDir;
 use shaper_common::{RuleConfig, maps};
@@ -19,12 +19,7 @@ fn probe(pair: &common::netns::VethPair, path: &str) -> Response {
 
 #[test]
 fn ready_until_a_hook_loses_its_program_or_a_rule_its_limit_and_live_throughout() {
-    if !common::require_root(
-        "ready_until_a_hook_loses_its_program_or_a_rule_its_limit_and_live_throughout",
-    ) {
-        return;
-    }
-    let pair = veth_pair("hz");
+    let pair = common::test_veth_pair!();
     let iface = pair.a_if.as_str();
     let daemon = Daemon::start(&pair.a, "hz", &["--iface", iface, "--attach", "clsact"]);
     daemon.cli_ok(&["limit", "set", "9090", "--rate", "10mbit"]);
@@ -87,11 +82,8 @@ fn ready_until_a_hook_loses_its_program_or_a_rule_its_limit_and_live_throughout(
 
 #[test]
 fn a_tcx_daemon_is_ready_with_no_rules() {
-    if !common::require_root("a_tcx_daemon_is_ready_with_no_rules") {
-        return;
-    }
-    let pair = veth_pair("hy");
-    let daemon = Daemon::start(&pair.a, "hy", &["--iface", &pair.a_if, "--attach", "tcx"]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &["--attach", "tcx"]);
     let ready = probe(&pair, "/readyz");
     assert_eq!(
         (ready.status, ready.body.as_str()),

@@ -17,7 +17,7 @@ use std::{
 use common::{
     daemon::Daemon,
     metrics::{DAEMON_ADDR, get},
-    netns::{InNamespace as _, veth_pair},
+    netns::InNamespace as _,
 };
 
 const CAP: usize = 256;
@@ -60,11 +60,9 @@ fn raise_descriptor_limit(wanted: u64) {
 
 #[test]
 fn idle_connections_and_a_scrape_storm_never_keep_the_probe_out() {
-    if !common::require_root("idle_connections_and_a_scrape_storm_never_keep_the_probe_out") {
-        return;
-    }
+    common::root_or_skip!();
     raise_descriptor_limit(8_192);
-    let pair = veth_pair("hb");
+    let pair = common::test_veth_pair!();
     let config_dir =
         std::env::temp_dir().join(format!("shaper-test-{}-hb-config", std::process::id()));
     let _ = std::fs::remove_dir_all(&config_dir);
@@ -217,11 +215,8 @@ fn idle_connections_and_a_scrape_storm_never_keep_the_probe_out() {
 /// keep-alive).
 #[test]
 fn a_stalled_request_is_cut_off_and_each_connection_serves_one_request() {
-    if !common::require_root("a_stalled_request_is_cut_off") {
-        return;
-    }
-    let pair = veth_pair("hs");
-    let daemon = Daemon::start(&pair.a, "hs", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let (stalled_for, second) = pair.a.within(|| {
         let mut stalled = TcpStream::connect(DAEMON_ADDR).expect("connect");
         stalled

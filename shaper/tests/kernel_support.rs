@@ -7,14 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{InNamespace as _, veth_pair};
+use common::netns::InNamespace as _;
 use shaper::datapath::{classifier::Classifier, kernel_support};
 
 #[test]
 fn both_programs_verify_and_report_what_the_verifier_processed() {
-    if !common::require_root("both_programs_verify_and_report_what_the_verifier_processed") {
-        return;
-    }
+    common::root_or_skip!();
     if kernel_support::check().is_err() {
         eprintln!("below the floor: the refusal test covers this kernel");
         return;
@@ -41,18 +39,13 @@ fn both_programs_verify_and_report_what_the_verifier_processed() {
 /// kernel the same start succeeds.
 #[test]
 fn below_the_floor_the_start_is_refused_at_once_naming_the_kernel_and_the_missing_feature() {
-    if !common::require_root(
-        "below_the_floor_the_start_is_refused_at_once_naming_the_kernel_and_the_missing_feature",
-    ) {
-        return;
-    }
-    let pair = veth_pair("k");
+    let pair = common::test_veth_pair!();
     let pin_base = common::daemon::pin_base();
     let socket = std::env::temp_dir().join(format!("shaper-test-{}-k.sock", std::process::id()));
     let state = std::env::temp_dir().join(format!("shaper-test-{}-k.json", std::process::id()));
     match kernel_support::check() {
         Ok(()) => {
-            let daemon = common::daemon::Daemon::start(&pair.a, "k", &["--iface", &pair.a_if]);
+            let daemon = common::daemon::Daemon::on(&pair, &[]);
             let (status, log) = daemon.stop();
             assert!(status.success(), "{log}");
             println!(

@@ -15,7 +15,6 @@ use common::test_run;
 use shaper::{
     Classifier, Direction,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
-    policy::rules_in_force::RuleView,
 };
 
 /// TC_ACT_UNSPEC (pass on) and TC_ACT_SHOT.
@@ -92,15 +91,6 @@ fn drain_burst(classifier: &mut Classifier, frame: &[u8]) -> (u64, i32) {
     )
 }
 
-fn rule(setup: &Setup, id: u16) -> RuleView {
-    setup
-        .limits
-        .list(&setup.classifier)
-        .into_iter()
-        .find(|r| r.id == id)
-        .expect("rule listed")
-}
-
 fn port_dropped(setup: &Setup, direction: Direction, port: u16) -> (u64, u64) {
     let v = setup
         .classifier
@@ -120,7 +110,7 @@ fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
     let (passed, ended) = drain_burst(&mut s.classifier, &frame);
     assert_eq!(passed, PACKETS_PER_BURST, "exactly one burst passes");
     assert_eq!(ended, DROP);
-    let r = rule(&s, rule_view.id);
+    let r = s.rule(rule_view.id);
     assert_eq!(
         (
             r.passed_packets,
@@ -213,7 +203,7 @@ fn an_observe_rule_passes_everything_and_counts_would_drops() {
     for _ in 0..PACKETS_PER_BURST + extra {
         assert_eq!(verdict(&mut s.classifier, Direction::Ingress, &frame), PASS);
     }
-    let r = rule(&s, rule_view.id);
+    let r = s.rule(rule_view.id);
     assert_eq!(
         (
             r.passed_packets,
@@ -245,9 +235,9 @@ fn a_single_port_rule_governs_its_port_inside_a_range_rule() {
         verdict(&mut s.classifier, Direction::Ingress, &udp_frame(1, 9999)),
         PASS
     );
-    assert_eq!(rule(&s, single.id).passed_packets, 1);
+    assert_eq!(s.rule(single.id).passed_packets, 1);
     assert_eq!(
-        rule(&s, range.id).passed_packets,
+        s.rule(range.id).passed_packets,
         2,
         "9091 and 9999 share the range's bucket"
     );
@@ -269,7 +259,7 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
         verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443)),
         PASS
     );
-    assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
+    assert_eq!(s.rule(remote_rule.id).passed_packets, 1);
     // Ingress *to* local 443 is not the remote port 443.
     assert_eq!(
         verdict(
@@ -279,12 +269,12 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
         ),
         PASS
     );
-    assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
+    assert_eq!(s.rule(remote_rule.id).passed_packets, 1);
     // A rule on the local port wins over the remote one.
     let local = s.set(spec(key("40000"), Action::Drop), "set local");
     verdict(&mut s.classifier, Direction::Egress, &udp_frame(40000, 443));
-    assert_eq!(rule(&s, remote_rule.id).passed_packets, 1);
-    assert_eq!(rule(&s, local.id).passed_packets, 1);
+    assert_eq!(s.rule(remote_rule.id).passed_packets, 1);
+    assert_eq!(s.rule(local.id).passed_packets, 1);
 }
 
 #[test]
@@ -384,5 +374,5 @@ fn a_refused_rule_changes_nothing() {
         std::fs::read_to_string(&s.state).expect("state file"),
         saved
     );
-    assert_eq!(rule(&s, kept.id).action, Action::Drop);
+    assert_eq!(s.rule(kept.id).action, Action::Drop);
 }

@@ -20,7 +20,7 @@ use common::test_run;
 use common::{
     daemon::Daemon,
     metrics::{DAEMON_ADDR, Samples, get, label, samples, scrape, series},
-    netns::{InNamespace as _, VethPair, veth_pair},
+    netns::{InNamespace as _, VethPair},
     packet::*,
     prometheus::Prometheus,
     temp_dir::TempDir,
@@ -54,11 +54,8 @@ fn own_comm() -> String {
 
 #[test]
 fn a_scrape_counts_exactly_and_passes_promtool() {
-    if !common::require_root("a_scrape_counts_exactly_and_passes_promtool") {
-        return;
-    }
-    let pair = veth_pair("ma");
-    let daemon = Daemon::start(&pair.a, "ma", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     daemon.cli_ok(&["limit", "set", "9311", "--rate", "10mbit", "--proto", "udp"]);
     daemon.cli_ok(&[
         "limit",
@@ -176,10 +173,7 @@ fn a_scrape_counts_exactly_and_passes_promtool() {
 /// Runs `program args` with `input` on stdin; returns success and stdout+stderr.
 #[test]
 fn a_filter_deleted_behind_the_daemons_back_shows_as_detached() {
-    if !common::require_root("a_filter_deleted_behind_the_daemons_back_shows_as_detached") {
-        return;
-    }
-    let pair = veth_pair("mc");
+    let pair = common::test_veth_pair!();
     let iface = pair.a_if.as_str();
     let daemon = Daemon::start(&pair.a, "mc", &["--iface", iface, "--attach", "clsact"]);
     let attached = |got: &Samples, direction| {
@@ -252,10 +246,7 @@ fn saved_udp_ingress_ports(state: &Path, iface: &str) -> Vec<String> {
 
 #[test]
 fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
-    if !common::require_root("counters_stay_monotonic_across_top_n_churn_and_rule_changes") {
-        return;
-    }
-    let pair = veth_pair("mm");
+    let pair = common::test_veth_pair!();
     let iface = pair.a_if.as_str();
     let state_dir = TempDir::new("mm-state");
     let state = state_dir.0.join("state.json");
@@ -363,14 +354,12 @@ fn counters_stay_monotonic_across_top_n_churn_and_rule_changes() {
 
 #[test]
 fn a_real_prometheus_scrapes_rates_and_limits() {
-    if !common::require_root("a_real_prometheus_scrapes_rates_and_limits") {
-        return;
-    }
+    common::root_or_skip!();
     let Some(binary) = common::tool("prometheus") else {
         return;
     };
-    let pair = veth_pair("mp");
-    let daemon = Daemon::start(&pair.a, "mp", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     daemon.cli_ok(&[
         "limit", "set", "9321", "--rate", "100mbit", "--action", "observe",
     ]);
@@ -487,9 +476,7 @@ fn the_guide_shows_the_alert_rules_and_promtool_accepts_them() {
 
 #[test]
 fn a_scrape_of_all_65536_ports_in_both_directions_is_exact() {
-    if !common::require_root("a_scrape_of_all_65536_ports_in_both_directions_is_exact") {
-        return;
-    }
+    common::root_or_skip!();
     let mut classifier = Classifier::load(1).expect("load the classifier");
     classifier.register("lo").expect("register lo");
     let state = std::env::temp_dir()

@@ -43,16 +43,14 @@ const PORT_TCP: u16 = 7004;
 
 #[test]
 fn counts_real_udp_and_tcp_exactly_with_tcx() {
-    if common::require_root("counts_real_udp_and_tcp_exactly_with_tcx") {
-        counts_real_traffic("tcx", "t");
-    }
+    common::root_or_skip!();
+    counts_real_traffic("tcx", "t");
 }
 
 #[test]
 fn counts_real_udp_and_tcp_exactly_with_clsact() {
-    if common::require_root("counts_real_udp_and_tcp_exactly_with_clsact") {
-        counts_real_traffic("clsact", "c");
-    }
+    common::root_or_skip!();
+    counts_real_traffic("clsact", "c");
 }
 
 fn counts_real_traffic(mode: &str, tag: &str) {
@@ -306,11 +304,8 @@ fn assert_nothing_attached(pair: &VethPair, mode: &str) {
 
 #[test]
 fn refuses_a_second_daemon_on_the_same_interface() {
-    if !common::require_root("refuses_a_second_daemon_on_the_same_interface") {
-        return;
-    }
-    let pair = veth_pair("d");
-    let first = Daemon::start(&pair.a, "d1", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let first = Daemon::on(&pair, &[]);
     let second = pair
         .a
         .command(common::daemon::SHAPER)
@@ -335,10 +330,7 @@ fn refuses_a_second_daemon_on_the_same_interface() {
 
 #[test]
 fn without_iface_uses_the_default_route_interface() {
-    if !common::require_root("without_iface_uses_the_default_route_interface") {
-        return;
-    }
-    let pair = veth_pair("r");
+    let pair = common::test_veth_pair!();
     pair.a.ip_ok(&[
         "route",
         "add",
@@ -356,9 +348,7 @@ fn without_iface_uses_the_default_route_interface() {
 
 #[test]
 fn missing_interface_is_reported_with_the_fix() {
-    if !common::require_root("missing_interface_is_reported_with_the_fix") {
-        return;
-    }
+    common::root_or_skip!();
     let output = Command::new(common::daemon::SHAPER)
         .args([
             "--socket",
@@ -380,10 +370,7 @@ fn missing_interface_is_reported_with_the_fix() {
 
 #[test]
 fn clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one() {
-    if !common::require_root("clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one") {
-        return;
-    }
-    let pair = veth_pair("k");
+    let pair = common::test_veth_pair!();
     let iface = pair.a_if.as_str();
     let clsact = ["--iface", iface, "--attach", "clsact"];
     // SIGKILL: no chance to detach; the filters stay, pinned for the next daemon.
@@ -411,10 +398,7 @@ fn clsact_filters_of_a_killed_daemon_are_replaced_by_the_next_one() {
 /// caller's shutdown future completes; then nothing is left attached and the socket is gone.
 #[test]
 fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
-    if !common::require_root("the_library_daemon_starts_serves_and_stops_without_the_binary") {
-        return;
-    }
-    let pair = veth_pair("l");
+    let pair = common::test_veth_pair!();
     let dir = std::env::temp_dir().join(format!("shaper-test-{}-lib", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test dir");

@@ -9,16 +9,12 @@ mod common;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::limits_fixture::{LimitsFixture as Setup, test_actor};
-use common::{
-    netns::{InNamespace as _, veth_pair},
-    packet::*,
-};
+use common::{netns::InNamespace as _, packet::*};
 use shaper::{
     Classifier, Direction,
     error::Error,
     policy::action_options::ActionOptionError,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
-    policy::rules_in_force::RuleView,
 };
 
 /// TC_ACT_UNSPEC (pass on) and TC_ACT_SHOT.
@@ -158,15 +154,6 @@ fn run_with_priority(
     }
 }
 
-fn rule(setup: &Setup, id: u16) -> RuleView {
-    setup
-        .limits
-        .list(&setup.classifier)
-        .into_iter()
-        .find(|r| r.id == id)
-        .expect("rule listed")
-}
-
 /// Sends `frame` until the bucket drops it; returns the ECN codepoints of the passed packets,
 /// in order, read with `ecn_of`.
 fn codepoints_until_dropped(
@@ -221,7 +208,7 @@ fn an_ecn_rule_marks_ect_ipv4_below_half_the_burst_with_a_valid_checksum_and_dro
     println!("ECT(0) over IPv4: {first} passed unmarked, {marked} marked CE, then dropped");
     assert_eq!(first as u64, UNMARKED);
     assert_eq!(marked as u64, PACKETS_PER_BURST - UNMARKED);
-    let r = rule(&s, view.id);
+    let r = s.rule(view.id);
     assert_eq!(
         (r.passed_packets, r.marked_packets, r.dropped_packets),
         (PACKETS_PER_BURST, PACKETS_PER_BURST - UNMARKED, 1)
@@ -245,10 +232,7 @@ fn an_ecn_rule_marks_ect_1_ipv6_below_half_the_burst() {
     let (first, marked) = first_mark(&codepoints, ECT_1);
     assert_eq!(first as u64, UNMARKED);
     assert_eq!(marked as u64, PACKETS_PER_BURST - UNMARKED);
-    assert_eq!(
-        rule(&s, view.id).marked_packets,
-        PACKETS_PER_BURST - UNMARKED
-    );
+    assert_eq!(s.rule(view.id).marked_packets, PACKETS_PER_BURST - UNMARKED);
 }
 
 #[test]
@@ -262,7 +246,7 @@ fn an_ecn_rule_never_marks_not_ect_packets_and_drops_them_only_when_empty() {
         // The whole byte after the run equals the byte before it: nothing was marked.
         assert!(codepoints.iter().all(|&b| b == frame[ETH_HLEN + 1]));
         // The first frame kind emptied the bucket; the second is dropped at once.
-        let r = rule(&s, view.id);
+        let r = s.rule(view.id);
         assert_eq!(r.marked_packets, 0);
         assert_eq!(r.passed_packets, PACKETS_PER_BURST);
     }
@@ -278,16 +262,14 @@ fn a_drop_rule_without_ecn_never_marks() {
     let codepoints = codepoints_until_dropped(&mut s, &frame, ipv4_ecn, |_| {});
     assert_eq!(codepoints.len() as u64, PACKETS_PER_BURST);
     assert!(codepoints.iter().all(|&c| c == ECT_0));
-    assert_eq!(rule(&s, view.id).marked_packets, 0);
+    assert_eq!(s.rule(view.id).marked_packets, 0);
 }
 
 #[test]
 fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() {
-    if !common::require_root("shape-priority") {
-        return;
-    }
+    common::root_or_skip!();
     // In a namespace of its own: a shape rule puts shaper's HTB root on the interface.
-    let pair = veth_pair("pm");
+    let pair = common::test_veth_pair!();
     let iface = pair.a_if.clone();
     pair.a.within(|| {
         // BPF_PROG_TEST_RUN runs a packet on the namespace's loopback device.
@@ -314,7 +296,7 @@ fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() 
             let r = run(&mut s.classifier, Direction::Egress, &frame);
             assert_eq!((r.verdict, r.priority), (PASS, class));
         }
-        let r = rule(&s, view.id);
+        let r = s.rule(view.id);
         assert_eq!(
             (r.passed_packets, r.dropped_packets),
             (2 * PACKETS_PER_BURST, 0)

@@ -38,20 +38,14 @@ const NOBODY: u32 = 65534;
 
 #[test]
 fn tcx_daemon_keeps_only_the_documented_capabilities_and_still_does_its_job() {
-    if common::require_root(
-        "tcx_daemon_keeps_only_the_documented_capabilities_and_still_does_its_job",
-    ) {
-        keeps_only_the_documented_set("tcx", "pt");
-    }
+    common::root_or_skip!();
+    keeps_only_the_documented_set("tcx", "pt");
 }
 
 #[test]
 fn clsact_daemon_keeps_only_the_documented_capabilities_and_still_does_its_job() {
-    if common::require_root(
-        "clsact_daemon_keeps_only_the_documented_capabilities_and_still_does_its_job",
-    ) {
-        keeps_only_the_documented_set("clsact", "pc");
-    }
+    common::root_or_skip!();
+    keeps_only_the_documented_set("clsact", "pc");
 }
 
 fn keeps_only_the_documented_set(mode: &str, tag: &str) {
@@ -147,11 +141,9 @@ fn keeps_only_the_documented_set(mode: &str, tag: &str) {
 /// and still changes limits, serves scrapes and detaches its clsact filters when it stops.
 #[test]
 fn without_owner_names_the_daemon_keeps_cap_net_admin_alone() {
-    if !common::require_root("without_owner_names_the_daemon_keeps_cap_net_admin_alone") {
-        return;
-    }
+    common::root_or_skip!();
     assert_eq!(keep_mask(Owners::Unnamed).0, KEPT_MASK_UNNAMED);
-    let pair = veth_pair("pu");
+    let pair = common::test_veth_pair!();
     let root_held = Holder::spawn(&pair, None);
     let daemon = Daemon::start(
         &pair.a,

@@ -126,9 +126,7 @@ fn replaced(bytes: &[u8], from: &str, to: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_truncated_corrupted_or_newer_state_file_is_refused_by_name_and_left_as_it_was() {
-    if !common::require_root("a_truncated_corrupted_or_newer_state_file_is_refused") {
-        return;
-    }
+    common::root_or_skip!();
     let sandbox = Sandbox::new("rs");
     let saved = &sandbox.saved;
     let last_brace = saved
@@ -174,9 +172,7 @@ fn a_truncated_corrupted_or_newer_state_file_is_refused_by_name_and_left_as_it_w
 
 #[test]
 fn a_truncated_corrupted_or_newer_config_is_refused_by_name_and_changes_nothing() {
-    if !common::require_root("a_truncated_corrupted_or_newer_config_is_refused") {
-        return;
-    }
+    common::root_or_skip!();
     let sandbox = Sandbox::new("rc");
     let example = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaper.toml")).unwrap();
     let good = b"[[limit]]\nport = 9090\nrate = \"10mbit\"\n";
@@ -255,9 +251,7 @@ fn a_truncated_corrupted_or_newer_config_is_refused_by_name_and_changes_nothing(
 #[test]
 fn links_planted_where_the_daemon_writes_are_refused_and_never_followed() {
     use std::os::unix::fs::{PermissionsExt as _, symlink};
-    if !common::require_root("links_planted_where_the_daemon_writes_are_refused") {
-        return;
-    }
+    common::root_or_skip!();
     let sandbox = Sandbox::new("ln");
     let precious = sandbox.dir.join("precious");
     std::fs::write(&precious, b"keep").unwrap();
@@ -352,9 +346,7 @@ fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn a_pin_directory_others_own_or_may_write_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
-    if !common::require_root("a_pin_directory_others_own_or_may_write_is_refused") {
-        return;
-    }
+    common::root_or_skip!();
     /// Removes the planted pin directories, even when an assertion fails.
     struct Planted(Vec<PathBuf>);
     impl Drop for Planted {

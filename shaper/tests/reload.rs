@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     io::Write as _,
-    net::{SocketAddr, UdpSocket},
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -16,9 +15,9 @@ use std::{
 use common::{
     daemon::Daemon,
     metrics::{Samples, scrape},
-    netns::{InNamespace as _, VethPair, veth_pair},
+    netns::{VethPair, veth_pair},
     temp_dir::TempDir,
-    traffic::{WIRE, receiver, sender},
+    traffic::{WIRE, receiver_on, sender_to},
 };
 use shaper::policy::{config_reload::Origin, rules_in_force::RuleView};
 
@@ -136,17 +135,8 @@ fn reload_under_flood(writer: Writer, tag: &str) {
     let before = rule_on(&daemon, PORT).expect("the config's rule");
     assert_eq!(before.origin, Origin::Config);
 
-    let received = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT)).expect("bind")),
-    );
-    let flood = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT)),
-        FLOOD,
-        Duration::from_secs(6),
-    );
+    let received = receiver_on(&pair, PORT);
+    let flood = sender_to(&pair, PORT, FLOOD, Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(1500));
     let counted = rule_on(&daemon, PORT).expect("rule");
     assert!(
@@ -194,23 +184,20 @@ fn reload_under_flood(writer: Writer, tag: &str) {
 
 #[test]
 fn a_config_rewritten_in_place_changes_the_rate_within_2s_keeping_counters() {
-    if common::require_root("reload_in_place") {
-        reload_under_flood(Writer::InPlace, "ri");
-    }
+    common::root_or_skip!();
+    reload_under_flood(Writer::InPlace, "ri");
 }
 
 #[test]
 fn a_config_replaced_by_rename_changes_the_rate_within_2s_keeping_counters() {
-    if common::require_root("reload_rename") {
-        reload_under_flood(Writer::Rename, "rr");
-    }
+    common::root_or_skip!();
+    reload_under_flood(Writer::Rename, "rr");
 }
 
 #[test]
 fn a_configmap_data_symlink_swap_changes_the_rate_within_2s_keeping_counters() {
-    if common::require_root("reload_configmap") {
-        reload_under_flood(Writer::ConfigMap, "rc");
-    }
+    common::root_or_skip!();
+    reload_under_flood(Writer::ConfigMap, "rc");
 }
 
 const SUCCESSFUL: &str = "shaper_config_last_reload_successful";
@@ -237,10 +224,7 @@ fn wait_for_gauge(pair: &VethPair, value: f64, daemon: &Daemon) -> (Samples, Str
 /// flips the gauge to 0; the next good one flips it back with a newer success time.
 #[test]
 fn a_broken_config_changes_nothing_and_flips_the_reload_gauge() {
-    if !common::require_root("reload_broken") {
-        return;
-    }
-    let pair = veth_pair("rb");
+    let pair = common::test_veth_pair!();
     let dir = TempDir::new("rb");
     let path = Writer::Rename.create(&dir.0, &config(OLD_RATE));
     let path_arg = path.to_string_lossy().into_owned();
@@ -349,10 +333,7 @@ fn origins(daemon: &Daemon) -> Vec<(u16, u64, Origin)> {
 /// reloads an unchanged file; `limit ls` shows each rule's origin, and a restart keeps it.
 #[test]
 fn runtime_changes_and_the_file_after_reloads_sighup_and_a_restart() {
-    if !common::require_root("reload_runtime") {
-        return;
-    }
-    let pair = veth_pair("rt");
+    let pair = common::test_veth_pair!();
     let dir = TempDir::new("rt");
     let two_rules =
         "[[limit]]\nport = 7421\nrate = \"1mbit\"\n\n[[limit]]\nport = 7422\nrate = \"2mbit\"\n";

@@ -69,9 +69,7 @@ fn rule(limits: &Limits, classifier: &Classifier, port: u16) -> Option<RuleView>
 
 #[test]
 fn a_reload_keeps_unchanged_rules_replaces_changed_in_place_removes_and_adds() {
-    if !common::require_root("reload_diff") {
-        return;
-    }
+    common::root_or_skip!();
     let dir = TempDir::new("reload-diff");
     let state = dir.0.join("state.json");
     let mut classifier = Classifier::load(1).expect("load the classifier");

@@ -16,7 +16,7 @@ use common::{
     metrics,
     netns::{InNamespace as _, VethPair, veth_pair},
     temp_dir::TempDir,
-    traffic::{WIRE, receiver, sender},
+    traffic::{WIRE, receiver_on, sender_to},
 };
 use serde_json::Value;
 use shaper::{
@@ -77,17 +77,8 @@ struct Flood {
 
 impl Flood {
     fn start(pair: &VethPair, duration: Duration) -> Self {
-        let receiver = receiver(
-            pair.a
-                .within(|| UdpSocket::bind((pair.a_addr, PORT)).expect("bind")),
-        );
-        let sender = sender(
-            pair.b
-                .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-            SocketAddr::from((pair.a_addr, PORT)),
-            FLOOD,
-            duration,
-        );
+        let receiver = receiver_on(&pair, PORT);
+        let sender = sender_to(&pair, PORT, FLOOD, duration);
         Self {
             receiver,
             sender,
@@ -209,16 +200,14 @@ fn crash_and_restart(mode: &str, tag: &str) {
 
 #[test]
 fn a_killed_daemon_leaves_its_port_policed_and_the_next_one_continues_its_counters_tcx() {
-    if common::require_root("crash_tcx") {
-        crash_and_restart("tcx", "kt");
-    }
+    common::root_or_skip!();
+    crash_and_restart("tcx", "kt");
 }
 
 #[test]
 fn a_killed_daemon_leaves_its_port_policed_and_the_next_one_continues_its_counters_clsact() {
-    if common::require_root("crash_clsact") {
-        crash_and_restart("clsact", "kc");
-    }
+    common::root_or_skip!();
+    crash_and_restart("clsact", "kc");
 }
 
 /// The service's restart (or an upgrade): the old daemon stops with `--persist`, a new one
@@ -226,10 +215,7 @@ fn a_killed_daemon_leaves_its_port_policed_and_the_next_one_continues_its_counte
 /// the counters and the limit carry on, and the flood stays policed.
 #[test]
 fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
-    if !common::require_root("upgrade") {
-        return;
-    }
-    let pair = veth_pair("up");
+    let pair = common::test_veth_pair!();
     let state = TempDir::new("up");
     let args = ["--iface", pair.a_if.as_str(), "--persist"];
     let old = Daemon::start_with_state(&pair.a, "up1", &args, &state.state_file());
@@ -267,13 +253,11 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
 /// refused, never reused: the daemon stops with the map named and `shaper down` as the fix.
 #[test]
 fn a_pinned_map_with_another_layout_is_refused() {
-    if !common::require_root("layout") {
-        return;
-    }
+    common::root_or_skip!();
     let Some(bpftool) = common::tool("bpftool") else {
         return;
     };
-    let pair = veth_pair("ly");
+    let pair = common::test_veth_pair!();
     let pin_base = daemon::pin_base();
     let pins = pair
         .a
@@ -336,10 +320,7 @@ fn a_pinned_map_with_another_layout_is_refused() {
 /// one of them and says so; a later `shaper run` starts clean.
 #[test]
 fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
-    if !common::require_root("down") {
-        return;
-    }
-    let pair = veth_pair("dn");
+    let pair = common::test_veth_pair!();
     let state = TempDir::new("dn");
     let args = [
         "--iface",
@@ -389,10 +370,7 @@ fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
 /// A Prometheus scrape before a kill -9 and after the restart: no `_total` series decreases.
 #[test]
 fn no_counter_series_decreases_across_a_crash_and_restart() {
-    if !common::require_root("scrape_restart") {
-        return;
-    }
-    let pair = veth_pair("sr");
+    let pair = common::test_veth_pair!();
     let state = TempDir::new("sr");
     let addr: SocketAddr = "127.0.0.1:19350".parse().expect("addr");
     // One port of series beyond the pinned ones, so two busy unlimited ports trade places and

@@ -18,7 +18,7 @@ use std::{
 use common::{
     daemon::{self, SHAPER},
     metrics::{get, samples},
-    netns::{VethPair, veth_pair},
+    netns::VethPair,
 };
 use shaper::control::{self, Request, Response};
 
@@ -169,16 +169,14 @@ fn status_json(pair: &VethPair, pin_base: &Path) -> serde_json::Value {
 
 #[test]
 fn the_units_exec_start_attaches_serves_reloads_on_exec_reload_and_persists() {
-    if !common::require_root("service_unit") {
-        return;
-    }
+    common::root_or_skip!();
     let unit = std::fs::read_to_string(UNIT).expect("read the unit file");
     let start = command_words(&service_setting(&unit, "ExecStart")).expect("ExecStart");
     let reload = command_words(&service_setting(&unit, "ExecReload")).expect("ExecReload");
     assert_eq!(start[0], "/usr/sbin/shaper", "{start:?}");
     assert!(start.contains(&"--persist".to_owned()), "{start:?}");
 
-    let pair = veth_pair("su");
+    let pair = common::test_veth_pair!();
     let dirs = Relocated::new("su");
     // The unit's config is a symlink to a file elsewhere, so an edit of that file makes no
     // event in the watched directory: the reload seen below is ExecReload's, not the watch's.

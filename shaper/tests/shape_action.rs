@@ -15,39 +15,24 @@ use std::{
 
 use common::{
     daemon::Daemon,
-    netns::{InNamespace as _, Namespace, VethPair, veth_pair},
+    netns::{InNamespace as _, Namespace, VethPair},
     tcp_bulk::{self, Writer},
-    traffic::{Receiver, WIRE, receiver, sender},
+    traffic::{
+        Receiver, WARMUP, WINDOW, WIRE, measured_rate, receiver, receiver_on, sender, sender_to,
+        settled_count,
+    },
 };
 
 const RATE: &str = "8mbit";
 const RATE_BYTES_PER_SEC: f64 = 1_000_000.0;
 /// Twice the rate, as the issue asks.
 const OFFERED_BYTES_PER_SEC: u64 = 2_000_000;
-const WARMUP: Duration = Duration::from_secs(1);
-const WINDOW: Duration = Duration::from_secs(5);
 /// UDP through a shape rule arrives within 2% of the rate.
 const UDP_TOLERANCE: f64 = 0.02;
 
 const PORT: u16 = 7201;
 /// Where the UDP of the tests goes, in `b`.
 const SINK: u16 = 7300;
-
-/// Wire bytes per second received between `WARMUP` and `WARMUP + WINDOW` after `start`.
-fn measured_rate(receiver: &Receiver, start: Instant) -> f64 {
-    sleep_until(start + WARMUP);
-    let (first, t0) = (receiver.count(), Instant::now());
-    sleep_until(start + WARMUP + WINDOW);
-    let (last, t1) = (receiver.count(), Instant::now());
-    ((last - first) * WIRE) as f64 / (t1 - t0).as_secs_f64()
-}
-
-fn sleep_until(deadline: Instant) {
-    let now = Instant::now();
-    if deadline > now {
-        thread::sleep(deadline - now);
-    }
-}
 
 /// `tc -j qdisc show dev IFACE root` in `ns`: the root qdisc as tc reports it.
 /// The root qdisc of `iface` as `tc -j qdisc show` describes it, without HTB's
@@ -108,12 +93,10 @@ fn udp_out_of_a(pair: &VethPair) -> (f64, u64, Receiver) {
 #[test]
 fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_the_root_comes_back()
 {
-    if !common::require_root("shape_udp") {
-        return;
-    }
-    let pair = veth_pair("su");
+    common::root_or_skip!();
+    let pair = common::test_veth_pair!();
     let before = root_qdisc(&pair.a, &pair.a_if);
-    let daemon = Daemon::start(&pair.a, "su", &["--iface", &pair.a_if]);
+    let daemon = Daemon::on(&pair, &[]);
     let port = PORT.to_string();
     daemon.cli_ok(&[
         "limit", "set", &port, "--rate", RATE, "--dir", "egress", "--proto", "udp", "--action",
@@ -161,7 +144,7 @@ fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_th
         rule.passed_packets,
         rule.queued_packets + rule.dropped_packets
     );
-    assert_eq!(received.count(), rule.queued_packets);
+    assert_eq!(settled_count(&received), rule.queued_packets);
     let listed = daemon.cli_ok(&["limit", "ls"]);
     assert!(
         listed.contains(&format!(
@@ -184,12 +167,10 @@ fn udp_at_twice_the_rate_through_an_egress_shape_rule_arrives_at_the_rate_and_th
 #[test]
 fn replacing_a_shape_rule_under_traffic_changes_its_class_and_stopping_the_daemon_restores_the_root()
  {
-    if !common::require_root("shape_replace") {
-        return;
-    }
-    let pair = veth_pair("sr");
+    common::root_or_skip!();
+    let pair = common::test_veth_pair!();
     let before = root_qdisc(&pair.a, &pair.a_if);
-    let daemon = Daemon::start(&pair.a, "sr", &["--iface", &pair.a_if]);
+    let daemon = Daemon::on(&pair, &[]);
     let port = PORT.to_string();
     let set = |rate: &str| {
         daemon.cli_ok(&[
@@ -246,12 +227,9 @@ fn replacing_a_shape_rule_under_traffic_changes_its_class_and_stopping_the_daemo
 
 #[test]
 fn shaper_down_after_a_persistent_daemon_removes_the_htb_root() {
-    if !common::require_root("shape_down") {
-        return;
-    }
-    let pair = veth_pair("sd");
+    let pair = common::test_veth_pair!();
     let before = root_qdisc(&pair.a, &pair.a_if);
-    let daemon = Daemon::start(&pair.a, "sd", &["--iface", &pair.a_if, "--persist"]);
+    let daemon = Daemon::on(&pair, &["--persist"]);
     let pin_base = daemon.pin_base.clone();
     daemon.cli_ok(&[
         "limit", "set", "7202", "--rate", RATE, "--dir", "egress", "--action", "shape",
@@ -274,11 +252,8 @@ fn shaper_down_after_a_persistent_daemon_removes_the_htb_root() {
 
 #[test]
 fn a_tcp_download_through_an_egress_shape_rule_reaches_the_rate_without_retransmissions() {
-    if !common::require_root("shape_tcp_egress") {
-        return;
-    }
-    let pair = veth_pair("st");
-    let daemon = Daemon::start(&pair.a, "st", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     drop_then_shape(&daemon, &pair, [7203, 7204], Writer::ServiceInA);
     daemon.stop_ok();
 }
@@ -340,12 +315,9 @@ fn ifb_exists(ns: &Namespace, iface: &str) -> Option<String> {
 
 #[test]
 fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_counted() {
-    if !common::require_root("shape_udp_ingress") {
-        return;
-    }
-    let pair = veth_pair("si");
+    let pair = common::test_veth_pair!();
     let before = root_qdisc(&pair.a, &pair.a_if);
-    let daemon = Daemon::start(&pair.a, "si", &["--iface", &pair.a_if]);
+    let daemon = Daemon::on(&pair, &[]);
     let port = PORT.to_string();
     if !shaper::datapath::kernel_support::redirect_to_ifb_delivers() {
         // Before Linux 6.5 the IFB would drop every redirected packet: the rule is refused, and
@@ -377,15 +349,11 @@ fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_
     );
     assert_eq!(root_qdisc(&pair.a, &pair.a_if), before, "egress untouched");
 
-    let received = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT)).expect("bind")),
-    );
+    let received = receiver_on(&pair, PORT);
     let start = Instant::now();
-    let sending = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT)),
+    let sending = sender_to(
+        &pair,
+        PORT,
         OFFERED_BYTES_PER_SEC,
         WARMUP + WINDOW + Duration::from_millis(200),
     );
@@ -423,7 +391,7 @@ fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_
         rule.passed_packets,
         rule.queued_packets + rule.dropped_packets
     );
-    assert_eq!(received.count(), rule.queued_packets);
+    assert_eq!(settled_count(&received), rule.queued_packets);
     // The same figures in the metrics: one series per rule.
     let response = common::metrics::get(
         &pair.a,
@@ -465,11 +433,8 @@ fn udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_
 
 #[test]
 fn a_tcp_upload_through_an_ingress_shape_rule_reaches_the_rate_with_few_retransmissions() {
-    if !common::require_root("shape_tcp_ingress") {
-        return;
-    }
-    let pair = veth_pair("sn");
-    let daemon = Daemon::start(&pair.a, "sn", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     drop_then_shape(&daemon, &pair, [7205, 7206], Writer::ClientInB);
     daemon.stop_ok();
     assert_eq!(
@@ -481,11 +446,8 @@ fn a_tcp_upload_through_an_ingress_shape_rule_reaches_the_rate_with_few_retransm
 
 #[test]
 fn dir_both_shapes_each_way_and_a_root_somebody_added_is_never_replaced() {
-    if !common::require_root("shape_both") {
-        return;
-    }
-    let pair = veth_pair("sb");
-    let daemon = Daemon::start(&pair.a, "sb", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     daemon.cli_ok(&[
         "limit", "set", "7207", "--rate", RATE, "--action", "shape", "--queue", "1MiB",
     ]);
@@ -538,15 +500,12 @@ fn dir_both_shapes_each_way_and_a_root_somebody_added_is_never_replaced() {
 /// enough for the rate to be a few segments per round trip.
 #[test]
 fn an_ecn_policer_marks_a_tcp_upload_of_an_ecn_sender() {
-    if !common::require_root("ecn_upload") {
-        return;
-    }
-    let pair = veth_pair("se");
+    let pair = common::test_veth_pair!();
     // Linux's default tcp_ecn=2 only accepts ECN; the sender asks for it with 1.
     pair.b
         .sysctl("net.ipv4.tcp_ecn=1")
         .unwrap_or_else(|e| panic!("{e}"));
-    let daemon = Daemon::start(&pair.a, "se", &["--iface", &pair.a_if]);
+    let daemon = Daemon::on(&pair, &[]);
     let mut figures = Vec::new();
     for (port, ecn) in [(7209u16, false), (7210, true)] {
         let port_text = port.to_string();

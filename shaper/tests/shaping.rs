@@ -19,7 +19,9 @@ use common::{
     netns::{InNamespace as _, veth_pair},
     tcp_bulk::{self, Writer},
     temp_dir::TempDir,
-    traffic::{Receiver, WIRE, pinned_sender, receiver, sender},
+    traffic::{
+        WARMUP, WINDOW, WIRE, measured_rate, pinned_sender, receiver_on, sender_to, settled_count,
+    },
 };
 use shaper::{Direction, datapath::classifier::Proto, telemetry::counter_snapshot::Snapshot};
 
@@ -29,27 +31,7 @@ const LIMIT_BYTES_PER_SEC: f64 = 1_000_000.0;
 /// Offered load: 5.5 times the limit.
 const OFFERED_BYTES_PER_SEC: u64 = 5_500_000;
 
-/// Time for the burst to drain and the rate to settle before measuring; the measuring window.
-const WARMUP: Duration = Duration::from_secs(1);
-const WINDOW: Duration = Duration::from_secs(5);
-
 const TOLERANCE: f64 = 0.05;
-
-/// Wire bytes per second received between `WARMUP` and `WARMUP + WINDOW` after `start`.
-fn measured_rate(receiver: &Receiver, start: Instant) -> f64 {
-    sleep_until(start + WARMUP);
-    let (first, t0) = (receiver.count(), Instant::now());
-    sleep_until(start + WARMUP + WINDOW);
-    let (last, t1) = (receiver.count(), Instant::now());
-    ((last - first) * WIRE) as f64 / (t1 - t0).as_secs_f64()
-}
-
-fn sleep_until(deadline: Instant) {
-    let now = Instant::now();
-    if deadline > now {
-        thread::sleep(deadline - now);
-    }
-}
 
 fn udp_port(
     s: &Snapshot,
@@ -77,11 +59,8 @@ const PORT_FREE: u16 = 7102;
 
 #[test]
 fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_untouched() {
-    if !common::require_root("udp_limit") {
-        return;
-    }
-    let pair = veth_pair("u");
-    let daemon = Daemon::start(&pair.a, "u", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let limited_port = PORT_LIMITED.to_string();
     daemon.cli_ok(&[
         "limit",
@@ -93,34 +72,17 @@ fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_unto
         "udp",
     ]);
 
-    let limited = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
-    );
-    let free = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT_FREE)).expect("bind")),
-    );
+    let limited = receiver_on(&pair, PORT_LIMITED);
+    let free = receiver_on(&pair, PORT_FREE);
     let duration = WARMUP + WINDOW + Duration::from_millis(200);
     let start = Instant::now();
-    let limited_sender = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT_LIMITED)),
-        OFFERED_BYTES_PER_SEC,
-        duration,
-    );
+    let limited_sender = sender_to(&pair, PORT_LIMITED, OFFERED_BYTES_PER_SEC, duration);
     // The unlimited port gets a steady 1 MB/s alongside.
-    let free_sender = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT_FREE)),
-        1_000_000,
-        duration,
-    );
+    let free_sender = sender_to(&pair, PORT_FREE, 1_000_000, duration);
     let achieved = measured_rate(&limited, start);
     let offered = limited_sender.wait().expect("sender");
     let free_sent = free_sender.wait().expect("sender");
+    let (limited_arrived, free_arrived) = (settled_count(&limited), settled_count(&free));
     let stats = daemon.settled();
     assert_within("udp single sender", achieved, LIMIT_BYTES_PER_SEC);
 
@@ -134,24 +96,22 @@ fn udp_at_five_times_the_limit_is_held_to_the_rate_and_an_unlimited_port_is_unto
         "most of a 5.5x overload is dropped: {limited_stats:?}"
     );
     assert_eq!(
-        limited.count(),
+        limited_arrived,
         offered - limited_stats.dropped_packets,
         "what was not dropped arrived"
     );
     let free_stats = udp_port(&stats, &pair.a_if, PORT_FREE);
     assert_eq!(free_stats.packets, free_sent);
     assert_eq!(free_stats.dropped_packets, 0);
-    assert_eq!(free.count(), free_sent, "the unlimited port lost nothing");
+    assert_eq!(free_arrived, free_sent, "the unlimited port lost nothing");
     let rules = daemon.rules();
     assert_eq!(rules[0].dropped_packets, limited_stats.dropped_packets);
-    assert_eq!(rules[0].passed_packets, limited.count());
+    assert_eq!(rules[0].passed_packets, limited_arrived);
 }
 
 #[test]
 fn two_senders_on_different_cpus_share_one_limit() {
-    if !common::require_root("two_senders") {
-        return;
-    }
+    common::root_or_skip!();
     // Two CPUs this process may run on (not simply 0 and 1: a cpuset may allow others). On a
     // one-CPU machine both senders share it: the limit must hold all the same, but the
     // cross-CPU race on the bucket is not exercised, and the test says so.
@@ -163,13 +123,10 @@ fn two_senders_on_different_cpus_share_one_limit() {
             cpus[0]
         );
     }
-    let pair = veth_pair("m");
-    let daemon = Daemon::start(&pair.a, "m", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     daemon.cli_ok(&["limit", "set", &PORT_LIMITED.to_string(), "--rate", LIMIT]);
-    let receiver = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
-    );
+    let receiver = receiver_on(&pair, PORT_LIMITED);
     let duration = WARMUP + WINDOW + Duration::from_millis(200);
     let start = Instant::now();
     // veth delivers a packet to the peer on the sending CPU (veth_xmit -> __netif_rx onto that
@@ -197,7 +154,7 @@ fn two_senders_on_different_cpus_share_one_limit() {
     );
     let port = udp_port(&stats, &pair.a_if, PORT_LIMITED);
     assert_eq!(port.packets, offered);
-    assert_eq!(receiver.count(), offered - port.dropped_packets);
+    assert_eq!(settled_count(&receiver), offered - port.dropped_packets);
 }
 
 /// The TCP tests' limit, with the default burst (300 ms of rate).
@@ -209,16 +166,14 @@ const TCP_MIN_RATIO: f64 = 0.75;
 
 #[test]
 fn a_single_tcp_stream_to_a_limited_port_gets_close_to_the_rate() {
-    if common::require_root("tcp_ingress") {
-        tcp_through_a_limit("ingress", "pi");
-    }
+    common::root_or_skip!();
+    tcp_through_a_limit("ingress", "pi");
 }
 
 #[test]
 fn a_single_tcp_stream_from_a_limited_local_service_gets_close_to_the_rate() {
-    if common::require_root("tcp_egress") {
-        tcp_through_a_limit("egress", "pe");
-    }
+    common::root_or_skip!();
+    tcp_through_a_limit("egress", "pe");
 }
 
 /// A bulk TCP stream between a client in `b` and a server on `PORT_LIMITED` in `a`, limited
@@ -254,20 +209,13 @@ fn tcp_through_a_limit(direction: &str, tag: &str) {
 
 #[test]
 fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_rate() {
-    if !common::require_root("limit_change") {
-        return;
-    }
-    let pair = veth_pair("x");
-    let daemon = Daemon::start(&pair.a, "x", &["--iface", &pair.a_if]);
-    let receiver = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
-    );
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
+    let receiver = receiver_on(&pair, PORT_LIMITED);
     let phase = Duration::from_millis(2500);
-    let sender = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+    let sender = sender_to(
+        &pair,
+        PORT_LIMITED,
         OFFERED_BYTES_PER_SEC,
         Duration::from_secs(20),
     );
@@ -382,10 +330,7 @@ fn limit_set_during_traffic_takes_effect_at_once_and_limit_rm_restores_the_full_
 
 #[test]
 fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
-    if !common::require_root("restart") {
-        return;
-    }
-    let pair = veth_pair("r");
+    let pair = common::test_veth_pair!();
     let state_dir = TempDir::new("restart");
     let state = state_dir.0.join("state.json");
     let args = ["--iface", pair.a_if.as_str()];
@@ -465,14 +410,10 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
     assert_eq!(without_counters(&after), without_counters(&before));
 
     // And it enforces them: a short overload on 7101 is policed.
-    let receiver = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, PORT_LIMITED)).expect("bind")),
-    );
-    let sender = sender(
-        pair.b
-            .within(|| UdpSocket::bind((pair.b_addr, 0)).expect("bind")),
-        SocketAddr::from((pair.a_addr, PORT_LIMITED)),
+    let receiver = receiver_on(&pair, PORT_LIMITED);
+    let sender = sender_to(
+        &pair,
+        PORT_LIMITED,
         OFFERED_BYTES_PER_SEC,
         Duration::from_millis(500),
     );
@@ -484,7 +425,7 @@ fn a_restarted_daemon_comes_back_with_the_same_rules_and_enforces_them() {
         .find(|r| r.ports == shaper::policy::rule_table::PortRange::single(7101))
         .expect("rule 7101");
     assert!(rule.dropped_packets > 0, "{rule:?}");
-    assert_eq!(receiver.count() + rule.dropped_packets, sent);
+    assert_eq!(settled_count(&receiver) + rule.dropped_packets, sent);
 }
 
 #[test]
@@ -504,12 +445,9 @@ fn the_cli_says_when_the_daemon_is_not_running_and_how_to_start_it() {
 /// A temporary directory removed on drop.
 #[test]
 fn the_example_config_starts_a_daemon_with_its_rules() {
-    if !common::require_root("example_config") {
-        return;
-    }
-    let pair = veth_pair("e");
+    let pair = common::test_veth_pair!();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../shaper.toml");
-    let daemon = Daemon::start(&pair.a, "e", &["--iface", &pair.a_if, "--config", example]);
+    let daemon = Daemon::on(&pair, &["--config", example]);
     let rules = daemon.rules();
     let summary: Vec<(String, String, String, String)> = rules
         .iter()

@@ -13,7 +13,7 @@ use common::test_run;
 use common::{
     daemon::Daemon,
     metrics::{get, samples, series},
-    netns::{InNamespace as _, VethPair, veth_pair},
+    netns::{InNamespace as _, VethPair},
     packet::*,
     temp_dir::TempDir,
 };
@@ -104,10 +104,7 @@ fn settled(daemon: &Daemon, port: u16, packets: u64) -> serde_json::Value {
 
 #[test]
 fn top_port_lists_exactly_the_three_remotes_with_their_packets_and_bytes() {
-    if !common::require_root("top_port_three_remotes") {
-        return;
-    }
-    let pair = veth_pair("tk");
+    let pair = common::test_veth_pair!();
     let state = TempDir::new("tk");
     let daemon =
         Daemon::start_with_state(&pair.a, "tk", &["--iface", &pair.a_if], &state.state_file());
@@ -191,11 +188,8 @@ fn top_port_lists_exactly_the_three_remotes_with_their_packets_and_bytes() {
 
 #[test]
 fn drops_are_attributed_to_the_remote_that_sent_beyond_the_limit() {
-    if !common::require_root("drops_attributed") {
-        return;
-    }
-    let pair = veth_pair("td");
-    let daemon = Daemon::start(&pair.a, "td", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let remotes = extra_addresses(&pair, 2);
     let (polite, flood) = (remotes[0], remotes[1]);
     let port = 7011u16;
@@ -249,9 +243,7 @@ fn run(classifier: &mut Classifier, frame: &[u8]) {
 
 #[test]
 fn lru_filled_past_its_size_counts_evictions_and_keeps_exact_totals() {
-    if !common::require_root("lru_filled") {
-        return;
-    }
+    common::root_or_skip!();
     let mut classifier = test_run::on_loopback();
     let watch = WatchSpec {
         ports: "9".parse().expect("port"),
@@ -304,10 +296,7 @@ fn lru_filled_past_its_size_counts_evictions_and_keeps_exact_totals() {
 
 #[test]
 fn remote_series_only_when_asked_and_only_the_top_n() {
-    if !common::require_root("remote_series") {
-        return;
-    }
-    let pair = veth_pair("tm");
+    let pair = common::test_veth_pair!();
     let addr: SocketAddr = "127.0.0.1:19350".parse().expect("addr");
     let scrape = |daemon_pair: &VethPair| {
         let response = get(&daemon_pair.a, addr, "/metrics", None);
@@ -318,7 +307,7 @@ fn remote_series_only_when_asked_and_only_the_top_n() {
     let port = 7021u16;
     {
         // Off by default: watched remotes make no series.
-        let daemon = Daemon::start(&pair.a, "tm", &["--iface", &pair.a_if]);
+        let daemon = Daemon::on(&pair, &[]);
         daemon.cli_ok(&["watch", "7021"]);
         send(&pair, remotes[0], port, 5, 100, true);
         settled(&daemon, port, 5);
@@ -364,10 +353,7 @@ fn remote_series_only_when_asked_and_only_the_top_n() {
 
 #[test]
 fn config_watches_are_in_force_from_the_start() {
-    if !common::require_root("config_watches") {
-        return;
-    }
-    let pair = veth_pair("tw");
+    let pair = common::test_veth_pair!();
     let state = TempDir::new("tw");
     let config = state.0.join("shaper.toml");
     std::fs::write(

@@ -13,7 +13,7 @@ use std::{
 use common::{
     daemon::Daemon,
     metrics::{Samples, scrape, series},
-    netns::{InNamespace as _, veth_pair},
+    netns::InNamespace as _,
 };
 
 const CONNECTIONS: u64 = 20;
@@ -37,11 +37,8 @@ fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn real_connections_count_each_handshake_close_and_refusal_exactly() {
-    if !common::require_root("real_connections_count_each_handshake_close_and_refusal_exactly") {
-        return;
-    }
-    let pair = veth_pair("tc");
-    let daemon = Daemon::start(&pair.a, "tc", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     // The service on every address; a second one on loopback only, which nothing outside
     // reaches.
     let listener = pair
@@ -285,14 +282,12 @@ const ACK_DELAY_MS: u64 = 50;
 
 #[test]
 fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_none() {
-    if !common::require_root(
-        "a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_none",
-    ) || !scapy()
-    {
+    common::root_or_skip!();
+    if !scapy() {
         return;
     }
-    let pair = veth_pair("sc");
-    let daemon = Daemon::start(&pair.a, "sc", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     // Listens, never accepts: the handshakes complete into its backlog.
     let _listener = pair
         .a
@@ -374,13 +369,8 @@ fn a_delayed_ack_lands_in_the_bucket_of_its_delay_and_a_retransmitted_synack_in_
 
 #[test]
 fn top_shows_new_connections_resets_and_handshake_quantiles_of_its_interval() {
-    if !common::require_root(
-        "top_shows_new_connections_resets_and_handshake_quantiles_of_its_interval",
-    ) {
-        return;
-    }
-    let pair = veth_pair("tt");
-    let daemon = Daemon::start(&pair.a, "tt", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let listener = pair
         .a
         .within(|| TcpListener::bind(("0.0.0.0", OPEN_PORT)).expect("bind"));

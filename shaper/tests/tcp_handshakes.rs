@@ -47,15 +47,7 @@ fn samples(classifier: &Classifier, side: u32, port: u16) -> u64 {
 
 macro_rules! kernel_test {
     ($name:ident, $body:expr) => {
-        #[test]
-        fn $name() {
-            if !common::require_root(stringify!($name)) {
-                return;
-            }
-            let mut classifier = test_run::on_loopback();
-            let body: fn(&mut Classifier) = $body;
-            body(&mut classifier);
-        }
+        test_run::classifier_test!($name, test_run::on_loopback(), $body);
     };
 }
 

@@ -13,8 +13,8 @@ use std::{
 
 use common::{
     daemon::Daemon,
-    netns::{InNamespace as _, VethPair, veth_pair},
-    traffic::{Sender, WIRE, receiver, sender},
+    netns::{InNamespace as _, VethPair},
+    traffic::{Sender, WIRE, receiver_on, sender},
 };
 
 /// UDP from namespace `b` to `port` on `a` at `per_second` datagrams of `WIRE` bytes, for at
@@ -130,11 +130,12 @@ fn order(screen: &str, ports: &[u16]) -> Vec<u16> {
 
 #[test]
 fn top_in_tmux_shows_the_traffic_sorts_filters_and_quits_cleanly() {
-    if !common::require_root("top_in_tmux") || !tmux_available() {
+    common::root_or_skip!();
+    if !tmux_available() {
         return;
     }
-    let pair = veth_pair("tt");
-    let daemon = Daemon::start(&pair.a, "tt", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     // Two ports, the higher port the louder: rate order and port order differ.
     let (quiet, loud) = (7301u16, 7302u16);
     let _quiet = stream(&pair, quiet, 100);
@@ -215,20 +216,14 @@ fn top_in_tmux_shows_the_traffic_sorts_filters_and_quits_cleanly() {
 
 #[test]
 fn once_json_follows_the_schema_and_measures_a_known_stream_within_ten_percent() {
-    if !common::require_root("once_json") {
-        return;
-    }
-    let pair = veth_pair("tj");
-    let daemon = Daemon::start(&pair.a, "tj", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     daemon.cli_ok(&[
         "limit", "set", "7401", "--rate", "100mbit", "--action", "observe",
     ]);
     // The receiving socket is the listener top must name; it counts what arrives, which with
     // an observe rule is everything sent.
-    let receiver = receiver(
-        pair.a
-            .within(|| UdpSocket::bind((pair.a_addr, 7401)).expect("bind")),
-    );
+    let receiver = receiver_on(&pair, 7401);
     let _stream = stream(&pair, 7401, 500);
     thread::sleep(Duration::from_millis(500));
 

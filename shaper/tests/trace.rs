@@ -13,7 +13,7 @@ use std::{
 
 use common::{
     daemon::{Daemon, SHAPER},
-    netns::{InNamespace as _, VethPair, veth_pair},
+    netns::{InNamespace as _, VethPair},
     traffic::{Sender, WIRE, sender},
 };
 
@@ -119,11 +119,8 @@ fn lost(stderr: &str) -> (u64, u64) {
 
 #[test]
 fn trace_count_prints_exactly_that_many_events_of_the_port_and_none_of_another() {
-    if !common::require_root("trace_count") {
-        return;
-    }
-    let pair = veth_pair("tr");
-    let daemon = Daemon::start(&pair.a, "tr", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let _traced = stream(&pair, 7001, 300);
     let _other = stream(&pair, 7002, 300);
     let trace = Trace::start(&daemon, &["7001", "--count", "100", "--json"]);
@@ -163,11 +160,8 @@ fn trace_count_prints_exactly_that_many_events_of_the_port_and_none_of_another()
 
 #[test]
 fn a_trace_that_dies_or_loses_its_reader_leaves_nothing_switched_on() {
-    if !common::require_root("trace_dies") {
-        return;
-    }
-    let pair = veth_pair("tq");
-    let daemon = Daemon::start(&pair.a, "tq", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let _traced = stream(&pair, 7011, 200);
     // Killed outright: the kernel closes its connection, and the daemon switches off.
     let mut trace = Trace::start(&daemon, &["7011"]);
@@ -206,11 +200,8 @@ fn a_trace_that_dies_or_loses_its_reader_leaves_nothing_switched_on() {
 
 #[test]
 fn a_flooded_trace_reports_lost_events_and_stalls_nothing() {
-    if !common::require_root("trace_flood") {
-        return;
-    }
-    let pair = veth_pair("tf");
-    let daemon = Daemon::start(&pair.a, "tf", &["--iface", &pair.a_if]);
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
     let _flood = stream(&pair, 7021, 20_000);
     // Over the rate cap: 10 events per CPU per second of thousands of packets. 30 events take
     // more than one second's budget of any two CPUs, so the rest of that second is lost.

@@ -256,6 +256,29 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
+/// Replaces what stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` in the book's
+/// page `page` (relative to the workspace) with `content`: the generated parts of a page
+/// written by hand (`vm --update-docs`, `bench --update-docs`).
+pub fn replace_generated(page: &str, name: &str, content: &str) -> anyhow::Result<()> {
+    let (start_marker, end_marker) = (
+        format!("<!-- {name}:start -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let path = workspace_root().join(page);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {page}"))?;
+    let (Some(start), Some(end)) = (text.find(&start_marker), text.find(&end_marker)) else {
+        bail!("{page} has no {start_marker} … {end_marker} markers");
+    };
+    let updated = format!(
+        "{}{start_marker}\n{content}{}",
+        &text[..start],
+        &text[end..]
+    );
+    fs::write(&path, updated).with_context(|| format!("writing {page}"))?;
+    eprintln!("xtask: {name} written into {page}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,7 @@ pub fn build(built: &Built) -> anyhow::Result<PathBuf> {
     let changelog = built.dist.join("deb/changelog.Debian");
     fs::write(&changelog, debian_changelog(&version)?)?;
     gzip(&changelog, &doc.join("changelog.Debian.gz"))?;
+    install_documentation(&workspace_root(), &doc)?;
 
     let control = root.join("DEBIAN");
     fs::create_dir_all(&control)?;
@@ -188,6 +189,31 @@ fn installs_into_a_throwaway_root(deb: &Path) -> anyhow::Result<()> {
     }
     eprintln!("xtask: the package's /usr/sbin/shaper: {}", said.trim());
     fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+/// README.md and the book's Markdown (`docs/src` as `book/`, as the tarball's `doc/`) under
+/// /usr/share/doc/shaper, where an operator without the web looks first; each file over 4 kB
+/// `gzip -9n`'d as Debian Policy 12.3 asks (`zless` reads it), the others as they are.
+fn install_documentation(workspace: &Path, doc: &Path) -> anyhow::Result<()> {
+    let book = workspace.join("docs/src");
+    let mut pages = Vec::new();
+    walk(&book, &mut pages)?;
+    pages.retain(|page| page.extension().is_some_and(|e| e == "md"));
+    let mut placed = vec![(workspace.join("README.md"), doc.join("README.md"))];
+    for page in pages {
+        let relative = page.strip_prefix(&book)?.to_path_buf();
+        placed.push((page, doc.join("book").join(relative)));
+    }
+    for (from, to) in placed {
+        if fs::metadata(&from)?.len() > 4096 {
+            let mut compressed = to.into_os_string();
+            compressed.push(".gz");
+            gzip(&from, Path::new(&compressed))?;
+        } else {
+            install(&from, &to, 0o644)?;
+        }
+    }
     Ok(())
 }
 

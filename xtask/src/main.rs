@@ -64,6 +64,11 @@ enum Job {
         /// Shorter windows and one accuracy rate: proves the bench works, figures are rough.
         #[arg(long)]
         quick: bool,
+        /// After a full run, write its figures into the book's figures page
+        /// (docs/src/contributing/figures.md, between its bench-figures markers). A quick run's
+        /// figures are too rough for the book: refused with --quick.
+        #[arg(long, conflicts_with = "quick")]
+        update_docs: bool,
         /// Extra arguments for `shaper-bench`, e.g. `-- --only per-packet,contention`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -165,7 +170,11 @@ fn main() -> anyhow::Result<()> {
         Job::Run { args } => run(args),
         Job::Test { args } => test(args),
         Job::Fuzz { frames, seed } => fuzz(frames, seed),
-        Job::Bench { quick, args } => bench(quick, args),
+        Job::Bench {
+            quick,
+            update_docs,
+            args,
+        } => bench(quick, update_docs, args),
         Job::Demo { ci, duration } => demo::run(&demo::Options {
             ci,
             duration: Duration::from_secs(duration),
@@ -335,7 +344,10 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 
 /// The bench is its own crate (`shaper-bench`, which depends on `shaper`), so that xtask never
 /// depends on `shaper`: that would need bpf-linker before `bootstrap` could build it.
-fn bench(quick: bool, args: Vec<String>) -> anyhow::Result<()> {
+fn bench(quick: bool, update_docs: bool, args: Vec<String>) -> anyhow::Result<()> {
+    if update_docs && args.iter().any(|a| a.starts_with("--only")) {
+        bail!("--update-docs takes a whole run's figures; drop --only");
+    }
     bootstrap::run()?;
     check(cargo().args([
         "build",
@@ -354,5 +366,15 @@ fn bench(quick: bool, args: Vec<String>) -> anyhow::Result<()> {
     if quick {
         cmd.arg("--quick");
     }
-    check(cmd.args(&args))
+    check(cmd.args(&args))?;
+    if update_docs {
+        // shaper-bench writes the Markdown beside the JSON.
+        let section = std::fs::read_to_string(target_dir()?.join("bench/report.md"))
+            .context("reading the run's report.md")?;
+        book::replace_generated(FIGURES_PAGE, "bench-figures", &section)?;
+    }
+    Ok(())
 }
+
+/// The book's page whose `bench-figures` section `bench --update-docs` writes.
+const FIGURES_PAGE: &str = "docs/src/contributing/figures.md";

@@ -12,7 +12,7 @@ use shaper::{
     telemetry::counter_snapshot::Snapshot,
 };
 
-use super::netns::Namespace;
+use super::netns::{Namespace, VethPair};
 
 pub const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
 
@@ -69,6 +69,14 @@ impl Daemon {
         let dir = Self::dir(tag);
         let state = dir.join("state.json");
         Self::start_with_state(ns, tag, args, &state)
+    }
+
+    /// The common start: `shaper run --iface A EXTRA` in the pair's namespace `a`, named after
+    /// its interface (unique per test, see `veth_pair_named`).
+    pub fn on(pair: &VethPair, extra: &[&str]) -> Self {
+        let mut args = vec!["--iface", pair.a_if.as_str()];
+        args.extend_from_slice(extra);
+        Self::start(&pair.a, &pair.a_if, &args)
     }
 
     fn dir(tag: &str) -> PathBuf {

@@ -50,6 +50,15 @@ impl LimitsFixture {
             .0
     }
 
+    /// Rule `id` as `limit ls` shows it now (its counters read from the maps).
+    pub fn rule(&self, id: u16) -> RuleView {
+        self.limits
+            .list(&self.classifier)
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("rule {id} is not listed"))
+    }
+
     /// On `lo` of the test's own namespace, after the root gate (`None`: skipped).
     pub fn on_lo(test: &str) -> Option<Self> {
         super::require_root(test).then(|| Self::load(test, &["lo"]))

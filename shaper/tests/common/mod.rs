@@ -29,6 +29,58 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// The name of the function this is expanded in: the type name of an item declared inside a
+/// function is that function's path followed by the item's name (`std::any::type_name`).
+#[allow(unused_macros, reason = "not every test binary uses it")]
+macro_rules! function_name {
+    () => {{
+        fn here() {}
+        let path = ::std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+#[allow(unused_imports, reason = "not every test binary uses it")]
+pub(crate) use function_name;
+
+/// The start of a kernel test, with the test's name written once (its `fn` line), as ripgrep's
+/// `rgtest!` does for its tests: returns from the test when it must skip ([`require_root`]).
+#[allow(unused_macros, reason = "not every test binary uses it")]
+macro_rules! root_or_skip {
+    () => {
+        if !$crate::common::require_root($crate::common::function_name!()) {
+            return;
+        }
+    };
+}
+#[allow(unused_imports, reason = "not every test binary uses it")]
+pub(crate) use root_or_skip;
+
+/// [`root_or_skip!`], then a veth pair whose namespaces carry the test's name
+/// (`shaper-test-PID-TEST-a`/`-b`, what `ip netns` shows while it runs):
+/// `let pair = common::test_veth_pair!();`.
+#[allow(unused_macros, reason = "not every test binary uses it")]
+macro_rules! test_veth_pair {
+    () => {{
+        $crate::common::root_or_skip!();
+        $crate::common::netns::veth_pair_named($crate::common::function_name!())
+    }};
+}
+#[allow(unused_imports, reason = "not every test binary uses it")]
+pub(crate) use test_veth_pair;
+
+/// [`root_or_skip!`], then a namespace of the test's own, named after it, with only its
+/// loopback: `let ns = common::test_namespace!();`.
+#[allow(unused_macros, reason = "not every test binary uses it")]
+macro_rules! test_namespace {
+    () => {{
+        $crate::common::root_or_skip!();
+        $crate::common::netns::namespace_named($crate::common::function_name!())
+    }};
+}
+#[allow(unused_imports, reason = "not every test binary uses it")]
+pub(crate) use test_namespace;
+
 /// A tool the tests drive (`promtool`, `prometheus`, `bpftool`: Debian packages that .ci/run
 /// installs). Outside CI a machine without it skips that part; with CI=true its absence fails.
 pub fn tool(name: &str) -> Option<std::path::PathBuf> {

@@ -10,10 +10,29 @@ pub use shaper_testbed::netns::{Namespace, VethPair};
 /// .2: `tag` (a few characters) keeps the pairs of one test binary apart, the pid those of
 /// concurrent runs.
 pub fn veth_pair(tag: &str) -> VethPair {
+    pair_of(tag, tag)
+}
+
+/// A veth pair for the test `test`: its namespaces carry the whole name
+/// (`shaper-test-PID-TEST-a`/`-b`); the interfaces, whose names the kernel caps at 15 bytes
+/// (IFNAMSIZ 16 with the NUL), carry three base-36 digits of a hash of it, the same on every
+/// run, so a test binary's tests keep apart as with [`veth_pair`]'s tags.
+pub fn veth_pair_named(test: &str) -> VethPair {
+    pair_of(test, &interface_tag(test))
+}
+
+/// A namespace for the test `test` alone (`shaper-test-PID-TEST`), with only its loopback.
+pub fn namespace_named(test: &str) -> Namespace {
+    let id = std::process::id() % 100_000;
+    Namespace::create(&format!("shaper-test-{id}-{test}"))
+        .unwrap_or_else(|e| panic!("creating the namespace of {test}: {e}"))
+}
+
+fn pair_of(name: &str, tag: &str) -> VethPair {
     let id = std::process::id() % 100_000;
     let (a, b) = (
-        format!("shaper-test-{id}-{tag}-a"),
-        format!("shaper-test-{id}-{tag}-b"),
+        format!("shaper-test-{id}-{name}-a"),
+        format!("shaper-test-{id}-{name}-b"),
     );
     let (a_if, b_if) = (format!("sh{id}{tag}a"), format!("sh{id}{tag}b"));
     let names = PairNames {
@@ -22,7 +41,20 @@ pub fn veth_pair(tag: &str) -> VethPair {
         a_if: &a_if,
         b_if: &b_if,
     };
-    VethPair::create(names, 0).unwrap_or_else(|e| panic!("creating veth pair {tag}: {e}"))
+    VethPair::create(names, 0).unwrap_or_else(|e| panic!("creating the veth pair {name}: {e}"))
+}
+
+/// Three base-36 digits of FNV-1a over `name`: stable across runs and Rust versions, unlike
+/// `DefaultHasher`.
+fn interface_tag(name: &str) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0..3)
+        .map(|i| char::from(digits[(hash / 36u32.pow(i) % 36) as usize]))
+        .collect()
 }
 
 /// Namespace operations that panic on failure.

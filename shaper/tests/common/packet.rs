@@ -143,3 +143,17 @@ pub fn from_hex(hex: &str) -> Vec<u8> {
         })
         .collect()
 }
+
+/// An IPv6 frame whose UDP datagram (port 1 to 2) sits behind `headers` Destination Options
+/// headers.
+pub fn udp_behind_dstopts(headers: usize) -> Vec<u8> {
+    let mut chain = Vec::new();
+    for _ in 0..headers {
+        chain.extend(ipv6_ext(IPPROTO_DSTOPTS, 0));
+    }
+    // The last header's Next Header byte names UDP.
+    let last = chain.len() - 8;
+    chain[last] = IPPROTO_UDP;
+    chain.extend(udp(1, 2, b"x"));
+    ethernet(&[], ETH_P_IPV6, &ipv6(IPPROTO_DSTOPTS, &chain))
+}

@@ -8,6 +8,23 @@ use shaper::{Classifier, Direction};
 /// TC_ACT_UNSPEC: the packet goes on untouched (the next program runs, or it passes).
 pub const PASS: i32 = -1;
 
+/// `classifier_test!(NAME, CLASSIFIER, |c| { ... })`: a privileged test that runs its body on
+/// the classifier CLASSIFIER gives (a fresh one, or one the binary shares between its tests).
+#[allow(unused_macros, reason = "not every test binary uses it")]
+macro_rules! classifier_test {
+    ($name:ident, $classifier:expr, $body:expr) => {
+        #[test]
+        fn $name() {
+            $crate::common::root_or_skip!();
+            let mut classifier = $classifier;
+            let body: fn(&mut ::shaper::Classifier) = $body;
+            body(&mut classifier);
+        }
+    };
+}
+#[allow(unused_imports, reason = "not every test binary uses it")]
+pub(crate) use classifier_test;
+
 /// Loads the classifier with one interface slot, given to `lo`.
 pub fn on_loopback() -> Classifier {
     let mut classifier = Classifier::load(1).expect("load and verify the classifier");

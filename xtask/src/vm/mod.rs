@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{bootstrap, cargo, check, target_dir, workspace_root};
+use crate::{bootstrap, cargo, check, target_dir};
 use kernels::Suite;
 use matrix::{FEATURES, KernelResult};
 
@@ -46,10 +46,7 @@ pub struct Options {
     pub package: bool,
 }
 
-/// The markers around the generated table in [`KERNELS_PAGE`].
-const TABLE_START: &str = "<!-- kernel-matrix:start -->";
-const TABLE_END: &str = "<!-- kernel-matrix:end -->";
-/// The book's page that holds the table (the operator guide's *Supported kernels*).
+/// The book's page that holds the table (between its `kernel-matrix` markers) (the operator guide's *Supported kernels*).
 const KERNELS_PAGE: &str = "docs/src/guide/prerequisites.md";
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -169,7 +166,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&results)?,
     )?;
     if options.update_docs {
-        update_docs(&table)?;
+        crate::book::replace_generated(KERNELS_PAGE, "kernel-matrix", &table)?;
     }
     let failed: Vec<String> = results
         .iter()
@@ -413,19 +410,6 @@ fn prepare_work(
 fn utc_date() -> anyhow::Result<String> {
     let output = Command::new("date").args(["-u", "+%Y-%m-%d"]).output()?;
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
-}
-
-/// Replaces the book's table between its markers.
-fn update_docs(table: &str) -> anyhow::Result<()> {
-    let path = workspace_root().join(KERNELS_PAGE);
-    let text = fs::read_to_string(&path)?;
-    let (Some(start), Some(end)) = (text.find(TABLE_START), text.find(TABLE_END)) else {
-        bail!("{KERNELS_PAGE} has no {TABLE_START} … {TABLE_END} markers");
-    };
-    let updated = format!("{}{TABLE_START}\n{table}{}", &text[..start], &text[end..]);
-    fs::write(&path, updated)?;
-    eprintln!("xtask vm: the table is in {KERNELS_PAGE}");
-    Ok(())
 }
 
 #[cfg(test)]
