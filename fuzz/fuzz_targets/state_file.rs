@@ -9,9 +9,11 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use shaper::{
-    Error,
     fuzz::{parse_state_file, state_file_text},
-    policy::rule_table::{Rule, RuleTable, make_limit},
+    policy::{
+        PolicyError,
+        rule_table::{Rule, RuleTable, make_limit},
+    },
 };
 use shaper_common::{MAX_RULES, NO_RULE};
 
@@ -23,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(state) => state,
         Err(error) => {
             let message = shaper::error::chain(&error);
-            assert!(matches!(error, Error::State { .. }), "{message}");
+            assert!(matches!(error, PolicyError::State { .. }), "{message}");
             assert!(
                 message.starts_with(&format!("state file {PATH}: ")),
                 "{message}"

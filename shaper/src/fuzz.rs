@@ -8,12 +8,10 @@
 use std::path::Path;
 
 pub use crate::datapath::netlink::{AggregateLimits, Replayed as NetlinkReplies};
-use crate::{
-    error::Result,
-    policy::{
-        rule_table::{Rule, RuleSpec},
-        state_file,
-    },
+use crate::policy::{
+    Result,
+    rule_table::{Rule, RuleSpec},
+    state_file,
 };
 
 /// `datagrams` as rtnetlink's reply to each request the daemon sends (an ack, RTM_GETLINK, a

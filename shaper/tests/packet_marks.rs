@@ -12,7 +12,7 @@ use common::limits_fixture::{LimitsFixture as Setup, test_actor};
 use common::{netns::InNamespace as _, packet::*};
 use shaper::{
     Classifier, Direction,
-    error::Error,
+    policy::PolicyError,
     policy::action_options::ActionOptionError,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
 };
@@ -333,7 +333,7 @@ fn bad_combinations_of_action_and_options_are_refused() {
     };
     let refusal =
         |s: &mut Setup, spec: RuleSpec| match s.limits.set(&mut s.classifier, spec, test_actor()) {
-            Err(Error::ActionOption(e)) => e,
+            Err(PolicyError::ActionOption(e)) => e,
             other => panic!("expected a refusal, got {other:?}"),
         };
     assert!(matches!(

@@ -12,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use crate::error::{Error, Result};
+use crate::control::{ControlError, Result};
 
 /// The group that shares the control socket with root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct SocketGroup {
 impl SocketGroup {
     /// Looks up `name` (or a gid written in digits) in the group database.
     pub fn resolve(name: &str) -> Result<Self> {
-        let unknown = || Error::UnknownGroup {
+        let unknown = || ControlError::UnknownGroup {
             name: name.to_owned(),
         };
         if let Ok(gid) = name.parse::<u32>() {
@@ -65,14 +65,14 @@ impl SocketGroup {
     /// hand holds CAP_CHOWN until the capabilities are cut, which is after the socket is bound.
     pub fn share(&self, path: &Path) -> Result<()> {
         std::os::unix::fs::lchown(path, None, Some(self.gid)).map_err(|error| {
-            Error::SocketGroup {
+            ControlError::SocketGroup {
                 path: path.to_owned(),
                 group: self.name.clone(),
                 error,
             }
         })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(Error::path(path))
+            .map_err(ControlError::path(path))
     }
 }
 

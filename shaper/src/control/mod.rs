@@ -7,10 +7,12 @@
 //! daemon keeps serving ([`socket`]).
 
 pub mod access;
+pub mod error;
 pub mod peer;
 pub mod protocol;
 pub mod socket;
 
+pub use error::{ControlError, Result};
 pub use peer::Peer;
 pub use protocol::{DEFAULT_SOCKET, MAX_REQUEST_BYTES, Request, Response};
 pub use socket::{Caller, ControlSocket, request, request_held};

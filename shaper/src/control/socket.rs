@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{MAX_REQUEST_BYTES, Peer, Request, Response, access::SocketGroup};
-use crate::error::{Error, Result};
+use crate::control::{ControlError, Result};
 
 /// How long a client may take to send a request line before the daemon hangs up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,8 +39,8 @@ pub fn request(path: &Path, request: &Request) -> Result<Response> {
     let stream = send(path, request)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply)?;
-    match serde_json::from_str(&reply).map_err(Error::BadReply)? {
-        Response::Error { message } => Err(Error::Refused(message)),
+    match serde_json::from_str(&reply).map_err(ControlError::BadReply)? {
+        Response::Error { message } => Err(ControlError::Refused(message)),
         response => Ok(response),
     }
 }
@@ -48,14 +48,16 @@ pub fn request(path: &Path, request: &Request) -> Result<Response> {
 /// Connects to the daemon at `path` and writes `request` as one line.
 fn send(path: &Path, request: &Request) -> Result<StdUnixStream> {
     let stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::DaemonNotRunning {
-            path: path.to_owned(),
-        },
-        io::ErrorKind::PermissionDenied => Error::ControlPermission {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ControlError::DaemonNotRunning {
+                path: path.to_owned(),
+            }
+        }
+        io::ErrorKind::PermissionDenied => ControlError::ControlPermission {
             path: path.to_owned(),
             admitted: super::access::admitted(path),
         },
-        _ => Error::path(path)(e),
+        _ => ControlError::path(path)(e),
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
@@ -78,8 +80,8 @@ pub fn request_held(path: &Path, request: &Request) -> Result<(Response, StdUnix
         }
         reply.push(byte[0]);
     }
-    match serde_json::from_slice(&reply).map_err(Error::BadReply)? {
-        Response::Error { message } => Err(Error::Refused(message)),
+    match serde_json::from_slice(&reply).map_err(ControlError::BadReply)? {
+        Response::Error { message } => Err(ControlError::Refused(message)),
         response => Ok((response, stream)),
     }
 }
@@ -99,7 +101,7 @@ impl ControlSocket {
     pub fn bind(path: &Path, group: Option<&SocketGroup>) -> Result<Self> {
         use std::os::unix::fs::FileTypeExt as _;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(Error::path(dir))?;
+            std::fs::create_dir_all(dir).map_err(ControlError::path(dir))?;
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if meta.file_type().is_symlink() {
@@ -109,19 +111,19 @@ impl ControlSocket {
                 .into());
             }
             if !meta.file_type().is_socket() {
-                return Err(Error::NotASocket {
+                return Err(ControlError::NotASocket {
                     path: path.to_owned(),
                     kind: crate::private_files::kind_of(&meta),
                 });
             }
             if StdUnixStream::connect(path).is_ok() {
-                return Err(Error::SocketInUse {
+                return Err(ControlError::SocketInUse {
                     path: path.to_owned(),
                 });
             }
-            std::fs::remove_file(path).map_err(Error::path(path))?;
+            std::fs::remove_file(path).map_err(ControlError::path(path))?;
         }
-        let listener = UnixListener::bind(path).map_err(Error::path(path))?;
+        let listener = UnixListener::bind(path).map_err(ControlError::path(path))?;
         let socket = Self {
             listener,
             path: path.to_owned(),
@@ -130,7 +132,7 @@ impl ControlSocket {
         match group {
             Some(group) => group.share(path)?,
             None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(Error::path(path))?,
+                .map_err(ControlError::path(path))?,
         }
         Ok(socket)
     }

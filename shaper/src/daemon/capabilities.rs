@@ -21,7 +21,9 @@ use caps::{CapSet, Capability, CapsHashSet};
 use log::{info, warn};
 
 use crate::{
-    error::{Error, Result, chain},
+    daemon::DaemonError,
+    datapath::kernel_support::status_field,
+    error::{Result, chain},
     telemetry::listening_sockets::Owners,
 };
 
@@ -286,14 +288,6 @@ pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
     missing
 }
 
-/// The value of field `name` of a `/proc/<pid>/status` text, trimmed.
-pub(crate) fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key == name).then(|| value.trim())
-    })
-}
-
 /// Parses a capability mask (`CapInh`, `CapPrm`, `CapEff`, `CapBnd`, `CapAmb`) of
 /// `/proc/<pid>/status`.
 pub fn status_mask(status: &str, field: &str) -> Option<u64> {
@@ -305,15 +299,16 @@ pub fn effective_capabilities(status: &str) -> Option<u64> {
     status_mask(status, "CapEff")
 }
 
-/// Fails with [`Error::NotPrivileged`] unless this process can load and attach the classifier.
-pub fn check() -> Result<()> {
+/// Fails with [`DaemonError::NotPrivileged`] unless this process can load and attach the
+/// classifier.
+pub fn check() -> Result<(), DaemonError> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let effective = effective_capabilities(&status).unwrap_or(0);
     let missing = missing_capabilities(effective);
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::NotPrivileged {
+        Err(DaemonError::NotPrivileged {
             missing: missing.join(", "),
         })
     }

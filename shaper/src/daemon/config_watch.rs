@@ -30,7 +30,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::InForce;
 use crate::{
-    error::{Error, Result, chain},
+    daemon::DaemonError,
+    error::{Result, chain},
     policy::config_file::{self, Config},
 };
 
@@ -212,7 +213,7 @@ impl Watcher {
         let mut in_force = match in_force.lock() {
             Ok(in_force) => in_force,
             Err(_) => {
-                error!("reload of {path}: {}", Error::Poisoned);
+                error!("reload of {path}: {}", DaemonError::Poisoned);
                 return;
             }
         };

@@ -16,7 +16,8 @@ use std::{
 
 use super::InForce;
 use crate::{
-    error::{Error, chain},
+    daemon::DaemonError,
+    error::chain,
     telemetry::metrics::{HealthFn, Probe},
 };
 
@@ -38,7 +39,7 @@ fn live(in_force: &Mutex<InForce>) -> Result<String, String> {
         match in_force.try_lock() {
             Ok(_) => return Ok("ok: serving\n".into()),
             Err(std::sync::TryLockError::Poisoned(_)) => {
-                return Err(format!("{}\n", Error::Poisoned));
+                return Err(format!("{}\n", DaemonError::Poisoned));
             }
             Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -56,7 +57,7 @@ fn live(in_force: &Mutex<InForce>) -> Result<String, String> {
 fn ready(in_force: &Mutex<InForce>) -> Result<String, String> {
     let in_force = in_force
         .lock()
-        .map_err(|_| format!("{}\n", Error::Poisoned))?;
+        .map_err(|_| format!("{}\n", DaemonError::Poisoned))?;
     let mut problems = Vec::new();
     let interfaces = in_force.classifier.interface_states();
     if interfaces.is_empty() {

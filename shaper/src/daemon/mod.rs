@@ -34,6 +34,7 @@
 
 pub mod capabilities;
 pub mod config_watch;
+pub mod error;
 mod health;
 
 mod requests;
@@ -43,7 +44,6 @@ mod tracing;
 use std::{
     future::Future,
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
@@ -52,6 +52,7 @@ use std::{
 use log::info;
 use tokio::signal::unix::{SignalKind, signal};
 
+pub use error::DaemonError;
 pub use settings::{Flags, Settings};
 
 use crate::{
@@ -59,6 +60,7 @@ use crate::{
     datapath::{attach::AttachChoice, bpf_log, classifier::Classifier, pid_lock, pins::PinDir},
     error::{Error, Result, chain},
     policy::{config_file::Config, rules_in_force::Limits, watch_list::WatchList},
+    telemetry::TelemetryError,
     telemetry::{
         listening_sockets::Owners,
         metrics::{self, Exporter, Format, Inventory, MetricsAddr},
@@ -134,7 +136,7 @@ impl Daemon {
         }
         let metrics_listener = match settings.metrics_addr {
             MetricsAddr::Off => None,
-            MetricsAddr::At(addr) => Some(bind_metrics(addr)?),
+            MetricsAddr::At(addr) => Some(metrics::bind(addr)?),
         };
 
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -191,7 +193,7 @@ impl Daemon {
         }
         in_force
             .lock()
-            .map_err(|_| Error::Poisoned)?
+            .map_err(|_| DaemonError::Poisoned)?
             .classifier
             .mark_serving();
         drop(_entered);
@@ -254,7 +256,7 @@ impl Daemon {
             shutdown,
         ));
         drop(control);
-        let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
+        let mut in_force = in_force.lock().map_err(|_| DaemonError::Poisoned)?;
         // No trace outlives the daemon that reads it.
         if let Err(e) = tracing::switch_off(&mut in_force.classifier) {
             log::warn!("switching the trace off: {}", chain(&e));
@@ -277,39 +279,11 @@ impl Daemon {
         // Detach explicitly so a failure is reported (dropping would only log it).
         let detached = in_force.classifier.detach_all();
         served?;
-        detached.map_err(|error| Error::Detach(Box::new(error)))?;
+        detached.map_err(|error| DaemonError::Detach(Box::new(error)))?;
         info!("stopped; nothing left attached or pinned");
         Ok(())
     }
 }
-
-/// Binds the metrics port, with a hint when another daemon has it.
-fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|error| Error::MetricsBind {
-        addr,
-        hint: if error.kind() == std::io::ErrorKind::AddrInUse {
-            " (another shaper daemon in this network namespace? give each its own \
-             --metrics-addr, or --metrics-addr off)"
-        } else {
-            ""
-        },
-        error,
-    })?;
-    // std listens with a backlog of 128. A burst of connections (a scrape storm, a reconnecting
-    // fleet) beyond it while the accept loop catches up has its SYNs dropped, and each dropped
-    // client, a probe included, retries only after the 1 s SYN timeout. The kernel caps the
-    // backlog at net.core.somaxconn (4096 since Linux 5.4); listen(2) on a listening socket only
-    // changes the backlog.
-    // SAFETY: listen(2) on a socket this function owns; it touches no memory.
-    if unsafe { libc::listen(listener.as_raw_fd(), METRICS_BACKLOG) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// The metrics listener's accept queue (see [`bind_metrics`]).
-const METRICS_BACKLOG: i32 = 4096;
 
 /// One scrape: the inventory under the daemon's lock, the port scan without it.
 fn scrape_fn(
@@ -320,7 +294,9 @@ fn scrape_fn(
     Arc::new(move |format: Format| {
         let started = Instant::now();
         let inventory = {
-            let in_force = in_force.lock().map_err(|_| Error::Poisoned.to_string())?;
+            let in_force = in_force
+                .lock()
+                .map_err(|_| DaemonError::Poisoned.to_string())?;
             let mut inventory =
                 Inventory::gather(&in_force.classifier, &in_force.limits).map_err(|e| chain(&e))?;
             if top_remotes > 0 {
@@ -355,8 +331,8 @@ async fn serve(
         }
     };
     tokio::select! {
-        served = control.serve(handle) => served,
-        served = metrics => served.map_err(|error| Error::MetricsServe { error }),
+        served = control.serve(handle) => served.map_err(Error::from),
+        served = metrics => served.map_err(|error| TelemetryError::MetricsServe { error }.into()),
         stopped = shutdown => stopped,
         reloaded = reloads => reloaded,
         never = repairs => never,
@@ -378,9 +354,9 @@ async fn pending_repairs(in_force: Arc<Mutex<InForce>>) -> Result<()> {
         ticks.tick().await;
         let (in_force, repair) = (Arc::clone(&in_force), Arc::clone(&repair));
         let pass = tokio::task::spawn_blocking(move || {
-            let mut repair = repair.lock().map_err(|_| Error::Poisoned)?;
-            let mut in_force = in_force.lock().map_err(|_| Error::Poisoned)?;
-            in_force.classifier.repair_pending(&mut repair)
+            let mut repair = repair.lock().map_err(|_| DaemonError::Poisoned)?;
+            let mut in_force = in_force.lock().map_err(|_| DaemonError::Poisoned)?;
+            Ok::<_, Error>(in_force.classifier.repair_pending(&mut repair)?)
         })
         .await;
         match pass {

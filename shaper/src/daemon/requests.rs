@@ -7,7 +7,8 @@ use log::info;
 use super::InForce;
 use crate::{
     control::{Caller, Peer, Request, Response},
-    error::{Error, Result, chain},
+    daemon::DaemonError,
+    error::{Result, chain},
     policy::rule_actor::Actor,
     telemetry::{counter_snapshot::Snapshot, exposure, listening_sockets},
 };
@@ -17,7 +18,7 @@ use crate::{
 pub(super) fn answer(in_force: &Mutex<InForce>, request: Request, caller: Caller) -> Response {
     let reply = match in_force.lock() {
         Ok(mut in_force) => in_force.answer(request, caller),
-        Err(_) => Err(Error::Poisoned),
+        Err(_) => Err(DaemonError::Poisoned.into()),
     };
     // The whole chain: the CLI has nothing else to print.
     reply.unwrap_or_else(|e| Response::Error { message: chain(&e) })

@@ -13,6 +13,7 @@ use crate::{
     },
     error::Result,
     policy::{
+        PolicyError,
         config_file::{self, Config},
         rule_table::RuleSpec,
     },
@@ -78,7 +79,7 @@ pub struct Settings {
 /// included, so a bad file is the first thing an operator hears about.
 pub fn read_config(flags: &Flags) -> Result<Config> {
     Ok(match &flags.config {
-        Some(path) => config_file::load(path)?,
+        Some(path) => config_file::load(path).map_err(PolicyError::from)?,
         None => Config::default(),
     })
 }

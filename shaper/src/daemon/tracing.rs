@@ -8,7 +8,8 @@ use shaper_common::{TraceConfig, VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP,
 use crate::{
     control::{Response, protocol::TraceSpec},
     datapath::{classifier::Classifier, trace_switch},
-    error::{Error, Result},
+    error::Result,
+    policy::PolicyError,
     policy::rule_table::TraceVerdicts,
 };
 
@@ -28,7 +29,8 @@ struct Session {
 
 /// Clears every trace switch.
 pub(crate) fn switch_off(classifier: &mut Classifier) -> Result<()> {
-    trace_switch::set(classifier, None, TraceConfig::default()).map(drop)
+    trace_switch::set(classifier, None, TraceConfig::default())?;
+    Ok(())
 }
 
 impl Tracing {
@@ -42,13 +44,14 @@ impl Tracing {
         by: impl std::fmt::Display,
     ) -> Result<Response> {
         if let Some(Session { id: session, .. }) = self.current {
-            return Err(Error::Watch(format!(
+            return Err(PolicyError::Watch(format!(
                 "trace {session} is running; one trace at a time (its events share one ring \
                  buffer)"
-            )));
+            ))
+            .into());
         }
         let pins = classifier.pins().ok_or_else(|| {
-            Error::Watch("this datapath is not pinned: no ring buffer to read".to_owned())
+            PolicyError::Watch("this datapath is not pinned: no ring buffer to read".to_owned())
         })?;
         let (events, lost) = (pins.map(maps::TRACE_EVENTS), pins.map(maps::TRACE_LOST));
         let verdicts = match spec.verdict {
@@ -90,10 +93,11 @@ impl Tracing {
     ) -> Result<Response> {
         match self.current {
             Some(running) if running.id == session && running.connection != connection => {
-                return Err(Error::Watch(format!(
+                return Err(PolicyError::Watch(format!(
                     "trace {session} belongs to another control connection; it ends when that \
                      connection closes (its `shaper trace` exits)"
-                )));
+                ))
+                .into());
             }
             Some(running) if running.id == session => {
                 switch_off(classifier)?;

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::pid_lock::PidLock,
+    datapath::{DatapathError, Result},
     datapath::{netlink, pins::PinDir, tcx_query},
-    error::{Error, Result, chain},
+    error::chain,
 };
 
 /// How the programs are attached to the tc hooks.
@@ -148,10 +149,12 @@ pub struct Attachment {
 
 pub(crate) fn program_mut(ebpf: &mut Ebpf, direction: Direction) -> Result<&mut SchedClassifier> {
     let name = direction.program();
-    let program = ebpf.program_mut(name).ok_or(Error::MissingInObject {
-        kind: "program",
-        name,
-    })?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingInObject {
+            kind: "program",
+            name,
+        })?;
     Ok(program.try_into()?)
 }
 
@@ -182,14 +185,14 @@ pub(crate) fn attach(
 ) -> Result<Attachment> {
     if mode == AttachMode::Tcx && !tcx_supported() {
         let kernel = KernelVersion::current().map_or_else(|e| e.to_string(), |v| format!("{v:?}"));
-        return Err(Error::TcxUnsupported { kernel });
+        return Err(DatapathError::TcxUnsupported { kernel });
     }
     let lock = PidLock::acquire(iface, netns)?;
     let pinned = pins.and_then(|p| pinned_mode(p, iface));
     if let Some(pinned) = pinned
         && pinned != mode
     {
-        return Err(Error::AttachModeConflict {
+        return Err(DatapathError::AttachModeConflict {
             iface: iface.to_owned(),
             pinned: pinned.name(),
             requested: mode.name(),
@@ -209,7 +212,7 @@ pub(crate) fn attach(
                 } else {
                     pins.clsact(iface)
                 };
-                std::fs::create_dir_all(&dir).map_err(Error::path(&dir))?;
+                std::fs::create_dir_all(&dir).map_err(DatapathError::path(&dir))?;
             }
             added || marked
         }
@@ -259,7 +262,7 @@ fn attach_one(
     pins: Option<&PinDir>,
     adopting: bool,
 ) -> Result<SchedClassifierLink> {
-    let failed = |source: ProgramError| Error::Attach {
+    let failed = |source: ProgramError| DatapathError::Attach {
         iface: iface.to_owned(),
         direction: direction.name(),
         mode: mode.name(),
@@ -272,7 +275,7 @@ fn attach_one(
             let pin = pins.map(|p| p.tcx_link(iface, direction));
             let link_failed = |path: &std::path::Path| {
                 let path = path.to_owned();
-                move |e: aya::programs::links::LinkError| Error::Pin {
+                move |e: aya::programs::links::LinkError| DatapathError::Pin {
                     path,
                     reason: e.to_string(),
                 }
@@ -292,9 +295,9 @@ fn attach_one(
                         warn!(
                             "{iface}: the pinned {} link is defunct, attaching anew ({})",
                             direction.name(),
-                            chain(&Error::from(e))
+                            chain(&DatapathError::from(e))
                         );
-                        std::fs::remove_file(pin).map_err(Error::path(pin))?;
+                        std::fs::remove_file(pin).map_err(DatapathError::path(pin))?;
                     }
                 }
             }
@@ -307,7 +310,7 @@ fn attach_one(
                 return Ok(link);
             };
             let fd_link = FdLink::try_from(link).map_err(link_failed(&pin))?;
-            let pinned = fd_link.pin(&pin).map_err(|e| Error::Pin {
+            let pinned = fd_link.pin(&pin).map_err(|e| DatapathError::Pin {
                 path: pin.clone(),
                 reason: e.to_string(),
             })?;
@@ -330,7 +333,7 @@ fn attach_one(
                     Err(e) => warn!(
                         "{iface}: no pinned clsact filter on {} to replace, creating one ({})",
                         direction.name(),
-                        chain(&Error::from(e))
+                        chain(&DatapathError::from(e))
                     ),
                 }
             }
@@ -350,7 +353,7 @@ fn attach_one(
 /// Ensures a clsact qdisc exists. On a fresh start (`clean`), also removes shaper filters an
 /// unpinned earlier run left at other priorities. Returns whether it added the qdisc.
 fn ensure_clsact(iface: &str, clean: bool) -> Result<bool> {
-    let failed = |source| Error::Clsact {
+    let failed = |source| DatapathError::Clsact {
         iface: iface.to_owned(),
         source: Box::new(source),
     };
@@ -414,13 +417,13 @@ pub(crate) fn detach(
             if let Err(e) = std::fs::remove_file(&pin)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                first_error.get_or_insert(Error::path(&pin)(e));
+                first_error.get_or_insert(DatapathError::path(&pin)(e));
             }
         }
     }
     for (direction, link) in links {
         if let Err(e) = link.detach() {
-            let e = Error::from(e);
+            let e = DatapathError::from(e);
             // Someone removed it already (`tc filter del`, `tc qdisc del ... clsact`, a deleted
             // interface): what detaching is for has happened; say so instead of failing.
             if matches!(
@@ -470,7 +473,7 @@ fn remove_clsact_qdisc(iface: &str, ifindex: u32, added: bool) -> Result<()> {
                 Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)
             ) =>
         {
-            Err(Error::ClsactRemove {
+            Err(DatapathError::ClsactRemove {
                 iface: iface.to_owned(),
                 source,
             })
@@ -501,7 +504,7 @@ pub fn remove_pinned(pins: &PinDir, iface: &str) -> Result<Removed> {
         if pin.exists() {
             // Unpinning drops the last reference once our fd closes: the link is released
             // and the program detached (kernel/bpf/syscall.c `bpf_link_put`).
-            std::fs::remove_file(&pin).map_err(Error::path(&pin))?;
+            std::fs::remove_file(&pin).map_err(DatapathError::path(&pin))?;
             removed.detached.push(format!("tcx {}", direction.name()));
         }
     }
@@ -523,7 +526,7 @@ pub fn remove_pinned(pins: &PinDir, iface: &str) -> Result<Removed> {
                     Err(e) => warn!(
                         "{iface}: no clsact filter to remove on {}: {}",
                         direction.name(),
-                        chain(&Error::from(e))
+                        chain(&DatapathError::from(e))
                     ),
                 }
             }
@@ -554,7 +557,7 @@ pub(crate) fn attached_now(
     let name = direction.program();
     let program: &SchedClassifier = ebpf
         .program(name)
-        .ok_or(Error::MissingInObject {
+        .ok_or(DatapathError::MissingInObject {
             kind: "program",
             name,
         })?
@@ -566,7 +569,7 @@ pub(crate) fn attached_now(
             Ok(ids) => Ok(ids.contains(&ours)),
             // The interface is gone (or renamed): nothing of ours can be attached to it.
             Err(_) if crate::datapath::interfaces::index(iface).is_err() => Ok(false),
-            Err(source) => Err(Error::AttachQuery {
+            Err(source) => Err(DatapathError::AttachQuery {
                 iface: iface.to_owned(),
                 source,
             }),
@@ -575,7 +578,7 @@ pub(crate) fn attached_now(
             match netlink::clsact_bpf_program_ids(ifindex, direction == Direction::Ingress) {
                 Ok(ids) => Ok(ids.contains(&ours)),
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
-                Err(source) => Err(Error::AttachQuery {
+                Err(source) => Err(DatapathError::AttachQuery {
                     iface: iface.to_owned(),
                     source,
                 }),

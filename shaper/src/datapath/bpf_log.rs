@@ -15,7 +15,7 @@ use shaper_common::{log_level, maps};
 
 use crate::{
     datapath::classifier::Classifier,
-    error::{Error, Result},
+    datapath::{DatapathError, Result},
 };
 
 /// A level as `--bpf-log` and `shaper log-level` spell it, as the program's `LOG_LEVEL` value.
@@ -27,19 +27,20 @@ pub fn parse_level(text: &str) -> Result<u32> {
         "info" => log_level::INFO,
         "debug" => log_level::DEBUG,
         "trace" => log_level::TRACE,
-        _ => return Err(Error::LogLevel(text.to_owned())),
+        _ => return Err(DatapathError::LogLevel(text.to_owned())),
     })
 }
 
 /// Sets the level of the program's log lines; the next packet on a rare path reads it.
 pub fn set_level(classifier: &mut Classifier, level: u32) -> Result<()> {
-    let map = classifier
-        .ebpf_mut()
-        .map_mut(maps::LOG_LEVEL)
-        .ok_or(Error::MissingInObject {
-            kind: "map",
-            name: maps::LOG_LEVEL,
-        })?;
+    let map =
+        classifier
+            .ebpf_mut()
+            .map_mut(maps::LOG_LEVEL)
+            .ok_or(DatapathError::MissingInObject {
+                kind: "map",
+                name: maps::LOG_LEVEL,
+            })?;
     let mut array: Array<&mut MapData, u32> = Array::try_from(map)?;
     array.set(0, level.min(log_level::TRACE), 0)?;
     Ok(())
@@ -87,7 +88,7 @@ pub fn follow<T: log::Log + Send + 'static>(
     let mut reader = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
     }
-    .map_err(|e| Error::Io(e.into_parts().1))?;
+    .map_err(|e| DatapathError::Io(e.into_parts().1))?;
     Ok(async move {
         while let Ok(mut guard) = reader.readable_mut().await {
             guard.get_inner_mut().flush();

@@ -2,14 +2,15 @@
 
 use std::{ffi::CString, os::unix::fs::MetadataExt as _};
 
-use crate::error::{Error, Result};
+use crate::datapath::{DatapathError, Result};
 
 /// The kernel's index of interface `name` in this network namespace.
 pub fn index(name: &str) -> Result<u32> {
-    let c_name = CString::new(name).map_err(|_| Error::InterfaceNotFound(name.to_owned()))?;
+    let c_name =
+        CString::new(name).map_err(|_| DatapathError::InterfaceNotFound(name.to_owned()))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string and touches nothing else.
     match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
-        0 => Err(Error::InterfaceNotFound(name.to_owned())),
+        0 => Err(DatapathError::InterfaceNotFound(name.to_owned())),
         index => Ok(index),
     }
 }
@@ -46,9 +47,9 @@ pub fn max_aggregate_bytes(name: &str) -> Result<u32> {
     let limits = crate::datapath::netlink::link_aggregate_limits(ifindex).map_err(|e| {
         if e.raw_os_error() == Some(libc::ENODEV) {
             // Removed between the name lookup and the request.
-            Error::InterfaceNotFound(name.to_owned())
+            DatapathError::InterfaceNotFound(name.to_owned())
         } else {
-            Error::Io(std::io::Error::new(
+            DatapathError::Io(std::io::Error::new(
                 e.kind(),
                 format!("reading the GSO/GRO size limits of {name} (RTM_GETLINK): {e}"),
             ))
@@ -63,7 +64,7 @@ pub fn default_route_interface() -> Result<String> {
     let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
     default_route_v4(&v4)
         .or_else(|| default_route_v6(&v6))
-        .ok_or(Error::NoDefaultRoute)
+        .ok_or(DatapathError::NoDefaultRoute)
 }
 
 const RTF_UP: u32 = 0x1;
@@ -118,7 +119,9 @@ pub fn default_route_v6(table: &str) -> Option<String> {
 /// The inode of this process's network namespace: interface names are only unique within one.
 pub fn netns_inode() -> Result<u64> {
     let path = "/proc/self/ns/net";
-    Ok(std::fs::metadata(path).map_err(Error::path(path))?.ino())
+    Ok(std::fs::metadata(path)
+        .map_err(DatapathError::path(path))?
+        .ino())
 }
 
 #[cfg(test)]
@@ -172,7 +175,7 @@ eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
     #[test]
     fn max_aggregate_of_unknown_interface_is_a_clear_error() {
         let err = max_aggregate_bytes("shaper-no-such-if0").unwrap_err();
-        assert!(matches!(err, Error::InterfaceNotFound(_)), "{err}");
+        assert!(matches!(err, DatapathError::InterfaceNotFound(_)), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::{ffi::CStr, io};
 
-use crate::error::{Error, Result};
+use crate::datapath::{DatapathError, Result};
 
 /// A feature the datapath cannot do without.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub fn check() -> Result<()> {
     .find_map(|(feature, present)| (!present).then_some(feature));
     match missing {
         None => Ok(()),
-        Some(feature) => Err(Error::KernelTooOld {
+        Some(feature) => Err(DatapathError::KernelTooOld {
             kernel: release(),
             feature: feature.name,
             since: feature.since,
@@ -88,7 +88,7 @@ fn has_netns_cookie() -> bool {
     match super::pins::netns_cookie() {
         Ok(_) => true,
         // ENOPROTOOPT: sock_getsockopt() does not know the option.
-        Err(Error::Io(e)) => e.raw_os_error() != Some(libc::ENOPROTOOPT),
+        Err(DatapathError::Io(e)) => e.raw_os_error() != Some(libc::ENOPROTOOPT),
         Err(_) => true,
     }
 }
@@ -186,6 +186,16 @@ fn load_socket_filter(program: &[Insn]) -> io::Result<()> {
     // frees the program.
     unsafe { libc::close(fd as libc::c_int) };
     Ok(())
+}
+
+/// The value of field `name` of a `/proc/<pid>/status` text, trimmed: the capability masks
+/// the daemon checks, and `Seccomp`, which tells a filter's EPERM from the kernel's
+/// ([`DatapathError::explain_seccomp`]).
+pub(crate) fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim())
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bpf_log;
 pub mod classifier;
+pub mod error;
 pub mod interfaces;
 pub mod kernel_support;
 pub mod ktime;
@@ -16,3 +17,5 @@ pub mod tcp_telemetry;
 pub(crate) mod tcx_query;
 pub mod trace_switch;
 pub mod watched_ports;
+
+pub use error::{DatapathError, Result};

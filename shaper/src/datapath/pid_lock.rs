@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::error::{Error, Result};
+use crate::datapath::{DatapathError, Result};
 
 /// Where the interface locks live. Fixed rather than configurable: two daemons must agree on it
 /// to see each other.
@@ -45,12 +45,12 @@ impl PidLock {
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(Error::path(dir))?;
-        let meta = fs::metadata(dir).map_err(Error::path(dir))?;
+            .map_err(DatapathError::path(dir))?;
+        let meta = fs::metadata(dir).map_err(DatapathError::path(dir))?;
         crate::private_files::refuse_writable_by_others(dir, &meta)?;
         let mut name = state.file_name().unwrap_or_default().to_owned();
         name.push(".lock");
-        Self::claim(dir.join(name))?.map_err(|HeldBy(pid)| Error::StateInUse {
+        Self::claim(dir.join(name))?.map_err(|HeldBy(pid)| DatapathError::StateInUse {
             path: state.to_owned(),
             pid,
         })
@@ -61,7 +61,7 @@ impl PidLock {
         let dir = Path::new(LOCK_DIR);
         Self::create_dir(dir)?;
         let path = dir.join(Self::datapath_lock_name(pins));
-        Self::claim(path)?.map_err(|HeldBy(pid)| Error::DatapathInUse {
+        Self::claim(path)?.map_err(|HeldBy(pid)| DatapathError::DatapathInUse {
             dir: pins.root().to_owned(),
             pid,
         })
@@ -100,7 +100,7 @@ impl PidLock {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(Error::path(dir))
+            .map_err(DatapathError::path(dir))
     }
 
     fn acquire_in(dir: &Path, iface: &str, netns: u64) -> Result<Self> {
@@ -108,9 +108,9 @@ impl PidLock {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(Error::path(dir))?;
+            .map_err(DatapathError::path(dir))?;
         let path = dir.join(format!("net{netns}-{iface}.lock"));
-        Self::claim(path)?.map_err(|HeldBy(pid)| Error::AlreadyAttached {
+        Self::claim(path)?.map_err(|HeldBy(pid)| DatapathError::AlreadyAttached {
             iface: iface.to_owned(),
             pid,
         })

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::pid_lock::PidLock,
     datapath::{
+        DatapathError, Result,
         attach::{self, AttachMode, Direction, Removed},
         interfaces, netlink,
         pins::PinDir,
     },
-    error::{Error, Result},
 };
 
 /// `shaper status --json`, schema version 1.
@@ -136,7 +136,7 @@ pub struct Down {
 pub fn down(pins: &PinDir, only: &[String]) -> Result<Down> {
     // Held while taking things down, so no daemon starts adopting a half-removed datapath.
     let _lock = PidLock::acquire_datapath(pins).map_err(|e| match e {
-        Error::DatapathInUse { dir, pid } => Error::DownWhileRunning { dir, pid },
+        DatapathError::DatapathInUse { dir, pid } => DatapathError::DownWhileRunning { dir, pid },
         other => other,
     })?;
     let mut down = Down {

@@ -29,7 +29,7 @@ use log::info;
 
 use crate::{
     datapath::attach::Direction,
-    error::{Error, Result},
+    datapath::{DatapathError, Result},
 };
 
 /// Where bpffs is mounted on every current distribution, and where shaper pins by default.
@@ -114,11 +114,11 @@ impl PinDir {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::path(&dir)(e)),
+            Err(e) => return Err(DatapathError::path(&dir)(e)),
         };
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(Error::path(&dir))?;
+            let entry = entry.map_err(DatapathError::path(&dir))?;
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
         names.sort();
@@ -147,7 +147,7 @@ fn create_dirs(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(Error::path(dir))
+        .map_err(DatapathError::path(dir))
 }
 
 /// Removes `path` and everything below it; a path that is already gone is fine. bpffs unlinks
@@ -156,7 +156,7 @@ fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::path(path)(e)),
+        Err(e) => Err(DatapathError::path(path)(e)),
     }
 }
 
@@ -204,7 +204,7 @@ fn ensure_bpffs(path: &Path) -> Result<()> {
     // Something else mounted below a bpffs, or a place outside /sys/fs/bpf: pins cannot live
     // there, and mounting over it would hide what it holds.
     if !path.starts_with(mount_point) || existing != mount_point {
-        return Err(Error::NotBpffs {
+        return Err(DatapathError::NotBpffs {
             path: existing.to_owned(),
         });
     }
@@ -219,7 +219,7 @@ fn ensure_bpffs(path: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(Error::BpffsMount {
+        return Err(DatapathError::BpffsMount {
             error: io::Error::last_os_error(),
         });
     }
@@ -251,13 +251,13 @@ fn in_initial_mount_namespace() -> bool {
 fn is_bpffs(path: &Path) -> Result<bool> {
     use std::os::unix::ffi::OsStrExt as _;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| Error::path(path)(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        .map_err(|e| DatapathError::path(path)(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     // SAFETY: a zeroed statfs is a valid out-parameter; statfs(2) fills it for the
     // NUL-terminated path.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above; `stat` outlives the call.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(Error::path(path)(io::Error::last_os_error()));
+        return Err(DatapathError::path(path)(io::Error::last_os_error()));
     }
     // `f_type` is a `__fsword_t`: i64 on x86_64, narrower on some other targets.
     Ok(stat.f_type as i64 == BPF_FS_MAGIC)

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     datapath::{
+        DatapathError, Result,
         classifier::Classifier,
         interfaces,
         netlink::{
@@ -31,7 +32,6 @@ use crate::{
             ifb,
         },
     },
-    error::{Error, Result},
     types::keywords::DirSel,
 };
 
@@ -99,9 +99,9 @@ pub fn wanted(requests: impl IntoIterator<Item = ClassRequest>, ifaces: &[String
     wanted
 }
 
-fn failed(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+fn failed(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
     let iface = iface.to_owned();
-    move |source| Error::Shape {
+    move |source| DatapathError::Shape {
         iface,
         what,
         source,
@@ -120,14 +120,14 @@ pub fn check(wanted: &Wanted) -> Result<()> {
             if device.ifb_of.is_some() {
                 continue;
             }
-            return Err(Error::InterfaceNotFound(name.clone()));
+            return Err(DatapathError::InterfaceNotFound(name.clone()));
         };
         if let Some(root) =
             htb::root_qdisc(ifindex).map_err(failed(name, "reading the root qdisc"))?
             && !root.is_shapers()
             && !root.is_default()
         {
-            return Err(Error::ShapeForeignRoot {
+            return Err(DatapathError::ShapeForeignRoot {
                 iface: name.clone(),
                 root: root.to_string(),
             });

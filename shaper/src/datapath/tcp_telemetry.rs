@@ -20,13 +20,11 @@ use shaper_common::{
     RttHistogram, TCP_EVENTS_PER_IFACE, TcpEvents, handshake, maps, rtt_index, tcp_events_index,
 };
 
-use crate::{
-    datapath::{
-        classifier::map_shared,
-        ktime,
-        mapped_arrays::{ReadOnlyMapping, WritableMapping},
-    },
-    error::{Error, Result},
+use crate::datapath::{
+    DatapathError, Result,
+    classifier::map_shared,
+    ktime,
+    mapped_arrays::{ReadOnlyMapping, WritableMapping},
 };
 
 /// A port row's TCP events (see docs/src/guide/tcp.md for which port each counts
@@ -127,11 +125,13 @@ pub fn map_memory_bytes(interfaces: u32) -> u64 {
 /// The (interface slot, local port, remote address) of every handshake the `REMOTES` LRU
 /// remembers (at most `REMOTE_ENTRIES`).
 pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
-    let remotes: HashMap<&MapData, RemoteKey, u64> =
-        HashMap::try_from(ebpf.map(maps::REMOTES).ok_or(Error::MissingInObject {
-            kind: "map",
-            name: maps::REMOTES,
-        })?)?;
+    let remotes: HashMap<&MapData, RemoteKey, u64> = HashMap::try_from(
+        ebpf.map(maps::REMOTES)
+            .ok_or(DatapathError::MissingInObject {
+                kind: "map",
+                name: maps::REMOTES,
+            })?,
+    )?;
     // A walk that loses its place starts again from the first key (see `tracking`): bounded to
     // the map's size; the caller counts distinct pairs, so repeats do not matter.
     Ok(remotes
@@ -181,7 +181,7 @@ pub struct HandshakeTracking {
 pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
     let stats: Array<&MapData, HandshakeStats> = Array::try_from(
         ebpf.map(maps::HANDSHAKE_STATS)
-            .ok_or(Error::MissingInObject {
+            .ok_or(DatapathError::MissingInObject {
                 kind: "map",
                 name: maps::HANDSHAKE_STATS,
             })?,
@@ -190,11 +190,13 @@ pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
     // that starts or ends during the walk can only make `lost` err low this time (a later
     // scrape then shows more, as a counter may), never high (a later scrape would show less).
     let before = stats.get(&0, 0)?;
-    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> =
-        HashMap::try_from(ebpf.map(maps::HANDSHAKES).ok_or(Error::MissingInObject {
-            kind: "map",
-            name: maps::HANDSHAKES,
-        })?)?;
+    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> = HashMap::try_from(
+        ebpf.map(maps::HANDSHAKES)
+            .ok_or(DatapathError::MissingInObject {
+                kind: "map",
+                name: maps::HANDSHAKES,
+            })?,
+    )?;
     // Entries come and go during the walk: when the key the walk stands on is gone, the kernel
     // starts again from the first (`htab_map_get_next_key()`, kernel/bpf/hashtab.c), so a key
     // may be counted twice (`lost` errs low) and the walk is bounded to the map's size.
@@ -269,7 +271,7 @@ impl PendingRepair {
         };
         let mut handshakes: HashMap<&mut MapData, HandshakeKey, Handshake> = HashMap::try_from(
             ebpf.map_mut(maps::HANDSHAKES)
-                .ok_or(Error::MissingInObject {
+                .ok_or(DatapathError::MissingInObject {
                     kind: "map",
                     name: maps::HANDSHAKES,
                 })?,

@@ -10,7 +10,7 @@ use shaper_common::{
 
 use crate::{
     datapath::classifier::Classifier,
-    error::{Error, Result},
+    datapath::{DatapathError, Result},
     types::{keywords::DirSel, ports::PortRange},
 };
 
@@ -24,14 +24,12 @@ pub fn set(
 ) -> Result<usize> {
     if traced.is_some() {
         // The configuration first, so no event is sent under an older one.
-        let map =
-            classifier
-                .ebpf_mut()
-                .map_mut(maps::TRACE_CONFIG)
-                .ok_or(Error::MissingInObject {
-                    kind: "map",
-                    name: maps::TRACE_CONFIG,
-                })?;
+        let map = classifier.ebpf_mut().map_mut(maps::TRACE_CONFIG).ok_or(
+            DatapathError::MissingInObject {
+                kind: "map",
+                name: maps::TRACE_CONFIG,
+            },
+        )?;
         let mut array: Array<&mut MapData, TraceConfig> = Array::try_from(map)?;
         array.set(0, config, 0)?;
     }

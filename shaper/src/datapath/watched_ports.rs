@@ -21,7 +21,7 @@ use shaper_common::{
 use crate::{
     Direction,
     datapath::classifier::{Classifier, PROTOCOLS, Proto},
-    error::{Error, Result},
+    datapath::{DatapathError, Result},
     types::{keywords::DirSel, ports::PortRange},
 };
 
@@ -138,10 +138,12 @@ pub struct TalkersReading {
 /// too low; on a quiet map it is exact.
 pub fn read(classifier: &Classifier, port: Option<u16>) -> Result<TalkersReading> {
     let ebpf = classifier.ebpf();
-    let map = ebpf.map(maps::TALKERS).ok_or(Error::MissingInObject {
-        kind: "map",
-        name: maps::TALKERS,
-    })?;
+    let map = ebpf
+        .map(maps::TALKERS)
+        .ok_or(DatapathError::MissingInObject {
+            kind: "map",
+            name: maps::TALKERS,
+        })?;
     let talkers_map: HashMap<&MapData, TalkerKey, TalkerCounters> = HashMap::try_from(map)?;
     let names = classifier.interface_names();
     let mut talkers = Vec::new();
@@ -181,7 +183,7 @@ pub fn read(classifier: &Classifier, port: Option<u16>) -> Result<TalkersReading
     }
     let inserts = ebpf
         .map(maps::TALKER_INSERTS)
-        .ok_or(Error::MissingInObject {
+        .ok_or(DatapathError::MissingInObject {
             kind: "map",
             name: maps::TALKER_INSERTS,
         })?;

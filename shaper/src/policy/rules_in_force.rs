@@ -21,7 +21,7 @@ use crate::{
     datapath::interfaces,
     datapath::netlink::htb,
     datapath::shape_classes,
-    error::{Error, Result, chain},
+    error::chain,
     policy::action_options,
     policy::config_reload::{Origin, ReloadStatus, ReloadSummary},
     policy::rates_and_sizes,
@@ -31,6 +31,7 @@ use crate::{
         make_limit,
     },
     policy::state_file,
+    policy::{PolicyError, Result},
 };
 
 /// A rule with its counters, as `shaper limit ls` shows it.
@@ -183,7 +184,7 @@ impl Limits {
                 let mut table = RuleTable::new();
                 let attached = Attached::read(classifier)?;
                 for spec in &limits.config_rules {
-                    let refused = |e: Error| Error::ConfigRule {
+                    let refused = |e: PolicyError| PolicyError::ConfigRule {
                         rule: spec.key.to_string(),
                         source: Box::new(e),
                     };
@@ -253,14 +254,14 @@ impl Limits {
                     chain(&undo)
                 );
             }
-            return Err(e);
+            return Err(e.into());
         }
         classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
         self.table = next;
         self.config_keys.remove(&spec.key);
         self.actors.insert(spec.key.clone(), actor);
         prune_classes(classifier, &wanted);
-        let rule = self.table.find(&spec.key).ok_or(Error::NoSuchRule {
+        let rule = self.table.find(&spec.key).ok_or(PolicyError::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
         })?;
@@ -286,7 +287,7 @@ impl Limits {
                 .filter(|r| r.key.ports == key.ports && r.key.side == key.side)
                 .map(|r| r.key.to_string())
                 .collect();
-            return Err(Error::NoSuchRule {
+            return Err(PolicyError::NoSuchRule {
                 key: key.to_string(),
                 others: if same_ports.is_empty() {
                     " (`shaper limit ls` lists the rules)".into()
@@ -412,7 +413,7 @@ impl Limits {
         let config_keys: HashSet<RuleKey> =
             config_rules.iter().map(|spec| spec.key.clone()).collect();
         for spec in &config_rules {
-            let refused = |e: Error| Error::ConfigRule {
+            let refused = |e: PolicyError| PolicyError::ConfigRule {
                 rule: spec.key.to_string(),
                 source: Box::new(e),
             };
@@ -559,7 +560,7 @@ impl Limits {
     /// `--persist`): the kernel's default root comes back. The rules stay saved and come back,
     /// classes and all, with the next daemon.
     pub fn release_shaping(&self, classifier: &Classifier) -> Result<Vec<String>> {
-        shape_classes::release(&classifier.interface_names())
+        Ok(shape_classes::release(&classifier.interface_names())?)
     }
 
     /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's,

@@ -7,10 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{Error, Result},
     policy::config_reload::Origin,
     policy::rule_actor::Actor,
     policy::rule_table::{Rule, RuleSpec},
+    policy::{PolicyError, Result},
 };
 
 /// Where the daemon keeps its rules unless told otherwise (`--state`).
@@ -59,7 +59,7 @@ pub(crate) fn read(path: &Path) -> Result<Option<State>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::path(path)(e)),
+        Err(e) => return Err(PolicyError::path(path)(e)),
     };
     parse(&bytes, path).map(Some)
 }
@@ -68,7 +68,7 @@ pub(crate) fn read(path: &Path) -> Result<Option<State>> {
 /// first, so a file from a newer shaper is refused as that even when the rest of its format
 /// changed; a file cut short says so.
 pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<State> {
-    let refuse = |reason: String| Error::State {
+    let refuse = |reason: String| PolicyError::State {
         path: path.to_owned(),
         reason,
     };

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::classifier::Classifier,
     datapath::watched_ports::{self, WatchSpec},
-    error::{Error, Result},
     policy::state_file,
+    policy::{PolicyError, Result},
 };
 
 const VERSION: u32 = 1;
@@ -54,12 +54,13 @@ impl WatchList {
         let path = saved_path(state);
         let watches = match std::fs::read(&path) {
             Ok(bytes) => {
-                let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| Error::State {
-                    path: path.clone(),
-                    reason: format!("not a shaper watch list: {e}"),
-                })?;
+                let saved: Saved =
+                    serde_json::from_slice(&bytes).map_err(|e| PolicyError::State {
+                        path: path.clone(),
+                        reason: format!("not a shaper watch list: {e}"),
+                    })?;
                 if saved.version != VERSION {
-                    return Err(Error::State {
+                    return Err(PolicyError::State {
                         path,
                         reason: format!(
                             "version {} (this shaper reads version {VERSION})",
@@ -79,7 +80,7 @@ impl WatchList {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => config_watches.clone(),
-            Err(e) => return Err(Error::path(&path)(e)),
+            Err(e) => return Err(PolicyError::path(&path)(e)),
         };
         let list = Self {
             watches,
@@ -103,7 +104,7 @@ impl WatchList {
         if let Some(iface) = &watch.iface
             && !classifier.interface_names().contains(iface)
         {
-            return Err(Error::Watch(format!(
+            return Err(PolicyError::Watch(format!(
                 "{iface} is not an interface this daemon is attached to"
             )));
         }
@@ -119,7 +120,7 @@ impl WatchList {
     /// Removes exactly `watch`, saves, then paints.
     pub fn remove(&mut self, classifier: &Classifier, watch: &WatchSpec) -> Result<()> {
         if !self.watches.contains(watch) {
-            return Err(Error::Watch(format!(
+            return Err(PolicyError::Watch(format!(
                 "no watch {watch}; `shaper watch --list` shows them"
             )));
         }

@@ -32,7 +32,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Every counter of `classifier` that has seen traffic. `listening` is left empty: the
     /// daemon adds the sockets, which are not the datapath's.
-    pub fn read(classifier: &Classifier) -> crate::Result<Self> {
+    pub fn read(classifier: &Classifier) -> crate::telemetry::Result<Self> {
         let mut snapshot = Self {
             schema_version: SCHEMA_VERSION,
             interfaces: Vec::new(),

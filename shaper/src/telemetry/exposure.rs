@@ -19,7 +19,7 @@ use shaper_common::{DIR_EGRESS, DIR_INGRESS, PORTS, PROTO_TCP};
 use crate::{
     Classifier, Direction,
     datapath::classifier::Proto,
-    error::Result,
+    telemetry::Result,
     telemetry::listening_sockets::{Owners, ScopedListener, scoped_listeners},
 };
 

@@ -2,6 +2,7 @@
 //! listening sockets and the Prometheus metrics.
 
 pub mod counter_snapshot;
+pub mod error;
 pub mod exposure;
 pub mod listening_sockets;
 pub mod metrics;
@@ -9,3 +10,5 @@ pub mod talkers_view;
 pub mod tcp_counts;
 pub mod top_view;
 pub mod trace_lines;
+
+pub use error::{Result, TelemetryError};

@@ -8,7 +8,8 @@ use super::{Classifier, CurrentInterface, Interface, InterfaceState, map_mut};
 use crate::{
     datapath::attach::{self, AttachMode, Direction},
     datapath::interfaces,
-    error::{Error, Result, chain},
+    datapath::{DatapathError, Result},
+    error::chain,
 };
 
 impl Classifier {
@@ -39,7 +40,7 @@ impl Classifier {
             _ if (self.interfaces.len() as u32) < self.capacity => self.interfaces.len(),
             Some(slot) => slot,
             None => {
-                return Err(Error::TooManyInterfaces {
+                return Err(DatapathError::TooManyInterfaces {
                     requested: self.interfaces.len() + 1,
                     max: self.capacity,
                 });
@@ -47,7 +48,7 @@ impl Classifier {
         };
         let mut slots: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(self.ebpf.map_mut(maps::IFACE_SLOTS).ok_or(
-                Error::MissingInObject {
+                DatapathError::MissingInObject {
                     kind: "map",
                     name: maps::IFACE_SLOTS,
                 },

@@ -9,7 +9,7 @@ use crate::{
     datapath::attach::Direction,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters},
     datapath::tcp_telemetry,
-    error::{Error, Result},
+    datapath::{DatapathError, Result},
 };
 
 impl Classifier {
@@ -64,7 +64,7 @@ impl Classifier {
     ) -> Result<Counter> {
         let map: PerCpuArray<&MapData, Counter> =
             PerCpuArray::try_from(self.ebpf.map(maps::UNCLASSIFIED).ok_or(
-                Error::MissingInObject {
+                DatapathError::MissingInObject {
                     kind: "map",
                     name: maps::UNCLASSIFIED,
                 },

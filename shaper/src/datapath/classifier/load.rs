@@ -20,7 +20,8 @@ use crate::{
     datapath::mapped_arrays::{PortCounters, ReadOnlyMapping, WritableMapping},
     datapath::pins::{MapLayout, PinDir},
     datapath::tcp_telemetry::{self, TcpTelemetry},
-    error::{Error, Result, chain},
+    datapath::{DatapathError, Result},
+    error::chain,
 };
 
 /// Bytes of BPF map memory the classifier takes for `interfaces` interfaces on `cpus` CPUs
@@ -86,7 +87,7 @@ impl Classifier {
 
     fn load_or_adopt(interfaces: u32, pins: Option<&PinDir>, adopted: bool) -> Result<Self> {
         if interfaces == 0 || interfaces > MAX_IFACES {
-            return Err(Error::TooManyInterfaces {
+            return Err(DatapathError::TooManyInterfaces {
                 requested: interfaces as usize,
                 max: MAX_IFACES,
             });
@@ -111,7 +112,7 @@ impl Classifier {
         }
         let mut ebpf = loader
             .load(OBJECT)
-            .map_err(|e| Error::from(e).explain_seccomp())?;
+            .map_err(|e| DatapathError::from(e).explain_seccomp())?;
         let mut verified = Vec::new();
         for direction in Direction::BOTH {
             let program = attach::program_mut(&mut ebpf, direction)?;
@@ -120,7 +121,7 @@ impl Classifier {
                 ProgramError::LoadError {
                     io_error,
                     verifier_log,
-                } => Error::Verifier {
+                } => DatapathError::Verifier {
                     program: direction.program(),
                     error: io_error,
                     log: verifier_log.to_string(),
@@ -175,14 +176,13 @@ impl Classifier {
     /// each interface keeps its counters. Slots are handed out from 0 without gaps, so the
     /// pinned ones are the first few.
     fn adopt_slots(&mut self) -> Result<()> {
-        let slots: HashMap<&MapData, u32, u32> = HashMap::try_from(
-            self.ebpf
-                .map(maps::IFACE_SLOTS)
-                .ok_or(Error::MissingInObject {
+        let slots: HashMap<&MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map(maps::IFACE_SLOTS).ok_or(
+                DatapathError::MissingInObject {
                     kind: "map",
                     name: maps::IFACE_SLOTS,
-                })?,
-        )?;
+                },
+            )?)?;
         let mut pinned: Vec<(u32, u32)> = slots.iter().collect::<Result<_, _>>()?;
         pinned.sort_by_key(|&(_, slot)| slot);
         for (ifindex, slot) in pinned {
@@ -225,7 +225,7 @@ fn pinned_capacity(pins: &PinDir, requested: u32) -> Result<u32> {
     };
     let capacity = pinned.max_entries / PORT_COUNTERS_PER_IFACE;
     if capacity < requested {
-        return Err(Error::PinnedTooSmall {
+        return Err(DatapathError::PinnedTooSmall {
             dir: pins.root().to_owned(),
             capacity,
             requested,
@@ -239,13 +239,13 @@ fn pinned_capacity(pins: &PinDir, requested: u32) -> Result<u32> {
 /// and userspace read its values as something they are not. aya itself reuses whatever is
 /// pinned at a map's path without comparing, so the check is ours.
 fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<()> {
-    let object = aya_obj::Object::parse(OBJECT).map_err(|e| Error::ObjectParse {
+    let object = aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::ObjectParse {
         reason: e.to_string(),
     })?;
     let sized = sized_maps(capacity);
     for name in maps::ALL {
         let Some(definition) = object.maps.get(name) else {
-            return Err(Error::MissingInObject { kind: "map", name });
+            return Err(DatapathError::MissingInObject { kind: "map", name });
         };
         let expected = MapLayout {
             map_type: definition.map_type(),
@@ -261,7 +261,7 @@ fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<()> {
         if let Some(pinned) = MapLayout::of_pin(&path)?
             && let Some((field, pinned, expected)) = expected.difference(&pinned)
         {
-            return Err(Error::PinnedMapMismatch {
+            return Err(DatapathError::PinnedMapMismatch {
                 path,
                 field,
                 pinned,

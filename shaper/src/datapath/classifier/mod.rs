@@ -23,7 +23,8 @@ use crate::{
     datapath::attach::{AttachMode, Attachment, Direction},
     datapath::mapped_arrays::{PortCounters, ReadOnlyMapping, WritableMapping},
     datapath::pins::PinDir,
-    error::{Error, Result, chain},
+    datapath::{DatapathError, Result},
+    error::chain,
 };
 
 /// The eBPF object built from `shaper-ebpf` by the build script.
@@ -240,7 +241,7 @@ impl Drop for Classifier {
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
     ebpf.map_mut(name)
-        .ok_or(Error::MissingInObject { kind: "map", name })
+        .ok_or(DatapathError::MissingInObject { kind: "map", name })
 }
 
 /// Maps the mmapable array `name` of the loaded object with `map`.
@@ -251,7 +252,7 @@ pub(crate) fn map_shared<T>(
 ) -> Result<T> {
     match ebpf.map(name) {
         Some(Map::Array(data)) => Ok(map(data.fd().as_fd())?),
-        _ => Err(Error::MissingInObject {
+        _ => Err(DatapathError::MissingInObject {
             kind: "array map",
             name,
         }),

@@ -14,7 +14,7 @@ use super::{Classifier, map_mut};
 use crate::{
     datapath::attach::Direction,
     datapath::ktime,
-    error::{Error, Result},
+    datapath::{DatapathError, Result},
 };
 
 impl Classifier {
@@ -52,11 +52,14 @@ impl Classifier {
     /// Every rule id with a limit in the `RULES` map, with that limit: what the programs
     /// enforce now (after an adoption, what the earlier daemon left).
     pub fn live_rules(&self) -> Result<Vec<(u16, RuleConfig)>> {
-        let rules: Array<&MapData, RuleConfig> =
-            Array::try_from(self.ebpf.map(maps::RULES).ok_or(Error::MissingInObject {
-                kind: "map",
-                name: maps::RULES,
-            })?)?;
+        let rules: Array<&MapData, RuleConfig> = Array::try_from(
+            self.ebpf
+                .map(maps::RULES)
+                .ok_or(DatapathError::MissingInObject {
+                    kind: "map",
+                    name: maps::RULES,
+                })?,
+        )?;
         let mut live = Vec::new();
         for (id, config) in rules.iter().enumerate() {
             let config = config?;
@@ -69,11 +72,14 @@ impl Classifier {
 
     /// Rule `id`'s limit as the programs read it (a zero rate: no limit installed).
     pub fn rule_limit(&self, id: u16) -> Result<RuleConfig> {
-        let rules: Array<&MapData, RuleConfig> =
-            Array::try_from(self.ebpf.map(maps::RULES).ok_or(Error::MissingInObject {
-                kind: "map",
-                name: maps::RULES,
-            })?)?;
+        let rules: Array<&MapData, RuleConfig> = Array::try_from(
+            self.ebpf
+                .map(maps::RULES)
+                .ok_or(DatapathError::MissingInObject {
+                    kind: "map",
+                    name: maps::RULES,
+                })?,
+        )?;
         Ok(rules.get(&u32::from(id), 0)?)
     }
 
@@ -118,10 +124,12 @@ impl Classifier {
     /// The bucket of rule `id` in one direction, as the programs last left it.
     pub fn bucket(&self, id: u16, direction: Direction) -> Result<BucketState> {
         let buckets: Array<&MapData, BucketState> =
-            Array::try_from(self.ebpf.map(maps::BUCKETS).ok_or(Error::MissingInObject {
-                kind: "map",
-                name: maps::BUCKETS,
-            })?)?;
+            Array::try_from(self.ebpf.map(maps::BUCKETS).ok_or(
+                DatapathError::MissingInObject {
+                    kind: "map",
+                    name: maps::BUCKETS,
+                },
+            )?)?;
         Ok(buckets.get(&bucket_index(u32::from(id), direction.index()), 0)?)
     }
 }

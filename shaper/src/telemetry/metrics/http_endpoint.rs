@@ -1,7 +1,7 @@
 //! The HTTP endpoint: `GET /metrics` (and `HEAD`), in the format the scraper asks for; and
 //! `/healthz` and `/readyz` for probes (200 or 503 with a line saying why).
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -18,6 +18,7 @@ use super::{
     Format,
     http_connections::{Bounds, Connections},
 };
+use crate::telemetry::TelemetryError;
 
 /// Produces one scrape's body in a format, or a message saying why it cannot.
 pub type ScrapeFn = dyn Fn(Format) -> Result<String, String> + Send + Sync;
@@ -38,6 +39,35 @@ pub struct Handlers {
     pub health: Arc<HealthFn>,
     pub bounds: Bounds,
 }
+
+/// Binds the metrics port, with a hint when another daemon has it.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, TelemetryError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|error| TelemetryError::MetricsBind {
+            addr,
+            hint: if error.kind() == std::io::ErrorKind::AddrInUse {
+                " (another shaper daemon in this network namespace? give each its own \
+                 --metrics-addr, or --metrics-addr off)"
+            } else {
+                ""
+            },
+            error,
+        })?;
+    // std listens with a backlog of 128. A burst of connections (a scrape storm, a reconnecting
+    // fleet) beyond it while the accept loop catches up has its SYNs dropped, and each dropped
+    // client, a probe included, retries only after the 1 s SYN timeout. The kernel caps the
+    // backlog at net.core.somaxconn (4096 since Linux 5.4); listen(2) on a listening socket only
+    // changes the backlog.
+    // SAFETY: listen(2) on a socket this function owns; it touches no memory.
+    if unsafe { libc::listen(listener.as_raw_fd(), METRICS_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The metrics listener's accept queue (see [`bind`]).
+const METRICS_BACKLOG: i32 = 4096;
 
 /// Serves `/metrics` and the probes on `listener` until the future is dropped, within
 /// `handlers.bounds` (see [`http_connections`](super::http_connections)). Scrapes and probes

@@ -20,7 +20,7 @@ mod text_formats;
 use std::{collections::HashSet, path::Path, sync::Mutex, time::Instant};
 
 pub use http_connections::{Bounds as HttpBounds, DEFAULT_MAX_CONNECTIONS};
-pub use http_endpoint::{Handlers, HealthFn, Probe, ScrapeFn, serve};
+pub use http_endpoint::{Handlers, HealthFn, Probe, ScrapeFn, bind, serve};
 pub use port_selection::{Group, Memory, Offset, PortKey, Selection, Selector, Totals};
 pub use saved_selection::{path_beside as selection_file_beside, unpinned_datapath_id};
 use shaper_common::{Counter, reason};
@@ -63,7 +63,7 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub fn gather(classifier: &Classifier, limits: &Limits) -> crate::Result<Self> {
+    pub fn gather(classifier: &Classifier, limits: &Limits) -> crate::telemetry::Result<Self> {
         let interfaces = classifier.interface_states();
         let mut unclassified = Vec::new();
         for iface in &interfaces {
