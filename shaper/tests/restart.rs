@@ -77,8 +77,8 @@ struct Flood {
 
 impl Flood {
     fn start(pair: &VethPair, duration: Duration) -> Self {
-        let receiver = receiver_on(&pair, PORT);
-        let sender = sender_to(&pair, PORT, FLOOD, duration);
+        let receiver = receiver_on(pair, PORT);
+        let sender = sender_to(pair, PORT, FLOOD, duration);
         Self {
             receiver,
             sender,
