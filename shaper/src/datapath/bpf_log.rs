@@ -14,7 +14,7 @@ use aya_log::EbpfLogger;
 use shaper_common::{log_level, maps};
 
 use crate::{
-    datapath::classifier::Classifier,
+    datapath::classifier::{Classifier, object_map_mut},
     datapath::{DatapathError, Result},
 };
 
@@ -33,14 +33,7 @@ pub fn parse_level(text: &str) -> Result<u32> {
 
 /// Sets the level of the program's log lines; the next packet on a rare path reads it.
 pub fn set_level(classifier: &mut Classifier, level: u32) -> Result<()> {
-    let map =
-        classifier
-            .ebpf_mut()
-            .map_mut(maps::LOG_LEVEL)
-            .ok_or(DatapathError::MissingInObject {
-                kind: "map",
-                name: maps::LOG_LEVEL,
-            })?;
+    let map = object_map_mut(classifier.ebpf_mut(), maps::LOG_LEVEL)?;
     let mut array: Array<&mut MapData, u32> = Array::try_from(map)?;
     array.set(0, level.min(log_level::TRACE), 0)?;
     Ok(())

@@ -21,8 +21,8 @@ use shaper_common::{
 };
 
 use crate::datapath::{
-    DatapathError, Result,
-    classifier::map_shared,
+    Result,
+    classifier::{map_shared, object_map, object_map_mut},
     ktime,
     mapped_arrays::{ReadOnlyMapping, WritableMapping},
 };
@@ -125,13 +125,8 @@ pub fn map_memory_bytes(interfaces: u32) -> u64 {
 /// The (interface slot, local port, remote address) of every handshake the `REMOTES` LRU
 /// remembers (at most `REMOTE_ENTRIES`).
 pub(crate) fn remotes(ebpf: &Ebpf) -> Result<Vec<RemoteKey>> {
-    let remotes: HashMap<&MapData, RemoteKey, u64> = HashMap::try_from(
-        ebpf.map(maps::REMOTES)
-            .ok_or(DatapathError::MissingInObject {
-                kind: "map",
-                name: maps::REMOTES,
-            })?,
-    )?;
+    let remotes: HashMap<&MapData, RemoteKey, u64> =
+        HashMap::try_from(object_map(ebpf, maps::REMOTES)?)?;
     // A walk that loses its place starts again from the first key (see `tracking`): bounded to
     // the map's size; the caller counts distinct pairs, so repeats do not matter.
     Ok(remotes
@@ -179,24 +174,14 @@ pub struct HandshakeTracking {
 
 /// Reads the tracker's totals and counts its timed entries (at most `HANDSHAKE_ENTRIES` keys).
 pub(crate) fn tracking(ebpf: &Ebpf) -> Result<HandshakeTracking> {
-    let stats: Array<&MapData, HandshakeStats> = Array::try_from(
-        ebpf.map(maps::HANDSHAKE_STATS)
-            .ok_or(DatapathError::MissingInObject {
-                kind: "map",
-                name: maps::HANDSHAKE_STATS,
-            })?,
-    )?;
+    let stats: Array<&MapData, HandshakeStats> =
+        Array::try_from(object_map(ebpf, maps::HANDSHAKE_STATS)?)?;
     // Timed handshakes are read before the walk and their outcomes after it, so a handshake
     // that starts or ends during the walk can only make `lost` err low this time (a later
     // scrape then shows more, as a counter may), never high (a later scrape would show less).
     let before = stats.get(&0, 0)?;
-    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> = HashMap::try_from(
-        ebpf.map(maps::HANDSHAKES)
-            .ok_or(DatapathError::MissingInObject {
-                kind: "map",
-                name: maps::HANDSHAKES,
-            })?,
-    )?;
+    let handshakes: HashMap<&MapData, HandshakeKey, Handshake> =
+        HashMap::try_from(object_map(ebpf, maps::HANDSHAKES)?)?;
     // Entries come and go during the walk: when the key the walk stands on is gone, the kernel
     // starts again from the first (`htab_map_get_next_key()`, kernel/bpf/hashtab.c), so a key
     // may be counted twice (`lost` errs low) and the walk is bounded to the map's size.
@@ -269,13 +254,8 @@ impl PendingRepair {
             let row = tcp_events_index(slot, DIR_INGRESS, port) as usize;
             events.words().get(row * EVENT_WORDS + PENDING_WORD)
         };
-        let mut handshakes: HashMap<&mut MapData, HandshakeKey, Handshake> = HashMap::try_from(
-            ebpf.map_mut(maps::HANDSHAKES)
-                .ok_or(DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::HANDSHAKES,
-                })?,
-        )?;
+        let mut handshakes: HashMap<&mut MapData, HandshakeKey, Handshake> =
+            HashMap::try_from(object_map_mut(ebpf, maps::HANDSHAKES)?)?;
         // Bounded to the map's size: a walk that loses its place starts again (see `tracking`).
         let entries: Vec<(HandshakeKey, Handshake)> = handshakes
             .iter()

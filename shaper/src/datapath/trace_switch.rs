@@ -9,8 +9,8 @@ use shaper_common::{
 };
 
 use crate::{
-    datapath::classifier::Classifier,
-    datapath::{DatapathError, Result},
+    datapath::Result,
+    datapath::classifier::{Classifier, object_map_mut},
     types::{keywords::DirSel, ports::PortRange},
 };
 
@@ -24,12 +24,7 @@ pub fn set(
 ) -> Result<usize> {
     if traced.is_some() {
         // The configuration first, so no event is sent under an older one.
-        let map = classifier.ebpf_mut().map_mut(maps::TRACE_CONFIG).ok_or(
-            DatapathError::MissingInObject {
-                kind: "map",
-                name: maps::TRACE_CONFIG,
-            },
-        )?;
+        let map = object_map_mut(classifier.ebpf_mut(), maps::TRACE_CONFIG)?;
         let mut array: Array<&mut MapData, TraceConfig> = Array::try_from(map)?;
         array.set(0, config, 0)?;
     }

@@ -20,8 +20,8 @@ use shaper_common::{
 
 use crate::{
     Direction,
-    datapath::classifier::{Classifier, PROTOCOLS, Proto},
-    datapath::{DatapathError, Result},
+    datapath::Result,
+    datapath::classifier::{Classifier, PROTOCOLS, Proto, object_map},
     types::{keywords::DirSel, ports::PortRange},
 };
 
@@ -138,12 +138,7 @@ pub struct TalkersReading {
 /// too low; on a quiet map it is exact.
 pub fn read(classifier: &Classifier, port: Option<u16>) -> Result<TalkersReading> {
     let ebpf = classifier.ebpf();
-    let map = ebpf
-        .map(maps::TALKERS)
-        .ok_or(DatapathError::MissingInObject {
-            kind: "map",
-            name: maps::TALKERS,
-        })?;
+    let map = object_map(ebpf, maps::TALKERS)?;
     let talkers_map: HashMap<&MapData, TalkerKey, TalkerCounters> = HashMap::try_from(map)?;
     let names = classifier.interface_names();
     let mut talkers = Vec::new();
@@ -181,12 +176,7 @@ pub fn read(classifier: &Classifier, port: Option<u16>) -> Result<TalkersReading
             would_drop_bytes: counters.would_drop.bytes,
         });
     }
-    let inserts = ebpf
-        .map(maps::TALKER_INSERTS)
-        .ok_or(DatapathError::MissingInObject {
-            kind: "map",
-            name: maps::TALKER_INSERTS,
-        })?;
+    let inserts = object_map(ebpf, maps::TALKER_INSERTS)?;
     let inserts: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(inserts)?;
     let inserted: u64 = inserts.get(&0, 0)?.iter().sum();
     Ok(TalkersReading {

@@ -4,7 +4,7 @@
 use aya::maps::{Array, HashMap, MapData};
 use shaper_common::maps;
 
-use super::{Classifier, CurrentInterface, Interface, InterfaceState, map_mut};
+use super::{Classifier, CurrentInterface, Interface, InterfaceState, object_map_mut};
 use crate::{
     datapath::attach::{self, AttachMode, Direction},
     datapath::interfaces,
@@ -47,12 +47,7 @@ impl Classifier {
             }
         };
         let mut slots: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(self.ebpf.map_mut(maps::IFACE_SLOTS).ok_or(
-                DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::IFACE_SLOTS,
-                },
-            )?)?;
+            HashMap::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
         let interface = Interface {
             name: name.to_owned(),
             ifindex,
@@ -132,7 +127,7 @@ impl Classifier {
         {
             let ifindex = self.interfaces[slot].ifindex;
             let mut slots: HashMap<&mut MapData, u32, u32> =
-                HashMap::try_from(map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
+                HashMap::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
             // Only the last slot can go without leaving a gap; an inner one stays reserved.
             if slot + 1 == self.interfaces.len() {
                 let _ = slots.remove(&ifindex);
@@ -161,7 +156,7 @@ impl Classifier {
             return Ok(());
         };
         let mut map: Array<&mut MapData, u32> =
-            Array::try_from(map_mut(&mut self.ebpf, maps::SHAPE_IFB)?)?;
+            Array::try_from(object_map_mut(&mut self.ebpf, maps::SHAPE_IFB)?)?;
         map.set(slot as u32, ifb, 0)?;
         Ok(())
     }

@@ -4,12 +4,12 @@
 use aya::maps::{MapData, PerCpuArray};
 use shaper_common::{Counter, PortVerdicts, RuleCounters, bucket_index, maps, unclassified_index};
 
-use super::Classifier;
+use super::{Classifier, object_map};
 use crate::{
+    datapath::Result,
     datapath::attach::Direction,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters},
     datapath::tcp_telemetry,
-    datapath::{DatapathError, Result},
 };
 
 impl Classifier {
@@ -63,12 +63,7 @@ impl Classifier {
         reason: u32,
     ) -> Result<Counter> {
         let map: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.ebpf.map(maps::UNCLASSIFIED).ok_or(
-                DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::UNCLASSIFIED,
-                },
-            )?)?;
+            PerCpuArray::try_from(object_map(&self.ebpf, maps::UNCLASSIFIED)?)?;
         let per_cpu = map.get(&unclassified_index(slot, direction.index(), reason), 0)?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
             packets: sum.packets + c.packets,

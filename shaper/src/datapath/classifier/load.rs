@@ -13,7 +13,7 @@ use shaper_common::{
     TCP_EVENTS_PER_IFACE, WATCH_ROWS_PER_IFACE, WatchRow, maps, reason,
 };
 
-use super::{Classifier, Interface, OBJECT, VerifiedProgram, map_shared};
+use super::{Classifier, Interface, OBJECT, VerifiedProgram, map_shared, object_map};
 use crate::{
     datapath::attach::{self, Direction},
     datapath::interfaces,
@@ -177,12 +177,7 @@ impl Classifier {
     /// pinned ones are the first few.
     fn adopt_slots(&mut self) -> Result<()> {
         let slots: HashMap<&MapData, u32, u32> =
-            HashMap::try_from(self.ebpf.map(maps::IFACE_SLOTS).ok_or(
-                DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::IFACE_SLOTS,
-                },
-            )?)?;
+            HashMap::try_from(object_map(&self.ebpf, maps::IFACE_SLOTS)?)?;
         let mut pinned: Vec<(u32, u32)> = slots.iter().collect::<Result<_, _>>()?;
         pinned.sort_by_key(|&(_, slot)| slot);
         for (ifindex, slot) in pinned {

@@ -239,7 +239,15 @@ impl Drop for Classifier {
     }
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
+/// The map `name` of the loaded object; its absence means an object built from another source
+/// tree, which the error says.
+pub(crate) fn object_map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Map> {
+    ebpf.map(name)
+        .ok_or(DatapathError::MissingInObject { kind: "map", name })
+}
+
+/// [`object_map`], to write.
+pub(crate) fn object_map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
     ebpf.map_mut(name)
         .ok_or(DatapathError::MissingInObject { kind: "map", name })
 }

@@ -10,12 +10,8 @@ use shaper_common::{
     rule_index_row,
 };
 
-use super::{Classifier, map_mut};
-use crate::{
-    datapath::attach::Direction,
-    datapath::ktime,
-    datapath::{DatapathError, Result},
-};
+use super::{Classifier, object_map, object_map_mut};
+use crate::{datapath::Result, datapath::attach::Direction, datapath::ktime};
 
 impl Classifier {
     /// Writes the limit of rule `id`. For a `fresh` id (a new rule) its buckets are filled (a
@@ -28,13 +24,13 @@ impl Classifier {
         let id = u32::from(id);
         if fresh {
             let mut buckets: Array<&mut MapData, BucketState> =
-                Array::try_from(map_mut(&mut self.ebpf, maps::BUCKETS)?)?;
+                Array::try_from(object_map_mut(&mut self.ebpf, maps::BUCKETS)?)?;
             let full = BucketState::full(config.burst_nanobits, ktime::monotonic_ns());
             for direction in Direction::BOTH {
                 buckets.set(bucket_index(id, direction.index()), full, 0)?;
             }
             let mut counters: Array<&mut MapData, RuleCounters> =
-                Array::try_from(map_mut(&mut self.ebpf, maps::RULE_COUNTERS)?)?;
+                Array::try_from(object_map_mut(&mut self.ebpf, maps::RULE_COUNTERS)?)?;
             for direction in Direction::BOTH {
                 counters.set(
                     bucket_index(id, direction.index()),
@@ -44,7 +40,7 @@ impl Classifier {
             }
         }
         let mut rules: Array<&mut MapData, RuleConfig> =
-            Array::try_from(map_mut(&mut self.ebpf, maps::RULES)?)?;
+            Array::try_from(object_map_mut(&mut self.ebpf, maps::RULES)?)?;
         rules.set(id, *config, 0)?;
         Ok(())
     }
@@ -52,14 +48,8 @@ impl Classifier {
     /// Every rule id with a limit in the `RULES` map, with that limit: what the programs
     /// enforce now (after an adoption, what the earlier daemon left).
     pub fn live_rules(&self) -> Result<Vec<(u16, RuleConfig)>> {
-        let rules: Array<&MapData, RuleConfig> = Array::try_from(
-            self.ebpf
-                .map(maps::RULES)
-                .ok_or(DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::RULES,
-                })?,
-        )?;
+        let rules: Array<&MapData, RuleConfig> =
+            Array::try_from(object_map(&self.ebpf, maps::RULES)?)?;
         let mut live = Vec::new();
         for (id, config) in rules.iter().enumerate() {
             let config = config?;
@@ -72,14 +62,8 @@ impl Classifier {
 
     /// Rule `id`'s limit as the programs read it (a zero rate: no limit installed).
     pub fn rule_limit(&self, id: u16) -> Result<RuleConfig> {
-        let rules: Array<&MapData, RuleConfig> = Array::try_from(
-            self.ebpf
-                .map(maps::RULES)
-                .ok_or(DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::RULES,
-                })?,
-        )?;
+        let rules: Array<&MapData, RuleConfig> =
+            Array::try_from(object_map(&self.ebpf, maps::RULES)?)?;
         Ok(rules.get(&u32::from(id), 0)?)
     }
 
@@ -124,12 +108,7 @@ impl Classifier {
     /// The bucket of rule `id` in one direction, as the programs last left it.
     pub fn bucket(&self, id: u16, direction: Direction) -> Result<BucketState> {
         let buckets: Array<&MapData, BucketState> =
-            Array::try_from(self.ebpf.map(maps::BUCKETS).ok_or(
-                DatapathError::MissingInObject {
-                    kind: "map",
-                    name: maps::BUCKETS,
-                },
-            )?)?;
+            Array::try_from(object_map(&self.ebpf, maps::BUCKETS)?)?;
         Ok(buckets.get(&bucket_index(u32::from(id), direction.index()), 0)?)
     }
 }
