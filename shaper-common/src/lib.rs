@@ -52,9 +52,13 @@ pub mod maps {
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
     /// `ARRAY` of ifindex (`u32`) by interface slot: the IFB device of ingress shape rules.
     pub const SHAPE_IFB: &str = "SHAPE_IFB";
+    /// `LRU_HASH` from [`FragmentKey`](crate::FragmentKey) to [`FragmentPorts`](crate::FragmentPorts).
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// `PERCPU_ARRAY` of `u64`, indexed by [`fragment_stat`](crate::fragment_stat).
+    pub const FRAGMENT_STATS: &str = "FRAGMENT_STATS";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 24] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -77,6 +81,8 @@ pub mod maps {
         TRACE_LOST,
         LOG_LEVEL,
         SHAPE_IFB,
+        FRAGMENTS,
+        FRAGMENT_STATS,
     ];
 }
 
@@ -118,7 +124,10 @@ pub mod reason {
     /// size (IPv4 IHL < 5, TCP data offset < 5, UDP length < 8 but for 0 over IPv6, AH Payload
     /// Len 0), a Hop-by-Hop header that is not first.
     pub const MALFORMED: u32 = 2;
-    /// A non-first fragment: it carries no L4 header, so it has no ports.
+    /// A non-first fragment whose first fragment the classifier has not seen (it was lost,
+    /// reordered behind this one, evicted from `FRAGMENTS`, or never sent): it carries no L4
+    /// header, so it has no ports. A follower of a first fragment that was seen counts under
+    /// that fragment's port instead.
     pub const FRAGMENT: u32 = 3;
     /// ICMP or ICMPv6.
     pub const ICMP: u32 = 4;
@@ -390,6 +399,63 @@ unsafe impl aya::Pod for TalkerKey {}
 // bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TalkerCounters {}
+
+/// Datagrams whose first fragment `FRAGMENTS` remembers before the least recently used are
+/// evicted. An entry takes about 150 bytes of kernel memory (40 B key + 8 B value + the LRU hash
+/// element's header, kernel/bpf/hashtab.c `struct htab_elem`, rounded): 8,192 entries, 1.2 MiB.
+/// The kernel's own reassembly holds at most `ipfrag_high_thresh` (4 MiB by default) of
+/// fragments per namespace and family, about 3,000 datagrams of 1,400 bytes; this is more.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8_192;
+
+/// One fragmented datagram, as the kernel's reassembly tells datagrams apart: source,
+/// destination, identification and, for IPv4, the protocol (`ip4_frag_match()`,
+/// net/ipv4/ip_fragment.c; `ip6frag_key`, include/net/ipv6_frag.h). IPv4 addresses are stored
+/// IPv4-mapped, like [`TalkerKey`]'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4's 16-bit Identification, or IPv6's 32-bit one (the Fragment header's).
+    pub id: u32,
+    /// The IPv4 Protocol field; 0 for IPv6.
+    pub ip_proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragmentKey>() == 40);
+
+/// The ports of a fragmented datagram, from its first fragment, as they appear in the packet
+/// (source and destination, not local and remote: a datagram's fragments all go one way).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentPorts {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u32,
+}
+const _: () = assert!(size_of::<FragmentPorts>() == 8);
+
+// SAFETY: repr(C) of byte arrays, a u32 and bytes filling the tail (size asserted above), no
+// implicit padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FragmentKey {}
+// SAFETY: repr(C) of two u16 and a u32, no padding (size asserted above); every bit pattern
+// valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FragmentPorts {}
+
+/// Entries of `FRAGMENT_STATS`, per CPU.
+pub mod fragment_stat {
+    /// First fragments whose datagram was new to `FRAGMENTS`: evicted = inserted − live, as for
+    /// `TALKER_INSERTS` (userspace never deletes an entry).
+    pub const INSERTED: u32 = 0;
+    /// Later fragments that found their first fragment and counted under its port.
+    pub const PLACED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
 
 /// A `WATCHED` cell bit: send an event per packet of this port to `TRACE_EVENTS`.
 pub const WATCH_TRACE: u8 = 2;

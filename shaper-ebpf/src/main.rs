@@ -19,6 +19,7 @@ mod atomic;
 mod bucket;
 mod count;
 mod ecn;
+mod fragments;
 mod limit;
 mod parse;
 mod rare_log;

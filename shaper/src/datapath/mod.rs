@@ -4,6 +4,7 @@ pub mod attach;
 pub mod bpf_log;
 pub mod classifier;
 pub mod error;
+pub mod fragment_tracking;
 pub mod interfaces;
 pub mod kernel_support;
 pub mod ktime;

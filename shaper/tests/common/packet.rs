@@ -47,6 +47,13 @@ pub fn ipv4_with(ihl: u8, frag_field: u16, proto: u8, payload: &[u8]) -> Vec<u8>
     ip
 }
 
+/// [`ipv4_with`] (IHL 5) with its Identification set: a fragment of datagram `id`.
+pub fn ipv4_fragment(id: u16, frag_field: u16, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut ip = ipv4_with(5, frag_field, proto, payload);
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip
+}
+
 pub fn ipv4(proto: u8, payload: &[u8]) -> Vec<u8> {
     ipv4_with(5, 0, proto, payload)
 }
@@ -74,12 +81,12 @@ pub fn ipv6_ext(next: u8, len_units: u8) -> Vec<u8> {
     ext
 }
 
-/// An IPv6 Fragment header: `offset_units` in 8-octet units, and the M flag.
-pub fn ipv6_fragment(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
+/// An IPv6 Fragment header of datagram `id`: `offset_units` in 8-octet units, and the M flag.
+pub fn ipv6_fragment_of(id: u32, next: u8, offset_units: u16, more: bool) -> Vec<u8> {
     let field = (offset_units << 3) | u16::from(more);
     let mut ext = vec![next, 0];
     ext.extend_from_slice(&field.to_be_bytes());
-    ext.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    ext.extend_from_slice(&id.to_be_bytes());
     ext
 }
 

@@ -8,6 +8,7 @@ use super::{Classifier, object_map};
 use crate::{
     datapath::Result,
     datapath::attach::Direction,
+    datapath::fragment_tracking,
     datapath::mapped_arrays::{COUNTER_WORDS, PortCounters},
     datapath::tcp_telemetry,
 };
@@ -69,6 +70,11 @@ impl Classifier {
             packets: sum.packets + c.packets,
             bytes: sum.bytes + c.bytes,
         }))
+    }
+
+    /// The fragment tracker's totals, and the datagrams it lost to LRU evictions.
+    pub fn fragment_tracking(&self) -> Result<fragment_tracking::FragmentTracking> {
+        fragment_tracking::tracking(&self.ebpf)
     }
 
     /// The handshake tracker's totals, and the samples it lost to LRU evictions.

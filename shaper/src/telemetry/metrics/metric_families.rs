@@ -196,6 +196,29 @@ impl Collector for ScrapeCollector {
             }
         }
 
+        if let Some(fragments) = &scrape.inventory.fragments {
+            for (name, help, value) in [
+                (
+                    "shaper_fragmented_datagrams_tracked",
+                    "Fragmented datagrams whose first fragment's ports the classifier remembered for its later fragments.",
+                    fragments.tracked,
+                ),
+                (
+                    "shaper_fragments_placed",
+                    "Later fragments counted and charged under their first fragment's port (the rest count as reason=fragment).",
+                    fragments.placed,
+                ),
+                (
+                    "shaper_fragmented_datagrams_evicted",
+                    "Fragmented datagrams evicted from the tracker (an LRU) to make room: their later fragments count as reason=fragment.",
+                    fragments.evicted,
+                ),
+            ] {
+                let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value).encode(family)?;
+            }
+        }
+
         let rules: Vec<([(&str, String); 6], &crate::policy::rule_table::Rule)> = scrape
             .inventory
             .rules

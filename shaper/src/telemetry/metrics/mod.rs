@@ -55,6 +55,8 @@ pub struct Inventory {
     pub config_reload: ReloadStatus,
     /// The TCP handshake tracker's totals; `None` if they could not be read.
     pub handshakes: Option<crate::datapath::tcp_telemetry::HandshakeTracking>,
+    /// The fragment tracker's totals; `None` if they could not be read.
+    pub fragments: Option<crate::datapath::fragment_tracking::FragmentTracking>,
     /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
     pub remotes: Vec<remote_series::RemoteSeries>,
     /// The shape and `--ecn` rules with their counters (queued, backlog, marked); the others
@@ -92,6 +94,7 @@ impl Inventory {
             unclassified,
             config_reload: limits.reload_status(),
             handshakes: classifier.handshake_tracking().ok(),
+            fragments: classifier.fragment_tracking().ok(),
             remotes: Vec::new(),
             queueing_rules,
         })
@@ -316,6 +319,7 @@ mod tests {
             unclassified: Vec::new(),
             config_reload: ReloadStatus::succeeded_now(),
             handshakes: None,
+            fragments: None,
             remotes: Vec::new(),
         }
     }
