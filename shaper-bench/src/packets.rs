@@ -68,6 +68,34 @@ pub fn ipv4_tcp_syn(port: u16) -> Vec<u8> {
     ethernet(ETH_P_IP, &ip)
 }
 
+/// The first fragment of an IPv4 UDP datagram to `port`, identification `port`: 14 + 20 + 8 +
+/// 22 = 64 bytes. Sent once, it makes the classifier remember the datagram's ports.
+pub fn ipv4_udp_first_fragment(port: u16) -> Vec<u8> {
+    let mut frame = ipv4_udp_64(port);
+    frame[18..20].copy_from_slice(&port.to_be_bytes());
+    frame[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    frame
+}
+
+/// A later fragment (the last, at offset 24 bytes) of the datagram of
+/// [`ipv4_udp_first_fragment`]: 14 + 20 + 30 = 64 bytes, no UDP header. Its ports are the
+/// first fragment's, found in the classifier's fragment map; without a first fragment it is an
+/// orphan (`ipv4_orphan_fragment`).
+pub fn ipv4_udp_later_fragment(port: u16) -> Vec<u8> {
+    let mut frame = ipv4_udp_64(port);
+    frame[18..20].copy_from_slice(&port.to_be_bytes());
+    frame[20..22].copy_from_slice(&3u16.to_be_bytes()); // offset 3 x 8 bytes, no MF
+    frame[34..].fill(0x5a);
+    frame
+}
+
+/// A later fragment whose first never came (an identification no first fragment has).
+pub fn ipv4_orphan_fragment() -> Vec<u8> {
+    let mut frame = ipv4_udp_later_fragment(0);
+    frame[18..20].copy_from_slice(&0xfffeu16.to_be_bytes());
+    frame
+}
+
 /// A non-IP frame: an ARP request, padded to the 60-byte Ethernet minimum.
 pub fn arp() -> Vec<u8> {
     let mut arp = vec![0, 1, 0x08, 0, 6, 4, 0, 1];
@@ -96,5 +124,14 @@ mod tests {
         assert_eq!(tcp[62], IPPROTO_TCP, "Destination Options points at TCP");
         assert_eq!(&tcp[72..74], &7002u16.to_be_bytes(), "TCP destination port");
         assert_eq!(arp().len(), 60);
+        let (first, later) = (ipv4_udp_first_fragment(7001), ipv4_udp_later_fragment(7001));
+        assert_eq!((first.len(), later.len()), (64, 64));
+        assert_eq!(
+            &first[18..20],
+            &later[18..20],
+            "one datagram's identification"
+        );
+        assert_eq!(&first[20..22], &[0x20, 0], "MF, offset 0");
+        assert_eq!(&later[20..22], &[0, 3], "offset 24 bytes");
     }
 }

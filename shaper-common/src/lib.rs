@@ -57,8 +57,12 @@ pub mod maps {
     /// `PERCPU_ARRAY` of `u64`, indexed by [`fragment_stat`](crate::fragment_stat).
     pub const FRAGMENT_STATS: &str = "FRAGMENT_STATS";
 
+    /// `ARRAY` of rule ids (`u32`) by [`unplaced_index`](crate::unplaced_index): the
+    /// `unplaced` rule of each interface slot and direction, 0 for none.
+    pub const UNPLACED_RULES: &str = "UNPLACED_RULES";
+
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -83,6 +87,7 @@ pub mod maps {
         SHAPE_IFB,
         FRAGMENTS,
         FRAGMENT_STATS,
+        UNPLACED_RULES,
     ];
 }
 
@@ -221,6 +226,12 @@ pub const fn rule_index_row(slot: u32, direction: u32, proto: u32, side: u32) ->
 #[inline(always)]
 pub const fn bucket_index(rule: u32, direction: u32) -> u32 {
     rule * DIRECTIONS + direction
+}
+
+/// Index of (interface slot, direction) in `UNPLACED_RULES`.
+#[inline(always)]
+pub const fn unplaced_index(slot: u32, direction: u32) -> u32 {
+    slot * DIRECTIONS + direction
 }
 
 /// What happens to a packet the bucket has no tokens for.

@@ -1,6 +1,8 @@
 //! Accounting: every packet lands in exactly one counter, a port's or an unclassified reason's.
 
-use crate::{IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, atomic::add_counter, parse, tcp_events};
+use crate::{
+    IFACE_SLOTS, PORT_COUNTERS, UNCLASSIFIED, atomic::add_counter, parse, tcp_events, unplaced,
+};
 use aya_ebpf::programs::TcContext;
 use shaper_common::{DIR_INGRESS, MAX_IFACES, PROTO_TCP, port_counter_index, unclassified_index};
 
@@ -18,9 +20,24 @@ pub struct Packet {
     pub bytes: u64,
 }
 
-/// Counts the packet; returns it when it has ports (only those can match a rule).
+/// What counting found out about a packet.
+pub enum Observed {
+    /// It has ports, and may match a port's rule.
+    Port(Packet),
+    /// It may have ports, but the parse could not place it (see `unplaced`): an `unplaced`
+    /// rule may govern it.
+    Unplaced {
+        slot: u32,
+        bytes: u64,
+        segments: u64,
+    },
+    /// No rule can govern it: no ports to find, or not an interface of this daemon.
+    Elsewhere,
+}
+
+/// Counts the packet, and says what can govern it.
 #[inline(always)]
-pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
+pub fn observe(ctx: &TcContext, direction: u32) -> Observed {
     // SAFETY: `skb` is the `__sk_buff` context the kernel passed to this run; the verifier checked
     // this field read against the context's layout (`tc_cls_act_is_valid_access`).
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -30,7 +47,7 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
     let slot = match unsafe { IFACE_SLOTS.get(ifindex) } {
         Some(&slot) if slot < MAX_IFACES => slot,
         // Not an interface this daemon registered (a race at attach time): pass, uncounted.
-        _ => return None,
+        _ => return Observed::Elsewhere,
     };
     // A GSO/GRO aggregate is one skb for many wire packets; gso_segs is 0 for a plain skb.
     // SAFETY: a context field read, checked by the verifier like `ifindex` above.
@@ -59,7 +76,7 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
             if flow.proto == PROTO_TCP {
                 tcp_events::observe(ctx, slot, direction, &flow, local_port, remote_port);
             }
-            Some(Packet {
+            Observed::Port(Packet {
                 slot,
                 proto: flow.proto,
                 local_port,
@@ -82,7 +99,15 @@ pub fn observe(ctx: &TcContext, direction: u32) -> Option<Packet> {
                     (*counter).bytes += len;
                 }
             }
-            None
+            if unplaced::governs(reason) {
+                Observed::Unplaced {
+                    slot,
+                    bytes: len,
+                    segments,
+                }
+            } else {
+                Observed::Elsewhere
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ mod shape;
 mod talkers;
 mod tcp_events;
 mod trace;
+mod unplaced;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -109,8 +110,16 @@ pub fn shaper_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, direction: u32) -> i32 {
-    let Some(packet) = count::observe(ctx, direction) else {
-        return PASS;
+    let packet = match count::observe(ctx, direction) {
+        count::Observed::Port(packet) => packet,
+        count::Observed::Unplaced {
+            slot,
+            bytes,
+            segments,
+        } => {
+            return unplaced::police(slot, direction, bytes, segments);
+        }
+        count::Observed::Elsewhere => return PASS,
     };
     let verdict = limit::apply(ctx, &packet, direction);
     talkers::account(ctx, &packet, direction, &verdict);

@@ -192,3 +192,84 @@ fn evictions_are_the_datagrams_whose_later_fragments_no_longer_find_their_first(
         "exactly the evicted ones were unplaced"
     );
 }
+
+/// An `unplaced` rule of 8 bit/s (1 byte a second) and the smallest burst: the packets no port
+/// was found for drain it at once.
+fn unplaced_rule(s: &mut LimitsFixture, action: Action) -> u16 {
+    let spec = RuleSpec {
+        key: RuleKey::unplaced(DirSel::Ingress, None),
+        rate_bps: 8,
+        burst_bytes: None,
+        action,
+        ecn: false,
+        queue_bytes: None,
+    };
+    s.set(spec, "set the unplaced rule").id
+}
+
+/// A later fragment of a datagram nobody saw the first fragment of, 1,234 bytes on the wire.
+fn orphan(id: u16) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4_fragment(id, MORE_FRAGMENTS | 150, IPPROTO_UDP, &[0; 1200]),
+    )
+}
+
+#[test]
+fn without_an_unplaced_rule_packets_without_ports_pass_and_with_one_they_are_charged() {
+    common::root_or_skip!();
+    let mut s = LimitsFixture::load("fragments-unplaced", &["lo"]);
+    // No rule: a burst's worth and more of orphans pass.
+    for id in 0..200 {
+        test_run::passes(&mut s.classifier, Direction::Ingress, &orphan(id));
+    }
+    let rule = unplaced_rule(&mut s, Action::Drop);
+    let burst = s.rule(rule).burst_bytes;
+    // Orphans, and IPv6 chains longer than the walk, are charged to it until its burst is
+    // spent, then dropped; what passed is the burst at most.
+    let over_limit = udp_behind_dstopts(9);
+    let (mut passed, mut dropped) = (0u64, 0u64);
+    for n in 0..400u16 {
+        let frame = if n % 2 == 0 {
+            orphan(n)
+        } else {
+            over_limit.clone()
+        };
+        match test_run::run(&mut s.classifier, Direction::Ingress, &frame, None) {
+            test_run::PASS => passed += frame.len() as u64,
+            DROP => dropped += frame.len() as u64,
+            other => panic!("verdict {other}"),
+        }
+    }
+    let view = s.rule(rule);
+    assert_eq!((view.passed_bytes, view.dropped_bytes), (passed, dropped));
+    assert!(
+        passed <= burst,
+        "passed {passed} bytes, more than the burst {burst}"
+    );
+    assert!(dropped > 0, "the burst ran out");
+    // Packets with ports, and portless ones the rule does not govern (ICMP, non-IP), are not
+    // its business; nor is egress.
+    let udp = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &udp(1, 7703, &[0; 64])));
+    let icmp = ethernet(&[], ETH_P_IP, &ipv4(IPPROTO_ICMP, &icmp_echo(8)));
+    test_run::passes(&mut s.classifier, Direction::Ingress, &udp);
+    test_run::passes(&mut s.classifier, Direction::Ingress, &icmp);
+    test_run::passes(&mut s.classifier, Direction::Egress, &orphan(1));
+    let after = s.rule(rule);
+    assert_eq!(after.passed_packets + after.dropped_packets, 400);
+}
+
+#[test]
+fn an_observe_rule_for_unplaced_packets_passes_them_and_counts_what_it_would_drop() {
+    common::root_or_skip!();
+    let mut s = LimitsFixture::load("fragments-unplaced-observe", &["lo"]);
+    let rule = unplaced_rule(&mut s, Action::Observe);
+    for id in 0..400 {
+        test_run::passes(&mut s.classifier, Direction::Ingress, &orphan(id));
+    }
+    let view = s.rule(rule);
+    assert_eq!(view.passed_packets + view.would_drop_packets, 400);
+    assert!(view.would_drop_packets > 0);
+    assert_eq!(view.dropped_packets, 0);
+}

@@ -472,3 +472,88 @@ fn the_library_daemon_starts_serves_and_stops_without_the_binary() {
     assert_nothing_attached(&pair, "library");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends COUNT copies of a frame (hex) on IFACE through a packet socket with a virtio-net
+/// header whose `hdr_len` is 14. For a frame of a page or more, `packet_snd()` then puts only
+/// those 14 bytes in the skb's linear area and the rest in page fragments
+/// (`packet_alloc_skb()`, net/packet/af_packet.c), as a NIC driver that splits headers from
+/// payload does: the classifier finds its IP header beyond the linear data.
+const NON_LINEAR_SENDER: &str = r#"
+import socket, struct, sys
+iface, count, frame = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+s.bind((iface, 0))
+vnet = struct.pack("<BBHHHH", 0, 0, 14, 0, 0, 0)
+for _ in range(count):
+    s.send(vnet + frame)
+"#;
+
+#[test]
+fn a_udp_header_behind_long_ipv6_options_in_a_non_linear_skb_is_found() {
+    use common::packet::{IPPROTO_DSTOPTS, IPPROTO_UDP, ipv6, ipv6_ext, udp};
+    const PORT: u16 = 7050;
+    const COUNT: u64 = 50;
+    let pair = common::test_veth_pair!();
+    for (ns, iface) in [(&pair.a, &pair.a_if), (&pair.b, &pair.b_if)] {
+        ns.run("ip", &["link", "set", "dev", iface, "mtu", "9000"])
+            .expect("raise the MTU");
+    }
+    let daemon = Daemon::on(&pair, &[]);
+    // Eight Destination Options headers of 64 bytes: the UDP header starts at byte 566, past
+    // the 256 bytes the classifier once pulled in.
+    let mut chain = Vec::new();
+    for n in 0..8 {
+        let next = if n == 7 { IPPROTO_UDP } else { IPPROTO_DSTOPTS };
+        chain.extend(ipv6_ext(next, 7));
+    }
+    chain.extend(udp(40000, PORT, &[0x5a; 4400]));
+    let mut frame = vec![
+        0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x02,
+    ];
+    frame.extend(0x86ddu16.to_be_bytes());
+    frame.extend(ipv6(IPPROTO_DSTOPTS, &chain));
+    assert!(
+        frame.len() > 4096,
+        "a page or more, so that the skb is not linear"
+    );
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    let output = pair
+        .b
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            NON_LINEAR_SENDER,
+            &pair.b_if,
+            &COUNT.to_string(),
+            &hex,
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "packet socket sender: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = daemon.wait_for(Duration::from_secs(10), |s| {
+        s.port(&pair.a_if, Direction::Ingress, Proto::Udp, PORT)
+            .is_some_and(|p| p.packets >= COUNT)
+    });
+    let port = stats
+        .port(&pair.a_if, Direction::Ingress, Proto::Udp, PORT)
+        .unwrap_or_else(|| panic!("nothing counted under udp/{PORT}: {stats:#?}"));
+    assert_eq!(
+        (port.packets, port.bytes),
+        (COUNT, COUNT * frame.len() as u64),
+        "every frame counted under its port, in its whole length"
+    );
+    // (The link's own IPv6 neighbour discovery may count as `icmp`.)
+    assert!(
+        !stats
+            .unclassified
+            .iter()
+            .any(|u| u.iface == pair.a_if && u.reason == "truncated"),
+        "nothing truncated: {:?}",
+        stats.unclassified
+    );
+}

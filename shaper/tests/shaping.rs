@@ -555,3 +555,91 @@ fn fragmented_udp_is_charged_in_every_fragment_and_held_to_the_rate() {
     );
     assert!(arrived > 0, "the limit lets some through");
 }
+
+/// Sends COUNT later IPv4 fragments (offset 1,480, 1,200 bytes of payload, a fresh
+/// identification each: no first fragment ever comes) to DST over SECONDS, through a raw socket
+/// (the kernel fills in the total length and checksum, raw(7)).
+const ORPHAN_FRAGMENTS: &str = r#"
+import socket, struct, sys, time
+dst, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+src = socket.inet_aton(sys.argv[4])
+start = time.monotonic()
+for n in range(count):
+    while time.monotonic() < start + n * seconds / count:
+        time.sleep(0.0005)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, (n % 65535) + 1, 185, 64, 17, 0,
+                         src, socket.inet_aton(dst))
+    s.sendto(header + bytes(1200), (dst, 0))
+"#;
+
+/// Wire bytes of one orphan: Ethernet, IPv4 and the payload.
+const ORPHAN_WIRE: u64 = 14 + 20 + 1200;
+
+fn send_orphans(pair: &common::netns::VethPair, count: u64, seconds: f64) {
+    let output = pair
+        .b
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            ORPHAN_FRAGMENTS,
+            &pair.a_addr.to_string(),
+            &count.to_string(),
+            &seconds.to_string(),
+            &pair.b_addr.to_string(),
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "sending orphan fragments: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn fragments_without_a_first_pass_uncharged_until_an_unplaced_rule_holds_them_to_its_rate() {
+    let pair = common::test_veth_pair!();
+    let daemon = Daemon::on(&pair, &[]);
+    let unplaced = |stats: &Snapshot| {
+        stats
+            .unclassified
+            .iter()
+            .find(|u| {
+                u.iface == pair.a_if && u.direction == Direction::Ingress && u.reason == "fragment"
+            })
+            .map_or(0, |u| u.packets)
+    };
+    send_orphans(&pair, 200, 0.2);
+    let stats = daemon.wait_for(Duration::from_secs(10), |s| unplaced(s) >= 200);
+    assert_eq!(unplaced(&stats), 200, "every orphan counted as fragment");
+
+    // From before the rule exists: its bucket fills from its creation on.
+    let start = Instant::now();
+    daemon.cli_ok(&[
+        "limit", "set", "unplaced", "--rate", "8kbit", "--dir", "ingress",
+    ]);
+    let listed = daemon.cli_ok(&["limit", "ls"]);
+    assert!(listed.contains("unplaced"), "{listed}");
+    let rule = &daemon.rules()[0];
+    assert_eq!(rule.side, shaper::policy::rule_table::Side::Unplaced);
+    let burst = rule.burst_bytes;
+    send_orphans(&pair, 800, 2.0);
+    let elapsed = start.elapsed();
+    daemon.settled();
+    let rule = &daemon.rules()[0];
+    let allowed = burst as f64 + 1000.0 * elapsed.as_secs_f64();
+    println!(
+        "orphan fragments through an 8 kbit/s unplaced rule: {} passed ({} bytes), {} dropped, \
+         in {elapsed:?}; burst {burst}, allowed {allowed:.0} bytes",
+        rule.passed_packets, rule.passed_bytes, rule.dropped_packets
+    );
+    assert_eq!(rule.passed_packets + rule.dropped_packets, 800);
+    assert_eq!(rule.passed_bytes, rule.passed_packets * ORPHAN_WIRE);
+    assert!(
+        rule.passed_bytes as f64 <= allowed,
+        "{} bytes passed, more than burst + rate x time = {allowed:.0}",
+        rule.passed_bytes
+    );
+    assert!(rule.dropped_packets > 0, "the rule dropped the excess");
+}

@@ -9,6 +9,7 @@ use shaper::{
     policy::rates_and_sizes,
     policy::rule_table::{Action, DirSel, PortRange, ProtoSel, RuleKey, RuleSpec, Side},
     policy::rules_in_force::RuleView,
+    types::ports::UNPLACED,
 };
 
 use super::keyword::keyword;
@@ -27,9 +28,11 @@ pub enum LimitCommand {
 /// What names a rule.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
-    /// A port (9090) or an inclusive range (8000-8099) sharing one bucket.
+    /// A port (9090) or an inclusive range (8000-8099) sharing one bucket; or `unplaced`: the
+    /// packets no port was found for (later fragments whose first was not seen, IPv6 header
+    /// chains over the limit, headers cut short), with --dir and --iface only.
     #[arg(value_name = "PORTS", value_parser = parse_ports)]
-    ports: PortRange,
+    ports: RulePorts,
 
     /// The hook direction(s); each direction has its own bucket.
     #[arg(long, value_parser = keyword::<DirSel>(), default_value_t = DirSel::Both)]
@@ -86,9 +89,20 @@ pub struct LsArgs {
     json: bool,
 }
 
-fn parse_ports(text: &str) -> Result<PortRange, String> {
+/// What PORTS names.
+#[derive(Debug, Clone, Copy)]
+enum RulePorts {
+    Range(PortRange),
+    Unplaced,
+}
+
+fn parse_ports(text: &str) -> Result<RulePorts, String> {
+    if text == UNPLACED {
+        return Ok(RulePorts::Unplaced);
+    }
     text.parse()
-        .map_err(|e: shaper::policy::rule_table::PortRangeError| e.to_string())
+        .map(RulePorts::Range)
+        .map_err(|e: shaper::policy::rule_table::PortRangeError| format!("{e}, or `{UNPLACED}`"))
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
@@ -100,9 +114,23 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 impl KeyArgs {
-    fn key(self) -> RuleKey {
-        RuleKey {
-            ports: self.ports,
+    fn key(self) -> anyhow::Result<RuleKey> {
+        let ports = match self.ports {
+            RulePorts::Range(ports) => ports,
+            RulePorts::Unplaced => {
+                if self.remote {
+                    bail!("`unplaced` names no port, local or remote: drop --remote");
+                }
+                if self.proto != ProtoSel::Any {
+                    bail!(
+                        "`unplaced` takes no --proto: its packets may be TCP, UDP or not yet known"
+                    );
+                }
+                return Ok(RuleKey::unplaced(self.dir, self.iface));
+            }
+        };
+        Ok(RuleKey {
+            ports,
             side: if self.remote {
                 Side::Remote
             } else {
@@ -111,7 +139,7 @@ impl KeyArgs {
             dir: self.dir,
             proto: self.proto,
             iface: self.iface,
-        }
+        })
     }
 }
 
@@ -119,7 +147,7 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
     match command {
         LimitCommand::Set(args) => {
             let rule = RuleSpec {
-                key: args.key.key(),
+                key: args.key.key()?,
                 rate_bps: args.rate,
                 burst_bytes: args.burst,
                 action: args.action,
@@ -139,7 +167,7 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
             }
         }
         LimitCommand::Rm(args) => {
-            match control::request(socket, &Request::LimitRm { rule: args.key() })? {
+            match control::request(socket, &Request::LimitRm { rule: args.key()? })? {
                 Response::RuleRemoved { rule } => {
                     println!(
                         "rule {} removed: {} (passed {} packets, dropped {}, would-drop {})",
@@ -169,11 +197,21 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
 }
 
 fn describe(rule: &RuleView) -> String {
+    if rule.side == Side::Unplaced {
+        return format!(
+            "unplaced dir {} iface {}: rate {} burst {} {}",
+            rule.dir,
+            rule.iface.as_deref().unwrap_or("all"),
+            rule.rate,
+            rule.burst,
+            rule.action
+        );
+    }
     format!(
         "{}{} dir {} proto {} iface {}: rate {} burst {} {}",
         match rule.side {
             Side::Remote => "remote ",
-            Side::Local => "",
+            Side::Local | Side::Unplaced => "",
         },
         rule.ports,
         rule.dir,
@@ -243,7 +281,7 @@ fn table(rules: &[RuleView]) -> String {
             &mut out,
             [
                 &r.id.to_string(),
-                &r.ports.to_string(),
+                &r.target(),
                 r.side.name(),
                 r.dir.name(),
                 r.proto.name(),

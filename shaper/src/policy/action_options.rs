@@ -6,7 +6,7 @@ use crate::{
     datapath::kernel_support,
     policy::{
         rates_and_sizes,
-        rule_table::{Action, DirSel, Limit, RuleSpec},
+        rule_table::{Action, DirSel, Limit, PortRange, ProtoSel, RuleSpec, Side},
     },
 };
 
@@ -44,6 +44,8 @@ pub const MAX_QUEUE_BYTES: u64 = u32::MAX as u64;
 pub enum ActionOptionError {
     #[error("--ecn (ecn = true) applies to `drop` rules only: an `{action}` rule {why}")]
     EcnNeedsDrop { action: Action, why: &'static str },
+    #[error("an `unplaced` rule governs the packets no port was found for, so it {problem}")]
+    Unplaced { problem: &'static str },
     #[error("--queue (queue = ...) applies to `shape` rules only, not to `{action}`")]
     QueueNeedsShape { action: Action },
     #[error(
@@ -68,6 +70,22 @@ pub enum ActionOptionError {
 
 /// Adds a spec's action options to its validated `limit`, or says why they do not fit.
 pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, ActionOptionError> {
+    if spec.key.side == Side::Unplaced {
+        let problem = if spec.action == Action::Shape {
+            Some("polices (drop, observe) and cannot shape: no HTB class is chosen for it")
+        } else if spec.ecn {
+            Some("takes no --ecn: it polices with drops")
+        } else if spec.key.proto != ProtoSel::Any {
+            Some("takes no --proto: its packets may be TCP, UDP or not yet known")
+        } else if spec.key.ports != PortRange::ALL {
+            Some("names no ports")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ActionOptionError::Unplaced { problem });
+        }
+    }
     if spec.ecn && spec.action != Action::Drop {
         let why = match spec.action {
             Action::Observe => "never drops, so it has no congestion to signal",
@@ -141,6 +159,44 @@ mod tests {
     fn check(spec: &RuleSpec) -> Result<Limit, ActionOptionError> {
         let limit = make_limit(spec.rate_bps, None, spec.action, 65536, "").unwrap();
         apply(spec, limit, 65536)
+    }
+
+    #[test]
+    fn an_unplaced_rule_polices_and_takes_no_ports_protocol_ecn_or_shaping() {
+        let limit = Limit {
+            rate_bps: 1000,
+            burst_bytes: 1 << 20,
+            action: Action::Drop,
+            ecn: false,
+            queue_bytes: 0,
+        };
+        let spec = |change: fn(&mut RuleSpec)| {
+            let mut spec = RuleSpec {
+                key: crate::policy::rule_table::RuleKey::unplaced(DirSel::Both, None),
+                rate_bps: 1000,
+                burst_bytes: None,
+                action: Action::Drop,
+                ecn: false,
+                queue_bytes: None,
+            };
+            change(&mut spec);
+            apply(&spec, limit, 65536)
+        };
+        assert!(spec(|_| ()).is_ok());
+        assert!(spec(|s| s.action = Action::Observe).is_ok());
+        for refused in [
+            spec(|s| s.action = Action::Shape),
+            spec(|s| s.ecn = true),
+            spec(|s| s.key.proto = ProtoSel::Udp),
+            spec(|s| s.key.ports = PortRange::single(53)),
+        ] {
+            let error = refused.unwrap_err();
+            assert!(
+                matches!(error, ActionOptionError::Unplaced { .. }),
+                "{error}"
+            );
+            assert!(error.to_string().starts_with("an `unplaced` rule governs"));
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ use crate::{
     policy::rates_and_sizes::{self, RATE_FORMS, SIZE_FORMS},
     policy::rule_table::{
         Action, DirSel, PORT_FORMS, PortRange, PortRangeError, ProtoSel, RuleKey, RuleSpec, Side,
+        UNPLACED,
     },
     types::metrics_addr::MetricsAddr,
 };
@@ -422,7 +423,14 @@ impl RawLimit {
         };
 
         let port = self.port.as_ref().ok_or_else(|| missing(&rule, "port"))?;
-        let ports = port_range(port).map_err(|problem| invalid(&rule, "port", port, problem))?;
+        let unplaced = matches!(port, Value::String(text) if text == UNPLACED);
+        let ports = if unplaced {
+            PortRange::ALL
+        } else {
+            port_range(port).map_err(|problem| {
+                invalid(&rule, "port", port, format!("{problem}, or \"{UNPLACED}\""))
+            })?
+        };
         let remote = match &self.remote {
             None => false,
             Some(Value::Boolean(remote)) => *remote,
@@ -431,8 +439,16 @@ impl RawLimit {
                 return Err(invalid(&rule, "remote", value, problem));
             }
         };
+        if unplaced && remote {
+            let problem = "`unplaced` names no port, local or remote".to_owned();
+            return Err(invalid(&rule, "remote", &Value::Boolean(true), problem));
+        }
         // Named by its port from here on, so the operator finds the rule without counting.
-        rule = label_ports(number, ports, remote);
+        rule = if unplaced {
+            format!("limit #{number} (unplaced)")
+        } else {
+            label_ports(number, ports, remote)
+        };
 
         let rate = self.rate.as_ref().ok_or_else(|| missing(&rule, "rate"))?;
         let rate_bps = amount(
@@ -496,7 +512,13 @@ impl RawLimit {
         Ok(RuleSpec {
             key: RuleKey {
                 ports,
-                side: if remote { Side::Remote } else { Side::Local },
+                side: if unplaced {
+                    Side::Unplaced
+                } else if remote {
+                    Side::Remote
+                } else {
+                    Side::Local
+                },
                 dir,
                 proto,
                 iface,
@@ -520,6 +542,9 @@ fn label_ports(number: usize, ports: PortRange, remote: bool) -> String {
 }
 
 fn label(number: usize, key: &RuleKey) -> String {
+    if key.side == Side::Unplaced {
+        return format!("limit #{number} (unplaced)");
+    }
     label_ports(number, key.ports, key.side == Side::Remote)
 }
 
@@ -926,7 +951,8 @@ mod tests {
             let message = error(&text);
             let head = format!("test.toml: limit #2: port {shown}: ");
             assert!(message.starts_with(&head), "{value}: {message}");
-            assert!(message.ends_with(PORT_FORMS), "{value}: {message}");
+            let forms = format!("{PORT_FORMS}, or \"{UNPLACED}\"");
+            assert!(message.ends_with(&forms), "{value}: {message}");
         }
     }
 
@@ -1079,6 +1105,31 @@ mod tests {
             &error(text),
             &["limit #1 (remote ports 8000-8099) and limit #2 (remote ports 8000-8099)"],
         );
+    }
+
+    #[test]
+    fn port_unplaced_is_the_rule_for_packets_without_ports_and_takes_no_remote() {
+        let config = parse(
+            "[[limit]]\nport = \"unplaced\"\nrate = \"8kbit\"\ndir = \"ingress\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.limits[0].key,
+            RuleKey::unplaced(DirSel::Ingress, None)
+        );
+        let message = parse(
+            "[[limit]]\nport = \"unplaced\"\nrate = 1\nremote = true\n",
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("limit #1"), "{message}");
+        assert!(message.contains("names no port"), "{message}");
+        let message = parse("[[limit]]\nport = \"unplace\"\nrate = 1\n", "test.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("or \"unplaced\""), "{message}");
     }
 
     #[test]

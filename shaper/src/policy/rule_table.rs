@@ -27,7 +27,7 @@ use crate::policy::rates_and_sizes;
 
 pub use crate::types::{
     keywords::{Action, DirSel, ProtoSel, Side, TraceVerdicts},
-    ports::{PORT_FORMS, PortRange, PortRangeError},
+    ports::{PORT_FORMS, PortRange, PortRangeError, UNPLACED},
 };
 
 /// What identifies a rule: setting a rule with the same key replaces it.
@@ -59,6 +59,27 @@ impl RuleKey {
         }
     }
 
+    /// The key of an `unplaced` rule: the packets of `dir` on `iface` (every interface if
+    /// `None`) that no port could be found for.
+    pub fn unplaced(dir: DirSel, iface: Option<String>) -> Self {
+        Self {
+            ports: PortRange::ALL,
+            side: Side::Unplaced,
+            dir,
+            proto: ProtoSel::Any,
+            iface,
+        }
+    }
+
+    /// What the key names in place of its ports: `9090`, `8000-8099` or `unplaced`.
+    pub fn target(&self) -> String {
+        if self.side == Side::Unplaced {
+            crate::types::ports::UNPLACED.to_owned()
+        } else {
+            self.ports.to_string()
+        }
+    }
+
     /// Orders keys by precedence: the rule that wins a port it shares with another sorts first.
     fn precedence(&self, other: &Self) -> Ordering {
         self.ports
@@ -73,6 +94,14 @@ impl RuleKey {
 
 impl fmt::Display for RuleKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.side == Side::Unplaced {
+            return write!(
+                f,
+                "unplaced dir {} iface {}",
+                self.dir,
+                self.iface.as_deref().unwrap_or("all"),
+            );
+        }
         write!(
             f,
             "{} {}port{} dir {} proto {} iface {}",
@@ -347,18 +376,44 @@ impl RuleTable {
         // Paint the weakest first, so each port ends up with its strongest rule.
         by_precedence.sort_by(|a, b| b.key.precedence(&a.key));
         for rule in by_precedence {
+            let Some(side) = rule.key.side.index() else {
+                continue;
+            };
             for (slot, name) in ifaces.iter().enumerate() {
                 if rule.key.iface.as_ref().is_some_and(|iface| iface != name) {
                     continue;
                 }
                 for &direction in rule.key.dir.directions() {
                     for &proto in rule.key.proto.protos() {
-                        let row =
-                            rule_index_row(slot as u32, direction, proto, rule.key.side.index());
+                        let row = rule_index_row(slot as u32, direction, proto, side);
                         let start = row as usize * PORTS as usize;
                         let ports = rule.key.ports;
                         index[start + ports.lo as usize..=start + ports.hi as usize].fill(rule.id);
                     }
+                }
+            }
+        }
+        index
+    }
+
+    /// The `unplaced` rule of every (interface slot, direction) of `ifaces`, indexed by
+    /// [`unplaced_index`](shaper_common::unplaced_index): [`NO_RULE`] where none applies. One
+    /// for an interface beats one for all, one for a direction beats `both`.
+    pub fn resolve_unplaced(&self, ifaces: &[String]) -> Vec<u16> {
+        let mut index = vec![NO_RULE; ifaces.len() * shaper_common::DIRECTIONS as usize];
+        let mut by_precedence: Vec<&Rule> = self
+            .rules
+            .values()
+            .filter(|rule| rule.key.side == Side::Unplaced)
+            .collect();
+        by_precedence.sort_by(|a, b| b.key.precedence(&a.key));
+        for rule in by_precedence {
+            for (slot, name) in ifaces.iter().enumerate() {
+                if rule.key.iface.as_ref().is_some_and(|iface| iface != name) {
+                    continue;
+                }
+                for &direction in rule.key.dir.directions() {
+                    index[shaper_common::unplaced_index(slot as u32, direction) as usize] = rule.id;
                 }
             }
         }
@@ -473,6 +528,41 @@ mod tests {
         assert_eq!(
             winner(&index, 0, DIR_EGRESS, PROTO_UDP, SIDE_REMOTE, 9090),
             NO_RULE
+        );
+    }
+
+    #[test]
+    fn unplaced_rules_stay_out_of_the_port_index_and_the_specific_one_wins_its_cells() {
+        let mut table = RuleTable::new();
+        let SetOutcome::Added(everywhere) = table
+            .set(RuleKey::unplaced(DirSel::Both, None), limit(1))
+            .unwrap()
+        else {
+            panic!("a new rule")
+        };
+        let SetOutcome::Added(eth1_ingress) = table
+            .set(
+                RuleKey::unplaced(DirSel::Ingress, Some("eth1".into())),
+                limit(2),
+            )
+            .unwrap()
+        else {
+            panic!("a new rule")
+        };
+        let names = ifaces(&["eth0", "eth1"]);
+        assert!(
+            table.resolve(&names).iter().all(|&id| id == NO_RULE),
+            "no port is governed by an unplaced rule"
+        );
+        let cell = |slot, direction| shaper_common::unplaced_index(slot, direction) as usize;
+        let unplaced = table.resolve_unplaced(&names);
+        assert_eq!(unplaced[cell(0, DIR_INGRESS)], everywhere);
+        assert_eq!(unplaced[cell(0, DIR_EGRESS)], everywhere);
+        assert_eq!(unplaced[cell(1, DIR_INGRESS)], eth1_ingress);
+        assert_eq!(unplaced[cell(1, DIR_EGRESS)], everywhere);
+        assert_eq!(
+            RuleKey::unplaced(DirSel::Ingress, None).to_string(),
+            "unplaced dir ingress iface all"
         );
     }
 

@@ -97,6 +97,17 @@ pub struct RuleView {
 }
 
 impl RuleView {
+    /// What the rule names in place of its ports: `9090`, `8000-8099` or `unplaced`.
+    pub fn target(&self) -> String {
+        if self.side == Side::Unplaced {
+            crate::types::ports::UNPLACED.to_owned()
+        } else {
+            self.ports.to_string()
+        }
+    }
+}
+
+impl RuleView {
     /// The key of the rule this view shows.
     pub fn key(&self) -> RuleKey {
         RuleKey {
@@ -256,7 +267,7 @@ impl Limits {
             }
             return Err(e.into());
         }
-        classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
+        paint(classifier, &next)?;
         self.table = next;
         self.config_keys.remove(&spec.key);
         self.actors.insert(spec.key.clone(), actor);
@@ -303,7 +314,7 @@ impl Limits {
             |key| self.actors.get(key),
         )?;
         // Unhook the ports first, then clear the limit, so no packet finds a half-removed rule.
-        classifier.paint_rule_index(&next.resolve(&classifier.interface_names()));
+        paint(classifier, &next)?;
         let removed = view(
             classifier,
             &rule,
@@ -536,7 +547,7 @@ impl Limits {
                 None => classifier.write_rule(rule.id, &config, true)?,
             }
         }
-        classifier.paint_rule_index(&table.resolve(&classifier.interface_names()));
+        paint(classifier, &table)?;
         let mut cleared = 0;
         for &id in live.keys() {
             if table.rules().all(|rule| rule.id != id) {
@@ -599,7 +610,7 @@ fn apply(classifier: &mut Classifier, from: &RuleTable, to: &RuleTable) -> Resul
             _ => classifier.write_rule(rule.id, &rule.limit.config(), true)?,
         }
     }
-    classifier.paint_rule_index(&to.resolve(&classifier.interface_names()));
+    paint(classifier, to)?;
     for rule in from.rules() {
         if to.find(&rule.key).is_none_or(|new| new.id != rule.id) {
             classifier.clear_rule(rule.id)?;
@@ -783,6 +794,15 @@ fn view(
         backlog_bytes: class.backlog_bytes,
         set_by: set_by.cloned(),
     }
+}
+
+/// Writes what `table` resolves to into the maps the programs read: the rule index (ports)
+/// and the `unplaced` rules.
+fn paint(classifier: &mut Classifier, table: &RuleTable) -> Result<()> {
+    let names = classifier.interface_names();
+    classifier.paint_rule_index(&table.resolve(&names));
+    classifier.paint_unplaced(&table.resolve_unplaced(&names))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -78,8 +78,10 @@ keyword_enum!(
     TraceVerdicts { All => "all" (default), Drop => "drop", WouldDrop => "would-drop" }
 );
 keyword_enum!(
-    /// Which port of the packet the rule's ports are: the local one, or the remote one.
-    Side { Local => "local" (default), Remote => "remote" }
+    /// Which port of the packet the rule's ports are: the local one, the remote one, or none:
+    /// an `unplaced` rule governs the packets no port could be found for (see the guide's
+    /// *What is counted*).
+    Side { Local => "local" (default), Remote => "remote", Unplaced => "unplaced" }
 );
 
 impl DirSel {
@@ -104,10 +106,13 @@ impl ProtoSel {
 }
 
 impl Side {
-    pub fn index(self) -> u32 {
+    /// The side's rows in the rule index; `None` for `unplaced`, whose rules live in a map of
+    /// their own.
+    pub fn index(self) -> Option<u32> {
         match self {
-            Self::Local => SIDE_LOCAL,
-            Self::Remote => SIDE_REMOTE,
+            Self::Local => Some(SIDE_LOCAL),
+            Self::Remote => Some(SIDE_REMOTE),
+            Self::Unplaced => None,
         }
     }
 }

@@ -12,7 +12,16 @@ pub struct PortRange {
     pub hi: u16,
 }
 
+/// What a rule names in place of ports for the packets no port could be found for.
+pub const UNPLACED: &str = "unplaced";
+
 impl PortRange {
+    /// Every port: the range an `unplaced` rule carries, which names no port.
+    pub const ALL: Self = Self {
+        lo: 0,
+        hi: u16::MAX,
+    };
+
     pub fn single(port: u16) -> Self {
         Self { lo: port, hi: port }
     }

@@ -5,8 +5,12 @@
 //! fields, ICMP, ICMPv6, GRE, SCTP, ESP, anything; non-IP. Then a random cut at any byte, random
 //! byte flips and a random GSO context.
 //!
-//! Frame `i` of seed `s` depends on nothing but `(s, i)`, so a report's seed and index rebuild
-//! it exactly, whatever ran before.
+//! Now and then a frame is a later fragment of the frame before it, when that one is a first
+//! fragment: the same addresses and identification, a fragment offset, payload behind.
+//!
+//! Frame `i` of seed `s` depends on nothing but `(s, i)` (and, for a later fragment, frame
+//! `i - 1`, itself made from `(s, i - 1)`), so a report's seed and index rebuild it exactly,
+//! whatever ran before.
 
 use shaper::Direction;
 
@@ -85,6 +89,8 @@ pub struct Case {
     pub direction: Direction,
     /// `__sk_buff.gso_segs`, sent through `ctx_in`; `None` sends no context (a plain skb).
     pub gso_segs: Option<u32>,
+    /// Made as a later fragment of the frame before it.
+    pub follows_previous: bool,
 }
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -118,6 +124,23 @@ const MAX_FRAME: usize = 3000;
 /// Frame `index` of run `seed`.
 pub fn case(seed: u64, index: u64) -> Case {
     let mut rng = Rng::for_frame(seed, index);
+    // One frame in five tries to follow the one before: about a tenth of frames are IP first
+    // fragments, so about 2% of frames are their later fragments.
+    if index > 0
+        && rng.chance(20)
+        && let Some(frame) = later_fragment(&mut rng, &case(seed, index - 1).frame)
+    {
+        return Case {
+            frame,
+            direction: if rng.chance(50) {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            gso_segs: None,
+            follows_previous: true,
+        };
+    }
     let mut frame = Vec::with_capacity(256);
     // Where the headers end as built: cuts and flips aim at the headers more than the payload.
     let header_end = ethernet(&mut rng, &mut frame);
@@ -138,7 +161,51 @@ pub fn case(seed: u64, index: u64) -> Case {
         frame,
         direction,
         gso_segs,
+        follows_previous: false,
     }
+}
+
+/// A later fragment of `first`, if it is an IPv4 first fragment (offset 0, MF) or an IPv6 one
+/// whose Fragment header comes first (offset 0, M): its headers up to the fragment field, a
+/// random offset (and MF/M), then random payload. Not mutated: the point is that it matches.
+fn later_fragment(rng: &mut Rng, first: &[u8]) -> Option<Vec<u8>> {
+    let mut ip = 12;
+    let mut ether_type = u16::from_be_bytes([*first.get(12)?, *first.get(13)?]);
+    while ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        ip += 4;
+        ether_type = u16::from_be_bytes([*first.get(ip)?, *first.get(ip + 1)?]);
+    }
+    ip += 2;
+    let offset = rng.range(1, 0x1fff) as u16;
+    let more = rng.chance(50);
+    let (mut frame, field_at, field) = match ether_type {
+        ETH_P_IP => {
+            let ihl = usize::from(*first.get(ip)? & 0x0f) * 4;
+            let frags = u16::from_be_bytes([*first.get(ip + 6)?, *first.get(ip + 7)?]);
+            if frags & 0x3fff != 0x2000 || first.len() < ip + ihl.max(20) {
+                return None;
+            }
+            let field = (frags & 0xc000) | u16::from(more) << 13 | offset;
+            (first[..ip + ihl.max(20)].to_vec(), ip + 6, field)
+        }
+        ETH_P_IPV6 => {
+            let frag = ip + 40;
+            if *first.get(ip + 6)? != FRAGMENT || first.len() < frag + 8 {
+                return None;
+            }
+            let field = u16::from_be_bytes([first[frag + 2], first[frag + 3]]);
+            if field & 0xfff9 != 1 {
+                return None;
+            }
+            let field = offset << 3 | u16::from(more);
+            (first[..frag + 8].to_vec(), frag + 2, field)
+        }
+        _ => return None,
+    };
+    frame[field_at..field_at + 2].copy_from_slice(&field.to_be_bytes());
+    let payload = rng.range(0, 1200);
+    frame.extend(rng.bytes(payload));
+    Some(frame)
 }
 
 fn ethernet(rng: &mut Rng, frame: &mut Vec<u8>) -> usize {

@@ -20,13 +20,61 @@ pub mod kernel;
 pub mod reference;
 pub mod shrink;
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    time::Instant,
+};
 
-use shaper_common::Counter;
+use shaper::datapath::classifier::Proto;
+use shaper_common::{Counter, FragmentKey};
 
 use frames::Case;
 use kernel::{Kernel, Key, Outcome, PASS};
-use reference::Class;
+use reference::{Class, Fragment};
+
+/// The reference's model of the classifier's `FRAGMENTS` map: the ports of every first
+/// fragment sent that the classifier remembers. Nothing is ever evicted from it: a later
+/// fragment either follows the frame just before it (see `frames`), whose entry the LRU has
+/// just inserted, or has random addresses and identification no earlier frame shares.
+#[derive(Debug, Default)]
+pub struct Memory(HashMap<FragmentKey, (Proto, u16, u16)>);
+
+impl Memory {
+    /// What sending `case` taught the classifier: a first fragment counted under its ports is
+    /// remembered for its datagram's later fragments.
+    pub fn learn(&mut self, case: &Case) {
+        if reference::refused(&case.frame) {
+            return;
+        }
+        if let (
+            Class::Port {
+                proto, src, dst, ..
+            },
+            Some(Fragment::First(key)),
+        ) = reference::classify(&case.frame)
+        {
+            self.0.insert(key, (proto, src, dst));
+        }
+    }
+
+    /// The frame's class once fragment tracking is applied: a later fragment of a remembered
+    /// datagram counts under its first fragment's ports, as one segment of no repeated headers.
+    pub fn classify(&self, frame: &[u8]) -> Class {
+        match reference::classify(frame) {
+            (_, Some(Fragment::Later(key))) if self.0.contains_key(&key) => {
+                let (proto, src, dst) = self.0[&key];
+                Class::Port {
+                    proto,
+                    src,
+                    dst,
+                    header_len: 0,
+                }
+            }
+            (class, _) => class,
+        }
+    }
+}
 
 pub struct Options {
     pub seed: u64,
@@ -51,9 +99,10 @@ impl Options {
     }
 }
 
-/// What the counters must show after `case`: one counter, moved by the frame's segments and
-/// bytes; nothing for a frame BPF_PROG_TEST_RUN refuses.
-pub fn expected(case: &Case) -> Outcome {
+/// What the counters must show after `case`, given what `memory` says the classifier remembers
+/// of first fragments: one counter, moved by the frame's segments and bytes; nothing for a frame
+/// BPF_PROG_TEST_RUN refuses.
+pub fn expected(case: &Case, memory: &Memory) -> Outcome {
     if reference::refused(&case.frame) {
         return Vec::new();
     }
@@ -61,7 +110,7 @@ pub fn expected(case: &Case) -> Outcome {
     // `count::observe`: a GSO skb (gso_segs > 1) counts as its segments, anything else as one.
     let segments = case.gso_segs.filter(|&s| s > 1).unwrap_or(1) as u64;
     let len = case.frame.len() as u64;
-    let (key, bytes) = match reference::classify(&case.frame) {
+    let (key, bytes) = match memory.classify(&case.frame) {
         Class::Port {
             proto,
             src,
@@ -211,6 +260,8 @@ pub struct Summary {
     pub expected: Counter,
     /// Frames per expected counter kind: what the generator covered.
     pub coverage: BTreeMap<String, u64>,
+    /// Later fragments the reference expects under their first fragment's port.
+    pub placed_fragments: u64,
     /// Disagreeing frames per signature.
     pub disagreements: BTreeMap<String, u64>,
     /// The first of each signature, as found and minimised.
@@ -248,6 +299,10 @@ impl Summary {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         println!("fuzz: frames by expected counter: {}", coverage.join(", "));
+        println!(
+            "fuzz: {} later fragments expected under their first fragment's port",
+            self.placed_fragments
+        );
         if self.disagreements.is_empty() {
             println!("fuzz: no disagreement");
             return;
@@ -276,6 +331,7 @@ impl Summary {
 /// Runs `options.frames` frames of `options.seed` through a freshly loaded classifier.
 pub fn run(options: &Options) -> Summary {
     let mut kernel = Kernel::load();
+    let mut memory = Memory::default();
     let start = kernel.counts();
     let mut model = start.clone();
     let mut summary = Summary {
@@ -286,6 +342,7 @@ pub fn run(options: &Options) -> Summary {
         counted: Counter::default(),
         expected: Counter::default(),
         coverage: BTreeMap::new(),
+        placed_fragments: 0,
         disagreements: BTreeMap::new(),
         reports: Vec::new(),
         stopped_early: false,
@@ -298,7 +355,10 @@ pub fn run(options: &Options) -> Summary {
         let mut batch = Vec::with_capacity((end - index) as usize);
         for i in index..end {
             let case = frames::case(options.seed, i);
-            let expected = expected(&case);
+            let expected = expected(&case, &memory);
+            if case.follows_previous && matches!(memory.classify(&case.frame), Class::Port { .. }) {
+                summary.placed_fragments += 1;
+            }
             for (key, delta) in &expected {
                 *summary.coverage.entry(key.kind()).or_default() += 1;
                 summary.expected.packets += delta.packets;
@@ -306,7 +366,10 @@ pub fn run(options: &Options) -> Summary {
             }
             summary.frames += 1;
             let verdict = match kernel.send(&case) {
-                Ok(verdict) => verdict,
+                Ok(verdict) => {
+                    memory.learn(&case);
+                    verdict
+                }
                 Err(_) => {
                     summary.refused += 1;
                     if !reference::refused(&case.frame) {
@@ -353,7 +416,7 @@ pub fn run(options: &Options) -> Summary {
             // frame to find which frames.
             let before_replay = disagreements.len();
             for (i, case) in batch {
-                let expected = expected(&case);
+                let expected = expected(&case, &memory);
                 if let Some((verdict, observed)) = kernel.observe(&case) {
                     let d = Disagreement {
                         index: i,
@@ -395,7 +458,7 @@ pub fn run(options: &Options) -> Summary {
             continue;
         }
         seen.push(signature);
-        let minimised = shrink::minimise(&mut kernel, &d);
+        let minimised = shrink::minimise(&mut kernel, &mut memory, &d);
         summary.reports.push((d, minimised));
     }
     summary

@@ -31,7 +31,7 @@ use etherparse::{
     TcpHeaderSlice, UdpHeaderSlice, err,
 };
 use shaper::datapath::classifier::Proto;
-use shaper_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, reason};
+use shaper_common::{FragmentKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, reason};
 
 /// The classification of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +50,39 @@ pub enum Class {
 
 use Class::Unclassified;
 
+/// A fragment's datagram, keyed as the classifier's `FRAGMENTS` map keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A first fragment the classifier remembers the ports of, if it counts under a port: an
+    /// IPv4 one, or an IPv6 one whose Fragment header is the first extension header with TCP
+    /// or UDP right behind it (`shaper-ebpf/src/parse.rs` says why only those).
+    First(FragmentKey),
+    /// A later fragment: it takes a remembered first fragment's ports.
+    Later(FragmentKey),
+}
+
+fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    let mut mapped = [0u8; 16];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&v4);
+    mapped
+}
+
 /// A header cut short, or a length field below the header's fixed size, in etherparse's terms.
 fn len_error(_: err::LenError) -> Class {
     Unclassified(reason::TRUNCATED)
 }
 
-pub fn classify(frame: &[u8]) -> Class {
+/// The frame's class as the frame alone decides it (a later fragment is `fragment`: what the
+/// classifier remembers of first fragments is `Memory`'s, in `fuzz/mod.rs`), and its place
+/// among fragments.
+pub fn classify(frame: &[u8]) -> (Class, Option<Fragment>) {
     // BPF_PROG_TEST_RUN refuses frames shorter than this (see `refused`); a real hook never sees
     // one on an Ethernet device.
     let eth = match Ethernet2HeaderSlice::from_slice(frame) {
         Ok(eth) => eth,
-        Err(e) => return len_error(e),
+        Err(e) => return (len_error(e), None),
     };
     let mut ether_type = eth.ether_type();
     let mut offset = eth.slice().len();
@@ -75,7 +97,7 @@ pub fn classify(frame: &[u8]) -> Class {
         }
         let vlan = match SingleVlanHeaderSlice::from_slice(&frame[offset..]) {
             Ok(vlan) => vlan,
-            Err(e) => return len_error(e),
+            Err(e) => return (len_error(e), None),
         };
         ether_type = vlan.ether_type();
         offset += vlan.slice().len();
@@ -83,38 +105,67 @@ pub fn classify(frame: &[u8]) -> Class {
     match ether_type {
         EtherType::IPV4 => ipv4(frame, offset),
         EtherType::IPV6 => ipv6(frame, offset),
-        _ => Unclassified(reason::NON_IP),
+        _ => (Unclassified(reason::NON_IP), None),
     }
 }
 
-fn ipv4(frame: &[u8], offset: usize) -> Class {
+fn ipv4(frame: &[u8], offset: usize) -> (Class, Option<Fragment>) {
     // Ipv4HeaderSlice checks, in the kernel's order (`ip_rcv_core()`, net/ipv4/ip_input.c): 20
     // bytes present, version 4 and IHL >= 5 (`inhdr_error`), then IHL * 4 bytes present
     // (`pskb_may_pull(skb, iph->ihl*4)`). A cut inside the options is `truncated` even for a
     // later fragment, which does not need them: the kernel drops it before reassembly.
     let ip = match Ipv4HeaderSlice::from_slice(&frame[offset..]) {
         Ok(ip) => ip,
-        Err(err::ipv4::HeaderSliceError::Len(e)) => return len_error(e),
-        Err(err::ipv4::HeaderSliceError::Content(_)) => return Unclassified(reason::MALFORMED),
+        Err(err::ipv4::HeaderSliceError::Len(e)) => return (len_error(e), None),
+        Err(err::ipv4::HeaderSliceError::Content(_)) => {
+            return (Unclassified(reason::MALFORMED), None);
+        }
+    };
+    // The kernel's reassembly tells datagrams apart by addresses, identification and protocol
+    // (`ip4_frag_match()`, net/ipv4/ip_fragment.c), and so does the classifier.
+    let key = FragmentKey {
+        src: v4_mapped(ip.source()),
+        dst: v4_mapped(ip.destination()),
+        id: u32::from(ip.identification()),
+        ip_proto: ip.protocol().0,
+        family: 4,
+        _pad: [0; 2],
     };
     // **Override**: etherparse's `Ipv4Slice` stops at any fragment, first ones too (MF set,
     // offset 0). A first fragment carries the L4 header and counts under its port
     // (docs/src/guide/counting.md, *Fragments*); only an offset other than 0 means payload where the ports would be.
     if ip.fragments_offset().value() != 0 {
-        return Unclassified(reason::FRAGMENT);
+        return (Unclassified(reason::FRAGMENT), Some(Fragment::Later(key)));
     }
+    let first = ip.more_fragments().then_some(Fragment::First(key));
     // **Override**: etherparse's `Ipv4Slice` walks an IPv4 AH header (proto 51) to what it
     // protects. In IPv4, AH is a protocol of its own (net/ipv4/ah4.c, reached through xfrm), not
     // a chain the classifier walks: `other_l4`, like ESP.
-    l4(frame, offset + ip.slice().len(), ip.protocol(), false)
+    (
+        l4(frame, offset + ip.slice().len(), ip.protocol(), false),
+        first,
+    )
 }
 
-fn ipv6(frame: &[u8], offset: usize) -> Class {
+fn ipv6(frame: &[u8], offset: usize) -> (Class, Option<Fragment>) {
     let ip = match Ipv6HeaderSlice::from_slice(&frame[offset..]) {
         Ok(ip) => ip,
-        Err(err::ipv6::HeaderSliceError::Len(e)) => return len_error(e),
-        Err(err::ipv6::HeaderSliceError::Content(_)) => return Unclassified(reason::MALFORMED),
+        Err(err::ipv6::HeaderSliceError::Len(e)) => return (len_error(e), None),
+        Err(err::ipv6::HeaderSliceError::Content(_)) => {
+            return (Unclassified(reason::MALFORMED), None);
+        }
     };
+    // Source, destination and the Fragment header's identification (`ip6frag_key`,
+    // include/net/ipv6_frag.h).
+    let key = |id| FragmentKey {
+        src: ip.source(),
+        dst: ip.destination(),
+        id,
+        ip_proto: 0,
+        family: 6,
+        _pad: [0; 2],
+    };
+    let mut first = None;
     let mut next = ip.next_header();
     let mut offset = offset + ip.slice().len();
     // **Override**: etherparse's `Ipv6ExtensionsSlice` knows more extension headers (Mobility,
@@ -132,10 +183,10 @@ fn ipv6(frame: &[u8], offset: usize) -> Class {
                 | IpNumber::IPV6_FRAGMENTATION_HEADER
         );
         if !extension {
-            return l4(frame, offset, next, true);
+            return (l4(frame, offset, next, true), first);
         }
         if walked == MAX_IPV6_EXT_HEADERS {
-            return Unclassified(reason::IPV6_EXT_LIMIT);
+            return (Unclassified(reason::IPV6_EXT_LIMIT), None);
         }
         let rest = &frame[offset..];
         let (nh, len) = match next {
@@ -144,7 +195,7 @@ fn ipv6(frame: &[u8], offset: usize) -> Class {
             // header 0 in `ip6_protocol_deliver_rcu()` (net/ipv6/ip6_input.c: ICMPv6 parameter
             // problem, SKB_DROP_REASON_IP_NOPROTO). `malformed`.
             IpNumber::IPV6_HEADER_HOP_BY_HOP if walked > 0 => {
-                return Unclassified(reason::MALFORMED);
+                return (Unclassified(reason::MALFORMED), None);
             }
             IpNumber::AUTHENTICATION_HEADER => match IpAuthHeaderSlice::from_slice(rest) {
                 // AH's length is in 4-octet units plus 2 (RFC 4302 section 2.2); etherparse
@@ -152,26 +203,35 @@ fn ipv6(frame: &[u8], offset: usize) -> Class {
                 // `ah6_input()` does (`pskb_may_pull(skb, sizeof(struct ip_auth_hdr))`, then a
                 // length that fits an ICV, net/ipv6/ah6.c).
                 Ok(ah) => (ah.next_header(), ah.slice().len()),
-                Err(err::ip_auth::HeaderSliceError::Len(e)) => return len_error(e),
+                Err(err::ip_auth::HeaderSliceError::Len(e)) => return (len_error(e), None),
                 Err(err::ip_auth::HeaderSliceError::Content(_)) => {
-                    return Unclassified(reason::MALFORMED);
+                    return (Unclassified(reason::MALFORMED), None);
                 }
             },
             IpNumber::IPV6_FRAGMENTATION_HEADER => {
                 match Ipv6FragmentHeaderSlice::from_slice(rest) {
                     Ok(frag) if frag.fragment_offset().value() != 0 => {
-                        return Unclassified(reason::FRAGMENT);
+                        let later = Fragment::Later(key(frag.identification()));
+                        return (Unclassified(reason::FRAGMENT), Some(later));
                     }
                     // Offset 0: a first fragment, or an atomic one (M clear), which the kernel
                     // processes as unfragmented (`ipv6_frag_rcv()`, net/ipv6/reassembly.c).
-                    Ok(frag) => (frag.next_header(), frag.slice().len()),
-                    Err(e) => return len_error(e),
+                    Ok(frag) => {
+                        if frag.more_fragments()
+                            && walked == 0
+                            && matches!(frag.next_header(), IpNumber::TCP | IpNumber::UDP)
+                        {
+                            first = Some(Fragment::First(key(frag.identification())));
+                        }
+                        (frag.next_header(), frag.slice().len())
+                    }
+                    Err(e) => return (len_error(e), None),
                 }
             }
             // Hop-by-Hop (first), Routing, Destination Options: (Hdr Ext Len + 1) * 8 bytes.
             _ => match Ipv6RawExtHeaderSlice::from_slice(rest) {
                 Ok(ext) => (ext.next_header(), ext.slice().len()),
-                Err(e) => return len_error(e),
+                Err(e) => return (len_error(e), None),
             },
         };
         next = nh;

@@ -4,18 +4,19 @@
 
 use shaper::Direction;
 
-use super::{Disagreement, expected, frames::Case, kernel::Kernel, reference, signature};
+use super::{Disagreement, Memory, expected, frames::Case, kernel::Kernel, reference, signature};
 
 /// The smallest case found that disagrees with the reference the way `found` does.
-pub fn minimise(kernel: &mut Kernel, found: &Disagreement) -> Disagreement {
+pub fn minimise(kernel: &mut Kernel, memory: &mut Memory, found: &Disagreement) -> Disagreement {
     let wanted = found.signature();
     let mut best = found.clone();
     let mut attempt = |case: &Case| -> Option<Disagreement> {
         if reference::refused(&case.frame) {
             return None;
         }
+        let expected = expected(case, memory);
         let (verdict, observed) = kernel.observe(case)?;
-        let expected = expected(case);
+        memory.learn(case);
         let candidate = Disagreement {
             index: found.index,
             case: case.clone(),

@@ -55,6 +55,14 @@ pub const FEATURES: &[Feature] = &[
         needs_tcx: false,
     },
     Feature {
+        name: "unplaced packets charged to an unplaced rule (BPF_PROG_TEST_RUN)",
+        tests: &[(
+            "fragments",
+            "without_an_unplaced_rule_packets_without_ports_pass_and_with_one_they_are_charged",
+        )],
+        needs_tcx: false,
+    },
+    Feature {
         name: "a drop rule holds its rate on a veth",
         tests: &[(
             "shaping",

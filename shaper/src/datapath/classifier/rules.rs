@@ -88,6 +88,23 @@ impl Classifier {
         written
     }
 
+    /// Makes `UNPLACED_RULES` equal to `index` (the `unplaced` rule id of each interface slot
+    /// and direction, as the policy layer resolves it), writing only the entries that change.
+    /// Each entry is one map update, a single aligned store the program reads whole.
+    pub fn paint_unplaced(&mut self, index: &[u16]) -> Result<usize> {
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(object_map_mut(&mut self.ebpf, maps::UNPLACED_RULES)?)?;
+        let mut written = 0;
+        for (at, &id) in index.iter().enumerate() {
+            let at = at as u32;
+            if map.get(&at, 0)? != u32::from(id) {
+                map.set(at, u32::from(id), 0)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
     /// The id of the rule in force on local port `port` of (slot, direction, protocol), from the
     /// rule index the programs read.
     pub fn local_rule(

@@ -219,6 +219,18 @@ impl Collector for ScrapeCollector {
             }
         }
 
+        for (name, help, field) in UNPLACED_FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for rule in &scrape.inventory.unplaced_rules {
+                let labels = [
+                    ("iface", rule.iface.as_deref().unwrap_or("any")),
+                    ("direction", rule.dir.name()),
+                    ("action", rule.action.name()),
+                ];
+                ConstCounter::new(field(rule)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
         let rules: Vec<([(&str, String); 6], &crate::policy::rule_table::Rule)> = scrape
             .inventory
             .rules
@@ -233,7 +245,7 @@ impl Collector for ScrapeCollector {
                         ),
                         ("direction", key.dir.name().to_owned()),
                         ("proto", key.proto.name().to_owned()),
-                        ("ports", key.ports.to_string()),
+                        ("ports", key.target()),
                         ("side", key.side.name().to_owned()),
                         ("action", rule.limit.action.name().to_owned()),
                     ],
@@ -359,3 +371,39 @@ impl Collector for ScrapeCollector {
         Ok(())
     }
 }
+
+/// The counters of `unplaced` rules: what they passed, dropped and would have dropped of the
+/// packets no port was found for.
+type UnplacedField = fn(&crate::policy::rules_in_force::RuleView) -> u64;
+const UNPLACED_FAMILIES: [(&str, &str, UnplacedField); 6] = [
+    (
+        "shaper_unplaced_passed_packets",
+        "Packets without a port that an unplaced rule passed (its rule's direction and interface).",
+        |r| r.passed_packets,
+    ),
+    (
+        "shaper_unplaced_passed_bytes",
+        "Bytes of packets without a port that an unplaced rule passed.",
+        |r| r.passed_bytes,
+    ),
+    (
+        "shaper_unplaced_dropped_packets",
+        "Packets without a port that an unplaced drop rule dropped.",
+        |r| r.dropped_packets,
+    ),
+    (
+        "shaper_unplaced_dropped_bytes",
+        "Bytes of packets without a port that an unplaced drop rule dropped.",
+        |r| r.dropped_bytes,
+    ),
+    (
+        "shaper_unplaced_would_drop_packets",
+        "Packets without a port that an unplaced observe rule would have dropped.",
+        |r| r.would_drop_packets,
+    ),
+    (
+        "shaper_unplaced_would_drop_bytes",
+        "Bytes of packets without a port that an unplaced observe rule would have dropped.",
+        |r| r.would_drop_bytes,
+    ),
+];

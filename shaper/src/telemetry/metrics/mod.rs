@@ -55,6 +55,8 @@ pub struct Inventory {
     pub config_reload: ReloadStatus,
     /// The TCP handshake tracker's totals; `None` if they could not be read.
     pub handshakes: Option<crate::datapath::tcp_telemetry::HandshakeTracking>,
+    /// The `unplaced` rules with their counters; empty without any.
+    pub unplaced_rules: Vec<crate::policy::rules_in_force::RuleView>,
     /// The fragment tracker's totals; `None` if they could not be read.
     pub fragments: Option<crate::datapath::fragment_tracking::FragmentTracking>,
     /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
@@ -77,6 +79,15 @@ impl Inventory {
             }
         }
         let rules = limits.rules();
+        let unplaced_rules = if rules.iter().any(|rule| rule.key.side == Side::Unplaced) {
+            limits
+                .list(classifier)
+                .into_iter()
+                .filter(|rule| rule.side == Side::Unplaced)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let queueing_rules = if rules.iter().any(|rule| {
             rule.limit.action == crate::policy::rule_table::Action::Shape || rule.limit.ecn
         }) {
@@ -95,6 +106,7 @@ impl Inventory {
             config_reload: limits.reload_status(),
             handshakes: classifier.handshake_tracking().ok(),
             fragments: classifier.fragment_tracking().ok(),
+            unplaced_rules,
             remotes: Vec::new(),
             queueing_rules,
         })
@@ -320,6 +332,7 @@ mod tests {
             config_reload: ReloadStatus::succeeded_now(),
             handshakes: None,
             fragments: None,
+            unplaced_rules: Vec::new(),
             remotes: Vec::new(),
         }
     }
