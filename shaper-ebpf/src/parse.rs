@@ -67,9 +67,38 @@ pub struct Flow {
 }
 
 /// Parses the packet, pulling non-linear headers in once if the first attempt ran out of linear
-/// data. `Err` is a [`reason`] code.
+/// data, and looks a fragment's datagram up (or remembers it). `Err` is a [`reason`] code.
+///
+/// The fragment map is reached from here, once, rather than from each of the two inlined
+/// parses: on Debian 12's 6.1 the verifier then walks the fragment paths once for both.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Flow, u32> {
+    match parse_headers(ctx)? {
+        Parsed::Whole(flow) => Ok(flow),
+        Parsed::First(flow, datagram) => {
+            fragments::remember(ctx, flow.ip_offset as usize, datagram, &flow);
+            Ok(flow)
+        }
+        Parsed::Later(datagram, ip_offset) => {
+            fragments::recall(ctx, ip_offset as usize, datagram).ok_or(reason::FRAGMENT)
+        }
+    }
+}
+
+/// What the headers alone say.
+enum Parsed {
+    /// Not fragmented, an IPv6 atomic fragment (offset 0 and no more to come, which the kernel
+    /// processes as a whole datagram: `ipv6_frag_rcv()`, net/ipv6/reassembly.c), or an IPv6
+    /// first fragment that is not remembered (see [`ipv6`]).
+    Whole(Flow),
+    /// Offset 0 with more to come: it carries the L4 header, whose ports are remembered.
+    First(Flow, Datagram),
+    /// A later fragment, and where its IP header starts: payload where the ports would be.
+    Later(Datagram, u32),
+}
+
+#[inline(always)]
+fn parse_headers(ctx: &TcContext) -> Result<Parsed, u32> {
     match parse_linear(ctx) {
         Err(reason::TRUNCATED) if ctx.len() as usize > ctx.data_end() - ctx.data() => {
             // bpf_skb_pull_data() makes the first `len` bytes linear (include/uapi/linux/bpf.h);
@@ -115,7 +144,7 @@ fn ensure_len(ctx: &TcContext, end: usize) -> Result<(), u32> {
 }
 
 #[inline(always)]
-fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
+fn parse_linear(ctx: &TcContext) -> Result<Parsed, u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies in the linear data (and the verifier checks
     // the access again). `ether_type` is a u16, and nothing promises that skb->data is 2-byte
@@ -140,26 +169,22 @@ fn parse_linear(ctx: &TcContext) -> Result<Flow, u32> {
         _ => return Err(reason::NON_IP),
     };
     if let Fragment::Later(datagram) = fragment {
-        return fragments::recall(ctx, offset, datagram).ok_or(reason::FRAGMENT);
+        return Ok(Parsed::Later(datagram, offset as u32));
     }
     let mut flow = l4(ctx, l4_proto, l4_offset, over_ipv6)?;
     flow.ip_offset = offset as u32;
     flow.ipv6 = over_ipv6;
-    if let Fragment::First(datagram) = fragment {
-        fragments::remember(ctx, offset, datagram, &flow);
-    }
-    Ok(flow)
+    Ok(match fragment {
+        Fragment::First(datagram) => Parsed::First(flow, datagram),
+        _ => Parsed::Whole(flow),
+    })
 }
 
-/// Where a packet stands in its datagram's fragmentation.
+/// Where a packet stands in its datagram's fragmentation, as its IP headers say.
 enum Fragment {
-    /// Not fragmented, an IPv6 atomic fragment (offset 0 and no more to come, which the kernel
-    /// processes as a whole datagram: `ipv6_frag_rcv()`, net/ipv6/reassembly.c), or an IPv6
-    /// first fragment that is not remembered (see [`ipv6`]).
+    /// See [`Parsed::Whole`].
     None,
-    /// Offset 0 with more to come: it carries the L4 header, whose ports are remembered.
     First(Datagram),
-    /// A later fragment: payload where the ports would be.
     Later(Datagram),
 }
 
@@ -310,8 +335,8 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<(u8, usize, Fragment), u32> {
                 // `fragment`. Remembering it from further in the chain multiplied the states the
                 // verifier walks the chain in, because chains with and without a first fragment
                 // no longer prune each other: on 6.18, 126,000 instructions became 380,000 to
-                // past the limit of 1,000,000, against 140,000 with this restriction (302,192
-                // for the ingress program on Debian 12's 6.1).
+                // past the limit of 1,000,000, against 140,000 with this restriction (the
+                // figures per kernel: docs/src/contributing/vm.md, *Verifier budget*).
                 if field & 1 != 0 && walked == 0 && (nh == IPPROTO_TCP || nh == IPPROTO_UDP) {
                     return Ok((nh, offset + 8, Fragment::First(datagram)));
                 }
