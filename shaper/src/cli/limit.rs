@@ -231,7 +231,7 @@ fn table(rules: &[RuleView]) -> String {
     let row = |out: &mut String, cells: [&str; 16]| {
         let _ = writeln!(
             out,
-            "{:>4} {:<11} {:<6} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14} {:<7} {:<12} {}",
+            "{:>4} {:<11} {:<8} {:<7} {:<5} {:<10} {:>9} {:>9} {:<7} {:>12} {:>12} {:>12} {:>14} {:<7} {:<12} {}",
             cells[0],
             cells[1],
             cells[2],
@@ -431,12 +431,21 @@ mod tests {
             }),
             ..view("443", Side::Remote, None, Action::Observe)
         };
-        let table = table(&[set, view("80", Side::Local, None, Action::Drop)]);
+        let unplaced = RuleView {
+            proto: ProtoSel::Any,
+            ..view("0-65535", Side::Unplaced, None, Action::Drop)
+        };
+        let table = table(&[set, view("80", Side::Local, None, Action::Drop), unplaced]);
         assert_eq!(
             table,
-            "  ID PORTS       SIDE   DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES ORIGIN  SET-BY       SET-AT\n\
-             \x20  3 443         remote egress  udp   all            8mbit     300KB observe           10            2            1          15000 runtime alice        2026-12-06T06:40:00Z\n\
-             \x20  3 80          local  egress  udp   all            8mbit     300KB drop              10            2            1          15000 runtime -            -\n"
+            "  ID PORTS       SIDE     DIR     PROTO IFACE           RATE     BURST ACTION        PASSED      DROPPED   WOULD-DROP   PASSED-BYTES ORIGIN  SET-BY       SET-AT\n\
+             \x20  3 443         remote   egress  udp   all            8mbit     300KB observe           10            2            1          15000 runtime alice        2026-12-06T06:40:00Z\n\
+             \x20  3 80          local    egress  udp   all            8mbit     300KB drop              10            2            1          15000 runtime -            -\n\
+             \x20  3 unplaced    unplaced egress  any   all            8mbit     300KB drop              10            2            1          15000 runtime -            -\n"
+        );
+        assert_eq!(
+            describe(&view("0-65535", Side::Unplaced, None, Action::Drop)),
+            "unplaced dir egress iface all: rate 8mbit burst 300KB drop"
         );
     }
 }
