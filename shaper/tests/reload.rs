@@ -427,3 +427,20 @@ fn runtime_changes_and_the_file_after_reloads_sighup_and_a_restart() {
     wait_for_rate(&again, 7423, 5_000_000, IN_FORCE_WITHIN);
     again.stop_ok();
 }
+
+/// `systemctl reload` right after `systemctl start` (the unit is `Type=exec`: started once
+/// exec'd) sends SIGHUP while the daemon still loads, seconds under an emulated CPU. Its default
+/// action ends the process; the daemon claims it first thing, and serves it as a reload.
+#[test]
+fn sighup_while_the_daemon_starts_does_not_end_it() {
+    let pair = common::test_veth_pair!();
+    // From 100 ms on: past the process's own start-up, within the programs' load.
+    let daemon = Daemon::on_hung_up_while_starting(&pair, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.cli_ok(&["limit", "ls"]);
+    assert!(
+        daemon.log().contains("SIGHUP"),
+        "the hang-ups were served as reloads:\n{}",
+        daemon.log()
+    );
+}

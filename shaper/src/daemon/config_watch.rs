@@ -26,7 +26,7 @@ use std::{
 use futures_util::StreamExt as _;
 use inotify::{Inotify, WatchMask};
 use log::{error, info, warn};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
 
 use super::InForce;
 use crate::{
@@ -54,13 +54,14 @@ fn mask() -> WatchMask {
         | WatchMask::ATTRIB
 }
 
-/// Serves SIGHUP and the watch until the daemon stops. Without a config file, SIGHUP is
-/// answered with a log line (rather than the signal's default, which would end the daemon).
+/// Serves SIGHUP (the stream the daemon claimed at its start) and the watch until the daemon
+/// stops. Without a config file, SIGHUP is answered with a log line (rather than the signal's
+/// default, which would end the daemon).
 pub(super) async fn serve(
     in_force: Arc<Mutex<InForce>>,
     config: Option<(PathBuf, Config)>,
+    mut sighup: Signal,
 ) -> Result<()> {
-    let mut sighup = signal(SignalKind::hangup())?;
     let Some((path, started_with)) = config else {
         loop {
             sighup.recv().await;

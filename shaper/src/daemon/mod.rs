@@ -87,6 +87,8 @@ pub struct Daemon {
     persist: bool,
     /// The config file and what it held at start-up, to reload from.
     config: Option<(PathBuf, Config)>,
+    /// SIGHUP, claimed at the start of [`Daemon::start`].
+    sighup: tokio::signal::unix::Signal,
     /// The state file and the pinned datapath, held for the daemon's life: two daemons never
     /// save over each other's rules or reconcile each other's maps.
     _locks: [pid_lock::PidLock; 2],
@@ -96,6 +98,21 @@ impl Daemon {
     /// Starts a daemon from `shaper run`'s flags, in the order described in the module
     /// documentation.
     pub fn start(flags: Flags) -> Result<Self> {
+        // SIGHUP is claimed before anything else: its default action ends the process, and a
+        // service manager may send it (`systemctl reload`, ExecReload) as soon as it has
+        // started the daemon, while loading still takes seconds (5 s in Debian 12's kernel
+        // under emulation, where the package test's reload killed a starting daemon). One that
+        // arrives now is kept and served as a reload once the daemon serves. It is also blocked
+        // until then: a signal caught during BPF_PROG_LOAD makes the verifier give up with
+        // EAGAIN (`bpf_check()` stops when `signal_pending()`), which failed the start.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let sighup = {
+            let _entered = runtime.enter();
+            signal(SignalKind::hangup())?
+        };
+        let _hangups_held = HangupsHeld::new();
         let config = settings::read_config(&flags)?;
         capabilities::check()?;
         // Before any lock, pin or attachment: a kernel below the floor is refused with nothing
@@ -139,9 +156,6 @@ impl Daemon {
             MetricsAddr::At(addr) => Some(metrics::bind(addr)?),
         };
 
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         // Tokio's sockets register with the runtime they are made in.
         let _entered = runtime.enter();
         runtime.spawn(bpf_log::follow(log_reader)?);
@@ -206,6 +220,7 @@ impl Daemon {
             runtime,
             persist: settings.persist,
             config: reload_from,
+            sighup,
             _locks: [state_lock, datapath_lock],
         })
     }
@@ -246,13 +261,14 @@ impl Daemon {
             runtime,
             persist,
             config,
+            sighup,
             _locks,
         } = self;
         let served = runtime.block_on(serve(
             Arc::clone(&in_force),
             &control,
             metrics,
-            config,
+            (config, sighup),
             shutdown,
         ));
         drop(control);
@@ -318,10 +334,10 @@ async fn serve(
     in_force: Arc<Mutex<InForce>>,
     control: &ControlSocket,
     metrics: Option<(tokio::net::TcpListener, metrics::Handlers)>,
-    config: Option<(PathBuf, Config)>,
+    (config, sighup): (Option<(PathBuf, Config)>, tokio::signal::unix::Signal),
     shutdown: impl Future<Output = Result<()>>,
 ) -> Result<()> {
-    let reloads = config_watch::serve(Arc::clone(&in_force), config);
+    let reloads = config_watch::serve(Arc::clone(&in_force), config, sighup);
     let repairs = pending_repairs(Arc::clone(&in_force));
     let handle = move |request, caller| requests::answer(&in_force, request, caller);
     let metrics = async move {
@@ -369,5 +385,30 @@ async fn pending_repairs(in_force: Arc<Mutex<InForce>>) -> Result<()> {
             Ok(Err(error)) => log::warn!("handshake tracker repair: {}", chain(&error)),
             Err(join) => log::warn!("handshake tracker repair: {join}"),
         }
+    }
+}
+
+/// SIGHUP blocked in this thread while it lives: a hang-up stays pending, interrupts no system
+/// call, and is delivered (to the handler claimed before) when it is dropped.
+struct HangupsHeld(libc::sigset_t);
+
+impl HangupsHeld {
+    fn new() -> Self {
+        // SAFETY: sigemptyset/sigaddset fill the set we own; pthread_sigmask changes only this
+        // thread's mask, with valid pointers to that set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Self(set)
+        }
+    }
+}
+
+impl Drop for HangupsHeld {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`, unblocking the same set.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &self.0, std::ptr::null_mut()) };
     }
 }

@@ -97,6 +97,29 @@ impl Daemon {
         args: &[&str],
         state: &Path,
     ) -> Self {
+        Self::start_sending(program, ns, tag, args, state, None)
+    }
+
+    /// As [`on`](Self::on), sending the starting daemon SIGHUP every 20 ms from `after` its
+    /// spawn until it answers, as a service manager's reload may (`systemctl reload` right
+    /// after `start`).
+    pub fn on_hung_up_while_starting(pair: &VethPair, after: Duration) -> Self {
+        let tag = pair.a_if.as_str();
+        let state = Self::dir(tag).join("state.json");
+        let args = ["--iface", pair.a_if.as_str()];
+        Self::start_sending(Path::new(SHAPER), &pair.a, tag, &args, &state, Some(after))
+    }
+
+    fn start_sending(
+        program: &Path,
+        ns: &Namespace,
+        tag: &str,
+        args: &[&str],
+        state: &Path,
+        hangups_after: Option<Duration>,
+    ) -> Self {
+        let spawned = Instant::now();
+        let mut hangups = 0u32;
         let dir = Self::dir(tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -133,7 +156,15 @@ impl Daemon {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             if control::request(&daemon.socket, &Request::Stats).is_ok() {
+                if hangups_after.is_some() {
+                    println!("sent {hangups} SIGHUPs while the daemon started");
+                }
                 return daemon;
+            }
+            if hangups_after.is_some_and(|after| spawned.elapsed() >= after) {
+                // SAFETY: kill(2) on the child's pid, which is ours until we reap it.
+                unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+                hangups += 1;
             }
             if let Some(status) = daemon
                 .child
@@ -148,7 +179,8 @@ impl Daemon {
                 READY_WITHIN.as_secs(),
                 daemon.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            let pause = if hangups_after.is_some() { 20 } else { 50 };
+            std::thread::sleep(Duration::from_millis(pause));
         }
     }
 
