@@ -60,9 +60,14 @@ pub mod maps {
     /// `ARRAY` of rule ids (`u32`) by [`unplaced_index`](crate::unplaced_index): the
     /// `unplaced` rule of each interface slot and direction, 0 for none.
     pub const UNPLACED_RULES: &str = "UNPLACED_RULES";
+    /// `LRU_HASH` from [`RemoteBucketKey`](crate::RemoteBucketKey) to
+    /// [`BucketState`](crate::BucketState): the buckets of `--per-remote` rules.
+    pub const REMOTE_BUCKETS: &str = "REMOTE_BUCKETS";
+    /// `PERCPU_ARRAY` of `u64`, indexed by [`remote_bucket_stat`](crate::remote_bucket_stat).
+    pub const REMOTE_BUCKET_STATS: &str = "REMOTE_BUCKET_STATS";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 27] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
@@ -88,6 +93,8 @@ pub mod maps {
         FRAGMENTS,
         FRAGMENT_STATS,
         UNPLACED_RULES,
+        REMOTE_BUCKETS,
+        REMOTE_BUCKET_STATS,
     ];
 }
 
@@ -247,6 +254,14 @@ pub const ACTION_SHAPE: u32 = 3;
 /// silently; only a packet the bucket has no tokens for is dropped.
 pub const RULE_FLAG_ECN: u32 = 1;
 
+/// [`TraceEvent::bucket_bytes`] of a packet whose rule keeps a bucket per remote: not read.
+pub const NO_BUCKET_BYTES: u64 = u64::MAX;
+
+/// [`RuleConfig::flags`] bit of a `drop` or `observe` rule with `--per-remote`: every remote
+/// address gets a bucket of its own (rate and burst as the rule's), kept in `REMOTE_BUCKETS`, so
+/// one sender cannot drain the bucket the others share. The rule's counters stay one set.
+pub const RULE_FLAG_PER_REMOTE: u32 = 2;
+
 /// Tokens (nanobits) below which an `--ecn` rule marks: half the burst.
 #[inline(always)]
 pub const fn ecn_threshold(burst_nanobits: u64) -> u64 {
@@ -280,7 +295,7 @@ pub struct RuleConfig {
     pub fill_ns: u64,
     /// [`ACTION_DROP`], [`ACTION_OBSERVE`] or [`ACTION_SHAPE`].
     pub action: u32,
-    /// [`RULE_FLAG_ECN`] or 0.
+    /// [`RULE_FLAG_ECN`] and [`RULE_FLAG_PER_REMOTE`] bits.
     pub flags: u32,
 }
 const _: () = assert!(size_of::<RuleConfig>() == 32);
@@ -458,6 +473,41 @@ unsafe impl aya::Pod for FragmentKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FragmentPorts {}
 
+/// Remote addresses `--per-remote` rules keep a bucket for, all rules and directions together,
+/// before the least recently used is evicted (and starts full again when its remote comes back).
+/// An entry takes about 100 bytes of kernel memory (20 B key + 16 B value + the LRU hash
+/// element's header, kernel/bpf/hashtab.c `struct htab_elem`, rounded to 8): 3.2 MiB.
+pub const MAX_REMOTE_BUCKETS: u32 = 32_768;
+
+/// The bucket of one remote address under one `--per-remote` rule in one direction. IPv4
+/// addresses are stored IPv4-mapped, like [`TalkerKey`]'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RemoteBucketKey {
+    /// The remote address (source on ingress, destination on egress), network byte order.
+    pub addr: [u8; 16],
+    pub rule: u16,
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<RemoteBucketKey>() == 20);
+
+// SAFETY: repr(C) of a byte array, a u16 and two bytes (size asserted above), no implicit
+// padding; every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RemoteBucketKey {}
+
+/// Entries of `REMOTE_BUCKET_STATS`, per CPU.
+pub mod remote_bucket_stat {
+    /// Buckets the programs inserted, one per new (rule, direction, remote).
+    pub const INSERTED: u32 = 0;
+    /// Buckets userspace deleted because their rule was removed or lost `--per-remote`. Written
+    /// by userspace into CPU 0's copy, so it outlives the daemon with the pins. Evicted =
+    /// inserted − forgotten − live.
+    pub const FORGOTTEN: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Entries of `FRAGMENT_STATS`, per CPU.
 pub mod fragment_stat {
     /// First fragments whose datagram was new to `FRAGMENTS`: evicted = inserted − live, as for
@@ -518,7 +568,8 @@ pub struct TraceEvent {
     pub time_ns: u64,
     /// Wire bytes, every segment with its headers.
     pub bytes: u64,
-    /// Bytes the rule's bucket holds after the packet (0 without a rule).
+    /// Bytes the rule's bucket holds after the packet (0 without a rule;
+    /// [`NO_BUCKET_BYTES`] for a `--per-remote` rule, whose buckets the trace does not read).
     pub bucket_bytes: u64,
     /// The remote address, IPv4-mapped for IPv4 (as in [`TalkerKey`]).
     pub remote: [u8; 16],

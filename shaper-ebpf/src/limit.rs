@@ -2,13 +2,13 @@
 
 use crate::{
     BUCKETS, DROP, PASS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, atomic::add_counter,
-    bucket, count, ecn, shape,
+    bucket, count, ecn, remote_buckets, shape,
 };
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use shaper_common::{
     ACTION_DROP, ACTION_OBSERVE, ACTION_SHAPE, DIR_EGRESS, MAX_RULES, NO_RULE, RULE_FLAG_ECN,
-    SIDE_LOCAL, SIDE_REMOTE, VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP, bucket::cost,
-    bucket_index, ecn_threshold, rule_index_row,
+    RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters, SIDE_LOCAL, SIDE_REMOTE, VERDICT_DROP,
+    VERDICT_PASS, VERDICT_WOULD_DROP, bucket::cost, bucket_index, ecn_threshold, rule_index_row,
 };
 
 pub enum Verdict {
@@ -98,29 +98,65 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
         unsafe { add_counter(&raw mut (*counters).passed, packet.segments, packet.bytes) };
         return verdict;
     }
+    if config.flags & RULE_FLAG_PER_REMOTE != 0 {
+        return remote_buckets::police(ctx, packet, rule, direction);
+    }
     // SAFETY: a helper without arguments, allowed in every program type.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `state` comes from `get_ptr_mut` above: a non-null pointer to a `BUCKETS` element
     // (index checked by the lookup), which lives as long as the map.
-    if let Some(left) = unsafe { bucket::charge(state, &config, now, cost(packet.bytes)) } {
-        // SAFETY: `counters` is a live `RULE_COUNTERS` element, found like `state`; `&raw mut`
-        // takes its field's address without making a reference.
-        unsafe { add_counter(&raw mut (*counters).passed, packet.segments, packet.bytes) };
+    let charged = unsafe { bucket::charge(state, &config, now, cost(packet.bytes)) };
+    // SAFETY: `counters` is a live `RULE_COUNTERS` element, found like `state`.
+    unsafe {
+        settle(
+            ctx,
+            &config,
+            charged,
+            counters,
+            packet.counter_index,
+            packet.segments,
+            packet.bytes,
+        )
+    }
+}
+
+/// The verdict on a packet its rule's bucket has been charged for (`charged`: the tokens left,
+/// `None` if it did not conform), counted in the rule's and the port's counters; an `--ecn`
+/// rule's conforming packet is marked CE when the bucket runs low.
+///
+/// # Safety
+///
+/// `counters` points to a live `RULE_COUNTERS` element (from `get_ptr_mut`).
+#[inline(always)]
+pub unsafe fn settle(
+    ctx: &TcContext,
+    config: &RuleConfig,
+    charged: Option<u64>,
+    counters: *mut RuleCounters,
+    counter_index: u32,
+    segments: u64,
+    bytes: u64,
+) -> Verdict {
+    if let Some(left) = charged {
+        // SAFETY: the caller vouches for `counters`; `&raw mut` takes its field's address
+        // without making a reference.
+        unsafe { add_counter(&raw mut (*counters).passed, segments, bytes) };
         if config.flags & RULE_FLAG_ECN != 0
             && config.action == ACTION_DROP
             && left < ecn_threshold(config.burst_nanobits)
             && ecn::mark(ctx)
         {
             // SAFETY: the same live `RULE_COUNTERS` element, another field.
-            unsafe { add_counter(&raw mut (*counters).marked, packet.segments, packet.bytes) };
+            unsafe { add_counter(&raw mut (*counters).marked, segments, bytes) };
         }
         return Verdict::Pass;
     }
     // The same two counters move for either action: the rule's and the port's.
-    let port = PORT_VERDICTS.get_ptr_mut(packet.counter_index);
+    let port = PORT_VERDICTS.get_ptr_mut(counter_index);
     let (rule_counter, port_counter, verdict) = match config.action {
-        // SAFETY: `counters` and `p` come from `get_ptr_mut`: live elements of `RULE_COUNTERS`
-        // and `PORT_VERDICTS`. `&raw mut` takes their fields' addresses without making references.
+        // SAFETY: `counters` (the caller's contract) and `p` (from `get_ptr_mut`) are live
+        // elements of `RULE_COUNTERS` and `PORT_VERDICTS`. `&raw mut` takes their fields'
+        // addresses without making references.
         ACTION_DROP => unsafe {
             (
                 &raw mut (*counters).dropped,
@@ -138,11 +174,11 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
         },
         _ => return Verdict::Pass,
     };
-    // SAFETY: a field of the live `RULE_COUNTERS` element found above.
-    unsafe { add_counter(rule_counter, packet.segments, packet.bytes) };
+    // SAFETY: a field of the live `RULE_COUNTERS` element.
+    unsafe { add_counter(rule_counter, segments, bytes) };
     if let Some(port_counter) = port_counter {
         // SAFETY: a field of the live `PORT_VERDICTS` element found above.
-        unsafe { add_counter(port_counter, packet.segments, packet.bytes) };
+        unsafe { add_counter(port_counter, segments, bytes) };
     }
     verdict
 }

@@ -1,7 +1,8 @@
 //! shaper's tc classifier: one program per hook direction, sharing the maps below.
 //!
 //! Every packet is parsed to (L4 protocol, ports) by [`parse`], counted by [`count`] and, when a
-//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`] or, for a
+//! rule governs its port, policed by [`limit`] with the token bucket of [`bucket`] (one per
+//! remote address for a `--per-remote` rule, [`remote_buckets`]) or, for a
 //! shape rule, put into the rule's HTB class by [`shape`]. The programs fail open: whatever
 //! cannot be parsed, or has no rule, passes untouched; only a packet its rule's bucket has no
 //! tokens for is dropped. They alter a packet in two ways only: the HTB class of a shape rule's
@@ -23,6 +24,7 @@ mod fragments;
 mod limit;
 mod parse;
 mod rare_log;
+mod remote_buckets;
 mod shape;
 mod talkers;
 mod tcp_events;

@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shaper_common::{
-    DIR_INGRESS, NO_RULE, TRACE_RING_BYTES, TraceBudget, TraceConfig, TraceEvent, WATCH_TRACE,
-    bucket::NANOBITS_PER_BYTE, bucket_index, trace_lost,
+    DIR_INGRESS, NO_BUCKET_BYTES, NO_RULE, RULE_FLAG_PER_REMOTE, TRACE_RING_BYTES, TraceBudget,
+    TraceConfig, TraceEvent, WATCH_TRACE, bucket::NANOBITS_PER_BYTE, bucket_index, trace_lost,
 };
 
 use crate::{
@@ -113,7 +113,10 @@ fn lost(reason: u32) {
 }
 
 /// The rule the limiter found ([`limit::rule_of`], as `limit::apply` looks it up), and the
-/// bytes its bucket holds, clamped to the burst as a take would see them.
+/// bytes its bucket holds, clamped to the burst as a take would see them; [`NO_BUCKET_BYTES`]
+/// for a `--per-remote` rule. Looking its remote's bucket up here too made the call chain to
+/// this function need more than the 512 bytes of stack the verifier allows (6.1: "combined
+/// stack size of 3 calls is 544").
 #[inline(always)]
 fn rule_and_fill(packet: &count::Packet, direction: u32) -> (u16, u64) {
     let Some(rule) = limit::rule_of(packet, direction) else {
@@ -125,6 +128,9 @@ fn rule_and_fill(packet: &count::Packet, direction: u32) -> (u16, u64) {
     ) else {
         return (rule, 0);
     };
+    if config.flags & RULE_FLAG_PER_REMOTE != 0 {
+        return (rule, NO_BUCKET_BYTES);
+    }
     let tokens = if bucket.tokens < config.burst_nanobits {
         bucket.tokens
     } else {

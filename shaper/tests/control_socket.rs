@@ -386,6 +386,7 @@ fn spec(key: RuleKey, rate_bps: u64, burst_bytes: Option<u64>) -> RuleSpec {
         burst_bytes,
         action: Action::Drop,
         ecn: false,
+        per_remote: false,
         queue_bytes: None,
     }
 }
@@ -454,6 +455,7 @@ fn ordered_changes(socket: &Path, rng: &mut Rng) -> (Model, usize) {
                     burst_bytes: Some(burst),
                     action,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: None,
                 };
                 match control::request(socket, &Request::LimitSet { rule }) {
@@ -469,6 +471,7 @@ fn ordered_changes(socket: &Path, rng: &mut Rng) -> (Model, usize) {
                     burst_bytes: Some(burst),
                     action,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: None,
                 };
                 let existed = model

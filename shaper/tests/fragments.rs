@@ -33,6 +33,7 @@ fn generous_rule(port: u16) -> RuleSpec {
         burst_bytes: Some(64 * 1024 * 1024),
         action: Action::Drop,
         ecn: false,
+        per_remote: false,
         queue_bytes: None,
     }
 }
@@ -202,6 +203,7 @@ fn unplaced_rule(s: &mut LimitsFixture, action: Action) -> u16 {
         burst_bytes: None,
         action,
         ecn: false,
+        per_remote: false,
         queue_bytes: None,
     };
     s.set(spec, "set the unplaced rule").id

@@ -48,6 +48,7 @@ fn spec(key: RuleKey, action: Action) -> RuleSpec {
         burst_bytes: Some(BURST),
         action,
         ecn: false,
+        per_remote: false,
         queue_bytes: None,
     }
 }

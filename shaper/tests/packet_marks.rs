@@ -55,6 +55,7 @@ fn spec(port: u16, dir: DirSel, action: Action, ecn: bool) -> RuleSpec {
         burst_bytes: Some(BURST),
         action,
         ecn,
+        per_remote: false,
         queue_bytes: None,
     }
 }

@@ -32,6 +32,7 @@ fn spec(port: u16, rate_bps: u64) -> RuleSpec {
         burst_bytes: Some(BURST),
         action: Action::Drop,
         ecn: false,
+        per_remote: false,
         queue_bytes: None,
     }
 }

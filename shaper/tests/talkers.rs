@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::test_run;
@@ -16,6 +16,7 @@ use common::{
     netns::{InNamespace as _, VethPair},
     packet::*,
     temp_dir::TempDir,
+    top_port::{extra_addresses, rows, settled, top_port},
 };
 use shaper::{
     Classifier, Direction,
@@ -26,18 +27,6 @@ use shaper_common::MAX_TALKERS;
 
 /// Ethernet + IPv4 + UDP headers: a datagram of `payload` bytes is this much more on the wire.
 const HEADERS: u64 = 14 + 20 + 8;
-
-/// Adds `count` more addresses (198.18.0.11, .12, ...) to namespace b's end of the pair.
-fn extra_addresses(pair: &VethPair, count: u8) -> Vec<Ipv4Addr> {
-    (0..count)
-        .map(|i| {
-            let addr = Ipv4Addr::new(198, 18, 0, 11 + i);
-            pair.b
-                .ip_ok(&["addr", "add", &format!("{addr}/24"), "dev", &pair.b_if]);
-            addr
-        })
-        .collect()
-}
 
 /// Sends `count` datagrams of `payload` bytes from `from` (in namespace b) to `port` on a,
 /// paced so that no socket buffer drops one before the hook sees it.
@@ -53,53 +42,6 @@ fn send(pair: &VethPair, from: Ipv4Addr, port: u16, count: u32, payload: usize, 
             }
         }
     });
-}
-
-/// `shaper top --port PORT --once --json`.
-fn top_port(daemon: &Daemon, port: u16) -> serde_json::Value {
-    let out = daemon.cli_ok(&[
-        "top",
-        "--port",
-        &port.to_string(),
-        "--once",
-        "--json",
-        "--interval",
-        "0.2",
-    ]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("top --port JSON: {e}\n{out}"))
-}
-
-/// (remote, packets, bytes, dropped packets) of every row, sorted by remote.
-fn rows(view: &serde_json::Value) -> Vec<(String, u64, u64, u64)> {
-    let mut rows: Vec<_> = view["remotes"]
-        .as_array()
-        .expect("remotes")
-        .iter()
-        .map(|r| {
-            assert_eq!(r["direction"], "ingress", "{r}");
-            assert_eq!(r["proto"], "udp", "{r}");
-            (
-                r["remote"].as_str().expect("remote").to_owned(),
-                r["packets"].as_u64().expect("packets"),
-                r["bytes"].as_u64().expect("bytes"),
-                r["dropped_packets"].as_u64().expect("dropped"),
-            )
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
-/// Polls `top --port` until the remotes' packets add up to `packets` (at most 10 s).
-fn settled(daemon: &Daemon, port: u16, packets: u64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let view = top_port(daemon, port);
-        let seen: u64 = rows(&view).iter().map(|r| r.1).sum();
-        if seen >= packets || Instant::now() >= deadline {
-            return view;
-        }
-    }
 }
 
 #[test]

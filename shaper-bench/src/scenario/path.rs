@@ -33,6 +33,7 @@ pub fn rules_on_other_ports(except: u16, rate_bps: u64) -> Vec<RuleSpec> {
             burst_bytes: None,
             action: Action::Drop,
             ecn: false,
+            per_remote: false,
             queue_bytes: None,
         })
         .collect()

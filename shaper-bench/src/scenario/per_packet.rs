@@ -1,6 +1,6 @@
 //! 1. Per-packet cost: BPF_PROG_TEST_RUN of the floor program and of the shaper's ingress
 //!    program on its frames, with the frame's port unlimited, limited and passing, limited and
-//!    dropping, and watched. Later IP fragments find their first fragment's ports in the
+//!    dropping, limited per remote address (`--per-remote`), and watched. Later IP fragments find their first fragment's ports in the
 //!    fragment map (what only fragments pay); an orphan fragment finds none.
 
 use std::time::Instant;
@@ -29,6 +29,8 @@ pub const PORT_PASS: u16 = 7002;
 pub const PORT_DROP: u16 = 7003;
 /// A port without a rule that `shaper watch` accounts per remote address.
 pub const PORT_WATCHED: u16 = 7004;
+/// A `--per-remote` rule that always has tokens.
+pub const PORT_PER_REMOTE: u16 = 7005;
 
 /// The shaper, loaded with the three ports set up, and registered on `lo`: test-run packets
 /// arrive on the loopback device of the caller's namespace.
@@ -51,8 +53,17 @@ impl Subject {
             burst_bytes,
             action: Action::Drop,
             ecn: false,
+            per_remote: false,
             queue_bytes: None,
         };
+        limits.set(
+            &mut classifier,
+            RuleSpec {
+                per_remote: true,
+                ..rule(PORT_PER_REMOTE, MAX_RATE_BPS, Some(MAX_BURST_BYTES))
+            },
+            bench_actor(),
+        )?;
         // 1 Tbit/s refills a 64-byte packet's cost in 0.5 ns: the bucket never runs dry, so every
         // packet takes the full conforming path (refill, take, counters).
         limits.set(
@@ -122,7 +133,7 @@ struct Variant {
     verdict: u32,
 }
 
-const VARIANTS: [Variant; 5] = [
+const VARIANTS: [Variant; 6] = [
     Variant {
         name: "floor",
         floor: true,
@@ -152,6 +163,13 @@ const VARIANTS: [Variant; 5] = [
         name: "watched",
         floor: false,
         port: PORT_WATCHED,
+        verdict: PASS,
+    },
+    // Limited per remote: the remote's bucket found in the LRU hash, through a subprogram.
+    Variant {
+        name: "limited_per_remote",
+        floor: false,
+        port: PORT_PER_REMOTE,
         verdict: PASS,
     },
 ];

@@ -90,6 +90,7 @@ fn measure(reps: usize, repeat: u32) -> anyhow::Result<Vec<Vec<f64>>> {
             burst_bytes: Some(MAX_BURST_BYTES),
             action: Action::Shape,
             ecn: false,
+            per_remote: false,
             queue_bytes: None,
         },
         super::per_packet::bench_actor(),

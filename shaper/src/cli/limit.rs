@@ -76,6 +76,11 @@ pub struct SetArgs {
     #[arg(long)]
     ecn: bool,
 
+    /// With `--action drop` or `observe`: a bucket per remote address (rate and burst as
+    /// given) instead of one for the rule, so one sender cannot use up the limit for the others.
+    #[arg(long)]
+    per_remote: bool,
+
     /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...). Default: 100 ms of
     /// the rate, at least eight of the largest GSO/GRO aggregate (512 KiB); at least two.
     #[arg(long, value_parser = parse_size)]
@@ -152,6 +157,7 @@ pub fn limit(command: LimitCommand, socket: &Path) -> anyhow::Result<()> {
                 burst_bytes: args.burst,
                 action: args.action,
                 ecn: args.ecn,
+                per_remote: args.per_remote,
                 queue_bytes: args.queue,
             };
             match control::request(socket, &Request::LimitSet { rule })? {
@@ -208,7 +214,7 @@ fn describe(rule: &RuleView) -> String {
         );
     }
     format!(
-        "{}{} dir {} proto {} iface {}: rate {} burst {} {}",
+        "{}{} dir {} proto {} iface {}: rate {} burst {} {}{}",
         match rule.side {
             Side::Remote => "remote ",
             Side::Local | Side::Unplaced => "",
@@ -219,7 +225,8 @@ fn describe(rule: &RuleView) -> String {
         rule.iface.as_deref().unwrap_or("all"),
         rule.rate,
         rule.burst,
-        rule.action
+        rule.action,
+        if rule.per_remote { " per remote" } else { "" }
     )
 }
 
@@ -303,8 +310,8 @@ fn table(rules: &[RuleView]) -> String {
     out
 }
 
-/// A line under the table for each shape rule (its queue) and each `--ecn` rule (its marks):
-/// figures the other actions do not have.
+/// A line under the table for each shape rule (its queue), each `--ecn` rule (its marks) and
+/// each `--per-remote` rule (its buckets): figures the other rules do not have.
 fn queueing_lines(rules: &[RuleView]) -> String {
     let mut out = String::new();
     for r in rules {
@@ -328,6 +335,13 @@ fn queueing_lines(rules: &[RuleView]) -> String {
                 out,
                 "rule {} ecn: marked CE {} packets ({} bytes)",
                 r.id, r.marked_packets, r.marked_bytes
+            );
+        }
+        if r.per_remote {
+            let _ = writeln!(
+                out,
+                "rule {} per-remote: a bucket of {} at {} for each remote address; {} held now",
+                r.id, r.burst, r.rate, r.remote_buckets
             );
         }
     }
@@ -370,6 +384,8 @@ mod tests {
             egress_bucket_bytes: 0,
             origin: shaper::policy::config_reload::Origin::Runtime,
             ecn: false,
+            per_remote: false,
+            remote_buckets: 0,
             marked_packets: 0,
             marked_bytes: 0,
             queue_bytes: 0,
@@ -382,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn shape_and_ecn_rules_get_a_line_under_the_table_with_the_queue_delay() {
+    fn shape_ecn_and_per_remote_rules_get_a_line_under_the_table() {
         let shaped = RuleView {
             queued_packets: 6611,
             queued_bytes: 6_611_000,
@@ -393,6 +409,8 @@ mod tests {
         };
         let marking = RuleView {
             ecn: true,
+            per_remote: true,
+            remote_buckets: 12,
             marked_packets: 768,
             marked_bytes: 98_304,
             ..view("7202", Side::Local, None, Action::Drop)
@@ -402,7 +420,8 @@ mod tests {
             queueing_lines(&[shaped, marking, plain]),
             "rule 3 shape: queued 6611 packets (6611000 bytes), queue overflow 2 dropped; \
              backlog 73 packets / 73000 bytes of 131072 (delay 73.0 ms)\n\
-             rule 3 ecn: marked CE 768 packets (98304 bytes)\n"
+             rule 3 ecn: marked CE 768 packets (98304 bytes)\n\
+             rule 3 per-remote: a bucket of 300KB at 8mbit for each remote address; 12 held now\n"
         );
     }
 
@@ -416,6 +435,14 @@ mod tests {
         assert_eq!(
             describe(&view("8000-8099", Side::Local, Some("eth0"), Action::Drop)),
             "8000-8099 dir egress proto udp iface eth0: rate 8mbit burst 300KB drop"
+        );
+        let per_remote = RuleView {
+            per_remote: true,
+            ..view("53", Side::Remote, None, Action::Drop)
+        };
+        assert_eq!(
+            describe(&per_remote),
+            "remote 53 dir egress proto udp iface all: rate 8mbit burst 300KB drop per remote"
         );
     }
 

@@ -13,6 +13,7 @@ pub(crate) mod netlink;
 pub mod pid_lock;
 pub mod pinned_datapath;
 pub mod pins;
+pub mod remote_buckets;
 pub mod shape_classes;
 pub mod tcp_telemetry;
 pub(crate) mod tcx_query;

@@ -1,4 +1,5 @@
-//! The options that belong to one action only: `--ecn` to `drop`, `--queue` to `shape`. Checked
+//! The options that belong to some actions only: `--ecn` to `drop`, `--per-remote` to `drop` and
+//! `observe`, `--queue` to `shape`. Checked
 //! here, once for the CLI, the config file, the control socket and the state file, so a bad
 //! combination gets the same clear error wherever it comes from.
 
@@ -46,6 +47,11 @@ pub enum ActionOptionError {
     EcnNeedsDrop { action: Action, why: &'static str },
     #[error("an `unplaced` rule governs the packets no port was found for, so it {problem}")]
     Unplaced { problem: &'static str },
+    #[error(
+        "--per-remote (per_remote = true) applies to `drop` and `observe` rules: a `shape` rule \
+         queues in one HTB class, which has one rate for every remote"
+    )]
+    PerRemoteNeedsBucket,
     #[error("--queue (queue = ...) applies to `shape` rules only, not to `{action}`")]
     QueueNeedsShape { action: Action },
     #[error(
@@ -75,6 +81,8 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
             Some("polices (drop, observe) and cannot shape: no HTB class is chosen for it")
         } else if spec.ecn {
             Some("takes no --ecn: it polices with drops")
+        } else if spec.per_remote {
+            Some("takes no --per-remote: it has one bucket for every packet it governs")
         } else if spec.key.proto != ProtoSel::Any {
             Some("takes no --proto: its packets may be TCP, UDP or not yet known")
         } else if spec.key.ports != PortRange::ALL {
@@ -96,6 +104,9 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
             why,
         });
     }
+    if spec.per_remote && spec.action == Action::Shape {
+        return Err(ActionOptionError::PerRemoteNeedsBucket);
+    }
     if spec.action != Action::Shape {
         if spec.queue_bytes.is_some() {
             return Err(ActionOptionError::QueueNeedsShape {
@@ -104,6 +115,7 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
         }
         return Ok(Limit {
             ecn: spec.ecn,
+            per_remote: spec.per_remote,
             queue_bytes: 0,
             ..limit
         });
@@ -132,6 +144,7 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
     };
     Ok(Limit {
         ecn: false,
+        per_remote: false,
         queue_bytes,
         ..limit
     })
@@ -152,6 +165,7 @@ mod tests {
             burst_bytes: None,
             action,
             ecn,
+            per_remote: false,
             queue_bytes: queue,
         }
     }
@@ -168,6 +182,7 @@ mod tests {
             burst_bytes: 1 << 20,
             action: Action::Drop,
             ecn: false,
+            per_remote: false,
             queue_bytes: 0,
         };
         let spec = |change: fn(&mut RuleSpec)| {
@@ -177,6 +192,7 @@ mod tests {
                 burst_bytes: None,
                 action: Action::Drop,
                 ecn: false,
+                per_remote: false,
                 queue_bytes: None,
             };
             change(&mut spec);
@@ -187,6 +203,7 @@ mod tests {
         for refused in [
             spec(|s| s.action = Action::Shape),
             spec(|s| s.ecn = true),
+            spec(|s| s.per_remote = true),
             spec(|s| s.key.proto = ProtoSel::Udp),
             spec(|s| s.key.ports = PortRange::single(53)),
         ] {
@@ -213,6 +230,26 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn per_remote_is_for_drop_and_observe_rules() {
+        for action in [Action::Drop, Action::Observe] {
+            let mut asked = spec(action, DirSel::Both, false, None);
+            asked.per_remote = true;
+            assert!(check(&asked).unwrap().per_remote);
+        }
+        let mut shape = spec(Action::Shape, DirSel::Egress, false, None);
+        shape.per_remote = true;
+        assert_eq!(
+            check(&shape).unwrap_err(),
+            ActionOptionError::PerRemoteNeedsBucket
+        );
+        let mut unplaced = spec(Action::Drop, DirSel::Both, false, None);
+        unplaced.key = RuleKey::unplaced(DirSel::Both, None);
+        unplaced.per_remote = true;
+        let error = check(&unplaced).unwrap_err();
+        assert!(error.to_string().contains("no --per-remote"), "{error}");
     }
 
     #[test]

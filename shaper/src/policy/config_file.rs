@@ -16,6 +16,7 @@
 //! proto = "tcp"            # optional: any (default) | tcp | udp
 //! action = "observe"       # optional: drop (default) | observe | shape (needs dir = "egress")
 //! ecn = true               # optional, drop rules only: mark CE below half the burst
+//! per_remote = true        # optional, drop and observe rules: a bucket per remote address
 //! queue = "256KiB"         # optional, shape rules only: the class's queue (a size)
 //! iface = "eth0"           # optional: one attached interface; default all of them
 //! remote = false           # optional: true = `port` is the remote port, not the local one
@@ -401,6 +402,7 @@ struct RawLimit {
     iface: Option<Value>,
     remote: Option<Value>,
     ecn: Option<Value>,
+    per_remote: Option<Value>,
     queue: Option<Value>,
 }
 
@@ -484,6 +486,16 @@ impl RawLimit {
                 return Err(invalid(&rule, "ecn", value, problem));
             }
         };
+        let per_remote = match &self.per_remote {
+            None => false,
+            Some(Value::Boolean(per_remote)) => *per_remote,
+            Some(value) => {
+                let problem =
+                    "expected true (a bucket per remote address) or false (one for the rule)"
+                        .to_owned();
+                return Err(invalid(&rule, "per_remote", value, problem));
+            }
+        };
         let queue_bytes = match &self.queue {
             None => None,
             Some(queue) => Some(
@@ -527,6 +539,7 @@ impl RawLimit {
             burst_bytes,
             action,
             ecn,
+            per_remote,
             queue_bytes,
         })
     }
@@ -659,6 +672,7 @@ mod tests {
             burst_bytes: None,
             action: Action::Drop,
             ecn: false,
+            per_remote: false,
             queue_bytes: None,
         }
     }
@@ -690,6 +704,7 @@ mod tests {
             port = 7202
             rate = "8mbit"
             ecn = true
+            per_remote = true
         "#;
         let config = parse(text, "test.toml").unwrap();
         assert_eq!(
@@ -702,6 +717,7 @@ mod tests {
                 },
                 RuleSpec {
                     ecn: true,
+                    per_remote: true,
                     ..spec("7202", 8_000_000)
                 },
             ]
@@ -709,6 +725,10 @@ mod tests {
         assert_contains(
             &error(&second_rule_with("rate = \"1mbit\"\necn = \"yes\"")),
             &["limit #2 (port 9090)", "ecn 'yes'", "expected true"],
+        );
+        assert_contains(
+            &error(&second_rule_with("rate = \"1mbit\"\nper_remote = 1")),
+            &["limit #2 (port 9090)", "per_remote 1", "expected true"],
         );
         assert_contains(
             &error(&second_rule_with("rate = \"1mbit\"\nqueue = \"lots\"")),
@@ -777,6 +797,7 @@ mod tests {
                     burst_bytes: Some(256 * 1024),
                     action: Action::Observe,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: None,
                 },
                 RuleSpec {
@@ -791,6 +812,7 @@ mod tests {
                     burst_bytes: Some(65_536),
                     action: Action::Drop,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: None,
                 },
                 RuleSpec {
@@ -805,6 +827,7 @@ mod tests {
                     burst_bytes: None,
                     action: Action::Drop,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: None,
                 },
             ],

@@ -133,6 +133,10 @@ pub struct RuleSpec {
     /// `--ecn` (drop rules only): mark CE while the bucket holds less than half the burst.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ecn: bool,
+    /// `--per-remote` (drop and observe rules): a bucket per remote address instead of one for
+    /// the rule, so one sender cannot drain it for the others.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_remote: bool,
     /// `--queue` (shape rules only): the class's queue in bytes; `None` for the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_bytes: Option<u64>,
@@ -147,6 +151,9 @@ pub struct Limit {
     /// See [`RuleSpec::ecn`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ecn: bool,
+    /// See [`RuleSpec::per_remote`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_remote: bool,
     /// A shape rule's queue in bytes (0 for other actions).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub queue_bytes: u64,
@@ -167,6 +174,10 @@ impl Limit {
             action: self.action.code(),
             flags: if self.ecn {
                 shaper_common::RULE_FLAG_ECN
+            } else {
+                0
+            } | if self.per_remote {
+                shaper_common::RULE_FLAG_PER_REMOTE
             } else {
                 0
             },
@@ -269,6 +280,7 @@ pub fn make_limit(
         burst_bytes,
         action,
         ecn: false,
+        per_remote: false,
         queue_bytes: 0,
     })
 }
@@ -439,6 +451,7 @@ mod tests {
             burst_bytes: 1 << 20,
             action: Action::Drop,
             ecn: false,
+            per_remote: false,
             queue_bytes: 0,
         }
     }

@@ -71,6 +71,12 @@ pub struct RuleView {
     /// `--ecn` (drop rules).
     #[serde(default)]
     pub ecn: bool,
+    /// `--per-remote` (drop and observe rules): a bucket per remote address.
+    #[serde(default)]
+    pub per_remote: bool,
+    /// The remote addresses a `--per-remote` rule holds a bucket for now, both directions.
+    #[serde(default)]
+    pub remote_buckets: u64,
     /// Packets an `--ecn` rule marked CE (they are passed packets too).
     #[serde(default)]
     pub marked_packets: u64,
@@ -282,7 +288,7 @@ impl Limits {
                 rule,
                 Origin::Runtime,
                 self.actors.get(&spec.key),
-                &shape_stats(classifier, &self.table),
+                &Beside::read(classifier, &self.table),
             ),
             !fresh,
         ))
@@ -320,7 +326,7 @@ impl Limits {
             &rule,
             self.origin(&rule.key),
             self.actor(&rule.key),
-            &shape_stats(classifier, &self.table),
+            &Beside::read(classifier, &self.table),
         );
         self.table = next;
         self.config_keys.remove(key);
@@ -352,7 +358,7 @@ impl Limits {
     pub fn list(&self, classifier: &Classifier) -> Vec<RuleView> {
         let mut rules: Vec<&Rule> = self.table.rules().collect();
         rules.sort_by_key(|r| (r.key.ports, r.key.side, r.id));
-        let shaped = shape_stats(classifier, &self.table);
+        let beside = Beside::read(classifier, &self.table);
         rules
             .into_iter()
             .map(|rule| {
@@ -361,7 +367,7 @@ impl Limits {
                     rule,
                     self.origin(&rule.key),
                     self.actor(&rule.key),
-                    &shaped,
+                    &beside,
                 )
             })
             .collect()
@@ -504,6 +510,7 @@ impl Limits {
                 burst_bytes: Some(rule.limit.burst_bytes),
                 action: rule.limit.action,
                 ecn: rule.limit.ecn,
+                per_remote: rule.limit.per_remote,
                 queue_bytes: (rule.limit.queue_bytes > 0).then_some(rule.limit.queue_bytes),
             };
             // The interfaces may differ from the last run: a rule that no longer fits is
@@ -674,19 +681,61 @@ impl Attached {
     }
 }
 
-/// Bytes rule's bucket holds at `now_ns`: what the programs left plus what time has credited
-/// since — they refill lazily, on the next packet — capped at the burst. A bucket that cannot be
-/// read counts as full, as a fresh one is.
+/// The bytes a rule's bucket in `direction` holds now. For a `--per-remote` rule, the
+/// emptiest of its remotes' buckets (full without one: a new remote's would be).
 fn bucket_bytes_now(
     classifier: &Classifier,
     rule: &Rule,
     direction: Direction,
     now_ns: u64,
+    beside: &Beside,
 ) -> u64 {
-    let config = rule.limit.config();
-    let Ok(state) = classifier.bucket(rule.id, direction) else {
-        return rule.limit.burst_bytes;
-    };
+    if rule.limit.per_remote {
+        return beside
+            .remote_buckets
+            .get(&rule.id)
+            .and_then(|fill| fill.emptiest[direction.index() as usize])
+            .unwrap_or(rule.limit.burst_bytes);
+    }
+    // A bucket that cannot be read counts as full, as a fresh one is.
+    match classifier.bucket(rule.id, direction) {
+        Ok(state) => bytes_now(&rule.limit.config(), &state, now_ns),
+        Err(_) => rule.limit.burst_bytes,
+    }
+}
+
+/// The `--per-remote` rules' bucket counts and emptiest buckets, from every remote bucket.
+fn remote_fills(
+    table: &RuleTable,
+    by_rule: BTreeMap<u16, Vec<(shaper_common::RemoteBucketKey, shaper_common::BucketState)>>,
+) -> BTreeMap<u16, RemoteFill> {
+    let now_ns = crate::datapath::ktime::monotonic_ns();
+    let mut fills = BTreeMap::new();
+    for rule in table.rules().filter(|rule| rule.limit.per_remote) {
+        let Some(buckets) = by_rule.get(&rule.id) else {
+            continue;
+        };
+        let config = rule.limit.config();
+        let mut fill = RemoteFill::default();
+        for (key, state) in buckets {
+            fill.buckets += 1;
+            let bytes = bytes_now(&config, state, now_ns);
+            if let Some(emptiest) = fill.emptiest.get_mut(usize::from(key.direction)) {
+                *emptiest = Some(emptiest.map_or(bytes, |e| e.min(bytes)));
+            }
+        }
+        fills.insert(rule.id, fill);
+    }
+    fills
+}
+
+/// Bytes a bucket holds at `now_ns`: what the programs left plus what time has credited
+/// since — they refill lazily, on the next packet — capped at the burst.
+fn bytes_now(
+    config: &shaper_common::RuleConfig,
+    state: &shaper_common::BucketState,
+    now_ns: u64,
+) -> u64 {
     let elapsed = now_ns.saturating_sub(state.stamp_ns);
     let credit = shaper_common::bucket::refill(elapsed, config.fill_ns, config.rate_bps);
     let tokens = state
@@ -724,13 +773,48 @@ fn prune_classes(classifier: &mut Classifier, wanted: &shape_classes::Wanted) {
     }
 }
 
-/// The HTB class statistics of the shape rules (none when there are no shape rules: then no
-/// netlink request is made).
-fn shape_stats(classifier: &Classifier, table: &RuleTable) -> BTreeMap<u16, htb::ClassStats> {
-    if table.rules().any(|rule| rule.limit.action == Action::Shape) {
-        shape_classes::stats(&classifier.interface_names())
-    } else {
-        BTreeMap::new()
+/// What a rule's view shows beside its own counters, read once for every rule listed.
+#[derive(Default)]
+struct Beside {
+    /// The HTB class statistics of the shape rules.
+    shaped: BTreeMap<u16, htb::ClassStats>,
+    /// The remote buckets of each `--per-remote` rule.
+    remote_buckets: BTreeMap<u16, RemoteFill>,
+}
+
+/// What a `--per-remote` rule's buckets hold, for its view.
+#[derive(Default)]
+struct RemoteFill {
+    buckets: u64,
+    /// Per direction (by index), the bytes of the emptiest bucket now: the remote closest to
+    /// the limit. `None` without a bucket in that direction.
+    emptiest: [Option<u64>; 2],
+}
+
+impl Beside {
+    /// Asks the kernel only for what `table` has: no netlink request without shape rules, no
+    /// walk of the remote buckets without `--per-remote` rules.
+    fn read(classifier: &Classifier, table: &RuleTable) -> Self {
+        let shaped = if table.rules().any(|rule| rule.limit.action == Action::Shape) {
+            shape_classes::stats(&classifier.interface_names())
+        } else {
+            BTreeMap::new()
+        };
+        let remote_buckets = if table.rules().any(|rule| rule.limit.per_remote) {
+            match classifier.remote_buckets_by_rule() {
+                Ok(by_rule) => remote_fills(table, by_rule),
+                Err(e) => {
+                    log::warn!("reading the remote buckets: {}", chain(&e));
+                    BTreeMap::new()
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        Self {
+            shaped,
+            remote_buckets,
+        }
     }
 }
 
@@ -739,7 +823,7 @@ fn view(
     rule: &Rule,
     origin: Origin,
     set_by: Option<&Actor>,
-    shaped: &BTreeMap<u16, htb::ClassStats>,
+    beside: &Beside,
 ) -> RuleView {
     let now_ns = crate::datapath::ktime::monotonic_ns();
     let mut passed = Counter::default();
@@ -759,7 +843,7 @@ fn view(
         }
     }
     // A shape rule's drops are its queue's overflow; the classifier never drops its packets.
-    let class = shaped.get(&rule.id).copied().unwrap_or_default();
+    let class = beside.shaped.get(&rule.id).copied().unwrap_or_default();
     if rule.limit.action == Action::Shape {
         dropped.packets += class.drops;
     }
@@ -781,10 +865,21 @@ fn view(
         dropped_bytes: dropped.bytes,
         would_drop_packets: would_drop.packets,
         would_drop_bytes: would_drop.bytes,
-        ingress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Ingress, now_ns),
-        egress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Egress, now_ns),
+        ingress_bucket_bytes: bucket_bytes_now(
+            classifier,
+            rule,
+            Direction::Ingress,
+            now_ns,
+            beside,
+        ),
+        egress_bucket_bytes: bucket_bytes_now(classifier, rule, Direction::Egress, now_ns, beside),
         origin,
         ecn: rule.limit.ecn,
+        per_remote: rule.limit.per_remote,
+        remote_buckets: beside
+            .remote_buckets
+            .get(&rule.id)
+            .map_or(0, |fill| fill.buckets),
         marked_packets: marked.packets,
         marked_bytes: marked.bytes,
         queue_bytes: rule.limit.queue_bytes,
@@ -834,6 +929,8 @@ mod tests {
             egress_bucket_bytes: 8,
             origin: Origin::Config,
             ecn: false,
+            per_remote: true,
+            remote_buckets: 16,
             marked_packets: 9,
             marked_bytes: 10,
             queue_bytes: 11,
@@ -852,7 +949,7 @@ mod tests {
         let json = serde_json::to_string(&view).unwrap();
         assert_eq!(
             json,
-            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config","ecn":false,"marked_packets":9,"marked_bytes":10,"queue_bytes":11,"queued_packets":12,"queued_bytes":13,"backlog_packets":14,"backlog_bytes":15,"set_by":{"uid":1000,"user":"alice","pid":4242,"command":"shaper","at":"2026-12-06T06:40:00Z"}}"#
+            r#"{"id":3,"ports":"8000-8099","side":"remote","dir":"egress","proto":"udp","iface":"eth0","rate_bps":8000000,"rate":"8mbit","burst_bytes":300000,"burst":"300KB","action":"observe","passed_packets":1,"passed_bytes":2,"dropped_packets":3,"dropped_bytes":4,"would_drop_packets":5,"would_drop_bytes":6,"ingress_bucket_bytes":7,"egress_bucket_bytes":8,"origin":"config","ecn":false,"per_remote":true,"remote_buckets":16,"marked_packets":9,"marked_bytes":10,"queue_bytes":11,"queued_packets":12,"queued_bytes":13,"backlog_packets":14,"backlog_bytes":15,"set_by":{"uid":1000,"user":"alice","pid":4242,"command":"shaper","at":"2026-12-06T06:40:00Z"}}"#
         );
         assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), view);
     }

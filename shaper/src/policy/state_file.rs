@@ -173,6 +173,7 @@ mod tests {
             burst_bytes: None,
             action: Action::Observe,
             ecn: false,
+            per_remote: false,
             queue_bytes: None,
         }];
         let rules: Vec<Rule> = (1..=3)
@@ -184,6 +185,7 @@ mod tests {
                     burst_bytes: 1 << 20,
                     action: Action::Drop,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: 0,
                 },
             })
@@ -275,6 +277,7 @@ mod tests {
             burst_bytes: None,
             action: Action::Drop,
             ecn: false,
+            per_remote: false,
             queue_bytes: None,
         }];
         let rules: Vec<Rule> = [(1, 9090), (2, 443)]
@@ -286,6 +289,7 @@ mod tests {
                     burst_bytes: 375_000,
                     action: Action::Drop,
                     ecn: false,
+                    per_remote: false,
                     queue_bytes: 0,
                 },
             })

@@ -495,6 +495,8 @@ mod tests {
                 egress_bucket_bytes: 300_000,
                 origin: crate::policy::config_reload::Origin::Config,
                 ecn: false,
+                per_remote: false,
+                remote_buckets: 0,
                 marked_packets: 0,
                 marked_bytes: 0,
                 queue_bytes: 0,

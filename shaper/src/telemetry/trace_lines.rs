@@ -68,7 +68,10 @@ impl TraceLine {
             }
             .to_owned(),
             rule,
-            bucket_bytes: rule.map(|_| event.bucket_bytes),
+            // A `--per-remote` rule's packet: its remote's bucket is not read.
+            bucket_bytes: rule
+                .map(|_| event.bucket_bytes)
+                .filter(|&bytes| bytes != shaper_common::NO_BUCKET_BYTES),
         })
     }
 

@@ -14,6 +14,7 @@ pub mod prometheus;
 pub mod tcp_bulk;
 pub mod temp_dir;
 pub mod test_run;
+pub mod top_port;
 pub mod traffic;
 
 /// Kernel tests need root. Outside CI they skip with a message; with CI=true a skip would hide a

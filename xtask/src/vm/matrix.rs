@@ -63,6 +63,14 @@ pub const FEATURES: &[Feature] = &[
         needs_tcx: false,
     },
     Feature {
+        name: "--per-remote: a bucket per remote address (BPF_PROG_TEST_RUN)",
+        tests: &[(
+            "per_remote",
+            "each_remote_drains_a_bucket_of_its_own_in_exact_frames",
+        )],
+        needs_tcx: false,
+    },
+    Feature {
         name: "a drop rule holds its rate on a veth",
         tests: &[(
             "shaping",

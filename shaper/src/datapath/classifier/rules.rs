@@ -6,12 +6,14 @@ use std::sync::atomic::Ordering;
 
 use aya::maps::{Array, MapData};
 use shaper_common::{
-    BucketState, NO_RULE, PORTS, RuleConfig, RuleCounters, SIDE_LOCAL, bucket_index, maps,
-    rule_index_row,
+    BucketState, NO_RULE, PORTS, RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters, SIDE_LOCAL,
+    bucket_index, maps, rule_index_row,
 };
 
 use super::{Classifier, object_map, object_map_mut};
-use crate::{datapath::Result, datapath::attach::Direction, datapath::ktime};
+use crate::{
+    datapath::Result, datapath::attach::Direction, datapath::ktime, datapath::remote_buckets,
+};
 
 impl Classifier {
     /// Writes the limit of rule `id`. For a `fresh` id (a new rule) its buckets are filled (a
@@ -20,7 +22,11 @@ impl Classifier {
     /// replacing a rule's limit keeps both. The buckets are written before the limit: until the
     /// program finds a rate it passes the rule's packets uncharged, so no packet meets the old
     /// bucket under the new limit. The program picks the new limit up on its next packet.
+    ///
+    /// A limit that loses `--per-remote` (or is cleared) takes the rule's remote buckets with
+    /// it, once the programs no longer charge them.
     pub fn write_rule(&mut self, id: u16, config: &RuleConfig, fresh: bool) -> Result<()> {
+        let rule = id;
         let id = u32::from(id);
         if fresh {
             let mut buckets: Array<&mut MapData, BucketState> =
@@ -41,8 +47,26 @@ impl Classifier {
         }
         let mut rules: Array<&mut MapData, RuleConfig> =
             Array::try_from(object_map_mut(&mut self.ebpf, maps::RULES)?)?;
+        let before = rules.get(&id, 0)?;
         rules.set(id, *config, 0)?;
+        if before.flags & RULE_FLAG_PER_REMOTE != 0 && config.flags & RULE_FLAG_PER_REMOTE == 0 {
+            let forgotten = remote_buckets::forget(&mut self.ebpf, rule)?;
+            log::debug!("rule {rule}: {forgotten} remote bucket(s) deleted");
+        }
         Ok(())
+    }
+
+    /// The totals of the `--per-remote` buckets: live, inserted, deleted, evicted.
+    pub fn remote_buckets(&self) -> Result<remote_buckets::RemoteBuckets> {
+        remote_buckets::reading(&self.ebpf)
+    }
+
+    /// Every `--per-remote` bucket as the programs last left it, by rule id.
+    pub fn remote_buckets_by_rule(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u16, Vec<(shaper_common::RemoteBucketKey, BucketState)>>>
+    {
+        remote_buckets::by_rule(&self.ebpf)
     }
 
     /// Every rule id with a limit in the `RULES` map, with that limit: what the programs

@@ -219,6 +219,24 @@ impl Collector for ScrapeCollector {
             }
         }
 
+        if let Some(buckets) = &scrape.inventory.remote_buckets {
+            for (name, help, value) in [
+                (
+                    "shaper_remote_buckets_inserted",
+                    "Token buckets --per-remote rules created, one per (rule, direction, remote address) met without one.",
+                    buckets.inserted,
+                ),
+                (
+                    "shaper_remote_buckets_evicted",
+                    "Remote buckets evicted (an LRU) to make room: the remote starts with a full bucket if it comes back.",
+                    buckets.evicted,
+                ),
+            ] {
+                let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value).encode(family)?;
+            }
+        }
+
         for (name, help, field) in UNPLACED_FAMILIES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for rule in &scrape.inventory.unplaced_rules {

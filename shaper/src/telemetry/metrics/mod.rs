@@ -59,10 +59,12 @@ pub struct Inventory {
     pub unplaced_rules: Vec<crate::policy::rules_in_force::RuleView>,
     /// The fragment tracker's totals; `None` if they could not be read.
     pub fragments: Option<crate::datapath::fragment_tracking::FragmentTracking>,
+    /// The `--per-remote` buckets' totals; `None` if they could not be read.
+    pub remote_buckets: Option<crate::datapath::remote_buckets::RemoteBuckets>,
     /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
     pub remotes: Vec<remote_series::RemoteSeries>,
-    /// The shape and `--ecn` rules with their counters (queued, backlog, marked); the others
-    /// have none of these, and are not read.
+    /// The shape, `--ecn` and `--per-remote` rules with the figures only they have (queued,
+    /// backlog, marked, remote buckets); the others are not read.
     pub queueing_rules: Vec<crate::policy::rules_in_force::RuleView>,
 }
 
@@ -89,12 +91,18 @@ impl Inventory {
             Vec::new()
         };
         let queueing_rules = if rules.iter().any(|rule| {
-            rule.limit.action == crate::policy::rule_table::Action::Shape || rule.limit.ecn
+            rule.limit.action == crate::policy::rule_table::Action::Shape
+                || rule.limit.ecn
+                || rule.limit.per_remote
         }) {
             limits
                 .list(classifier)
                 .into_iter()
-                .filter(|rule| rule.action == crate::policy::rule_table::Action::Shape || rule.ecn)
+                .filter(|rule| {
+                    rule.action == crate::policy::rule_table::Action::Shape
+                        || rule.ecn
+                        || rule.per_remote
+                })
                 .collect()
         } else {
             Vec::new()
@@ -106,6 +114,7 @@ impl Inventory {
             config_reload: limits.reload_status(),
             handshakes: classifier.handshake_tracking().ok(),
             fragments: classifier.fragment_tracking().ok(),
+            remote_buckets: classifier.remote_buckets().ok(),
             unplaced_rules,
             remotes: Vec::new(),
             queueing_rules,
@@ -313,6 +322,7 @@ mod tests {
                 burst_bytes: 1 << 20,
                 action: Action::Drop,
                 ecn: false,
+                per_remote: false,
                 queue_bytes: 0,
             },
         }
@@ -332,6 +342,7 @@ mod tests {
             config_reload: ReloadStatus::succeeded_now(),
             handshakes: None,
             fragments: None,
+            remote_buckets: None,
             unplaced_rules: Vec::new(),
             remotes: Vec::new(),
         }

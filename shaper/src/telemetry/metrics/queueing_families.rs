@@ -1,5 +1,6 @@
 //! The metric families of shape rules (their HTB class: what went through the queue, what
-//! waits in it) and of `--ecn` rules (what they marked), one series per rule.
+//! waits in it), of `--ecn` rules (what they marked) and of `--per-remote` rules (the remotes
+//! they hold a bucket for), one series per rule.
 
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -74,6 +75,16 @@ pub fn encode(rules: &[RuleView], encoder: &mut DescriptorEncoder) -> Result<(),
     )?;
     for rule in rules.iter().filter(|r| r.ecn) {
         ConstCounter::new(rule.marked_packets).encode(family.encode_family(&labels(rule))?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "shaper_rule_remote_buckets",
+        "Remote addresses a --per-remote rule holds a token bucket for now (both directions).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for rule in rules.iter().filter(|r| r.per_remote) {
+        ConstGauge::new(i64::try_from(rule.remote_buckets).unwrap_or(i64::MAX))
+            .encode(family.encode_family(&labels(rule))?)?;
     }
     Ok(())
 }
