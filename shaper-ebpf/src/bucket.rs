@@ -18,14 +18,34 @@
 //! The arithmetic itself lives in `shaper_common::bucket`, where host tests cover it.
 
 use crate::atomic;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
-use shaper_common::{BucketState, RuleConfig, bucket};
+use shaper_common::{BucketState, RULE_FLAG_COARSE_CLOCK, RuleConfig, bucket};
 
 /// Compare-and-swap attempts to take tokens. Each failed attempt means another CPU took tokens
 /// in between, so with a handful of CPUs on one rule a few attempts always suffice.
 const TAKE_ATTEMPTS: u32 = 8;
 
-/// Charges `cost` nanobits to the bucket at `now` (`bpf_ktime_get_ns`). The tokens left when the
+/// The time to charge a bucket of `config` at: the kernel's tick for a rule userspace marked
+/// [`RULE_FLAG_COARSE_CLOCK`] (its fill time spans many ticks, so a tick's lag is a small part
+/// of its burst; `shaper_common::bucket::coarse_clock_suffices` says what that saves and
+/// costs), the precise clock otherwise. Both read CLOCK_MONOTONIC (kernel/bpf/helpers.c:
+/// `ktime_get_mono_fast_ns()` and `ktime_get_coarse_ns()`), and the coarse one is never ahead
+/// of the precise one, so a bucket whose rule changes clock never credits time twice: the
+/// compare-and-swap in [`charge`] only moves its stamp forward.
+#[inline(always)]
+pub fn now(config: &RuleConfig) -> u64 {
+    if config.flags & RULE_FLAG_COARSE_CLOCK != 0 {
+        // SAFETY: a helper without arguments, in `bpf_base_func_proto` since Linux 5.11, so
+        // allowed in tc programs.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        // SAFETY: a helper without arguments, allowed in every program type.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// Charges `cost` nanobits to the bucket at `now` ([`now`]). The tokens left when the
 /// packet conforms (an `--ecn` rule marks below a threshold of them); `None` when it does not,
 /// and then it is not charged.
 ///

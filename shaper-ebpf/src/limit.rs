@@ -4,7 +4,7 @@ use crate::{
     BUCKETS, DROP, PASS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, atomic::add_counter,
     bucket, count, ecn, remote_buckets, shape,
 };
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use shaper_common::{
     ACTION_DROP, ACTION_OBSERVE, ACTION_SHAPE, DIR_EGRESS, MAX_RULES, NO_RULE, RULE_FLAG_ECN,
     RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters, SIDE_LOCAL, SIDE_REMOTE, VERDICT_DROP,
@@ -101,8 +101,7 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
     if config.flags & RULE_FLAG_PER_REMOTE != 0 {
         return remote_buckets::police(ctx, packet, rule, direction);
     }
-    // SAFETY: a helper without arguments, allowed in every program type.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = bucket::now(&config);
     // SAFETY: `state` comes from `get_ptr_mut` above: a non-null pointer to a `BUCKETS` element
     // (index checked by the lookup), which lives as long as the map.
     let charged = unsafe { bucket::charge(state, &config, now, cost(packet.bytes)) };

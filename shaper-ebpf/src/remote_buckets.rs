@@ -14,7 +14,6 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -76,8 +75,7 @@ fn charge_and_count(ctx: &TcContext, what: u64, segments: u64, bytes: u64) -> u8
     else {
         return VERDICT_PASS;
     };
-    // SAFETY: a helper without arguments, allowed in every program type.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = bucket::now(&config);
     // The rule's shared bucket stands in when no remote bucket can be had (the address
     // unreadable, or the map refusing both the insert and the lookup after it), so the rule
     // still holds.

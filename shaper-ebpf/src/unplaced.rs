@@ -9,7 +9,7 @@
 //! A subprogram, not inlined: only those packets reach it, and the common path's code and
 //! verification stay as they were. It takes no context: a drop or observe rule needs none.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::Array};
+use aya_ebpf::{macros::map, maps::Array};
 use shaper_common::{
     ACTION_DROP, ACTION_OBSERVE, DIRECTIONS, MAX_IFACES, MAX_RULES, NO_RULE, bucket::cost,
     bucket_index, reason, unplaced_index,
@@ -52,8 +52,7 @@ pub fn police(slot: u32, direction: u32, bytes: u64, segments: u64) -> i32 {
     else {
         return PASS;
     };
-    // SAFETY: a helper without arguments, allowed in every program type.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = bucket::now(&config);
     // SAFETY: `state` is a live `BUCKETS` element from `get_ptr_mut` above.
     if unsafe { bucket::charge(state, &config, now, cost(bytes)) }.is_some() {
         // SAFETY: a field of the live `RULE_COUNTERS` element found above.

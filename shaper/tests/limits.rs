@@ -193,6 +193,85 @@ fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
     assert_eq!((passed, ended), (2, DROP));
 }
 
+/// CLOCK_MONOTONIC_COARSE now: the time of the kernel's last tick, which is what
+/// `bpf_ktime_get_coarse_ns()` returns (kernel/time/timekeeping.c: both read the timekeeper's
+/// `tkr_mono` as of its last update).
+fn coarse_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given by reference.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Which clock a bucket reads, seen in the stamp a packet leaves in it: a rule whose fill time
+/// spans 20 ticks or more is stamped with the last tick's time, exactly what userspace reads
+/// from CLOCK_MONOTONIC_COARSE; a rule that fills faster with the precise clock, after it.
+#[test]
+fn a_bucket_reads_the_tick_only_when_its_fill_time_spans_twenty_ticks() {
+    let Some(mut s) = setup("clocks") else {
+        return;
+    };
+    let tick_ns = shaper::datapath::ktime::tick_ns();
+    assert!(tick_ns > 0, "the kernel reports its tick");
+    // 128 B/s with 192 KiB fills in 1,536 s; 10 Gbit/s with 192 KiB in 157 µs.
+    let coarse = s.set(spec(key("9090"), Action::Drop), "set the slow rule");
+    let precise = s.set(
+        RuleSpec {
+            rate_bps: 10_000_000_000,
+            ..spec(key("9091"), Action::Drop)
+        },
+        "set the fast rule",
+    );
+    // Both buckets were stamped when they were written, with the precise clock: a coarse
+    // clock moves past that stamp (and so moves the stamp) at the next tick.
+    std::thread::sleep(Duration::from_nanos(3 * tick_ns));
+    for _ in 0..100 {
+        let before = coarse_now_ns();
+        assert_eq!(
+            verdict(
+                &mut s.classifier,
+                Direction::Ingress,
+                &udp_frame(40000, 9090)
+            ),
+            PASS
+        );
+        assert_eq!(
+            verdict(
+                &mut s.classifier,
+                Direction::Ingress,
+                &udp_frame(40000, 9091)
+            ),
+            PASS
+        );
+        if coarse_now_ns() != before {
+            // A tick fell between the two readings: the stamps could be either tick's.
+            continue;
+        }
+        let stamp = |id| {
+            s.classifier
+                .bucket(id, Direction::Ingress)
+                .expect("read the bucket")
+                .stamp_ns
+        };
+        assert_eq!(
+            stamp(coarse.id),
+            before,
+            "the slow rule's bucket is stamped with the last tick"
+        );
+        let precise_stamp = stamp(precise.id);
+        assert!(
+            precise_stamp > before && precise_stamp <= shaper::datapath::ktime::monotonic_ns(),
+            "the fast rule's bucket is stamped after the last tick: {precise_stamp} vs {before}"
+        );
+        return;
+    }
+    panic!("a tick fell between every pair of readings in 100 attempts");
+}
+
 #[test]
 fn an_observe_rule_passes_everything_and_counts_would_drops() {
     let Some(mut s) = setup("observe") else {

@@ -31,6 +31,15 @@ pub const PORT_DROP: u16 = 7003;
 pub const PORT_WATCHED: u16 = 7004;
 /// A `--per-remote` rule that always has tokens.
 pub const PORT_PER_REMOTE: u16 = 7005;
+/// A rule that always has tokens and fills too fast for the coarse clock: its bucket reads
+/// the precise one (see `shaper_common::bucket::coarse_clock_suffices`).
+pub const PORT_PASS_PRECISE: u16 = 7006;
+
+/// The rate of the rules that always have tokens, with the largest burst: 40 Gbit/s fills
+/// 1 GiB in 215 ms, a fill time long enough for the coarse clock (as the default burst's 300 ms
+/// is), and far above what one CPU running the program back to back spends (64-byte frames at
+/// 100 ns: 5 Gbit/s), so the bucket never runs dry.
+const RATE_NEVER_DRY_BPS: u64 = 40_000_000_000;
 
 /// The shaper, loaded with the three ports set up, and registered on `lo`: test-run packets
 /// arrive on the loopback device of the caller's namespace.
@@ -60,15 +69,21 @@ impl Subject {
             &mut classifier,
             RuleSpec {
                 per_remote: true,
-                ..rule(PORT_PER_REMOTE, MAX_RATE_BPS, Some(MAX_BURST_BYTES))
+                ..rule(PORT_PER_REMOTE, RATE_NEVER_DRY_BPS, Some(MAX_BURST_BYTES))
             },
             bench_actor(),
         )?;
-        // 1 Tbit/s refills a 64-byte packet's cost in 0.5 ns: the bucket never runs dry, so every
-        // packet takes the full conforming path (refill, take, counters).
+        // Never dry, so every packet takes the full conforming path (clock, take, counters).
         limits.set(
             &mut classifier,
-            rule(PORT_PASS, MAX_RATE_BPS, Some(MAX_BURST_BYTES)),
+            rule(PORT_PASS, RATE_NEVER_DRY_BPS, Some(MAX_BURST_BYTES)),
+            bench_actor(),
+        )?;
+        // 1 Tbit/s fills 1 GiB in 8.6 ms, two ticks at 250 Hz: the precise clock, and a refill
+        // at every packet.
+        limits.set(
+            &mut classifier,
+            rule(PORT_PASS_PRECISE, MAX_RATE_BPS, Some(MAX_BURST_BYTES)),
             bench_actor(),
         )?;
         // 8 bit/s refills one byte a second: once the burst is spent, every packet is dropped.
@@ -133,7 +148,7 @@ struct Variant {
     verdict: u32,
 }
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     Variant {
         name: "floor",
         floor: true,
@@ -150,6 +165,13 @@ const VARIANTS: [Variant; 6] = [
         name: "limited_pass",
         floor: false,
         port: PORT_PASS,
+        verdict: PASS,
+    },
+    // As limited_pass, on a rule whose bucket reads the precise clock.
+    Variant {
+        name: "limited_pass_precise_clock",
+        floor: false,
+        port: PORT_PASS_PRECISE,
         verdict: PASS,
     },
     Variant {
@@ -185,6 +207,27 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
     let floor = Floor::load()?;
     let mut subject = Subject::load()?;
+    // The budget the per-packet figures are bought with: what the verifier walked (the
+    // complexity limit is 1,000,000; 6.1's verifier walks more than this kernel's, see the
+    // kernel matrix) and the JIT's code size, one sample each.
+    for program in subject.classifier.verified() {
+        if let Some(insns) = program.verified_insns {
+            cx.add(Figure::new(
+                "per_packet",
+                format!("verifier/{}", program.program),
+                "insns processed",
+                vec![f64::from(insns)],
+            )?);
+        }
+        if let Some(bytes) = program.jited_bytes {
+            cx.add(Figure::new(
+                "per_packet",
+                format!("jit/{}", program.program),
+                "bytes",
+                vec![f64::from(bytes)],
+            )?);
+        }
+    }
     let shaper = subject.program()?;
     let floor = floor.program()?;
     let repeat = cx.plan.test_run_repeat;
@@ -244,17 +287,9 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
                 .detail("repeat", repeat);
             if !v.floor {
                 figure = figure.ratio_to(&format!("{frame_name}/floor"), &samples[0]);
-                figure = if frame_name.contains("fragment") {
-                    // The fragment map's lookup (the key's addresses read with
-                    // bpf_skb_load_bytes, an LRU hash of 40-byte keys) is what fragments alone
-                    // pay: reported beside the plain frame's cost, with no budget of its own.
-                    figure
-                } else if v.port == PORT_FREE {
-                    figure.target("parse+count <= 3x floor", true, None, Some(3.0))
-                } else if v.port == PORT_WATCHED {
-                    figure.target("watched <= 5x floor", true, None, Some(5.0))
-                } else {
-                    figure.target("limited <= 5x floor", true, None, Some(5.0))
+                figure = match budget(frame_name, v) {
+                    Some((text, max)) => figure.target(text, true, None, Some(max)),
+                    None => figure,
                 };
             }
             cx.add(figure);
@@ -267,6 +302,36 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
         jit.trim()
     ));
     super::per_packet_shape::run(cx)
+}
+
+/// The per-packet budgets (issue 27), as ratios to the floor of the same repetition: the one
+/// place they are stated in code (the README and the book's *Performance* state them for
+/// readers). A figure over its budget reads MISSED in the report; none is enforced.
+const BUDGETS: [(&str, f64); 6] = [
+    ("IPv4 UDP, no rule <= 1.8x floor", 1.8),
+    ("IPv6 TCP + 2 ext. headers, no rule <= 1.8x floor", 1.8),
+    ("ARP <= 1.6x floor", 1.6),
+    ("limited, pass or drop <= 3x floor", 3.0),
+    ("watched port <= 3x floor", 3.0),
+    ("TCP SYN, handshake tracked <= 3x floor", 3.0),
+];
+
+/// The budget a variant of a frame is read against, if it has one. Fragments have none: the
+/// fragment map's lookup (the key's addresses read with bpf_skb_load_bytes, an LRU hash of
+/// 40-byte keys) is what they alone pay, reported beside the plain frame's cost. Nor has a
+/// per-remote rule's frame: the remote's bucket, an LRU lookup, is what only those rules pay.
+fn budget(frame_name: &str, v: &Variant) -> Option<(&'static str, f64)> {
+    let index = match (frame_name, v.port) {
+        (name, _) if name.contains("fragment") => return None,
+        (_, PORT_PER_REMOTE) => return None,
+        ("ipv4_udp_64B", PORT_FREE) => 0,
+        ("ipv6_tcp_2ext_90B", PORT_FREE) => 1,
+        ("non_ip_arp_60B", _) => 2,
+        ("ipv4_tcp_syn_54B", _) => 5,
+        (_, PORT_WATCHED) => 4,
+        _ => 3,
+    };
+    Some(BUDGETS[index])
 }
 
 /// Who the bench's rules are set by, as `limit ls` would show them.

@@ -14,3 +14,25 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
 }
+
+/// The kernel's tick in nanoseconds: the resolution of CLOCK_MONOTONIC_COARSE, the clock of
+/// `bpf_ktime_get_coarse_ns()` (kernel/time/posix-timers.c: `posix_get_coarse_res` reports
+/// `LOW_RES_NSEC`, one jiffy: 4 ms at Debian's CONFIG_HZ_250). Read once per process; 0 if the
+/// kernel does not say, and then no bucket uses the coarse clock.
+pub fn tick_ns() -> u64 {
+    static TICK_NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK_NS.get_or_init(|| {
+        let mut res = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres only writes the timespec it is given by reference.
+        let status = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+        if status != 0 || res.tv_sec < 0 || res.tv_nsec < 0 {
+            return 0;
+        }
+        (res.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(res.tv_nsec as u64)
+    })
+}

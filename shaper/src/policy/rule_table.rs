@@ -164,13 +164,20 @@ fn is_zero(value: &u64) -> bool {
 }
 
 impl Limit {
-    /// The classifier's view of this limit.
+    /// The classifier's view of this limit, on this kernel (whose tick decides
+    /// [`RULE_FLAG_COARSE_CLOCK`](shaper_common::RULE_FLAG_COARSE_CLOCK)).
     pub fn config(&self) -> shaper_common::RuleConfig {
+        self.config_with_tick(crate::datapath::ktime::tick_ns())
+    }
+
+    /// [`config`](Self::config) on a kernel whose tick is `tick_ns`.
+    pub fn config_with_tick(&self, tick_ns: u64) -> shaper_common::RuleConfig {
         let burst_nanobits = self.burst_bytes * bucket::NANOBITS_PER_BYTE;
+        let fill_ns = bucket::fill_ns(burst_nanobits, self.rate_bps);
         shaper_common::RuleConfig {
             rate_bps: self.rate_bps,
             burst_nanobits,
-            fill_ns: bucket::fill_ns(burst_nanobits, self.rate_bps),
+            fill_ns,
             action: self.action.code(),
             flags: if self.ecn {
                 shaper_common::RULE_FLAG_ECN
@@ -178,6 +185,10 @@ impl Limit {
                 0
             } | if self.per_remote {
                 shaper_common::RULE_FLAG_PER_REMOTE
+            } else {
+                0
+            } | if bucket::coarse_clock_suffices(fill_ns, tick_ns) {
+                shaper_common::RULE_FLAG_COARSE_CLOCK
             } else {
                 0
             },
@@ -806,5 +817,26 @@ mod tests {
             256 * 1024 * bucket::NANOBITS_PER_BYTE
         );
         assert_eq!(ok.config().action, shaper_common::ACTION_OBSERVE);
+    }
+
+    #[test]
+    fn a_default_burst_uses_the_coarse_clock_and_a_short_fill_time_the_precise_one() {
+        const TICK_250_HZ: u64 = 4_000_000;
+        let coarse = |limit: Limit, tick| {
+            limit.config_with_tick(tick).flags & shaper_common::RULE_FLAG_COARSE_CLOCK != 0
+        };
+        // 10 Mbit/s with the default burst (300 ms of the rate, 375 KB): 75 ticks.
+        let default = make_limit(10_000_000, None, Action::Drop, 65536, "").unwrap();
+        assert!(coarse(default, TICK_250_HZ));
+        // Other flags are untouched by it.
+        assert_eq!(
+            default.config_with_tick(TICK_250_HZ).flags,
+            shaper_common::RULE_FLAG_COARSE_CLOCK
+        );
+        // The smallest burst at 10 Gbit/s fills in 157 µs: the precise clock.
+        let short = make_limit(10_000_000_000, Some(192 * 1024), Action::Drop, 65536, "").unwrap();
+        assert!(!coarse(short, TICK_250_HZ));
+        // A kernel that does not report its tick: the precise clock.
+        assert!(!coarse(default, 0));
     }
 }

@@ -233,8 +233,11 @@ impl KernelResult {
                 let insns = v["verified_insns"]
                     .as_u64()
                     .map_or("?".into(), |n| n.to_string());
+                let jit = v["jited_bytes"]
+                    .as_u64()
+                    .map_or(String::new(), |n| format!(", {n} B JIT"));
                 let ms = v["load_ms"].as_f64().unwrap_or(0.0);
-                format!("{program}: {insns} insns, {ms:.0} ms")
+                format!("{program}: {insns} insns{jit}, {ms:.0} ms")
             })
             .collect::<Vec<_>>()
             .join("; ")
