@@ -12,8 +12,12 @@ pub mod maps {
     pub const PORT_COUNTERS: &str = "PORT_COUNTERS";
     /// `PERCPU_ARRAY` of [`Counter`](crate::Counter), indexed by [`unclassified_index`](crate::unclassified_index).
     pub const UNCLASSIFIED: &str = "UNCLASSIFIED";
-    /// `HASH` from ifindex (`u32`) to interface slot (`u32`).
+    /// `HASH` from ifindex (`u32`) to interface slot (`u32`): every registered interface.
     pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+    /// `ARRAY` of `u32` by ifindex, for each ifindex below
+    /// [`DIRECT_IFINDEXES`](crate::DIRECT_IFINDEXES): the interface's slot + 1, 0 for none. A
+    /// copy of `IFACE_SLOTS` the programs read without hashing; `IFACE_SLOTS` stays the record.
+    pub const IFACE_SLOT_BY_IFINDEX: &str = "IFACE_SLOT_BY_IFINDEX";
     /// `ARRAY` of [`PortVerdicts`](crate::PortVerdicts), indexed like `PORT_COUNTERS`.
     pub const PORT_VERDICTS: &str = "PORT_VERDICTS";
     /// `ARRAY` of [`RuleIndexRow`](crate::RuleIndexRow), indexed by [`rule_index_row`](crate::rule_index_row).
@@ -67,10 +71,11 @@ pub mod maps {
     pub const REMOTE_BUCKET_STATS: &str = "REMOTE_BUCKET_STATS";
 
     /// Every map of the classifier: all of them are pinned, so the datapath outlives a daemon.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         PORT_COUNTERS,
         UNCLASSIFIED,
         IFACE_SLOTS,
+        IFACE_SLOT_BY_IFINDEX,
         PORT_VERDICTS,
         RULE_INDEX,
         RULES,
@@ -123,6 +128,12 @@ pub const PORT_COUNTERS_PER_IFACE: u32 = DIRECTIONS * PROTOS * PORTS;
 /// Upper bound on interfaces one daemon attaches to (slots in `IFACE_SLOTS`). The counter map is
 /// sized at load time for the interfaces actually attached, so this costs nothing until used.
 pub const MAX_IFACES: u32 = 64;
+
+/// Interfaces whose ifindex is below this find their slot in `IFACE_SLOT_BY_IFINDEX` (an array
+/// read, 16 KiB); the others in the `IFACE_SLOTS` hash. Indexes are handed out in order of
+/// creation per namespace (`dev_new_index()`, net/core/dev.c) and rarely pass a few thousand,
+/// except on hosts that create and delete interfaces by the thousand (a container per veth).
+pub const DIRECT_IFINDEXES: u32 = 4096;
 
 /// Why a packet has no port. Every packet the classifier sees is counted exactly once: under a
 /// port or under one of these reasons.

@@ -38,9 +38,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shaper_common::{
-    BucketState, Counter, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, MAX_IFACES, MAX_RULES,
-    PORT_COUNTERS_PER_IFACE, PortCounter, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE, RuleConfig,
-    RuleCounters, RuleIndexRow, UNCLASSIFIED_ENTRIES,
+    BucketState, Counter, DIR_EGRESS, DIR_INGRESS, DIRECT_IFINDEXES, DIRECTIONS, MAX_IFACES,
+    MAX_RULES, PORT_COUNTERS_PER_IFACE, PortCounter, PortVerdicts, RULE_INDEX_ROWS_PER_IFACE,
+    RuleConfig, RuleCounters, RuleIndexRow, UNCLASSIFIED_ENTRIES,
 };
 
 /// Per-port counters of every attached interface, shared by all CPUs and updated with atomic
@@ -57,9 +57,14 @@ static PORT_COUNTERS: Array<PortCounter> =
 static UNCLASSIFIED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNCLASSIFIED_ENTRIES, 0);
 
 /// ifindex -> interface slot, filled by userspace before it attaches. One program serves every
-/// interface, so the slot is looked up per packet rather than baked in at load time.
+/// interface, so the slot is looked up per packet rather than baked in at load time; see
+/// [`count::iface_slot`] for which of the two maps below a packet reads.
 #[map]
 static IFACE_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// ifindex -> slot + 1 (0: none) for small ifindexes, written beside `IFACE_SLOTS`.
+#[map]
+static IFACE_SLOT_BY_IFINDEX: Array<u32> = Array::with_max_entries(DIRECT_IFINDEXES, 0);
 
 /// Dropped and would-drop counters per port, indexed like `PORT_COUNTERS` and sized with it.
 #[map]

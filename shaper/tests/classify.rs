@@ -1,13 +1,13 @@
 //! The real classifier, loaded into the kernel, run on hand-made packets with BPF_PROG_TEST_RUN.
 //! Each test asserts the one counter that moved, by exactly how much, and that nothing else did;
-//! all of them share one loaded classifier (see `shared`).
+//! all of them share one loaded classifier ([`test_run::shared_on_loopback`]), taking turns.
+//! Loaded once: creating the maps and verifying both programs is nearly all of a test's time
+//! (0.4 s here, 5 s in a TCG guest of the kernel matrix), and `run` reports what one frame
+//! changed, so what earlier tests counted never shows.
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
-};
+use std::collections::BTreeMap;
 
 use common::packet::*;
 use common::test_run;
@@ -32,20 +32,6 @@ fn counts(classifier: &Classifier) -> Counts {
         )
     });
     ports.chain(reasons).collect()
-}
-
-/// The classifier every test of this file runs its frames through, counting what
-/// BPF_PROG_TEST_RUN delivers (on loopback). Loaded once: creating the maps and verifying both
-/// programs is nearly all of a test's time (0.4 s here, 5 s in a TCG guest of the kernel
-/// matrix), and `run` reports what one frame changed, so what earlier tests counted never shows.
-/// The guard keeps one test's frames together; a failed test's panic leaves the classifier as
-/// usable as before, so the poison is ignored.
-fn shared() -> MutexGuard<'static, Classifier> {
-    static CLASSIFIER: OnceLock<Mutex<Classifier>> = OnceLock::new();
-    CLASSIFIER
-        .get_or_init(|| Mutex::new(test_run::on_loopback()))
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `frame` through the program of `direction` and returns what changed.
@@ -78,7 +64,7 @@ fn only(key: &str, packets: u64, bytes: usize) -> Counts {
 
 macro_rules! kernel_test {
     ($name:ident, $body:expr) => {
-        test_run::classifier_test!($name, shared(), $body);
+        test_run::classifier_test!($name, test_run::shared_on_loopback(), $body);
     };
 }
 

@@ -4,12 +4,19 @@
 //! Rules are set through [`Limits`], the daemon's own path (validation, state file, map writes).
 //! The rate is 128 B/s, so the time the test itself takes refills a negligible amount and the
 //! burst and refill are exact packet counts.
+//!
+//! The tests share one loaded classifier ([`SharedLimits`]), taking turns: loading it (creating
+//! the maps, verifying both programs) is nearly all of a test's time, about 5 s in a TCG guest
+//! of the kernel matrix. Each test starts with no rules and removes its own, even when it fails;
+//! a new rule gets a fresh id with zeroed counters and a full burst, so rule counters and
+//! bursts are exact, while the port counters hold every earlier test's packets and are read as
+//! differences ([`port_dropped_since`]).
 
 mod common;
 
 use std::time::Duration;
 
-use common::limits_fixture::{LimitsFixture as Setup, test_actor};
+use common::limits_fixture::{LimitsFixture as Setup, SharedLimits, test_actor};
 use common::packet::*;
 use common::test_run;
 use shaper::{
@@ -27,8 +34,8 @@ const SLOW_BPS: u64 = 8;
 const BURST: u64 = 192 * 1024;
 const FRAME_LEN: usize = 128;
 
-fn setup(test: &str) -> Option<Setup> {
-    Setup::on_lo(test)
+fn setup(test: &str) -> Option<SharedLimits> {
+    SharedLimits::on_lo(test)
 }
 
 fn key(ports: &str) -> RuleKey {
@@ -99,13 +106,27 @@ fn port_dropped(setup: &Setup, direction: Direction, port: u16) -> (u64, u64) {
     (v.dropped.packets, v.would_drop.packets)
 }
 
+/// The port's dropped and would-drop packets since `before` (its [`port_dropped`] at the start
+/// of the test: the shared classifier's port counters hold the earlier tests' packets too).
+fn port_dropped_since(
+    setup: &Setup,
+    direction: Direction,
+    port: u16,
+    before: (u64, u64),
+) -> (u64, u64) {
+    let (dropped, would_drop) = port_dropped(setup, direction, port);
+    (dropped - before.0, would_drop - before.1)
+}
+
 const PACKETS_PER_BURST: u64 = BURST / FRAME_LEN as u64;
 
 #[test]
 fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
-    let Some(mut s) = setup("burst_then_drop") else {
+    let Some(mut shared) = setup("burst_then_drop") else {
         return;
     };
+    let s = &mut *shared;
+    let port_before = port_dropped(s, Direction::Ingress, 9090);
     let rule_view = s.set(spec(key("9090"), Action::Drop), "set");
     let frame = udp_frame(40000, 9090);
     let (passed, ended) = drain_burst(&mut s.classifier, &frame);
@@ -122,7 +143,10 @@ fn a_bursts_worth_passes_then_the_next_packet_is_dropped_and_counted() {
         (PACKETS_PER_BURST, BURST, 1, FRAME_LEN as u64)
     );
     assert_eq!(r.would_drop_packets, 0);
-    assert_eq!(port_dropped(&s, Direction::Ingress, 9090), (1, 0));
+    assert_eq!(
+        port_dropped_since(s, Direction::Ingress, 9090, port_before),
+        (1, 0)
+    );
     // The other direction has its own bucket: egress from local port 9090 still passes.
     let reply = udp_frame(9090, 40000);
     assert_eq!(verdict(&mut s.classifier, Direction::Egress, &reply), PASS);
@@ -149,9 +173,10 @@ fn uptime_secs() -> u64 {
 /// only with the time since boot would hold half a burst at most.
 #[test]
 fn a_new_rule_whose_fill_time_exceeds_the_uptime_starts_with_a_full_burst() {
-    let Some(mut s) = setup("full_from_boot") else {
+    let Some(mut shared) = setup("full_from_boot") else {
         return;
     };
+    let s = &mut *shared;
     // 1 byte per second, so the bytes of burst are its fill time in seconds; the test's own
     // run time (seconds) refills less than one frame.
     let rate_bps = 8;
@@ -179,9 +204,10 @@ fn a_new_rule_whose_fill_time_exceeds_the_uptime_starts_with_a_full_burst() {
 
 #[test]
 fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
-    let Some(mut s) = setup("refill") else {
+    let Some(mut shared) = setup("refill") else {
         return;
     };
+    let s = &mut *shared;
     s.set(spec(key("9090"), Action::Drop), "set");
     let frame = udp_frame(40000, 9090);
     let (passed, _) = drain_burst(&mut s.classifier, &frame);
@@ -212,9 +238,10 @@ fn coarse_now_ns() -> u64 {
 /// from CLOCK_MONOTONIC_COARSE; a rule that fills faster with the precise clock, after it.
 #[test]
 fn a_bucket_reads_the_tick_only_when_its_fill_time_spans_twenty_ticks() {
-    let Some(mut s) = setup("clocks") else {
+    let Some(mut shared) = setup("clocks") else {
         return;
     };
+    let s = &mut *shared;
     let tick_ns = shaper::datapath::ktime::tick_ns();
     assert!(tick_ns > 0, "the kernel reports its tick");
     // 128 B/s with 192 KiB fills in 1,536 s; 10 Gbit/s with 192 KiB in 157 µs.
@@ -274,9 +301,11 @@ fn a_bucket_reads_the_tick_only_when_its_fill_time_spans_twenty_ticks() {
 
 #[test]
 fn an_observe_rule_passes_everything_and_counts_would_drops() {
-    let Some(mut s) = setup("observe") else {
+    let Some(mut shared) = setup("observe") else {
         return;
     };
+    let s = &mut *shared;
+    let port_before = port_dropped(s, Direction::Ingress, 9090);
     let rule_view = s.set(spec(key("9090"), Action::Observe), "set");
     let frame = udp_frame(40000, 9090);
     let extra = 5;
@@ -293,14 +322,18 @@ fn an_observe_rule_passes_everything_and_counts_would_drops() {
         ),
         (PACKETS_PER_BURST, 0, extra, extra * FRAME_LEN as u64)
     );
-    assert_eq!(port_dropped(&s, Direction::Ingress, 9090), (0, extra));
+    assert_eq!(
+        port_dropped_since(s, Direction::Ingress, 9090, port_before),
+        (0, extra)
+    );
 }
 
 #[test]
 fn a_single_port_rule_governs_its_port_inside_a_range_rule() {
-    let Some(mut s) = setup("precedence") else {
+    let Some(mut shared) = setup("precedence") else {
         return;
     };
+    let s = &mut *shared;
     let range = s.set(spec(key("9000-9999"), Action::Drop), "set range");
     let single = s.set(spec(key("9090"), Action::Observe), "set single");
     assert_eq!(
@@ -325,9 +358,10 @@ fn a_single_port_rule_governs_its_port_inside_a_range_rule() {
 
 #[test]
 fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
-    let Some(mut s) = setup("remote") else {
+    let Some(mut shared) = setup("remote") else {
         return;
     };
+    let s = &mut *shared;
     let remote = RuleKey {
         side: Side::Remote,
         dir: DirSel::Egress,
@@ -359,9 +393,11 @@ fn a_remote_rule_matches_the_remote_port_and_a_local_rule_takes_precedence() {
 
 #[test]
 fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
-    let Some(mut s) = setup("replace_rm") else {
+    let Some(mut shared) = setup("replace_rm") else {
         return;
     };
+    let s = &mut *shared;
+    let port_before = port_dropped(s, Direction::Ingress, 9090);
     // 1 and then 2 bytes a second: nothing refills a 128-byte frame in the time the test takes,
     // however slow the machine (under TCG a replacement alone took over the half second that
     // 256 B/s needs to refill one).
@@ -401,7 +437,10 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
         assert_eq!(verdict(&mut s.classifier, Direction::Ingress, &frame), PASS);
     }
     // The port's own counters never went backwards and still hold the drops.
-    assert_eq!(port_dropped(&s, Direction::Ingress, 9090), (2, 0));
+    assert_eq!(
+        port_dropped_since(s, Direction::Ingress, 9090, port_before),
+        (2, 0)
+    );
     assert!(s.limits.list(&s.classifier).is_empty());
     let missing = s
         .limits
@@ -412,9 +451,10 @@ fn replacing_a_rule_keeps_its_counters_and_removing_it_passes_the_port_again() {
 
 #[test]
 fn a_refused_rule_changes_nothing() {
-    let Some(mut s) = setup("refused") else {
+    let Some(mut shared) = setup("refused") else {
         return;
     };
+    let s = &mut *shared;
     let kept = s.set(spec(key("9090"), Action::Drop), "set");
     let before = s.limits.list(&s.classifier);
     let saved = std::fs::read_to_string(&s.state).expect("state file");

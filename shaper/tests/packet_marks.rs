@@ -4,11 +4,18 @@
 //!
 //! Rules are set through [`Limits`], the daemon's own path. The rate is 128 B/s, so the time the
 //! test takes refills less than a frame and the thresholds are exact packet counts.
+//!
+//! The tests share one loaded classifier ([`SharedLimits`]), taking turns: loading it (creating
+//! the maps, verifying both programs) is nearly all of a test's time, about 5 s in a TCG guest
+//! of the kernel matrix. Each test starts with no rules and removes its own, even when it fails,
+//! and sets its rules on a port of its own; a new rule starts with a full burst and zeroed
+//! counters, so the thresholds and the rule counters stay exact. The `shape` test alone loads
+//! its own (see there).
 
 mod common;
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use common::limits_fixture::{LimitsFixture as Setup, test_actor};
+use common::limits_fixture::{LimitsFixture as Setup, SharedLimits, test_actor};
 use common::{netns::InNamespace as _, packet::*};
 use shaper::{
     Classifier, Direction,
@@ -38,8 +45,8 @@ const CE: u8 = 0b11;
 const SKB_CONTEXT_LEN: usize = 192;
 const SKB_PRIORITY: usize = 32;
 
-fn setup(test: &str) -> Option<Setup> {
-    Setup::on_lo(test)
+fn setup(test: &str) -> Option<SharedLimits> {
+    SharedLimits::on_lo(test)
 }
 
 fn spec(port: u16, dir: DirSel, action: Action, ecn: bool) -> RuleSpec {
@@ -195,13 +202,14 @@ fn first_mark(codepoints: &[u8], unmarked: u8) -> (usize, usize) {
 
 #[test]
 fn an_ecn_rule_marks_ect_ipv4_below_half_the_burst_with_a_valid_checksum_and_drops_when_empty() {
-    let Some(mut s) = setup("ecn-v4") else {
+    let Some(mut shared) = setup("ecn-v4") else {
         return;
     };
+    let s = &mut *shared;
     let view = s.set(spec(9090, DirSel::Both, Action::Drop, true), "set");
     assert!(view.ecn);
     let frame = ipv4_frame(9090, ECT_0);
-    let codepoints = codepoints_until_dropped(&mut s, &frame, ipv4_ecn, |out| {
+    let codepoints = codepoints_until_dropped(s, &frame, ipv4_ecn, |out| {
         assert_eq!(ipv4_checksum(&out[ETH_HLEN..ETH_HLEN + 20]), 0, "checksum");
         assert_eq!(out[ETH_HLEN + 1] & !0b11, 0xB8, "DSCP untouched");
     });
@@ -222,12 +230,13 @@ fn an_ecn_rule_marks_ect_ipv4_below_half_the_burst_with_a_valid_checksum_and_dro
 
 #[test]
 fn an_ecn_rule_marks_ect_1_ipv6_below_half_the_burst() {
-    let Some(mut s) = setup("ecn-v6") else {
+    let Some(mut shared) = setup("ecn-v6") else {
         return;
     };
+    let s = &mut *shared;
     let view = s.set(spec(9091, DirSel::Both, Action::Drop, true), "set");
     let frame = ipv6_frame(9091, ECT_1);
-    let codepoints = codepoints_until_dropped(&mut s, &frame, ipv6_ecn, |out| {
+    let codepoints = codepoints_until_dropped(s, &frame, ipv6_ecn, |out| {
         assert_eq!(out[ETH_HLEN] >> 4, 6, "IP version untouched");
     });
     let (first, marked) = first_mark(&codepoints, ECT_1);
@@ -238,12 +247,13 @@ fn an_ecn_rule_marks_ect_1_ipv6_below_half_the_burst() {
 
 #[test]
 fn an_ecn_rule_never_marks_not_ect_packets_and_drops_them_only_when_empty() {
-    let Some(mut s) = setup("ecn-not-ect") else {
+    let Some(mut shared) = setup("ecn-not-ect") else {
         return;
     };
+    let s = &mut *shared;
     let view = s.set(spec(9092, DirSel::Both, Action::Drop, true), "set");
     for frame in [ipv4_frame(9092, NOT_ECT), ipv6_frame(9092, NOT_ECT)] {
-        let codepoints = codepoints_until_dropped(&mut s, &frame, |f| f[ETH_HLEN + 1], |_| {});
+        let codepoints = codepoints_until_dropped(s, &frame, |f| f[ETH_HLEN + 1], |_| {});
         // The whole byte after the run equals the byte before it: nothing was marked.
         assert!(codepoints.iter().all(|&b| b == frame[ETH_HLEN + 1]));
         // The first frame kind emptied the bucket; the second is dropped at once.
@@ -255,12 +265,13 @@ fn an_ecn_rule_never_marks_not_ect_packets_and_drops_them_only_when_empty() {
 
 #[test]
 fn a_drop_rule_without_ecn_never_marks() {
-    let Some(mut s) = setup("no-ecn") else {
+    let Some(mut shared) = setup("no-ecn") else {
         return;
     };
+    let s = &mut *shared;
     let view = s.set(spec(9093, DirSel::Both, Action::Drop, false), "set");
     let frame = ipv4_frame(9093, ECT_0);
-    let codepoints = codepoints_until_dropped(&mut s, &frame, ipv4_ecn, |_| {});
+    let codepoints = codepoints_until_dropped(s, &frame, ipv4_ecn, |_| {});
     assert_eq!(codepoints.len() as u64, PACKETS_PER_BURST);
     assert!(codepoints.iter().all(|&c| c == ECT_0));
     assert_eq!(s.rule(view.id).marked_packets, 0);
@@ -269,7 +280,10 @@ fn a_drop_rule_without_ecn_never_marks() {
 #[test]
 fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() {
     common::root_or_skip!();
-    // In a namespace of its own: a shape rule puts shaper's HTB root on the interface.
+    // In a namespace of its own, with a classifier of its own: a shape rule puts shaper's HTB
+    // root on every interface registered, which must be this test's veth end and the `lo` of
+    // its namespace (where it looks with `tc`), not the `lo` the shared classifier was
+    // registered on, that of the namespace the tests run in.
     let pair = common::test_veth_pair!();
     let iface = pair.a_if.clone();
     pair.a.within(|| {
@@ -329,16 +343,17 @@ fn a_shape_rule_names_its_htb_class_in_skb_priority_on_egress_and_never_drops() 
 
 #[test]
 fn bad_combinations_of_action_and_options_are_refused() {
-    let Some(mut s) = setup("shape-refused") else {
+    let Some(mut shared) = setup("shape-refused") else {
         return;
     };
+    let s = &mut *shared;
     let refusal =
         |s: &mut Setup, spec: RuleSpec| match s.limits.set(&mut s.classifier, spec, test_actor()) {
             Err(PolicyError::ActionOption(e)) => e,
             other => panic!("expected a refusal, got {other:?}"),
         };
     assert!(matches!(
-        refusal(&mut s, spec(9096, DirSel::Both, Action::Observe, true)),
+        refusal(s, spec(9096, DirSel::Both, Action::Observe, true)),
         ActionOptionError::EcnNeedsDrop { .. }
     ));
     let queue_on_drop = RuleSpec {
@@ -346,7 +361,7 @@ fn bad_combinations_of_action_and_options_are_refused() {
         ..spec(9096, DirSel::Both, Action::Drop, false)
     };
     assert!(matches!(
-        refusal(&mut s, queue_on_drop),
+        refusal(s, queue_on_drop),
         ActionOptionError::QueueNeedsShape { .. }
     ));
     assert!(s.limits.list(&s.classifier).is_empty());

@@ -1,6 +1,14 @@
 //! The handshake tracker of the real classifier, run on hand-made segments with
 //! BPF_PROG_TEST_RUN: which counter each flag moves, when a round trip is sampled, when it is
 //! not, and what a full LRU loses.
+//!
+//! The tests share one loaded classifier ([`test_run::shared_on_loopback`]), taking turns:
+//! loading it (creating the maps, verifying both programs) is nearly all of a test's time,
+//! about 5 s in a TCG guest of the kernel matrix. So that what one test leaves in the maps
+//! never shows in another, each test's server ports are its own (the per-port events and
+//! histograms it reads, and the 4-tuples of its handshakes in the LRU), and the tracker's
+//! totals, which count every port, are read as differences ([`tracking_since`]). The test that
+//! fills the LRU loads a classifier of its own (see there).
 
 mod common;
 
@@ -8,7 +16,7 @@ use common::packet::*;
 use common::test_run;
 use shaper::{
     Classifier, Direction,
-    datapath::tcp_telemetry::{PendingRepair, Repaired},
+    datapath::tcp_telemetry::{HandshakeTracking, PendingRepair, Repaired},
 };
 use shaper_common::{
     DIR_EGRESS, DIR_INGRESS, HANDSHAKE_ENTRIES, RTT_SIDE_CLIENT, RTT_SIDE_SERVER, TcpEvents,
@@ -45,15 +53,29 @@ fn samples(classifier: &Classifier, side: u32, port: u16) -> u64 {
     histogram.buckets.iter().sum()
 }
 
+/// The tracker's totals: what it timed, measured and discarded, and the samples it lost, since
+/// `before` (its totals when the test started); `in_flight` as it is now.
+fn tracking_since(classifier: &Classifier, before: HandshakeTracking) -> HandshakeTracking {
+    let now = classifier.handshake_tracking().expect("tracking");
+    HandshakeTracking {
+        timed: now.timed - before.timed,
+        measured: now.measured - before.measured,
+        discarded: now.discarded - before.discarded,
+        in_flight: now.in_flight,
+        lost: now.lost - before.lost,
+    }
+}
+
 macro_rules! kernel_test {
     ($name:ident, $body:expr) => {
-        test_run::classifier_test!($name, test_run::on_loopback(), $body);
+        test_run::classifier_test!($name, test_run::shared_on_loopback(), $body);
     };
 }
 
 kernel_test!(
     a_handshake_to_a_local_port_counts_each_flag_once_and_one_client_sample,
     |c| {
+        let before = c.handshake_tracking().expect("tracking");
         run(c, Direction::Ingress, &segment(40000, 8443, SYN, false));
         run(c, Direction::Egress, &segment(8443, 40000, SYN | ACK, true));
         run(c, Direction::Ingress, &segment(40000, 8443, ACK, false));
@@ -78,7 +100,7 @@ kernel_test!(
         assert_eq!(ingress.pending, 0, "the ACK ended the pending handshake");
         assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 1);
         assert_eq!(samples(c, RTT_SIDE_SERVER, 40000), 0);
-        let tracking = c.handshake_tracking().expect("tracking");
+        let tracking = tracking_since(c, before);
         assert_eq!(
             (
                 tracking.timed,
@@ -94,18 +116,19 @@ kernel_test!(
 );
 
 kernel_test!(a_retransmitted_synack_makes_no_sample, |c| {
-    run(c, Direction::Ingress, &segment(40001, 8443, SYN, false));
-    run(c, Direction::Egress, &segment(8443, 40001, SYN | ACK, true));
-    run(c, Direction::Egress, &segment(8443, 40001, SYN | ACK, true));
-    run(c, Direction::Ingress, &segment(40001, 8443, ACK, false));
-    assert_eq!(events(c, DIR_EGRESS, 8443).synack, 2);
-    assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 0);
-    let tracking = c.handshake_tracking().expect("tracking");
+    let before = c.handshake_tracking().expect("tracking");
+    run(c, Direction::Ingress, &segment(40001, 8444, SYN, false));
+    run(c, Direction::Egress, &segment(8444, 40001, SYN | ACK, true));
+    run(c, Direction::Egress, &segment(8444, 40001, SYN | ACK, true));
+    run(c, Direction::Ingress, &segment(40001, 8444, ACK, false));
+    assert_eq!(events(c, DIR_EGRESS, 8444).synack, 2);
+    assert_eq!(samples(c, RTT_SIDE_CLIENT, 8444), 0);
+    let tracking = tracking_since(c, before);
     assert_eq!(
         (tracking.timed, tracking.measured, tracking.discarded),
         (1, 0, 1)
     );
-    assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
+    assert_eq!(events(c, DIR_INGRESS, 8444).pending, 0);
 });
 
 kernel_test!(a_syn_answered_by_a_reset_is_a_probe_of_the_port, |c| {
@@ -148,8 +171,12 @@ kernel_test!(
     }
 );
 
-kernel_test!(
+// On a classifier of its own: it fills the LRU (evicting whatever else it holds), and both the
+// samples it counts as lost and the repair's passes (which walk every port) are the whole
+// tracker's, so they are exact only on a tracker no other test has used.
+test_run::classifier_test!(
     more_concurrent_handshakes_than_the_lru_holds_count_their_lost_samples,
+    test_run::on_loopback(),
     |c| {
         // Each handshake's clock starts (SYN, SYN-ACK) before any ends: the oldest are evicted.
         let n = HANDSHAKE_ENTRIES + 4096;
@@ -213,11 +240,15 @@ kernel_test!(
 kernel_test!(
     a_handshake_whose_ack_never_comes_is_dropped_once_and_the_late_ack_counts_nothing,
     |c| {
-        run(c, Direction::Ingress, &segment(40001, 8443, SYN, false));
-        run(c, Direction::Egress, &segment(8443, 40001, SYN | ACK, true));
-        run(c, Direction::Ingress, &segment(40002, 8443, SYN, false));
-        run(c, Direction::Egress, &segment(8443, 40002, SYN | ACK, true));
-        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 2);
+        // The repair below removes every waiting handshake of every port: first those a failed
+        // test may have left, so that it finds exactly this test's two.
+        c.repair_pending(&mut PendingRepair::new(std::time::Duration::ZERO))
+            .expect("clear what earlier tests left waiting");
+        run(c, Direction::Ingress, &segment(40001, 8445, SYN, false));
+        run(c, Direction::Egress, &segment(8445, 40001, SYN | ACK, true));
+        run(c, Direction::Ingress, &segment(40002, 8445, SYN, false));
+        run(c, Direction::Egress, &segment(8445, 40002, SYN | ACK, true));
+        assert_eq!(events(c, DIR_INGRESS, 8445).pending, 2);
         // A repair that finds every waiting handshake stale (the daemon waits 75 s).
         let mut repair = PendingRepair::new(std::time::Duration::ZERO);
         assert_eq!(
@@ -228,12 +259,12 @@ kernel_test!(
                 ports: 0
             }
         );
-        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
+        assert_eq!(events(c, DIR_INGRESS, 8445).pending, 0);
         // The late ACK and a late RST find nothing: no sample, and the count stays at zero
         // rather than going below it.
-        run(c, Direction::Ingress, &segment(40001, 8443, ACK, false));
-        run(c, Direction::Ingress, &segment(40002, 8443, RST, false));
-        assert_eq!(events(c, DIR_INGRESS, 8443).pending, 0);
-        assert_eq!(samples(c, RTT_SIDE_CLIENT, 8443), 0);
+        run(c, Direction::Ingress, &segment(40001, 8445, ACK, false));
+        run(c, Direction::Ingress, &segment(40002, 8445, RST, false));
+        assert_eq!(events(c, DIR_INGRESS, 8445).pending, 0);
+        assert_eq!(samples(c, RTT_SIDE_CLIENT, 8445), 0);
     }
 );

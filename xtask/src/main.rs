@@ -139,6 +139,11 @@ enum Job {
         /// purge, `systemd-analyze security`).
         #[arg(long, conflicts_with_all = ["kernels", "only", "update_docs"])]
         package: bool,
+        /// Only fetch every kernel of the test bed and build the root file system into the
+        /// cache, then stop: no tests built, nothing booted. What CI starts first, beside the
+        /// build, so the matrix later finds both ready.
+        #[arg(long, conflicts_with_all = ["kernels", "only", "update_docs", "package"])]
+        prepare: bool,
     },
     /// Build the book in docs/ with mdBook (installed into the cache on first use) into the
     /// target directory's book/, and check every relative link of it and of README.md: the file
@@ -199,12 +204,14 @@ fn main() -> anyhow::Result<()> {
             timeout,
             only,
             package,
+            prepare,
         } => vm::run(&vm::Options {
             kernels,
             update_docs,
             timeout: Duration::from_secs(timeout * 60),
             only,
             package,
+            prepare,
         }),
     }
 }

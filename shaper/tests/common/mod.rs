@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod shared;
 pub mod tcp_bulk;
 pub mod temp_dir;
 pub mod test_run;

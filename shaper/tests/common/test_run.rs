@@ -2,8 +2,12 @@
 //! registered, since the kernel runs a test packet as if it arrived on the namespace's loopback
 //! (net/bpf/test_run.c `bpf_prog_test_run_skb` sets `skb->dev` to it).
 
+use std::sync::MutexGuard;
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use shaper::{Classifier, Direction};
+
+use super::shared::Shared;
 
 /// TC_ACT_UNSPEC: the packet goes on untouched (the next program runs, or it passes).
 pub const PASS: i32 = -1;
@@ -30,6 +34,14 @@ pub fn on_loopback() -> Classifier {
     let mut classifier = Classifier::load(1).expect("load and verify the classifier");
     classifier.register("lo").expect("register lo");
     classifier
+}
+
+/// [`on_loopback`] loaded once per test binary and lent to one test at a time (see
+/// [`Shared`]): what a test counts stays in the maps for the next, so each test reads what its
+/// own frames changed, on ports or flows no other test of its binary uses.
+pub fn shared_on_loopback() -> MutexGuard<'static, Classifier> {
+    static CLASSIFIER: Shared<Classifier> = Shared::new();
+    CLASSIFIER.lock(on_loopback)
 }
 
 /// Runs `frame` (with `ctx` as its `__sk_buff`, if given) through the program of `direction`:

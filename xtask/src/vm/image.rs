@@ -96,9 +96,8 @@ impl RootFs {
     }
 }
 
-/// Builds (or reuses) the tree, adds `kernels` and the guest files, and writes the image to
-/// `image`.
-pub fn prepare(cache: &Path, kernels: &[Kernel], image: &Path) -> anyhow::Result<RootFs> {
+/// Builds (or reuses) the tree in the cache and adds `kernels` and the guest files to it.
+pub fn prepare_tree(cache: &Path, kernels: &[Kernel]) -> anyhow::Result<PathBuf> {
     let tree = cache.join(format!(
         "rootfs-{SUITE}-{:016x}",
         fnv1a(PACKAGES.join(",").as_bytes())
@@ -110,6 +109,12 @@ pub fn prepare(cache: &Path, kernels: &[Kernel], image: &Path) -> anyhow::Result
         add_kernel(&tree, kernel)?;
     }
     configure(&tree)?;
+    Ok(tree)
+}
+
+/// [`prepare_tree`], then the image of the tree written to `image`.
+pub fn prepare(cache: &Path, kernels: &[Kernel], image: &Path) -> anyhow::Result<RootFs> {
+    let tree = prepare_tree(cache, kernels)?;
     let started = Instant::now();
     if let Some(dir) = image.parent() {
         fs::create_dir_all(dir)?;

@@ -44,6 +44,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Instead of the matrix: the .deb under systemd on Debian 12's kernel.
     pub package: bool,
+    /// Only fill the cache (every kernel, the root file system's tree) and stop.
+    pub prepare: bool,
 }
 
 /// The book's page that holds the table (between its `kernel-matrix` markers) (the operator guide's *Supported kernels*).
@@ -63,6 +65,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .map(|k| kernels::suite(k))
             .collect::<anyhow::Result<_>>()?
     };
+    let cache = bootstrap::cache_root()
+        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
+        .join("vm");
+    if options.prepare {
+        let _lock = lock_cache(&cache)?;
+        let kernels = fetch_kernels(&cache, &suites, started)?;
+        image::prepare_tree(&cache, &kernels)?;
+        eprintln!(
+            "xtask vm: [{:.0}s] kernels and root file system cached in {}",
+            started.elapsed().as_secs_f64(),
+            cache.display()
+        );
+        return Ok(());
+    }
     bootstrap::run()?;
     let binaries = build_tests()?;
     eprintln!(
@@ -70,19 +86,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let cache = bootstrap::cache_root()
-        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
-        .join("vm");
-    let kernels: Vec<kernels::Kernel> = suites
-        .iter()
-        .map(|&suite| kernels::fetch(&cache, suite))
-        .collect::<anyhow::Result<_>>()?;
-    eprintln!(
-        "xtask vm: [{:.0}s] kernels ready",
-        started.elapsed().as_secs_f64()
-    );
+    let lock = lock_cache(&cache)?;
+    let kernels = fetch_kernels(&cache, &suites, started)?;
     let out_dir = target_dir()?.join("vm");
     let root = image::prepare(&cache, &kernels, &out_dir.join("root.img"))?;
+    drop(lock);
     eprintln!(
         "xtask vm: [{:.0}s] root file system ready",
         started.elapsed().as_secs_f64()
@@ -197,6 +205,41 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         bail!("tests did not run on {}", incomplete.join(", "));
     }
     Ok(())
+}
+
+fn fetch_kernels(
+    cache: &Path,
+    suites: &[Suite],
+    started: Instant,
+) -> anyhow::Result<Vec<kernels::Kernel>> {
+    let kernels = suites
+        .iter()
+        .map(|&suite| kernels::fetch(cache, suite))
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!(
+        "xtask vm: [{:.0}s] kernels ready",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(kernels)
+}
+
+/// Holds the cache's lock while kernels are fetched and the root tree is built: two runs at once
+/// (CI's `--prepare` in the background and a matrix run) would otherwise debootstrap into the
+/// same tree. The second waits for the first and then finds everything ready. The lock is
+/// released when the file closes, also when the holder is killed.
+fn lock_cache(cache: &Path) -> anyhow::Result<fs::File> {
+    fs::create_dir_all(cache)?;
+    let path = cache.join(".lock");
+    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if file.try_lock().is_err() {
+        eprintln!(
+            "xtask vm: waiting for another run holding {} (fetching kernels or building the root file system)",
+            path.display()
+        );
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
 }
 
 fn check_tools() -> anyhow::Result<()> {
@@ -375,10 +418,10 @@ fn prepare_work(
             .to_string(),
     );
     // A whole binary is one of the BPF_PROG_TEST_RUN files (classify, limits, packet_marks,
-    // tcp_handshakes): their tests load their own maps and programs and run frames on loopback,
-    // so two run at once on the guest's two vCPUs (QEMU's multi-threaded TCG gives each vCPU a
-    // host thread); creating the maps and verifying is most of such a test's time under TCG,
-    // about 5 s. A single test shares the kernel (interface names, the datapath lock, the pins,
+    // tcp_handshakes): each loads its own maps and programs (once, shared by its tests, but for
+    // two tests that need a fresh classifier) and runs frames on loopback, so two run at once on
+    // the guest's two vCPUs (QEMU's multi-threaded TCG gives each vCPU a host thread); creating
+    // the maps and verifying is most of such a binary's time under TCG, about 5 s a load. A single test shares the kernel (interface names, the datapath lock, the pins,
     // traffic timing) with whatever else runs, so it runs alone.
     script.push_str(
         "run_test() {\n\

@@ -2,7 +2,7 @@
 //! detaching from each interface's hooks, and what the kernel reports of those attachments.
 
 use aya::maps::{Array, HashMap, MapData};
-use shaper_common::maps;
+use shaper_common::{DIRECT_IFINDEXES, maps};
 
 use super::{Classifier, CurrentInterface, Interface, InterfaceState, object_map_mut};
 use crate::{
@@ -46,8 +46,6 @@ impl Classifier {
                 });
             }
         };
-        let mut slots: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
         let interface = Interface {
             name: name.to_owned(),
             ifindex,
@@ -55,14 +53,56 @@ impl Classifier {
             current: true,
         };
         if slot < self.interfaces.len() {
-            let _ = slots.remove(&self.interfaces[slot].ifindex);
-            slots.insert(ifindex, slot as u32, 0)?;
+            self.write_slot(self.interfaces[slot].ifindex, None)?;
+            self.write_slot(ifindex, Some(slot as u32))?;
             self.interfaces[slot] = interface;
         } else {
-            slots.insert(ifindex, slot as u32, 0)?;
+            self.write_slot(ifindex, Some(slot as u32))?;
             self.interfaces.push(interface);
         }
         Ok(slot as u32)
+    }
+
+    /// Records `ifindex`'s slot (`None`: forgets it) in `IFACE_SLOTS` and, for a small ifindex,
+    /// in the array the programs read it from without hashing (see `DIRECT_IFINDEXES`).
+    pub(super) fn write_slot(&mut self, ifindex: u32, slot: Option<u32>) -> Result<()> {
+        let mut slots: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
+        match slot {
+            Some(slot) => slots.insert(ifindex, slot, 0)?,
+            // Absent already is as good as removed.
+            None => {
+                let _ = slots.remove(&ifindex);
+            }
+        }
+        if ifindex < DIRECT_IFINDEXES {
+            let mut direct: Array<&mut MapData, u32> =
+                Array::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOT_BY_IFINDEX)?)?;
+            direct.set(ifindex, slot.map_or(0, |slot| slot + 1), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `IFACE_SLOT_BY_IFINDEX` the copy of the adopted slots again, writing only the
+    /// entries that differ, so the programs already attached never miss an interface. A
+    /// datapath pinned by a build without the array gets it filled here, before the new
+    /// programs are attached; one whose array went stale under an older daemon (which kept only
+    /// the hash) gets its stale entries cleared.
+    pub(super) fn sync_direct_slots(&mut self) -> Result<()> {
+        let mut wanted = vec![0u32; DIRECT_IFINDEXES as usize];
+        for (slot, interface) in self.interfaces.iter().enumerate() {
+            if let Some(entry) = wanted.get_mut(interface.ifindex as usize) {
+                *entry = slot as u32 + 1;
+            }
+        }
+        let mut direct: Array<&mut MapData, u32> =
+            Array::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOT_BY_IFINDEX)?)?;
+        for (ifindex, &entry) in (0u32..).zip(&wanted) {
+            if direct.get(&ifindex, 0)? != entry {
+                direct.set(ifindex, entry, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Attaches both programs to the ingress and egress hooks of `name`.
@@ -126,11 +166,9 @@ impl Classifier {
             .position(|i| !i.current && i.name == iface)
         {
             let ifindex = self.interfaces[slot].ifindex;
-            let mut slots: HashMap<&mut MapData, u32, u32> =
-                HashMap::try_from(object_map_mut(&mut self.ebpf, maps::IFACE_SLOTS)?)?;
             // Only the last slot can go without leaving a gap; an inner one stays reserved.
             if slot + 1 == self.interfaces.len() {
-                let _ = slots.remove(&ifindex);
+                self.write_slot(ifindex, None)?;
                 self.interfaces.pop();
             }
         }

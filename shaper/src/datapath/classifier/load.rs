@@ -173,8 +173,8 @@ impl Classifier {
     }
 
     /// Takes over the interface slots an earlier daemon left in the pinned `IFACE_SLOTS`, so
-    /// each interface keeps its counters. Slots are handed out from 0 without gaps, so the
-    /// pinned ones are the first few.
+    /// each interface keeps its counters, and writes them into `IFACE_SLOT_BY_IFINDEX` again.
+    /// Slots are handed out from 0 without gaps, so the pinned ones are the first few.
     fn adopt_slots(&mut self) -> Result<()> {
         let slots: HashMap<&MapData, u32, u32> =
             HashMap::try_from(object_map(&self.ebpf, maps::IFACE_SLOTS)?)?;
@@ -194,7 +194,7 @@ impl Classifier {
                 current: false,
             });
         }
-        Ok(())
+        self.sync_direct_slots()
     }
 }
 
