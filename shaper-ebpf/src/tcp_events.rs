@@ -202,6 +202,10 @@ fn unpack(ports: u64, segment: u64) -> (u32, u32, Flow, u16, u16) {
     )
 }
 
+// `key` copies both addresses at once: the destination follows the source in both headers.
+const _: () = assert!(offset_of!(Ipv4Hdr, dst_addr) == offset_of!(Ipv4Hdr, src_addr) + 4);
+const _: () = assert!(offset_of!(Ipv6Hdr, dst_addr) == offset_of!(Ipv6Hdr, src_addr) + 16);
+
 #[inline(always)]
 fn syn(ctx: &TcContext, slot: u32, direction: u32, flow: &Flow, local_port: u16, remote_port: u16) {
     // Under the server's port: ours on ingress, the remote one on egress.
@@ -446,22 +450,22 @@ fn key(
     // Copied with bpf_skb_load_bytes() rather than read in place: these run as subprograms, and
     // direct packet access would let the compiler pass them the packet pointers instead of the
     // context, which the verifier refuses to do arithmetic on (see the note above `on_syn_received`).
+    // The source and destination addresses are adjacent in both headers: one copy takes both.
     let (src, dst) = if flow.ipv6 {
-        let src = ctx
-            .load::<[u8; 16]>(offset + offset_of!(Ipv6Hdr, src_addr))
+        let both = ctx
+            .load::<[u8; 32]>(offset + offset_of!(Ipv6Hdr, src_addr))
             .ok()?;
-        let dst = ctx
-            .load::<[u8; 16]>(offset + offset_of!(Ipv6Hdr, dst_addr))
-            .ok()?;
-        (src, dst)
+        let (src, dst) = both.split_at(16);
+        (src.try_into().ok()?, dst.try_into().ok()?)
     } else {
-        let src = ctx
-            .load::<[u8; 4]>(offset + offset_of!(Ipv4Hdr, src_addr))
+        let both = ctx
+            .load::<[u8; 8]>(offset + offset_of!(Ipv4Hdr, src_addr))
             .ok()?;
-        let dst = ctx
-            .load::<[u8; 4]>(offset + offset_of!(Ipv4Hdr, dst_addr))
-            .ok()?;
-        (parse::v4_mapped(src), parse::v4_mapped(dst))
+        let (src, dst) = both.split_at(4);
+        (
+            parse::v4_mapped(src.try_into().ok()?),
+            parse::v4_mapped(dst.try_into().ok()?),
+        )
     };
     let (local_addr, remote_addr) = if direction == DIR_INGRESS {
         (dst, src)
