@@ -219,23 +219,11 @@ fn after_a_known_interval_the_refill_passes_exactly_its_worth() {
     assert_eq!((passed, ended), (2, DROP));
 }
 
-/// CLOCK_MONOTONIC_COARSE now: the time of the kernel's last tick, which is what
-/// `bpf_ktime_get_coarse_ns()` returns (kernel/time/timekeeping.c: both read the timekeeper's
-/// `tkr_mono` as of its last update).
-fn coarse_now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given by reference.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
-    assert_eq!(status, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 /// Which clock a bucket reads, seen in the stamp a packet leaves in it: a rule whose fill time
 /// spans 20 ticks or more is stamped with the last tick's time, exactly what userspace reads
-/// from CLOCK_MONOTONIC_COARSE; a rule that fills faster with the precise clock, after it.
+/// from CLOCK_MONOTONIC_COARSE (`ktime::coarse_ns`: both read the timekeeper's `tkr_mono` as
+/// of its last update, kernel/time/timekeeping.c); a rule that fills faster with the precise
+/// clock, after it.
 #[test]
 fn a_bucket_reads_the_tick_only_when_its_fill_time_spans_twenty_ticks() {
     let Some(mut shared) = setup("clocks") else {
@@ -257,7 +245,7 @@ fn a_bucket_reads_the_tick_only_when_its_fill_time_spans_twenty_ticks() {
     // clock moves past that stamp (and so moves the stamp) at the next tick.
     std::thread::sleep(Duration::from_nanos(3 * tick_ns));
     for _ in 0..100 {
-        let before = coarse_now_ns();
+        let before = shaper::datapath::ktime::coarse_ns();
         assert_eq!(
             verdict(
                 &mut s.classifier,
@@ -274,7 +262,7 @@ fn a_bucket_reads_the_tick_only_when_its_fill_time_spans_twenty_ticks() {
             ),
             PASS
         );
-        if coarse_now_ns() != before {
+        if shaper::datapath::ktime::coarse_ns() != before {
             // A tick fell between the two readings: the stamps could be either tick's.
             continue;
         }

@@ -5,13 +5,26 @@
 /// reader of the same monotonic clock). It counts from boot, so a value of it says nothing about
 /// how long anything has existed.
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns()`, which
+/// stamps the buckets of slow-filling rules (see [`tick_ns`]): CLOCK_MONOTONIC as of the last
+/// tick (kernel/time/timekeeping.c: both read the timekeeper's `tkr_mono` as of its last
+/// update).
+pub fn coarse_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: clock_gettime only writes the timespec it is given by reference; CLOCK_MONOTONIC
-    // exists on every Linux, so the call cannot fail and `now` is always initialised.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    // SAFETY: clock_gettime only writes the timespec it is given by reference; both clocks
+    // read here exist on every Linux this runs on (COARSE since 2.6.32), so the call cannot
+    // fail and `now` is always initialised.
+    unsafe { libc::clock_gettime(clock, &mut now) };
     (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
 }
 
