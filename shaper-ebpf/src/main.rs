@@ -58,7 +58,7 @@ static UNCLASSIFIED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNCLAS
 
 /// ifindex -> interface slot, filled by userspace before it attaches. One program serves every
 /// interface, so the slot is looked up per packet rather than baked in at load time; see
-/// [`count::iface_slot`] for which of the two maps below a packet reads.
+/// [`count::shaper_iface_slot`] for which of the two maps below a packet reads.
 #[map]
 static IFACE_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
