@@ -1,5 +1,5 @@
 //! Jobs cargo cannot do by itself: `cargo xtask bootstrap | run | test | fuzz | bench | demo |
-//! fuzz-inputs | check-deploy | dist | vm | book | docs`.
+//! fuzz-inputs | check-deploy | dist | vm | upgrade-test | book | docs`.
 
 mod book;
 mod bootstrap;
@@ -10,6 +10,7 @@ mod demo;
 mod dist;
 mod fuzz_inputs;
 mod kubernetes;
+mod upgrade_test;
 mod vm;
 
 use std::{
@@ -145,6 +146,19 @@ enum Job {
         #[arg(long, conflicts_with_all = ["kernels", "only", "update_docs", "package"])]
         prepare: bool,
     },
+    /// Upgrade under traffic from the previous release and back (root needed): that release's
+    /// daemon (its binary built from `git archive COMMIT`, cached by commit) runs a limit, a
+    /// watch and a UDP flood at 12x the limit, is killed, and this tree's daemon adopts its
+    /// pinned datapath; then this one is killed and the previous one adopts it again. Fails if
+    /// more than rate x time + burst arrives, a `_total` series goes down, or a rule changes.
+    UpgradeTest {
+        /// The commit to upgrade from (needs the history); default the one in release/previous.
+        #[arg(long, value_name = "COMMIT")]
+        from: Option<String>,
+        /// Extra arguments for the test binary, e.g. `-- tcx`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the book in docs/ with mdBook (installed into the cache on first use) into the
     /// target directory's book/, and check every relative link of it and of README.md: the file
     /// must exist and a #fragment must name one of its headings.
@@ -194,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             targets,
         }),
         Job::CheckDeploy => check_deploy::run(),
+        Job::UpgradeTest { from, args } => upgrade_test::run(&upgrade_test::Options { from, args }),
         Job::Book => book::run(),
         Job::Docs => book::generate(),
         Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),

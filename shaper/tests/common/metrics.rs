@@ -65,6 +65,36 @@ pub fn samples(body: &str) -> Samples {
         .collect()
 }
 
+/// The metric name of a series key (`name{...}` or `name`).
+pub fn metric_name(series: &str) -> &str {
+    series.split('{').next().unwrap_or(series)
+}
+
+/// Every `_total` series of `before` whose metric `counted` admits is in `after` with a value
+/// no smaller: counters that went on across a restart or an upgrade. Returns how many series
+/// were compared.
+pub fn counters_continue(
+    what: &str,
+    before: &Samples,
+    after: &Samples,
+    counted: impl Fn(&str) -> bool,
+) -> usize {
+    let mut compared = 0;
+    for (series, value) in before {
+        let name = metric_name(series);
+        if !name.ends_with("_total") || !counted(name) {
+            continue;
+        }
+        let now = after
+            .get(series)
+            .unwrap_or_else(|| panic!("{what}: {series} is gone"));
+        assert!(now >= value, "{what}: {series}: {value} -> {now}");
+        compared += 1;
+    }
+    println!("{what}: {compared} counter series, none decreased");
+    compared
+}
+
 /// The series key `name{a="x",b="y"}` for labels in exposition order.
 pub fn series(name: &str, labels: &[(&str, &str)]) -> String {
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();

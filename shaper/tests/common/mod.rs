@@ -6,6 +6,7 @@
 )]
 
 pub mod daemon;
+pub mod flood;
 pub mod limits_fixture;
 pub mod metrics;
 pub mod netns;

@@ -97,7 +97,17 @@ impl Classifier {
         if let Some(pins) = pins {
             pins.create()?;
             capacity = pinned_capacity(pins, interfaces)?;
-            check_pinned_layouts(pins, capacity)?;
+            let added = check_pinned_layouts(pins, capacity)?;
+            if adopted && !added.is_empty() {
+                // An earlier release's datapath: the maps added since are made now, beside
+                // the ones it shares with this build.
+                log::info!(
+                    "the pinned datapath lacks {} map(s) of this build (an earlier release's \
+                     pins): creating {}",
+                    added.len(),
+                    added.join(", ")
+                );
+            }
         }
         let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
         let index_rows = capacity * RULE_INDEX_ROWS_PER_IFACE;
@@ -232,12 +242,15 @@ fn pinned_capacity(pins: &PinDir, requested: u32) -> Result<u32> {
 /// Refuses a pinned map whose layout differs from what this build's programs expect (another
 /// version of shaper, or someone else's map under our name): reusing it would make the programs
 /// and userspace read its values as something they are not. aya itself reuses whatever is
-/// pinned at a map's path without comparing, so the check is ours.
-fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<()> {
+/// pinned at a map's path without comparing, so the check is ours. Returns the maps not
+/// pinned at all, which loading creates: for an adopted datapath, those added since the
+/// release that pinned it.
+fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<Vec<&'static str>> {
     let object = aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::ObjectParse {
         reason: e.to_string(),
     })?;
     let sized = sized_maps(capacity);
+    let mut missing = Vec::new();
     for name in maps::ALL {
         let Some(definition) = object.maps.get(name) else {
             return Err(DatapathError::MissingInObject { kind: "map", name });
@@ -253,9 +266,11 @@ fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<()> {
             flags: definition.map_flags(),
         };
         let path = pins.map(name);
-        if let Some(pinned) = MapLayout::of_pin(&path)?
-            && let Some((field, pinned, expected)) = expected.difference(&pinned)
-        {
+        let Some(pinned) = MapLayout::of_pin(&path)? else {
+            missing.push(name);
+            continue;
+        };
+        if let Some((field, pinned, expected)) = expected.difference(&pinned) {
             return Err(DatapathError::PinnedMapMismatch {
                 path,
                 field,
@@ -264,7 +279,7 @@ fn check_pinned_layouts(pins: &PinDir, capacity: u32) -> Result<()> {
             });
         }
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK (memcg accounting replaced it in
