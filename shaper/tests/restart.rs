@@ -15,7 +15,7 @@ use common::{
     daemon::{self, Daemon},
     flood::{FLOOD_BOUND, Flood, LIMIT_ARGS, PORT, RATE},
     metrics,
-    netns::{InNamespace as _, VethPair, veth_pair},
+    netns::{InNamespace as _, veth_pair},
     temp_dir::TempDir,
     traffic::WIRE,
 };
@@ -31,29 +31,6 @@ fn udp_port(snapshot: &Snapshot, iface: &str) -> PortStats {
         .port(iface, Direction::Ingress, Proto::Udp, PORT)
         .cloned()
         .unwrap_or_else(|| panic!("no counters for udp/{PORT}: {snapshot:#?}"))
-}
-
-/// `shaper status --json` in the daemon's namespace.
-fn status(pair: &VethPair, pin_base: &std::path::Path) -> Value {
-    let output = Daemon::in_netns(
-        &pair.a.name,
-        &["status", "--json", "--pin-dir", &pin_base.to_string_lossy()],
-    );
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("status JSON")
-}
-
-fn program_ids(status: &Value) -> Vec<u64> {
-    status["interfaces"][0]["hooks"]
-        .as_array()
-        .expect("hooks")
-        .iter()
-        .map(|hook| {
-            hook["program_id"]
-                .as_u64()
-                .expect("a program on every hook")
-        })
-        .collect()
 }
 
 fn set_limit(daemon: &Daemon) {
@@ -79,7 +56,7 @@ fn crash_and_restart(mode: &str, tag: &str) {
 
     // No daemon: the pinned datapath keeps policing.
     let at_kill = flood.receiver.count();
-    let status_gap = status(&pair, &pin_base);
+    let status_gap = daemon::status(&pair, &pin_base);
     assert_eq!(status_gap["daemon_pid"], Value::Null, "{status_gap}");
     assert_eq!(status_gap["interfaces"][0]["mode"], mode, "{status_gap}");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(killed_at.elapsed()));
@@ -123,7 +100,7 @@ fn crash_and_restart(mode: &str, tag: &str) {
     let (status, log) = second.stop();
     assert!(status.success(), "{log}");
     assert_eq!(
-        self::status(&pair, &pin_base)["pinned"],
+        daemon::status(&pair, &pin_base)["pinned"],
         false,
         "a plain stop unpins"
     );
@@ -154,14 +131,14 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
     set_limit(&old);
     let flood = Flood::start(&pair, FLOOD_BOUND);
     std::thread::sleep(Duration::from_millis(1500));
-    let old_programs = program_ids(&status(&pair, &pin_base));
+    let old_programs = daemon::program_ids(&daemon::status(&pair, &pin_base));
     let before = udp_port(&old.stats(), &pair.a_if);
     let (exit, log) = old.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("stays attached and pinned"), "{log}");
     let new = Daemon::start_with_state(&pair.a, "up2", &args, &state.state_file());
-    let new_status = status(&pair, &pin_base);
-    let new_programs = program_ids(&new_status);
+    let new_status = daemon::status(&pair, &pin_base);
+    let new_programs = daemon::program_ids(&new_status);
     println!("upgrade: programs {old_programs:?} -> {new_programs:?}");
     assert!(
         old_programs.iter().all(|id| !new_programs.contains(id)),
@@ -177,7 +154,7 @@ fn a_persistent_daemon_is_replaced_in_place_under_traffic() {
     flood.finish("persist restart");
     // Without --persist a stop takes everything down; this one persists, so `down` does.
     drop(new);
-    assert_eq!(status(&pair, &pin_base)["pinned"], false);
+    assert_eq!(daemon::status(&pair, &pin_base)["pinned"], false);
 }
 
 /// A map pinned under the datapath's name with another layout (another version's, say) is
@@ -267,7 +244,7 @@ fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
     assert!(exit.success(), "{log}");
     let filters = pair.a.tc(&["filter", "show", "dev", &pair.a_if, "ingress"]);
     assert!(filters.contains("shaper_ingress"), "{filters}");
-    let running = status(&pair, &pin_base);
+    let running = daemon::status(&pair, &pin_base);
     assert_eq!(running["pinned"], true);
     assert_eq!(running["daemon_pid"], Value::Null);
 
@@ -283,7 +260,7 @@ fn shaper_down_leaves_nothing_behind_and_a_later_run_starts_clean() {
     );
     let qdiscs = pair.a.tc(&["qdisc", "show", "dev", &pair.a_if]);
     assert!(!qdiscs.contains("clsact"), "{qdiscs}");
-    assert_eq!(status(&pair, &pin_base)["pinned"], false);
+    assert_eq!(daemon::status(&pair, &pin_base)["pinned"], false);
     let again = Daemon::in_netns(&pair.a.name, &["down", "--pin-dir", &base]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to remove"));
 

@@ -13,16 +13,17 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::UdpSocket,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use common::{
-    daemon::Daemon,
-    flood::{FLOOD_BOUND, Flood, LIMIT_ARGS},
+    daemon::{self, Daemon},
+    flood::{FLOOD_BOUND, Flood, LIMIT_ARGS, RATE},
     metrics::{self, Samples},
     netns::{InNamespace as _, VethPair, veth_pair},
     temp_dir::TempDir,
+    traffic::WIRE,
 };
 use serde_json::Value;
 
@@ -230,6 +231,98 @@ fn upgrade_and_back(mode: &str, tag: &str) {
     println!("{mode}: {beyond:.0} B beyond rate x time + burst over the whole run");
     let log = back.stop_ok();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The steps of this build's start, each named by the line its log writes there, at which the
+/// upgrading daemon is killed in turn: before it creates the maps added since the previous
+/// release (the line precedes the creation, so the kill lands during or just after it), with
+/// one program verified and the other not, with both loaded but the rules not yet written and
+/// nothing swapped, and just after the swap, before it serves.
+const START_STEPS: [&str; 4] = [
+    "map(s) of this build",
+    "shaper_ingress: loaded in",
+    "adopting the datapath",
+    "took over ingress and egress",
+];
+
+/// An upgrade whose new daemon is killed at each step of its start in turn, under the flood;
+/// the next start finishes it. The hooks always hold a program, the port stays policed while
+/// nothing runs, and the finished upgrade has every rule, watch and counter.
+fn upgrade_killed_at_each_step(mode: &str, tag: &str) {
+    let previous = Previous::from_env();
+    let pair = veth_pair(tag);
+    let state = TempDir::new(tag);
+    let args = ["--iface", pair.a_if.as_str(), "--attach", mode];
+    let old = Daemon::start_program(
+        &previous.binary,
+        &pair.a,
+        &format!("{tag}0"),
+        &args,
+        &state.state_file(),
+    );
+    let pin_base = old.pin_base.clone();
+    old.cli_ok(&LIMIT_ARGS);
+    old.cli_ok(&["watch", &WATCHED_PORT.to_string()]);
+    let flood = Flood::start(&pair, FLOOD_BOUND);
+    std::thread::sleep(RUN);
+    let handed = Handover::read(&pair, &old);
+    old.kill9();
+
+    for (n, step) in START_STEPS.iter().enumerate() {
+        let log = Daemon::killed_at_step(
+            Path::new(daemon::SHAPER),
+            &pair.a,
+            &format!("{tag}{}", n + 1),
+            &args,
+            &state.state_file(),
+            step,
+        );
+        let killed = Instant::now();
+        let programs = daemon::program_ids(&daemon::status(&pair, &pin_base));
+        let at_kill = flood.receiver.count();
+        std::thread::sleep(Duration::from_millis(700));
+        let gap = killed.elapsed().as_secs_f64();
+        let rate = ((flood.receiver.count() - at_kill) * WIRE) as f64 / gap;
+        let last = log.lines().last().unwrap_or_default();
+        println!(
+            "{mode}: killed after {step:?}: programs {programs:?} on the hooks; {rate:.0} B/s \
+             arrived in the {gap:.2} s after (limit {RATE}); its last line: {last}"
+        );
+        assert!(
+            rate <= RATE * 1.1,
+            "{mode}: {rate} B/s arrived after a start killed after {step:?}: unpoliced"
+        );
+    }
+    let what = format!(
+        "{mode}: {} -> this build, after {} killed starts",
+        previous.commit,
+        START_STEPS.len()
+    );
+    let new = Daemon::start_with_state(
+        &pair.a,
+        &format!("{tag}{}", START_STEPS.len() + 1),
+        &args,
+        &state.state_file(),
+    );
+    std::thread::sleep(RUN);
+    handed.check(&what, &pair, &new, None);
+    let beyond = flood.finish(&format!("{mode}: an upgrade killed at every step"));
+    println!("{mode}: {beyond:.0} B beyond rate x time + burst over the whole run");
+    new.stop_ok();
+}
+
+#[test]
+#[ignore = "needs the previous release's binary: run by `cargo xtask upgrade-test`"]
+fn an_upgrade_killed_at_each_step_of_its_start_keeps_the_port_policed_tcx() {
+    common::root_or_skip!();
+    upgrade_killed_at_each_step("tcx", "ft");
+}
+
+#[test]
+#[ignore = "needs the previous release's binary: run by `cargo xtask upgrade-test`"]
+fn an_upgrade_killed_at_each_step_of_its_start_keeps_the_port_policed_clsact() {
+    common::root_or_skip!();
+    upgrade_killed_at_each_step("clsact", "fc");
 }
 
 #[test]

@@ -131,6 +131,11 @@ impl ReadOnlyMapping {
         Some(self.0.words().get(word)?.load(Ordering::Relaxed))
     }
 
+    /// The `count` words from index `first`, for a scan; `None` if they pass the mapping's end.
+    pub fn words(&self, first: usize, count: usize) -> Option<&[AtomicU64]> {
+        self.0.words().get(first..first.checked_add(count)?)
+    }
+
     /// The [`Counter`] starting at 64-bit word `word`. Each field is read atomically; the pair
     /// is not a single snapshot (a packet may land between the two loads), which no consumer of
     /// monotonic counters needs.
@@ -239,11 +244,17 @@ impl PortCounters {
         mut visit: impl FnMut(u16, PortReading),
     ) {
         let first = port_counter_index(slot, direction, proto, 0) as usize;
-        for port in 0..PORTS as usize {
-            let index = first + port;
-            let packets = self.seen.load(index * COUNTER_WORDS).unwrap_or(0);
-            if packets != 0 {
-                visit(port as u16, self.read_index(index));
+        // One slice for the whole pass rather than a bounds-checked lookup per port: every
+        // scrape, `top` refresh and `stats` makes this pass, 65,536 ports at a time.
+        let Some(words) = self
+            .seen
+            .words(first * COUNTER_WORDS, PORTS as usize * COUNTER_WORDS)
+        else {
+            return;
+        };
+        for (port, counter) in words.chunks_exact(COUNTER_WORDS).enumerate() {
+            if counter[0].load(Ordering::Relaxed) != 0 {
+                visit(port as u16, self.read_index(first + port));
             }
         }
     }

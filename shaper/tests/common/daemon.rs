@@ -12,6 +12,8 @@ use shaper::{
     telemetry::counter_snapshot::Snapshot,
 };
 
+use serde_json::Value;
+
 use super::netns::{Namespace, VethPair};
 
 pub const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
@@ -122,37 +124,7 @@ impl Daemon {
     ) -> Self {
         let spawned = Instant::now();
         let mut hangups = 0u32;
-        let dir = Self::dir(tag);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let socket = dir.join("shaper.sock");
-        let log = dir.join("daemon.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let pin_base = pin_base();
-        let child = ns
-            .command(program)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("run")
-            .arg("--state")
-            .arg(state)
-            .arg("--pin-dir")
-            .arg(&pin_base)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn shaper run");
-        let mut daemon = Self {
-            child: Some(child),
-            program: program.to_owned(),
-            dir,
-            socket,
-            log,
-            netns: ns.name.clone(),
-            pin_base,
-        };
+        let mut daemon = Self::spawn(program, ns, tag, args, state);
         // A bound for a hung start, not a timing target: under the VM test bed's emulated CPU
         // a start on Debian 12's 6.1 (two programs through its verifier, the attach) took 9 s
         // of a 15 s bound, which a busier host then crossed.
@@ -189,6 +161,84 @@ impl Daemon {
             );
             let pause = if hangups_after.is_some() { 20 } else { 50 };
             std::thread::sleep(Duration::from_millis(pause));
+        }
+    }
+
+    /// Starts `program run ARGS` as [`start_program`](Self::start_program) does and kills it
+    /// with SIGKILL as soon as its log has a line containing `step` (polled every millisecond,
+    /// so it dies a moment after that step): a crash in the middle of a start. Returns the log.
+    pub fn killed_at_step(
+        program: &Path,
+        ns: &Namespace,
+        tag: &str,
+        args: &[&str],
+        state: &Path,
+        step: &str,
+    ) -> String {
+        let mut daemon = Self::spawn(program, ns, tag, args, state);
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if daemon.log().contains(step) {
+                let mut child = daemon.child.take().expect("running");
+                let _ = child.kill();
+                let _ = child.wait();
+                // Its pins stay for the next daemon: nothing of them is taken down on drop.
+                daemon.pin_base = PathBuf::new();
+                return daemon.log();
+            }
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "shaper run exited ({status}) before {step:?}:\n{}",
+                    daemon.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shaper run did not log {step:?} within {} s:\n{}",
+                READY_WITHIN.as_secs(),
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// `program --socket S run --state STATE --pin-dir BASE ARGS` in `ns`, its stderr the log in
+    /// the daemon's own directory; not waited for.
+    fn spawn(program: &Path, ns: &Namespace, tag: &str, args: &[&str], state: &Path) -> Self {
+        let dir = Self::dir(tag);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let socket = dir.join("shaper.sock");
+        let log = dir.join("daemon.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let pin_base = pin_base();
+        let child = ns
+            .command(program)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("run")
+            .arg("--state")
+            .arg(state)
+            .arg("--pin-dir")
+            .arg(&pin_base)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn shaper run");
+        Self {
+            child: Some(child),
+            program: program.to_owned(),
+            dir,
+            socket,
+            log,
+            netns: ns.name.clone(),
+            pin_base,
         }
     }
 
@@ -333,6 +383,30 @@ pub fn down(netns: &str, pin_base: &Path) {
     let base = pin_base.to_string_lossy();
     let _ = Daemon::in_netns(netns, &["down", "--pin-dir", &base]);
     let _ = std::fs::remove_dir(pin_base);
+}
+
+/// `shaper status --json` in the daemon's namespace.
+pub fn status(pair: &VethPair, pin_base: &Path) -> Value {
+    let output = Daemon::in_netns(
+        &pair.a.name,
+        &["status", "--json", "--pin-dir", &pin_base.to_string_lossy()],
+    );
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
+/// The programs on the first interface's hooks (each hook must hold one).
+pub fn program_ids(status: &Value) -> Vec<u64> {
+    status["interfaces"][0]["hooks"]
+        .as_array()
+        .expect("hooks")
+        .iter()
+        .map(|hook| {
+            hook["program_id"]
+                .as_u64()
+                .expect("a program on every hook")
+        })
+        .collect()
 }
 
 impl Drop for Daemon {
