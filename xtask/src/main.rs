@@ -132,13 +132,14 @@ enum Job {
         #[arg(long, value_name = "MIN", default_value_t = 20)]
         timeout: u64,
         /// Only the features whose names contain this (e.g. `verify`, `shape`); repeatable.
-        /// The table then shows the rest as not run.
+        /// The table then shows the rest as not run. With --package, only the guests whose
+        /// scenario names contain it (`package`, the package and the image; `upgrade`).
         #[arg(long, value_name = "TEXT")]
         only: Vec<String>,
         /// Instead of the matrix: build the .deb and run it under the guest's systemd on
         /// Debian 12's kernel (install, the real socket, reload, restart under a flood, stop,
         /// purge, `systemd-analyze security`).
-        #[arg(long, conflicts_with_all = ["kernels", "only", "update_docs"])]
+        #[arg(long, conflicts_with_all = ["kernels", "update_docs"])]
         package: bool,
         /// Only fetch every kernel of the test bed and build the root file system into the
         /// cache, then stop: no tests built, nothing booted. What CI starts first, beside the
@@ -155,6 +156,11 @@ enum Job {
         /// The commit to upgrade from (needs the history); default the one in release/previous.
         #[arg(long, value_name = "COMMIT")]
         from: Option<String>,
+        /// Instead of the test: only build the previous release's Debian package with that
+        /// release's own `cargo xtask dist` (cached by commit), which `vm --package` installs
+        /// and then upgrades to this tree's. What CI runs beside the kernel matrix.
+        #[arg(long, conflicts_with_all = ["from", "args"])]
+        prepare_deb: bool,
         /// Extra arguments for the test binary, e.g. `-- tcx`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -208,7 +214,14 @@ fn main() -> anyhow::Result<()> {
             targets,
         }),
         Job::CheckDeploy => check_deploy::run(),
-        Job::UpgradeTest { from, args } => upgrade_test::run(&upgrade_test::Options { from, args }),
+        Job::UpgradeTest {
+            prepare_deb: true, ..
+        } => upgrade_test::previous_deb().map(|(commit, deb)| {
+            eprintln!("xtask: the package of {commit}: {}", deb.display());
+        }),
+        Job::UpgradeTest { from, args, .. } => {
+            upgrade_test::run(&upgrade_test::Options { from, args })
+        }
         Job::Book => book::run(),
         Job::Docs => book::generate(),
         Job::Dist { no_deb, image } => dist::run(&dist::Options { no_deb, image }),

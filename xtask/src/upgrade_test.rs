@@ -82,20 +82,91 @@ fn resolve(commit: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-/// The previous release's `shaper`, from the cache or built now.
-fn previous_binary(commit: &str) -> anyhow::Result<PathBuf> {
-    let cache = bootstrap::cache_root()
+/// Where the previous release's builds are cached: by commit, under the cache directory.
+fn cache_dir(commit: &str) -> anyhow::Result<PathBuf> {
+    Ok(bootstrap::cache_root()
         .context("no cache directory: set HOME or SHAPER_CACHE_DIR")?
         .join("previous-release")
-        .join(commit);
-    let cached = cache.join("shaper");
-    if cached.is_file() {
-        return Ok(cached);
+        .join(commit))
+}
+
+/// The previous release's `shaper` (a debug build), from the cache or built now.
+fn previous_binary(commit: &str) -> anyhow::Result<PathBuf> {
+    let cached = cache_dir(commit)?.join("shaper");
+    if !cached.is_file() {
+        let built = in_previous_tree(
+            commit,
+            &[
+                "build",
+                "--locked",
+                "--package",
+                "shaper",
+                "--bin",
+                "shaper",
+            ],
+        )?;
+        cache_copy(&built.join("debug/shaper"), &cached)?;
     }
+    Ok(cached)
+}
+
+/// The previous release's Debian package, built by that release's own `cargo xtask dist` (its
+/// static musl binary, its unit and maintainer scripts), from the cache or built now.
+pub fn previous_deb() -> anyhow::Result<(String, PathBuf)> {
+    let commit = resolve(&previous_release()?)?;
+    let cache = cache_dir(&commit)?;
+    if let Some(deb) = find_deb(&cache)? {
+        return Ok((commit, deb));
+    }
+    let built = in_previous_tree(&commit, &["xtask", "dist"])?;
+    let deb = find_deb(&built.join("dist"))?
+        .with_context(|| format!("{commit}'s `cargo xtask dist` made no .deb"))?;
+    let cached = cache.join(deb.file_name().context("the package's name")?);
+    cache_copy(&deb, &cached)?;
+    Ok((commit, cached))
+}
+
+/// The one `shaper_*.deb` in `dir`, if any.
+fn find_deb(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("shaper_") && name.ends_with(".deb") {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// Copies `from` into the cache as `to`: under a temporary name, then renamed, so an
+/// interrupted copy is never taken for a cached build.
+fn cache_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let dir = to.parent().context("a cache path has a parent")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let partial = to.with_extension("partial");
+    fs::copy(from, &partial)
+        .with_context(|| format!("copying {} into the cache", from.display()))?;
+    fs::rename(&partial, to)?;
+    Ok(())
+}
+
+/// Runs `cargo ARGS` in the source tree of `commit` (extracted afresh) and returns the target
+/// directory it built into.
+fn in_previous_tree(commit: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
     let work = target_dir()?.join("previous-release");
-    let source = work.join("src").join(commit);
+    // A directory per run, so two runs (the test's binary, the package) never share one.
+    let source = work
+        .join("src")
+        .join(format!("{commit}-{}", std::process::id()));
     extract(commit, &source)?;
-    eprintln!("xtask: building shaper at {commit}");
+    let target = work.join("target");
+    eprintln!("xtask: cargo {} at {commit}", args.join(" "));
     // Its own target directory: cargo names the artifacts of path packages relative to the
     // workspace root, so the same crates of two trees would share files in one directory and
     // judge freshness by mtime alone. The extracted files carry the extraction's mtime (`tar
@@ -103,27 +174,13 @@ fn previous_binary(commit: &str) -> anyhow::Result<PathBuf> {
     check(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&source)
-            .args([
-                "build",
-                "--locked",
-                "--package",
-                "shaper",
-                "--bin",
-                "shaper",
-            ])
-            .env("CARGO_TARGET_DIR", work.join("target"))
+            .args(args)
+            .env("CARGO_TARGET_DIR", &target)
             // `shaper --version` of that build names its commit (no .git in an archive).
             .env("SHAPER_GIT_COMMIT", commit),
     )?;
-    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    // Copied under a temporary name and renamed, so an interrupted copy is never taken for a
-    // cached binary.
-    let partial = cache.join("shaper.partial");
-    fs::copy(work.join("target/debug/shaper"), &partial)
-        .with_context(|| format!("copying the built binary into {}", cache.display()))?;
-    fs::rename(&partial, &cached)?;
     fs::remove_dir_all(&source).ok();
-    Ok(cached)
+    Ok(target)
 }
 
 /// `git archive COMMIT | tar -x -m -C DIR` into an empty `dir`.

@@ -55,7 +55,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     check_tools()?;
     let suites: Vec<Suite> = if options.package {
-        vec![kernels::suite("bookworm")?]
+        // Debian 12's kernel for the package and the image; sid's newest for the upgrade from
+        // the previous release, whose program the verifiers of Debian 12 and 13 refuse.
+        vec![kernels::suite("bookworm")?, kernels::suite("sid")?]
     } else if options.kernels.is_empty() {
         kernels::SUITES.to_vec()
     } else {
@@ -97,7 +99,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     );
 
     if options.package {
-        return package::run(&kernels[0], &root, &out_dir, options.timeout);
+        return package::run(
+            &kernels[0],
+            &kernels[1],
+            &root,
+            &out_dir,
+            options.timeout,
+            &options.only,
+        );
     }
 
     let mut results = Vec::new();

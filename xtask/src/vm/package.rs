@@ -1,8 +1,10 @@
 //! `cargo xtask vm --package`: the Debian package under the guest's real systemd and then the
 //! container image under the guest's podman with the DaemonSet's privileges, on Debian 12's own
-//! kernel. The steps are in `scenarios/package.sh` and `scenarios/image.sh` (their shared parts
-//! in `scenarios/lib.sh`), run one after the other by the guest's `run`; this side builds the
-//! package and the image, boots the guest and reports each step.
+//! kernel; then, in a second guest on sid's newest kernel, the previous release's package
+//! upgraded to this one under a flood. The steps are in `scenarios/package.sh`,
+//! `scenarios/image.sh` and `scenarios/upgrade.sh` (their shared parts in `scenarios/lib.sh`),
+//! run by each guest's `run`; this side builds the packages and the image, boots the guests and
+//! reports each step.
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
@@ -14,29 +16,55 @@ const PACKAGE: &str = include_str!("scenarios/package.sh");
 const IMAGE: &str = include_str!("scenarios/image.sh");
 const LIB: &str = include_str!("scenarios/lib.sh");
 const FLOOD: &str = include_str!("scenarios/udp_flood.py");
+const UPGRADE: &str = include_str!("scenarios/upgrade.sh");
 /// The guest's entry point: the image scenario starts from the node the package scenario left
 /// (its network, the package purged).
 const RUN: &str = "#!/bin/bash\n/vm/package.sh && /vm/image.sh\n";
+/// The second guest's entry point (see `scenarios/upgrade.sh` for why another kernel).
+const UPGRADE_RUN: &str = "#!/bin/bash\n/vm/upgrade.sh\n";
 
-/// Boots `kernel` with the package built from this tree and runs the scenario; fails on the
-/// first step that fails, with its log.
+/// Boots `kernel` with the package built from this tree and runs the scenario, then boots
+/// `upgrade_kernel` and upgrades the previous release's package to this one under a flood;
+/// fails on the first step that fails, with its log. With `only` given, only the guests whose
+/// names (`package`, `upgrade`) contain one of its strings.
 pub fn run(
     kernel: &Kernel,
+    upgrade_kernel: &Kernel,
     root: &RootFs,
     out_dir: &Path,
     timeout: Duration,
+    only: &[String],
 ) -> anyhow::Result<()> {
+    let wanted = |guest: &str| only.is_empty() || only.iter().any(|o| guest.contains(o.as_str()));
     let built = crate::dist::tarball()?;
     let deb = crate::deb::build(&built)?;
     let image = crate::container::build(&built)?;
     let manifests = crate::workspace_root().join("deploy/kubernetes");
     let daemonset = pod_privileges(&fs::read_to_string(manifests.join("daemonset.yaml"))?)?;
-    let work = out_dir.join("package").join("work");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-    fs::copy(&deb, work.join("shaper.deb"))
-        .with_context(|| format!("copying {}", deb.display()))?;
-    fs::copy(&image, work.join("shaper.oci.tar"))
+
+    if wanted("package") {
+        package_guest(kernel, root, out_dir, timeout, &deb, &image, &daemonset)?;
+    }
+    if wanted("upgrade") {
+        upgrade_guest(upgrade_kernel, root, out_dir, timeout, &deb)?;
+    }
+    Ok(())
+}
+
+/// The package's life cycle, then the image, on `kernel`.
+fn package_guest(
+    kernel: &Kernel,
+    root: &RootFs,
+    out_dir: &Path,
+    timeout: Duration,
+    deb: &Path,
+    image: &Path,
+    daemonset: &str,
+) -> anyhow::Result<()> {
+    let manifests = crate::workspace_root().join("deploy/kubernetes");
+    let work = fresh_work(out_dir, "package")?;
+    fs::copy(deb, work.join("shaper.deb")).with_context(|| format!("copying {}", deb.display()))?;
+    fs::copy(image, work.join("shaper.oci.tar"))
         .with_context(|| format!("copying {}", image.display()))?;
     fs::copy(
         manifests.join("configmap.yaml"),
@@ -46,29 +74,99 @@ pub fn run(
         crate::workspace_root().join("deploy/seccomp/shaper-profile.py"),
         work.join("shaper-profile.py"),
     )?;
-    for (name, text) in [
-        ("run", RUN),
-        ("package.sh", PACKAGE),
-        ("image.sh", IMAGE),
-        ("lib.sh", LIB),
-        ("udp_flood.py", FLOOD),
-        ("daemonset.env", daemonset.as_str()),
-    ] {
-        let path = work.join(name);
-        fs::write(&path, text)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-    }
+    write_scripts(
+        &work,
+        &[
+            ("run", RUN),
+            ("package.sh", PACKAGE),
+            ("image.sh", IMAGE),
+            ("daemonset.env", daemonset),
+        ],
+    )?;
     eprintln!(
         "xtask vm: the package {} under systemd and the image {} under podman on {}",
         deb.display(),
         image.display(),
         kernel.release
     );
+    let outcome = boot(kernel, root, out_dir, "package", &work, timeout)?;
+    let security = outcome.out.join("tests/package-security.log");
+    if let Ok(text) = fs::read_to_string(&security)
+        && let Some(score) = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("Overall exposure level"))
+    {
+        eprintln!(
+            "xtask vm: package: systemd-analyze security in the guest: {}",
+            score.trim()
+        );
+    }
+
+    Ok(())
+}
+
+/// The previous release's package upgraded to `deb` under a flood, on `kernel`.
+fn upgrade_guest(
+    kernel: &Kernel,
+    root: &RootFs,
+    out_dir: &Path,
+    timeout: Duration,
+    deb: &Path,
+) -> anyhow::Result<()> {
+    // Built by the previous release's own xtask (cached; CI builds it beside the matrix).
+    let (previous_commit, previous_deb) = crate::upgrade_test::previous_deb()?;
+    let work = fresh_work(out_dir, "upgrade")?;
+    fs::copy(deb, work.join("shaper.deb")).with_context(|| format!("copying {}", deb.display()))?;
+    fs::copy(&previous_deb, work.join("shaper-previous.deb"))
+        .with_context(|| format!("copying {}", previous_deb.display()))?;
+    fs::write(work.join("previous-commit"), &previous_commit)?;
+    write_scripts(&work, &[("run", UPGRADE_RUN), ("upgrade.sh", UPGRADE)])?;
+    eprintln!(
+        "xtask vm: the package of {previous_commit} upgraded to {} under systemd on {}",
+        deb.display(),
+        kernel.release
+    );
+    boot(kernel, root, out_dir, "upgrade", &work, timeout)?;
+    Ok(())
+}
+
+/// An empty work directory for one guest, `OUT/NAME/work`.
+fn fresh_work(out_dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let work = out_dir.join(name).join("work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    Ok(work)
+}
+
+/// Writes the guest's scripts (the given ones, lib.sh and the flood) executable into `work`.
+fn write_scripts(work: &Path, scripts: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (name, text) in scripts
+        .iter()
+        .chain(&[("lib.sh", LIB), ("udp_flood.py", FLOOD)])
+    {
+        let path = work.join(name);
+        fs::write(&path, text)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// Boots `kernel` on `work`, prints each step of its scenario, and fails on the first failed
+/// step with its log (or on a guest that ran none, with the end of its console).
+fn boot(
+    kernel: &Kernel,
+    root: &RootFs,
+    out_dir: &Path,
+    name: &str,
+    work: &Path,
+    timeout: Duration,
+) -> anyhow::Result<guest::Outcome> {
     let outcome = guest::Boot {
         kernel,
         root,
-        work: &work,
-        results: &out_dir.join("package").join("results"),
+        work,
+        results: &out_dir.join(name).join("results"),
         timeout,
     }
     .run()?;
@@ -80,18 +178,6 @@ pub fn run(
             step.name,
             if step.exit_code == 0 { "ok" } else { "FAILED" },
             step.millis as f64 / 1000.0
-        );
-    }
-    let security = outcome.out.join("tests/package-security.log");
-    if let Ok(text) = fs::read_to_string(&security)
-        && let Some(score) = text
-            .lines()
-            .rev()
-            .find(|l| l.contains("Overall exposure level"))
-    {
-        eprintln!(
-            "xtask vm: package: systemd-analyze security in the guest: {}",
-            score.trim()
         );
     }
     if let Some(failed) = steps.iter().find(|s| s.exit_code != 0) {
@@ -109,12 +195,12 @@ pub fn run(
     }
     if outcome.exit_code != Some(0) || steps.is_empty() {
         bail!(
-            "package scenario: the guest's run exited {:?}; its log ends:\n{}",
+            "{name} scenario: the guest's run exited {:?}; its log ends:\n{}",
             outcome.exit_code,
             outcome.tail(40)
         );
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// Capability numbers (linux/capability.h) of the capabilities a pod may be given here.

@@ -1,7 +1,8 @@
-# Sourced by the guest's scenarios (package.sh, image.sh): each step's bookkeeping, the node's
-# network, a UDP flood through a limit and the limit's counters. A scenario sets GROUP (the first
-# column of out/results.tsv and the prefix of its logs) and defines `diagnose`, whose output is
-# appended to a failed step's log.
+# Sourced by the guest's scenarios (package.sh, image.sh, upgrade.sh): each step's bookkeeping,
+# the node's network, a UDP flood through a limit and the limit's counters. A scenario sets GROUP
+# (the first column of out/results.tsv and the prefix of its logs); `diagnose`, whose output is
+# appended to a failed step's log, shows the unit's status and journal unless the scenario
+# defines its own (image.sh: the containers).
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 cd /vm
@@ -22,6 +23,13 @@ shows() {
 	text=$(cat)
 	printf '%s\n' "$text"
 	grep -q -- "$1" <<< "$text"
+}
+
+diagnose() {
+	echo "--- systemctl status shaper"
+	systemctl status --no-pager shaper
+	echo "--- journalctl -u shaper"
+	journalctl --no-pager -u shaper | tail -n 60
 }
 
 # Runs one step: `step NAME COMMAND...` records `GROUP NAME EXIT MILLIS` in out/results.tsv and
@@ -101,4 +109,19 @@ keeping_counters() {
 	done
 	echo "counters (passed dropped) across '$*': $before -> $after"
 	python3 -c 'import sys; b, a = sys.argv[1].split(), sys.argv[2].split(); sys.exit(0 if len(a) == 2 and all(int(y) >= int(x) for x, y in zip(b, a)) else 1)' "$before" "$after"
+}
+
+# `dpkg --purge` of a running package leaves no pin, clsact qdisc, IFB device or state behind.
+purge() {
+	systemctl start shaper &&
+		sleep 3 &&
+		dpkg --purge shaper &&
+		echo "--- left behind:" &&
+		ls -R /sys/fs/bpf/ &&
+		tc qdisc show dev eth-test &&
+		ip -br link show type ifb &&
+		[ -z "$(ls -A /sys/fs/bpf/shaper 2>/dev/null)" ] &&
+		! tc qdisc show dev eth-test | grep -q clsact &&
+		[ -z "$(ip -br link show type ifb)" ] &&
+		[ ! -e /var/lib/shaper ]
 }

@@ -1,16 +1,9 @@
 #!/bin/bash
 # The .deb under the guest's real systemd (written for `cargo xtask vm --package`): install,
 # the unit's sandbox as systemd applies it, the real control socket, reload, restart under a
-# flood, stop, purge. Steps as in lib.sh.
+# flood, stop, purge; the apt life cycle. Steps as in lib.sh.
 GROUP=package
 . /vm/lib.sh
-
-diagnose() {
-	echo "--- systemctl status shaper"
-	systemctl status --no-pager shaper
-	echo "--- journalctl -u shaper"
-	journalctl --no-pager -u shaper | tail -n 60
-}
 
 install_deb() {
 	dpkg -i /vm/shaper.deb
@@ -94,19 +87,6 @@ security() {
 	systemd-analyze security --no-pager shaper | tail -n 1
 }
 
-purge() {
-	systemctl start shaper &&
-		sleep 3 &&
-		dpkg --purge shaper &&
-		echo "--- left behind:" &&
-		ls -R /sys/fs/bpf/ &&
-		tc qdisc show dev eth-test &&
-		ip -br link show type ifb &&
-		[ -z "$(ls -A /sys/fs/bpf/shaper 2>/dev/null)" ] &&
-		! tc qdisc show dev eth-test | grep -q clsact &&
-		[ -z "$(ip -br link show type ifb)" ] &&
-		[ ! -e /var/lib/shaper ]
-}
 
 step network network
 step install install_deb
