@@ -138,7 +138,9 @@ enum Job {
         only: Vec<String>,
         /// Instead of the matrix: build the .deb and run it under the guest's systemd on
         /// Debian 12's kernel (install, the real socket, reload, restart under a flood, stop,
-        /// purge, `systemd-analyze security`).
+        /// purge, `systemd-analyze security`), then the image under its podman; then, in a
+        /// second guest on sid's kernel, install the previous release's .deb and upgrade it to
+        /// this one under a flood.
         #[arg(long, conflicts_with_all = ["kernels", "update_docs"])]
         package: bool,
         /// Only fetch every kernel of the test bed and build the root file system into the

@@ -172,7 +172,7 @@ fn in_previous_tree(commit: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
     // judge freshness by mtime alone. The extracted files carry the extraction's mtime (`tar
     // -m`), newer than anything built before, so a later commit extracted here rebuilds too.
     check(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        cargo()
             .current_dir(&source)
             .args(args)
             .env("CARGO_TARGET_DIR", &target)

@@ -308,6 +308,10 @@ struct Budget {
 }
 
 impl Budget {
+    const fn new(path: &'static str, max_ratio: f64) -> Self {
+        Self { path, max_ratio }
+    }
+
     /// The target's text in the report, e.g. "ARP <= 1.6x floor".
     fn text(&self) -> String {
         format!("{} <= {}x floor", self.path, self.max_ratio)
@@ -317,30 +321,12 @@ impl Budget {
 /// The per-packet budgets (issue 27): the one place they are stated in code (the README and
 /// the book's *Performance* state them for readers). A figure over its budget reads MISSED in
 /// the report; none is enforced.
-const NO_RULE_IPV4_UDP: Budget = Budget {
-    path: "IPv4 UDP, no rule",
-    max_ratio: 1.8,
-};
-const NO_RULE_IPV6_TCP: Budget = Budget {
-    path: "IPv6 TCP + 2 ext. headers, no rule",
-    max_ratio: 1.8,
-};
-const ARP: Budget = Budget {
-    path: "ARP",
-    max_ratio: 1.6,
-};
-const LIMITED: Budget = Budget {
-    path: "limited, pass or drop",
-    max_ratio: 3.0,
-};
-const WATCHED: Budget = Budget {
-    path: "watched port",
-    max_ratio: 3.0,
-};
-const TRACKED_SYN: Budget = Budget {
-    path: "TCP SYN, handshake tracked",
-    max_ratio: 3.0,
-};
+const NO_RULE_IPV4_UDP: Budget = Budget::new("IPv4 UDP, no rule", 1.8);
+const NO_RULE_IPV6_TCP: Budget = Budget::new("IPv6 TCP + 2 ext. headers, no rule", 1.8);
+const ARP: Budget = Budget::new("ARP", 1.6);
+const LIMITED: Budget = Budget::new("limited, pass or drop", 3.0);
+const WATCHED: Budget = Budget::new("watched port", 3.0);
+const TRACKED_SYN: Budget = Budget::new("TCP SYN, handshake tracked", 3.0);
 
 /// The budget a variant of a frame is read against, if it has one. Fragments have none: the
 /// fragment map's lookup (the key's addresses read with bpf_skb_load_bytes, an LRU hash of

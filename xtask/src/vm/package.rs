@@ -38,12 +38,9 @@ pub fn run(
     let wanted = |guest: &str| only.is_empty() || only.iter().any(|o| guest.contains(o.as_str()));
     let built = crate::dist::tarball()?;
     let deb = crate::deb::build(&built)?;
-    let image = crate::container::build(&built)?;
-    let manifests = crate::workspace_root().join("deploy/kubernetes");
-    let daemonset = pod_privileges(&fs::read_to_string(manifests.join("daemonset.yaml"))?)?;
-
     if wanted("package") {
-        package_guest(kernel, root, out_dir, timeout, &deb, &image, &daemonset)?;
+        let image = crate::container::build(&built)?;
+        package_guest(kernel, root, out_dir, timeout, &deb, &image)?;
     }
     if wanted("upgrade") {
         upgrade_guest(upgrade_kernel, root, out_dir, timeout, &deb)?;
@@ -59,9 +56,9 @@ fn package_guest(
     timeout: Duration,
     deb: &Path,
     image: &Path,
-    daemonset: &str,
 ) -> anyhow::Result<()> {
     let manifests = crate::workspace_root().join("deploy/kubernetes");
+    let daemonset = pod_privileges(&fs::read_to_string(manifests.join("daemonset.yaml"))?)?;
     let work = fresh_work(out_dir, "package")?;
     fs::copy(deb, work.join("shaper.deb")).with_context(|| format!("copying {}", deb.display()))?;
     fs::copy(image, work.join("shaper.oci.tar"))
@@ -80,7 +77,7 @@ fn package_guest(
             ("run", RUN),
             ("package.sh", PACKAGE),
             ("image.sh", IMAGE),
-            ("daemonset.env", daemonset),
+            ("daemonset.env", daemonset.as_str()),
         ],
     )?;
     eprintln!(
