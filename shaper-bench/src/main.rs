@@ -54,9 +54,13 @@ enum Scenario {
     Accuracy,
     Control,
     Shaping,
+    Rtt,
 }
 
 impl Scenario {
+    /// What runs without `--only`: every scenario the build machine's kernel can run. `rtt`
+    /// needs `netem` and `fq` and runs only when named (in the VM test bed: `cargo xtask bench
+    /// --scenario rtt`).
     const ALL: [Self; 6] = [
         Self::PerPacket,
         Self::Contention,
@@ -74,6 +78,7 @@ impl Scenario {
             Self::Accuracy => "accuracy",
             Self::Control => "control",
             Self::Shaping => "shaping",
+            Self::Rtt => "rtt",
         }
     }
 
@@ -85,6 +90,7 @@ impl Scenario {
             Self::Accuracy => scenario::accuracy::run(cx),
             Self::Control => scenario::control::run(cx),
             Self::Shaping => scenario::shaping::run(cx),
+            Self::Rtt => scenario::rtt::run(cx),
         }
     }
 }

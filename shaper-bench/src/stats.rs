@@ -30,6 +30,17 @@ impl Summary {
     }
 }
 
+/// The nearest-rank `q` quantile of `samples` (`q` in [0, 1]); 0 for none.
+pub fn percentile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// Per-repetition ratios of `values` to `baseline` (paired by repetition: variants alternate,
 /// so sample `i` of each was taken side by side and shares that moment's noise).
 pub fn paired_ratios(values: &[f64], baseline: &[f64]) -> Vec<f64> {
@@ -44,6 +55,15 @@ pub fn paired_ratios(values: &[f64], baseline: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 0.5), 50.0);
+        assert_eq!(percentile(&samples, 0.99), 99.0);
+        assert_eq!(percentile(&[3.0], 0.99), 3.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts_and_extremes() {

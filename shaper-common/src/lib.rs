@@ -260,6 +260,12 @@ pub const ACTION_OBSERVE: u32 = 2;
 /// [`shape_class_id`]); the class, not the bucket, holds the rate.
 pub const ACTION_SHAPE: u32 = 3;
 
+/// Pace it (egress): the program gives every packet of the rule a departure time in
+/// `skb->tstamp`, spaced at the rule's rate, and the `fq` qdisc userspace installed as the
+/// interface's root holds the packet until then (Earliest Departure Time; see [`pace`]). Only a
+/// packet that would wait longer than the rule's horizon is dropped.
+pub const ACTION_PACE: u32 = 4;
+
 /// [`RuleConfig::flags`] bit of a `drop` rule with `--ecn`: while its bucket holds less than
 /// half the burst ([`ecn_threshold`]), an ECN-capable packet is marked CE instead of passing
 /// silently; only a packet the bucket has no tokens for is dropped.
@@ -290,6 +296,10 @@ pub const fn ecn_threshold(burst_nanobits: u64) -> u64 {
 /// Arbitrary but fixed, so a restarted daemon recognises its own root.
 pub const SHAPE_HTB_MAJOR: u32 = 0x5348;
 
+/// The major number (handle `5350:`) of the root qdisc shaper installs for pace rules: an `fq`,
+/// or an `mq` with an `fq` per transmit queue.
+pub const PACE_ROOT_MAJOR: u32 = 0x5350;
+
 /// The HTB class of shape rule `rule`: `5348:<rule id>`, as TC_H_MAKE (include/uapi/linux/
 /// pkt_sched.h) builds it. The egress program writes it to `skb->priority`, which HTB's
 /// `htb_classify` (net/sched/sch_htb.c) takes as the class when it names one of its leaves.
@@ -309,9 +319,11 @@ pub struct RuleConfig {
     /// Bucket depth in nanobits ([`bucket::NANOBITS_PER_BYTE`] per byte).
     pub burst_nanobits: u64,
     /// Nanoseconds to refill an empty bucket, [`bucket::fill_ns`]: the cap on the elapsed time
-    /// one refill credits, computed once by userspace so the program never divides.
+    /// one refill credits, computed once by userspace so the program never divides. For an
+    /// [`ACTION_PACE`] rule, which has no bucket (and a zero burst), its horizon
+    /// ([`pace::horizon_ns`]): the longest a packet may be scheduled to wait.
     pub fill_ns: u64,
-    /// [`ACTION_DROP`], [`ACTION_OBSERVE`] or [`ACTION_SHAPE`].
+    /// [`ACTION_DROP`], [`ACTION_OBSERVE`], [`ACTION_SHAPE`] or [`ACTION_PACE`].
     pub action: u32,
     /// [`RULE_FLAG_ECN`], [`RULE_FLAG_PER_REMOTE`] and [`RULE_FLAG_COARSE_CLOCK`] bits.
     pub flags: u32,
@@ -634,6 +646,115 @@ pub mod log_level {
 /// Tokens are counted in nanobits: a rate in bits per second times elapsed nanoseconds is a
 /// whole number of nanobits, so a refill is one multiplication with no remainder to lose, and no
 /// fraction of a byte is lost per packet at any rate.
+/// The arithmetic of the pace action ([`ACTION_PACE`]), shared by the program and the host
+/// tests.
+///
+/// A pace rule keeps one clock per direction, in its [`BucketState::stamp_ns`] (the tokens are
+/// unused): the time at which the link the rule stands for is free again, on the clock of
+/// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, which `fq` also reads: net/sched/sch_fq.c
+/// `fq_enqueue` compares `skb->tstamp` with `ktime_get_ns()`). A packet departs when that link
+/// is free, or now if it already is, and occupies it for its transmission time at the rate: the
+/// clock moves to departure + transmission. So the departures of a rule's packets are spaced
+/// exactly at its rate, whichever CPU sends them, and an idle rule sends its next packet at
+/// once: pacing has no burst.
+pub mod pace {
+    use crate::bucket;
+
+    /// The longest horizon a pace rule may have: `fq`'s own default horizon (10 s,
+    /// net/sched/sch_fq.c `fq_init`), beyond which `fq` drops a packet itself.
+    pub const MAX_HORIZON_NS: u64 = 10_000_000_000;
+
+    /// Nanoseconds `bytes` occupy a link of `rate_bps` (rounded down: a rule's packets leave up
+    /// to 1 ns early each, under 0.1% of the rate while a packet takes at least a microsecond).
+    /// `rate_bps` is never 0 here: the program passes a rule without a rate before pacing.
+    #[inline(always)]
+    pub const fn transmit_ns(bytes: u64, rate_bps: u64) -> u64 {
+        if rate_bps == 0 {
+            return 0;
+        }
+        bucket::cost(bytes) / rate_bps
+    }
+
+    /// The horizon of a pace rule whose queue is `queue_bytes` at `rate_bps`: the time the queue
+    /// takes to drain at the rate, at most [`MAX_HORIZON_NS`].
+    pub const fn horizon_ns(queue_bytes: u64, rate_bps: u64) -> u64 {
+        if rate_bps == 0 {
+            return 0;
+        }
+        let ns = (queue_bytes as u128 * bucket::NANOBITS_PER_BYTE as u128) / rate_bps as u128;
+        if ns < MAX_HORIZON_NS as u128 {
+            ns as u64
+        } else {
+            MAX_HORIZON_NS
+        }
+    }
+
+    /// A packet's departure on a rule whose clock reads `clock` at `now`: `Some((departure,
+    /// next clock))`, or `None` when it would wait beyond `horizon_ns` (and is dropped, leaving
+    /// the clock as it was).
+    #[inline(always)]
+    pub const fn schedule(
+        clock: u64,
+        now: u64,
+        horizon_ns: u64,
+        transmit_ns: u64,
+    ) -> Option<(u64, u64)> {
+        let departure = if clock > now { clock } else { now };
+        if departure - now > horizon_ns {
+            return None;
+        }
+        Some((departure, departure + transmit_ns))
+    }
+
+    /// The bytes scheduled but not yet departed on a rule whose clock reads `clock` at `now`:
+    /// the wait ahead of a new packet, at the rate.
+    pub const fn backlog_bytes(clock: u64, now: u64, rate_bps: u64) -> u64 {
+        if clock <= now {
+            return 0;
+        }
+        ((clock - now) as u128 * rate_bps as u128 / bucket::NANOBITS_PER_BYTE as u128) as u64
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn departures_are_spaced_at_the_rate_and_an_idle_rule_sends_at_once() {
+            // 1,250 bytes at 10 Mbit/s take 1 ms.
+            let transmit = transmit_ns(1_250, 10_000_000);
+            assert_eq!(transmit, 1_000_000);
+            let (first, clock) = schedule(0, 5_000, 10_000_000, transmit).unwrap();
+            assert_eq!((first, clock), (5_000, 1_005_000));
+            let (second, clock) = schedule(clock, 5_100, 10_000_000, transmit).unwrap();
+            assert_eq!((second, clock), (1_005_000, 2_005_000));
+            // Idle past the clock: the next departs now, no credit for the idle time.
+            assert_eq!(
+                schedule(clock, 9_000_000, 10_000_000, transmit),
+                Some((9_000_000, 10_000_000))
+            );
+        }
+
+        #[test]
+        fn a_packet_beyond_the_horizon_is_refused_and_the_clock_stays() {
+            let horizon = 3_000_000;
+            assert_eq!(
+                schedule(3_000_000, 0, horizon, 1),
+                Some((3_000_000, 3_000_001))
+            );
+            assert_eq!(schedule(3_000_001, 0, horizon, 1), None);
+        }
+
+        #[test]
+        fn the_horizon_is_the_queue_drained_at_the_rate_and_at_most_fq_s() {
+            assert_eq!(horizon_ns(125_000, 10_000_000), 100_000_000);
+            assert_eq!(horizon_ns(1 << 30, 1_000), MAX_HORIZON_NS);
+            assert_eq!(backlog_bytes(100_000_000, 0, 10_000_000), 125_000);
+            assert_eq!(backlog_bytes(5, 9, 10_000_000), 0);
+        }
+    }
+}
+
 pub mod bucket {
     pub const NANOBITS_PER_BYTE: u64 = 8_000_000_000;
 

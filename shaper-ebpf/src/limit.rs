@@ -2,13 +2,14 @@
 
 use crate::{
     BUCKETS, DROP, PASS, PORT_VERDICTS, RULE_COUNTERS, RULE_INDEX, RULES, atomic::add_counter,
-    bucket, count, ecn, remote_buckets, shape,
+    bucket, count, ecn, pace, remote_buckets, shape,
 };
 use aya_ebpf::programs::TcContext;
 use shaper_common::{
-    ACTION_DROP, ACTION_OBSERVE, ACTION_SHAPE, DIR_EGRESS, MAX_RULES, NO_RULE, RULE_FLAG_ECN,
-    RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters, SIDE_LOCAL, SIDE_REMOTE, VERDICT_DROP,
-    VERDICT_PASS, VERDICT_WOULD_DROP, bucket::cost, bucket_index, ecn_threshold, rule_index_row,
+    ACTION_DROP, ACTION_OBSERVE, ACTION_PACE, ACTION_SHAPE, DIR_EGRESS, MAX_RULES, NO_RULE,
+    RULE_FLAG_ECN, RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters, SIDE_LOCAL, SIDE_REMOTE,
+    VERDICT_DROP, VERDICT_PASS, VERDICT_WOULD_DROP, bucket::cost, bucket_index, ecn_threshold,
+    rule_index_row,
 };
 
 pub enum Verdict {
@@ -98,6 +99,30 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
         unsafe { add_counter(&raw mut (*counters).passed, packet.segments, packet.bytes) };
         return verdict;
     }
+    if config.action == ACTION_PACE {
+        // Only egress has a root qdisc to wait in; userspace makes pace rules egress-only, and
+        // a packet a pace rule meets on ingress (none should) passes unpaced.
+        if direction != DIR_EGRESS {
+            return Verdict::Pass;
+        }
+        // SAFETY: the precise clock: a departure is a nanosecond time, not a tick's.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        // SAFETY: `state` is a live `BUCKETS` element (from `get_ptr_mut` above), whose clock
+        // the pace module keeps.
+        let scheduled = unsafe { pace::schedule(ctx, state, &config, now, packet.bytes) };
+        // SAFETY: `counters` is a live `RULE_COUNTERS` element, found like `state`.
+        return unsafe {
+            settle(
+                ctx,
+                &config,
+                scheduled.then_some(0),
+                counters,
+                packet.counter_index,
+                packet.segments,
+                packet.bytes,
+            )
+        };
+    }
     if config.flags & RULE_FLAG_PER_REMOTE != 0 {
         return remote_buckets::police(ctx, packet, rule, direction);
     }
@@ -120,7 +145,7 @@ pub fn apply(ctx: &TcContext, packet: &count::Packet, direction: u32) -> Verdict
 }
 
 /// The verdict on a packet its rule's bucket has been charged for (`charged`: the tokens left,
-/// `None` if it did not conform), counted in the rule's and the port's counters; an `--ecn`
+/// `None` if it did not conform; for a pace rule, `Some` when it was scheduled), counted in the rule's and the port's counters; an `--ecn`
 /// rule's conforming packet is marked CE when the bucket runs low.
 ///
 /// # Safety
@@ -155,8 +180,8 @@ pub unsafe fn settle(
     let (rule_counter, port_counter, verdict) = match config.action {
         // SAFETY: `counters` (the caller's contract) and `p` (from `get_ptr_mut`) are live
         // elements of `RULE_COUNTERS` and `PORT_VERDICTS`. `&raw mut` takes their fields'
-        // addresses without making references.
-        ACTION_DROP => unsafe {
+        // addresses without making references. A pace rule drops what lies beyond its horizon.
+        ACTION_DROP | ACTION_PACE => unsafe {
             (
                 &raw mut (*counters).dropped,
                 port.map(|p| &raw mut (*p).dropped),

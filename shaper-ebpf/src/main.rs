@@ -6,7 +6,7 @@
 //! shape rule, put into the rule's HTB class by [`shape`]. The programs fail open: whatever
 //! cannot be parsed, or has no rule, passes untouched; only a packet its rule's bucket has no
 //! tokens for is dropped. They alter a packet in two ways only: the HTB class of a shape rule's
-//! packet (`skb->priority`), and the CE mark of an `--ecn` rule ([`ecn`]).
+//! packet (`skb->priority`), the departure time of a pace rule's (`skb->tstamp`), and the CE mark of an `--ecn` rule ([`ecn`]).
 #![no_std]
 #![no_main]
 #![expect(
@@ -22,6 +22,7 @@ mod count;
 mod ecn;
 mod fragments;
 mod limit;
+mod pace;
 mod parse;
 mod rare_log;
 mod remote_buckets;

@@ -70,6 +70,12 @@ enum Job {
         /// figures are too rough for the book: refused with --quick.
         #[arg(long, conflicts_with = "quick")]
         update_docs: bool,
+        /// `rtt`: instead of the build machine's scenarios, the round-trip scenario (every action
+        /// at 1, 20 and 80 ms, issue 29) in a guest of the VM test bed, whose kernel has netem,
+        /// fq and BBR: about 45 minutes, `--quick` (one cell per action at 20 ms) about 3. The
+        /// report goes to the target directory's bench/rtt/.
+        #[arg(long, value_parser = ["rtt"])]
+        scenario: Option<String>,
         /// Extra arguments for `shaper-bench`, e.g. `-- --only per-packet,contention`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -200,8 +206,9 @@ fn main() -> anyhow::Result<()> {
         Job::Bench {
             quick,
             update_docs,
+            scenario,
             args,
-        } => bench(quick, update_docs, args),
+        } => bench(quick, update_docs, scenario.as_deref(), args),
         Job::Demo { ci, duration } => demo::run(&demo::Options {
             ci,
             duration: Duration::from_secs(duration),
@@ -381,9 +388,19 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 
 /// The bench is its own crate (`shaper-bench`, which depends on `shaper`), so that xtask never
 /// depends on `shaper`: that would need bpf-linker before `bootstrap` could build it.
-fn bench(quick: bool, update_docs: bool, args: Vec<String>) -> anyhow::Result<()> {
+fn bench(
+    quick: bool,
+    update_docs: bool,
+    scenario: Option<&str>,
+    args: Vec<String>,
+) -> anyhow::Result<()> {
     if update_docs && args.iter().any(|a| a.starts_with("--only")) {
         bail!("--update-docs takes a whole run's figures; drop --only");
+    }
+    if scenario.is_some() && (update_docs || !args.is_empty()) {
+        bail!(
+            "--scenario rtt runs in the VM test bed and takes neither --update-docs nor arguments"
+        );
     }
     bootstrap::run()?;
     check(cargo().args([
@@ -394,6 +411,14 @@ fn bench(quick: bool, update_docs: bool, args: Vec<String>) -> anyhow::Result<()
         "--package",
         "shaper-bench",
     ]))?;
+    if scenario == Some("rtt") {
+        return vm::rtt_bench(
+            &release_binary("shaper")?,
+            &release_binary("shaper-bench")?,
+            quick,
+            &target_dir()?.join("bench/rtt"),
+        );
+    }
     let mut cmd = Command::new(release_binary("shaper-bench")?);
     cmd.current_dir(workspace_root())
         .arg("--shaper")

@@ -8,6 +8,7 @@ pub mod control;
 pub mod path;
 pub mod per_packet;
 pub mod per_packet_shape;
+pub mod rtt;
 pub mod shaping;
 
 use std::{path::PathBuf, time::Duration};
@@ -45,6 +46,11 @@ pub struct Plan {
     pub shaping_reps: usize,
     pub shaping_warmup: Duration,
     pub shaping_window: Duration,
+    /// The round-trip scenario (see [`rtt::cells`] for its cells): repetitions, and each run's
+    /// unmeasured start (slow start at 80 ms takes about half a second) and window.
+    pub rtt_reps: usize,
+    pub rtt_warmup: Duration,
+    pub rtt_window: Duration,
 }
 
 impl Plan {
@@ -67,6 +73,9 @@ impl Plan {
                 shaping_reps: 1,
                 shaping_warmup: Duration::from_secs(1),
                 shaping_window: Duration::from_secs(2),
+                rtt_reps: 1,
+                rtt_warmup: Duration::from_secs(2),
+                rtt_window: Duration::from_secs(4),
             }
         } else {
             Self {
@@ -89,6 +98,10 @@ impl Plan {
                 shaping_reps: 2,
                 shaping_warmup: Duration::from_millis(1500),
                 shaping_window: Duration::from_millis(2500),
+                // 156 runs a repetition, about 22 minutes in the VM.
+                rtt_reps: 2,
+                rtt_warmup: Duration::from_secs(2),
+                rtt_window: Duration::from_secs(6),
             }
         }
     }

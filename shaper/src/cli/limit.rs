@@ -63,11 +63,13 @@ pub struct SetArgs {
 
     /// Bucket depth: B, KB, KiB, MB, MiB, GB, GiB. Default: 300 ms of the rate, and at least
     /// three times the largest GSO/GRO aggregate of the interfaces (192 KiB for 64 KiB ones).
+    /// Not for `--action pace`, which spaces every packet.
     #[arg(long, value_parser = parse_size)]
     burst: Option<u64>,
 
     /// drop: police; observe: pass everything and count what drop would have dropped; shape:
-    /// queue the rule's packets in an HTB class at the rate (ingress through an IFB device).
+    /// queue the rule's packets in an HTB class at the rate (ingress through an IFB device);
+    /// pace (egress): give each packet a departure time at the rate, kept by an fq root.
     #[arg(long, value_parser = keyword::<Action>(), default_value_t = Action::Drop)]
     action: Action,
 
@@ -83,6 +85,8 @@ pub struct SetArgs {
 
     /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...). Default: 100 ms of
     /// the rate, at least eight of the largest GSO/GRO aggregate (512 KiB); at least two.
+    /// With `--action pace`: what may be scheduled ahead (its time at the rate is the horizon,
+    /// at most 10 s); the same default.
     #[arg(long, value_parser = parse_size)]
     queue: Option<u64>,
 }
@@ -310,11 +314,25 @@ fn table(rules: &[RuleView]) -> String {
     out
 }
 
-/// A line under the table for each shape rule (its queue), each `--ecn` rule (its marks) and
+/// A line under the table for each shape or pace rule (its queue), each `--ecn` rule (its marks) and
 /// each `--per-remote` rule (its buckets): figures the other rules do not have.
 fn queueing_lines(rules: &[RuleView]) -> String {
     let mut out = String::new();
     for r in rules {
+        if r.action == Action::Pace {
+            let _ = writeln!(
+                out,
+                "rule {} pace: sent {} packets ({} bytes) at their departure times, beyond the \
+                 horizon {} dropped; scheduled ahead {} bytes of {} (delay {:.1} ms)",
+                r.id,
+                r.passed_packets,
+                r.passed_bytes,
+                r.dropped_packets,
+                r.backlog_bytes,
+                r.queue_bytes,
+                queue_delay_ms(r.backlog_bytes, r.rate_bps),
+            );
+        }
         if r.action == Action::Shape {
             let _ = writeln!(
                 out,

@@ -267,10 +267,11 @@ fn cell_text(row: &Row, column: Column, bits: bool) -> String {
                     Action::Observe => "obs",
                     Action::Drop => "drop",
                     Action::Shape => "shape",
+                    Action::Pace => "pace",
                 }
             )
         }),
-        // A shape rule has no bucket in use: its queue delay stands there instead.
+        // A shape or pace rule has no bucket in use: its queue delay stands there instead.
         Column::Bucket => row.rule.as_ref().map_or("-".to_owned(), |r| {
             r.queue_delay_ms.map_or_else(
                 || format!("{:.0}%", r.bucket_fill * 100.0),

@@ -283,12 +283,12 @@ impl Daemon {
             info!("stopped; the datapath stays attached and pinned (--persist)");
             return Ok(());
         }
-        // Shaper's HTB roots go first, while the classifier still names the interfaces; the
+        // Shaper's HTB and fq roots go first, while the classifier still names the interfaces; the
         // kernel's default roots come back.
         let in_force = &mut *in_force;
         if let Err(e) = in_force.limits.release_shaping(&in_force.classifier) {
             log::warn!(
-                "removing shaper's HTB root qdiscs: {}",
+                "removing shaper's HTB and fq root qdiscs: {}",
                 crate::error::chain(&e)
             );
         }

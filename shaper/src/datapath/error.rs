@@ -183,6 +183,31 @@ pub enum DatapathError {
     )]
     ShapeForeignRoot { iface: String, root: String },
 
+    #[error(
+        "{iface} has the root qdisc {root}, which shaper did not add and could not put back as \
+         it was: a {action} rule would replace it. Remove it (`tc qdisc del dev {iface} root`) \
+         or {action} on another interface"
+    )]
+    ForeignRoot {
+        iface: String,
+        root: String,
+        action: &'static str,
+    },
+
+    #[error(
+        "{iface} has shape rules, whose HTB is its root qdisc, and a pace rule needs `fq` there: \
+         an interface has one root. Use one action for {iface}'s egress (or remove the shape \
+         rules first)"
+    )]
+    PaceBesideShape { iface: String },
+
+    #[error(
+        "a pace rule needs the `fq` qdisc (sch_fq) as the root of {iface}, and this kernel \
+         ({kernel}) has none, built in or as a module: build or install sch_fq, or use \
+         `--action shape` (HTB) or `--action drop`"
+    )]
+    PaceNeedsFq { iface: String, kernel: String },
+
     #[error("{what} on {iface} failed")]
     Shape {
         iface: String,

@@ -10,6 +10,7 @@ pub mod kernel_support;
 pub mod ktime;
 pub mod mapped_arrays;
 pub(crate) mod netlink;
+pub mod pace_queues;
 pub mod pid_lock;
 pub mod pinned_datapath;
 pub mod pins;

@@ -146,9 +146,11 @@ pub fn down(pins: &PinDir, only: &[String]) -> Result<Down> {
     for name in pins.ifaces()? {
         if only.is_empty() || only.contains(&name) {
             down.interfaces.push(attach::remove_pinned(pins, &name)?);
-            // The HTB root of shape rules goes with the datapath; the kernel's default root
-            // comes back (see `shape_classes`).
-            crate::datapath::shape_classes::release(std::slice::from_ref(&name))?;
+            // The HTB root of shape rules and the fq root of pace rules go with the datapath;
+            // the kernel's default root comes back (see `shape_classes`, `pace_queues`).
+            let name = std::slice::from_ref(&name);
+            crate::datapath::shape_classes::release(name)?;
+            crate::datapath::pace_queues::prune(&std::collections::BTreeSet::new(), name)?;
         }
     }
     if only.is_empty() && pins.exists() {

@@ -124,8 +124,7 @@ pub fn check(wanted: &Wanted) -> Result<()> {
         };
         if let Some(root) =
             htb::root_qdisc(ifindex).map_err(failed(name, "reading the root qdisc"))?
-            && !root.is_shapers()
-            && !root.is_default()
+            && !super::pace_queues::replaceable(&root)
         {
             return Err(DatapathError::ShapeForeignRoot {
                 iface: name.clone(),

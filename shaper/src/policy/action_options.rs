@@ -1,5 +1,5 @@
 //! The options that belong to some actions only: `--ecn` to `drop`, `--per-remote` to `drop` and
-//! `observe`, `--queue` to `shape`. Checked
+//! `observe`, `--queue` to `shape` and `pace`, `--burst` to all but `pace`. Checked
 //! here, once for the CLI, the config file, the control socket and the state file, so a bad
 //! combination gets the same clear error wherever it comes from.
 
@@ -48,12 +48,33 @@ pub enum ActionOptionError {
     #[error("an `unplaced` rule governs the packets no port was found for, so it {problem}")]
     Unplaced { problem: &'static str },
     #[error(
-        "--per-remote (per_remote = true) applies to `drop` and `observe` rules: a `shape` rule \
-         queues in one HTB class, which has one rate for every remote"
+        "--per-remote (per_remote = true) applies to `drop` and `observe` rules: a `shape` or \
+         `pace` rule queues at one rate for every remote"
     )]
     PerRemoteNeedsBucket,
-    #[error("--queue (queue = ...) applies to `shape` rules only, not to `{action}`")]
+    #[error("--queue (queue = ...) applies to `shape` and `pace` rules only, not to `{action}`")]
     QueueNeedsShape { action: Action },
+    #[error(
+        "a `pace` rule applies to egress only (--dir egress): it sets each packet's departure \
+         time, which only a queue on the way out (the `fq` root shaper installs) can keep; \
+         police ingress with `--action drop`, or queue it with `--action shape`"
+    )]
+    PaceNeedsEgress,
+    #[error(
+        "--burst (burst = ...) does not apply to a `pace` rule: it spaces every packet at the \
+         rate, from the first; --queue sets how much may wait"
+    )]
+    PaceTakesNoBurst,
+    #[error(
+        "queue {value}: {seconds} s at the rate; a `pace` rule's packets may be scheduled at \
+         most {max_seconds} s ahead (`fq` drops beyond its 10 s horizon): at most {max}"
+    )]
+    PaceQueueBeyondHorizon {
+        value: String,
+        seconds: String,
+        max_seconds: u64,
+        max: String,
+    },
     #[error(
         "queue {value}: below the minimum {min}: the hooks can see aggregates (GSO/GRO) of \
          {aggregate} bytes, which a queue takes whole"
@@ -77,8 +98,8 @@ pub enum ActionOptionError {
 /// Adds a spec's action options to its validated `limit`, or says why they do not fit.
 pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, ActionOptionError> {
     if spec.key.side == Side::Unplaced {
-        let problem = if spec.action == Action::Shape {
-            Some("polices (drop, observe) and cannot shape: no HTB class is chosen for it")
+        let problem = if matches!(spec.action, Action::Shape | Action::Pace) {
+            Some("polices (drop, observe) and cannot shape or pace: it has no queue")
         } else if spec.ecn {
             Some("takes no --ecn: it polices with drops")
         } else if spec.per_remote {
@@ -97,6 +118,7 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
     if spec.ecn && spec.action != Action::Drop {
         let why = match spec.action {
             Action::Observe => "never drops, so it has no congestion to signal",
+            Action::Pace => "delays instead of dropping: the departure times pace the sender",
             _ => "queues instead of dropping: the queue, not a mark, paces the sender",
         };
         return Err(ActionOptionError::EcnNeedsDrop {
@@ -104,8 +126,11 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
             why,
         });
     }
-    if spec.per_remote && spec.action == Action::Shape {
+    if spec.per_remote && matches!(spec.action, Action::Shape | Action::Pace) {
         return Err(ActionOptionError::PerRemoteNeedsBucket);
+    }
+    if spec.action == Action::Pace {
+        return pace(spec, limit, aggregate);
     }
     if spec.action != Action::Shape {
         if spec.queue_bytes.is_some() {
@@ -125,8 +150,53 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
             kernel: kernel_support::release(),
         });
     }
+    let queue_bytes = queue_bytes(spec, limit.rate_bps, aggregate)?;
+    Ok(Limit {
+        ecn: false,
+        per_remote: false,
+        queue_bytes,
+        ..limit
+    })
+}
+
+/// A `pace` rule's limit: egress only, no burst, a queue that `fq` can hold (its horizon,
+/// [`shaper_common::pace::horizon_ns`], is the queue's time at the rate).
+fn pace(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, ActionOptionError> {
+    if spec.key.dir != DirSel::Egress {
+        return Err(ActionOptionError::PaceNeedsEgress);
+    }
+    if spec.burst_bytes.is_some() {
+        return Err(ActionOptionError::PaceTakesNoBurst);
+    }
+    let max_seconds = shaper_common::pace::MAX_HORIZON_NS / 1_000_000_000;
+    let max = (limit.rate_bps / 8).saturating_mul(max_seconds);
     let queue_bytes = match spec.queue_bytes {
-        None => default_queue(limit.rate_bps, aggregate).min(MAX_QUEUE_BYTES),
+        // The default queue, where its time at the rate is beyond fq's horizon (below 420
+        // kbit/s for 512 KiB), is cut to the horizon: explicit queues that long are refused.
+        None => queue_bytes(spec, limit.rate_bps, aggregate)?.min(max),
+        Some(queue) if queue > max => {
+            return Err(ActionOptionError::PaceQueueBeyondHorizon {
+                value: rates_and_sizes::format_size(queue),
+                seconds: format!("{:.1}", queue as f64 * 8.0 / limit.rate_bps.max(1) as f64),
+                max_seconds,
+                max: rates_and_sizes::format_size(max),
+            });
+        }
+        Some(_) => queue_bytes(spec, limit.rate_bps, aggregate)?,
+    };
+    Ok(Limit {
+        burst_bytes: 0,
+        ecn: false,
+        per_remote: false,
+        queue_bytes,
+        ..limit
+    })
+}
+
+/// The queue of a `shape` or `pace` rule: the one given, within bounds, or the default.
+fn queue_bytes(spec: &RuleSpec, rate_bps: u64, aggregate: u64) -> Result<u64, ActionOptionError> {
+    Ok(match spec.queue_bytes {
+        None => default_queue(rate_bps, aggregate).min(MAX_QUEUE_BYTES),
         Some(queue) if queue < min_queue(aggregate) => {
             return Err(ActionOptionError::QueueTooSmall {
                 value: rates_and_sizes::format_size(queue),
@@ -141,12 +211,6 @@ pub fn apply(spec: &RuleSpec, limit: Limit, aggregate: u64) -> Result<Limit, Act
             });
         }
         Some(queue) => queue,
-    };
-    Ok(Limit {
-        ecn: false,
-        per_remote: false,
-        queue_bytes,
-        ..limit
     })
 }
 
@@ -223,7 +287,7 @@ mod tests {
                 .unwrap()
                 .ecn
         );
-        for action in [Action::Observe, Action::Shape] {
+        for action in [Action::Observe, Action::Shape, Action::Pace] {
             let error = check(&spec(action, DirSel::Egress, true, None)).unwrap_err();
             assert!(
                 matches!(error, ActionOptionError::EcnNeedsDrop { .. }),
@@ -253,7 +317,52 @@ mod tests {
     }
 
     #[test]
-    fn queue_is_for_shape_rules_only() {
+    fn a_pace_rule_is_egress_only_without_burst_or_per_remote_and_its_queue_is_its_horizon() {
+        for dir in [DirSel::Both, DirSel::Ingress] {
+            assert_eq!(
+                check(&spec(Action::Pace, dir, false, None)).unwrap_err(),
+                ActionOptionError::PaceNeedsEgress
+            );
+        }
+        let mut burst = spec(Action::Pace, DirSel::Egress, false, None);
+        burst.burst_bytes = Some(1 << 20);
+        assert_eq!(
+            check(&burst).unwrap_err(),
+            ActionOptionError::PaceTakesNoBurst
+        );
+        let mut per_remote = spec(Action::Pace, DirSel::Egress, false, None);
+        per_remote.per_remote = true;
+        assert_eq!(
+            check(&per_remote).unwrap_err(),
+            ActionOptionError::PerRemoteNeedsBucket
+        );
+        let error = check(&spec(Action::Pace, DirSel::Egress, true, None)).unwrap_err();
+        assert!(
+            error.to_string().contains("delays instead of dropping"),
+            "{error}"
+        );
+        // 8 Mbit/s: the default queue is shape's, 8 aggregates (512 KiB), and no burst.
+        let limit = check(&spec(Action::Pace, DirSel::Egress, false, None)).unwrap();
+        assert_eq!((limit.queue_bytes, limit.burst_bytes), (512 * 1024, 0));
+        assert_eq!(limit.config().fill_ns, 524_288_000, "512 KiB at 1 MB/s");
+        // 10 s at 8 Mbit/s is 10 MB: a larger queue is beyond fq's horizon.
+        assert!(check(&spec(Action::Pace, DirSel::Egress, false, Some(10_000_000))).is_ok());
+        let error =
+            check(&spec(Action::Pace, DirSel::Egress, false, Some(10_000_001))).unwrap_err();
+        assert!(
+            matches!(error, ActionOptionError::PaceQueueBeyondHorizon { .. }),
+            "{error}"
+        );
+        // At 256 kbit/s the default queue (16 s) is cut to the horizon.
+        let mut slow = spec(Action::Pace, DirSel::Egress, false, None);
+        slow.rate_bps = 256_000;
+        let limit = check(&slow).unwrap();
+        assert_eq!(limit.queue_bytes, 320_000);
+        assert_eq!(limit.config().fill_ns, shaper_common::pace::MAX_HORIZON_NS);
+    }
+
+    #[test]
+    fn queue_is_for_shape_and_pace_rules_only() {
         let error = check(&spec(Action::Drop, DirSel::Both, false, Some(1 << 20))).unwrap_err();
         assert_eq!(
             error,

@@ -11,13 +11,13 @@
 //! port = 9090              # required: an integer 0-65535, or a string "9090" or "8000-8099"
 //!                          #   (an inclusive range whose ports share one bucket)
 //! rate = "10mbit"          # required: a rate (see `units`); an integer is bytes per second
-//! burst = "256KiB"         # optional: a size (see `units`); an integer is bytes
+//! burst = "256KiB"         # optional: a size (see `units`); an integer is bytes; not for pace
 //! dir = "egress"           # optional: both (default) | ingress | egress
 //! proto = "tcp"            # optional: any (default) | tcp | udp
-//! action = "observe"       # optional: drop (default) | observe | shape (needs dir = "egress")
+//! action = "observe"       # optional: drop (default) | observe | shape | pace (dir = "egress")
 //! ecn = true               # optional, drop rules only: mark CE below half the burst
 //! per_remote = true        # optional, drop and observe rules: a bucket per remote address
-//! queue = "256KiB"         # optional, shape rules only: the class's queue (a size)
+//! queue = "256KiB"         # optional, shape and pace rules: the queue (a size)
 //! iface = "eth0"           # optional: one attached interface; default all of them
 //! remote = false           # optional: true = `port` is the remote port, not the local one
 //!
@@ -999,9 +999,14 @@ mod tests {
                 "action = \"reject\"",
                 "action",
                 "'reject'",
-                "drop, observe, shape",
+                "drop, observe, shape, pace",
             ),
-            ("action = false", "action", "false", "drop, observe, shape"),
+            (
+                "action = false",
+                "action",
+                "false",
+                "drop, observe, shape, pace",
+            ),
         ] {
             let message = error(&second_rule_with(&format!("rate = 1\n{line}")));
             let head = format!("test.toml: limit #2 (port 9090): {field} {value}: ");

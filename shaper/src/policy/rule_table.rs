@@ -172,6 +172,17 @@ impl Limit {
 
     /// [`config`](Self::config) on a kernel whose tick is `tick_ns`.
     pub fn config_with_tick(&self, tick_ns: u64) -> shaper_common::RuleConfig {
+        if self.action == Action::Pace {
+            // No bucket: the clock in its place needs the precise time (a departure is set to
+            // the nanosecond) and the horizon, which takes the fill time's field.
+            return shaper_common::RuleConfig {
+                rate_bps: self.rate_bps,
+                burst_nanobits: 0,
+                fill_ns: shaper_common::pace::horizon_ns(self.queue_bytes, self.rate_bps),
+                action: self.action.code(),
+                flags: 0,
+            };
+        }
         let burst_nanobits = self.burst_bytes * bucket::NANOBITS_PER_BYTE;
         let fill_ns = bucket::fill_ns(burst_nanobits, self.rate_bps);
         shaper_common::RuleConfig {

@@ -20,6 +20,7 @@ use crate::{
     datapath::classifier::Classifier,
     datapath::interfaces,
     datapath::netlink::htb,
+    datapath::pace_queues,
     datapath::shape_classes,
     error::chain,
     policy::action_options,
@@ -238,9 +239,8 @@ impl Limits {
             SetOutcome::Replaced(id) => (id, false),
         };
         // A shape rule's class exists before the classifier names it.
-        let wanted =
-            shape_classes::wanted(class_requests(next.rules()), &classifier.interface_names());
-        shape_classes::add(classifier, &wanted, &BTreeSet::from([id]))?;
+        let wanted = Queues::of(&next, classifier);
+        wanted.add(classifier, &BTreeSet::from([id]))?;
         // A runtime change makes the rule a runtime rule, even under a key the file names: the
         // next reload puts the file's rule back (see docs/src/guide/config.md, *Reloading*).
         // The new actor is saved before it is recorded: a change that cannot be saved or written
@@ -277,7 +277,7 @@ impl Limits {
         self.table = next;
         self.config_keys.remove(&spec.key);
         self.actors.insert(spec.key.clone(), actor);
-        prune_classes(classifier, &wanted);
+        wanted.prune(classifier);
         let rule = self.table.find(&spec.key).ok_or(PolicyError::NoSuchRule {
             key: spec.key.to_string(),
             others: String::new(),
@@ -339,11 +339,7 @@ impl Limits {
                 chain(&e)
             );
         }
-        let wanted = shape_classes::wanted(
-            class_requests(self.table.rules()),
-            &classifier.interface_names(),
-        );
-        prune_classes(classifier, &wanted);
+        Queues::of(&self.table, classifier).prune(classifier);
         Ok(removed)
     }
 
@@ -451,8 +447,7 @@ impl Limits {
         }
         // The classes of shape rules exist before the classifier names them (those of changed
         // rules set again); the ones no rule needs any more go once it no longer does.
-        let wanted =
-            shape_classes::wanted(class_requests(next.rules()), &classifier.interface_names());
+        let wanted = Queues::of(&next, classifier);
         let changed: BTreeSet<u16> = next
             .rules()
             .filter(|rule| {
@@ -462,7 +457,7 @@ impl Limits {
             })
             .map(|rule| rule.id)
             .collect();
-        shape_classes::add(classifier, &wanted, &changed)?;
+        wanted.add(classifier, &changed)?;
         self.save(
             &next,
             &config_rules,
@@ -496,7 +491,7 @@ impl Limits {
         let config_keys = &self.config_keys;
         self.actors
             .retain(|key, _| !config_keys.contains(key) && table.find(key).is_some());
-        prune_classes(classifier, &wanted);
+        wanted.prune(classifier);
         Ok(summary)
     }
 
@@ -507,7 +502,8 @@ impl Limits {
             let spec = RuleSpec {
                 key: rule.key.clone(),
                 rate_bps: rule.limit.rate_bps,
-                burst_bytes: Some(rule.limit.burst_bytes),
+                // A pace rule has no burst (0), and takes none.
+                burst_bytes: (rule.limit.action != Action::Pace).then_some(rule.limit.burst_bytes),
                 action: rule.limit.action,
                 ecn: rule.limit.ecn,
                 per_remote: rule.limit.per_remote,
@@ -538,13 +534,8 @@ impl Limits {
     fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
         let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
             classifier.live_rules()?.into_iter().collect();
-        let wanted =
-            shape_classes::wanted(class_requests(table.rules()), &classifier.interface_names());
-        shape_classes::add(
-            classifier,
-            &wanted,
-            &table.rules().map(|rule| rule.id).collect(),
-        )?;
+        let wanted = Queues::of(&table, classifier);
+        wanted.add(classifier, &table.rules().map(|rule| rule.id).collect())?;
         let mut kept = 0;
         for rule in table.rules() {
             let config = rule.limit.config();
@@ -570,15 +561,18 @@ impl Limits {
             );
         }
         self.table = table;
-        prune_classes(classifier, &wanted);
+        wanted.prune(classifier);
         Ok(())
     }
 
-    /// Removes shaper's HTB root from every attached interface (the daemon stops without
+    /// Removes shaper's HTB and pace roots from every attached interface (the daemon stops without
     /// `--persist`): the kernel's default root comes back. The rules stay saved and come back,
     /// classes and all, with the next daemon.
     pub fn release_shaping(&self, classifier: &Classifier) -> Result<Vec<String>> {
-        Ok(shape_classes::release(&classifier.interface_names())?)
+        let ifaces = classifier.interface_names();
+        let mut released = shape_classes::release(&ifaces)?;
+        released.extend(pace_queues::prune(&BTreeSet::new(), &ifaces)?);
+        Ok(released)
     }
 
     /// Saves `table`, grown from `config_rules`; `is_config` says which rules are the file's,
@@ -690,6 +684,10 @@ fn bucket_bytes_now(
     now_ns: u64,
     beside: &Beside,
 ) -> u64 {
+    // A pace rule has no bucket: its clock is not tokens.
+    if rule.limit.action == Action::Pace {
+        return 0;
+    }
     if rule.limit.per_remote {
         return beside
             .remote_buckets
@@ -702,6 +700,16 @@ fn bucket_bytes_now(
         Ok(state) => bytes_now(&rule.limit.config(), &state, now_ns),
         Err(_) => rule.limit.burst_bytes,
     }
+}
+
+/// The bytes a pace rule has scheduled ahead of `now_ns` on its egress clock (0 if it cannot
+/// be read).
+fn paced_backlog_bytes(classifier: &Classifier, rule: &Rule, now_ns: u64) -> u64 {
+    classifier
+        .bucket(rule.id, Direction::Egress)
+        .map_or(0, |state| {
+            shaper_common::pace::backlog_bytes(state.stamp_ns, now_ns, rule.limit.rate_bps)
+        })
 }
 
 /// The `--per-remote` rules' bucket counts and emptiest buckets, from every remote bucket.
@@ -764,12 +772,46 @@ fn class_requests<'a>(
         })
 }
 
-/// Removes the classes no rule needs any more. The rule change they follow is done and saved,
-/// so a failure here leaves an unused class (its packets are no longer sent to it) and is only
-/// logged; the next change tries again.
-fn prune_classes(classifier: &mut Classifier, wanted: &shape_classes::Wanted) {
-    if let Err(e) = shape_classes::prune(classifier, wanted) {
-        log::warn!("removing HTB classes no rule needs: {}", chain(&e));
+/// The queues the rules of a table need on the attached interfaces: the HTB classes of its
+/// shape rules and the `fq` roots of its pace rules.
+struct Queues {
+    shape: shape_classes::Wanted,
+    pace: BTreeSet<String>,
+}
+
+impl Queues {
+    fn of(table: &RuleTable, classifier: &Classifier) -> Self {
+        let ifaces = classifier.interface_names();
+        let pace = table
+            .rules()
+            .filter(|rule| rule.limit.action == Action::Pace)
+            .map(|rule| rule.key.iface.clone());
+        Self {
+            pace: pace_queues::wanted(pace, &ifaces),
+            shape: shape_classes::wanted(class_requests(table.rules()), &ifaces),
+        }
+    }
+
+    /// Adds what the rules lack (see [`shape_classes::add`], [`pace_queues::add`]), after
+    /// checking that no interface needs both roots; the classes of rules in `changed` are set
+    /// again.
+    fn add(&self, classifier: &mut Classifier, changed: &BTreeSet<u16>) -> Result<()> {
+        pace_queues::check(&self.pace, &self.shape)?;
+        shape_classes::add(classifier, &self.shape, changed)?;
+        pace_queues::add(&self.pace, &self.shape)?;
+        Ok(())
+    }
+
+    /// Removes the classes and roots no rule needs any more. The rule change they follow is
+    /// done and saved, so a failure here leaves an unused class or root (no packet is sent to
+    /// it, or stamped for it) and is only logged; the next change tries again.
+    fn prune(&self, classifier: &mut Classifier) {
+        if let Err(e) = shape_classes::prune(classifier, &self.shape) {
+            log::warn!("removing HTB classes no rule needs: {}", chain(&e));
+        }
+        if let Err(e) = pace_queues::prune(&self.pace, &classifier.interface_names()) {
+            log::warn!("removing an fq root no pace rule needs: {}", chain(&e));
+        }
     }
 }
 
@@ -847,6 +889,19 @@ fn view(
     if rule.limit.action == Action::Shape {
         dropped.packets += class.drops;
     }
+    // A pace rule's queue is its schedule: what it passed left at its departure time, and what
+    // waits is the time its clock is ahead of now, at the rate.
+    let (queued, backlog_packets, backlog_bytes) = match rule.limit.action {
+        Action::Pace => (passed, 0, paced_backlog_bytes(classifier, rule, now_ns)),
+        _ => (
+            Counter {
+                packets: class.packets,
+                bytes: class.bytes,
+            },
+            class.backlog_packets,
+            class.backlog_bytes,
+        ),
+    };
     RuleView {
         id: rule.id,
         ports: rule.key.ports,
@@ -883,10 +938,10 @@ fn view(
         marked_packets: marked.packets,
         marked_bytes: marked.bytes,
         queue_bytes: rule.limit.queue_bytes,
-        queued_packets: class.packets,
-        queued_bytes: class.bytes,
-        backlog_packets: class.backlog_packets,
-        backlog_bytes: class.backlog_bytes,
+        queued_packets: queued.packets,
+        queued_bytes: queued.bytes,
+        backlog_packets,
+        backlog_bytes,
         set_by: set_by.cloned(),
     }
 }

@@ -241,7 +241,7 @@ fn rule_in_force(rule: &RuleView, direction: Direction) -> RuleInForce {
         } else {
             (bucket as f64 / rule.burst_bytes as f64).min(1.0)
         },
-        queue_delay_ms: (rule.action == Action::Shape && rule.rate_bps > 0)
+        queue_delay_ms: (matches!(rule.action, Action::Shape | Action::Pace) && rule.rate_bps > 0)
             .then(|| rule.backlog_bytes as f64 * 8000.0 / rule.rate_bps as f64),
     }
 }

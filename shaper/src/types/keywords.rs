@@ -71,6 +71,8 @@ keyword_enum!(
         Observe => "observe",
         /// Queue the rule's packets in an HTB class at the rate (egress).
         Shape => "shape",
+        /// Give each packet a departure time at the rate, which `fq` keeps (egress).
+        Pace => "pace",
     }
 );
 keyword_enum!(
@@ -123,6 +125,7 @@ impl Action {
             Self::Drop => shaper_common::ACTION_DROP,
             Self::Observe => shaper_common::ACTION_OBSERVE,
             Self::Shape => shaper_common::ACTION_SHAPE,
+            Self::Pace => shaper_common::ACTION_PACE,
         }
     }
 }

@@ -100,6 +100,28 @@ pub const FEATURES: &[Feature] = &[
         needs_tcx: false,
     },
     Feature {
+        name: "pace: departure times in skb->tstamp (BPF_PROG_TEST_RUN)",
+        tests: &[(
+            "pace_action",
+            "departures_are_spaced_at_the_rate_a_later_stamp_is_kept_and_beyond_the_horizon_drops",
+        )],
+        needs_tcx: false,
+    },
+    Feature {
+        name: "pace egress (EDT + fq; mq + fq per queue)",
+        tests: &[
+            (
+                "pace_action",
+                "udp_at_twice_the_rate_through_an_egress_pace_rule_arrives_at_the_rate_and_the_root_comes_back",
+            ),
+            (
+                "pace_action",
+                "on_a_multi_queue_device_each_transmit_queue_gets_an_fq_under_shapers_mq",
+            ),
+        ],
+        needs_tcx: false,
+    },
+    Feature {
         name: "watch: per-remote talkers",
         tests: &[(
             "talkers",

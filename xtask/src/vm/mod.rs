@@ -16,6 +16,7 @@ mod image;
 mod kernels;
 mod matrix;
 mod package;
+mod rtt;
 
 use std::{
     collections::BTreeMap,
@@ -214,6 +215,38 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         bail!("tests did not run on {}", incomplete.join(", "));
     }
     Ok(())
+}
+
+/// `cargo xtask bench --scenario rtt`: the bench's round-trip scenario in a guest on sid's
+/// newest kernel (netem, fq and BBR; ingress shape rules need 6.5), with the release binaries
+/// `shaper` and `shaper-bench`; the report lands in `report_dir`.
+pub fn rtt_bench(
+    shaper: &Path,
+    bench: &Path,
+    quick: bool,
+    report_dir: &Path,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    check_tools()?;
+    let cache = bootstrap::cache_root()
+        .ok_or_else(|| anyhow!("no cache directory: set HOME or SHAPER_CACHE_DIR"))?
+        .join("vm");
+    let lock = lock_cache(&cache)?;
+    let kernels = fetch_kernels(&cache, &[kernels::suite("sid")?], started)?;
+    let out_dir = target_dir()?.join("vm");
+    let root = image::prepare(&cache, &kernels, &out_dir.join("root.img"))?;
+    drop(lock);
+    // The full plan is about 22 minutes of runs a repetition in the guest.
+    let timeout = Duration::from_secs(if quick { 15 * 60 } else { 90 * 60 });
+    rtt::run(
+        &kernels[0],
+        &root,
+        &out_dir,
+        (shaper, bench),
+        quick,
+        timeout,
+        report_dir,
+    )
 }
 
 fn fetch_kernels(

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use aya::maps::{Array, MapData};
 use shaper_common::{
-    BucketState, NO_RULE, PORTS, RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters, SIDE_LOCAL,
-    bucket_index, maps, rule_index_row,
+    ACTION_PACE, BucketState, NO_RULE, PORTS, RULE_FLAG_PER_REMOTE, RuleConfig, RuleCounters,
+    SIDE_LOCAL, bucket_index, maps, rule_index_row,
 };
 
 use super::{Classifier, object_map, object_map_mut};
@@ -28,13 +28,20 @@ impl Classifier {
     pub fn write_rule(&mut self, id: u16, config: &RuleConfig, fresh: bool) -> Result<()> {
         let rule = id;
         let id = u32::from(id);
-        if fresh {
+        let before = Array::<&MapData, RuleConfig>::try_from(object_map(&self.ebpf, maps::RULES)?)?
+            .get(&id, 0)?;
+        // A pace rule keeps a clock where the others keep tokens: a rule that becomes or stops
+        // being a pace rule starts afresh there (full, stamped now), as a new rule does.
+        let paced = |config: &RuleConfig| config.action == ACTION_PACE;
+        if fresh || paced(&before) != paced(config) {
             let mut buckets: Array<&mut MapData, BucketState> =
                 Array::try_from(object_map_mut(&mut self.ebpf, maps::BUCKETS)?)?;
             let full = BucketState::full(config.burst_nanobits, ktime::monotonic_ns());
             for direction in Direction::BOTH {
                 buckets.set(bucket_index(id, direction.index()), full, 0)?;
             }
+        }
+        if fresh {
             let mut counters: Array<&mut MapData, RuleCounters> =
                 Array::try_from(object_map_mut(&mut self.ebpf, maps::RULE_COUNTERS)?)?;
             for direction in Direction::BOTH {
@@ -47,7 +54,6 @@ impl Classifier {
         }
         let mut rules: Array<&mut MapData, RuleConfig> =
             Array::try_from(object_map_mut(&mut self.ebpf, maps::RULES)?)?;
-        let before = rules.get(&id, 0)?;
         rules.set(id, *config, 0)?;
         if before.flags & RULE_FLAG_PER_REMOTE != 0 && config.flags & RULE_FLAG_PER_REMOTE == 0 {
             let forgotten = remote_buckets::forget(&mut self.ebpf, rule)?;

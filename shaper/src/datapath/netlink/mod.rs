@@ -1,6 +1,6 @@
 //! The rtnetlink requests aya does not offer, one file per request family: [`link`] (an
 //! interface's GSO/GRO limits), [`clsact`] (deleting the clsact qdisc shaper added, listing the
-//! BPF programs under it), [`htb`] (the HTB root and classes of shape rules) and [`ifb`] (the
+//! BPF programs under it), [`htb`] (the HTB root and classes of shape rules), [`fq`] (the `fq` root of pace rules) and [`ifb`] (the
 //! IFB device of ingress shape rules). They share one exchange ([`exchange`]: the request out,
 //! the reply walked, over a [`socket`] of its own), one message builder ([`request`]), one
 //! reader of what the kernel sends ([`attributes`]) and one set of [`constants`].
@@ -16,6 +16,7 @@ mod attributes;
 pub mod clsact;
 mod constants;
 mod exchange;
+pub mod fq;
 pub mod htb;
 pub mod ifb;
 pub mod link;

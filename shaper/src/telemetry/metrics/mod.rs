@@ -63,7 +63,7 @@ pub struct Inventory {
     pub remote_buckets: Option<crate::datapath::remote_buckets::RemoteBuckets>,
     /// The opt-in per-remote series (`--metrics-top-remotes`); empty unless asked for.
     pub remotes: Vec<remote_series::RemoteSeries>,
-    /// The shape, `--ecn` and `--per-remote` rules with the figures only they have (queued,
+    /// The shape, pace, `--ecn` and `--per-remote` rules with the figures only they have (queued,
     /// backlog, marked, remote buckets); the others are not read.
     pub queueing_rules: Vec<crate::policy::rules_in_force::RuleView>,
 }
@@ -91,16 +91,21 @@ impl Inventory {
             Vec::new()
         };
         let queueing_rules = if rules.iter().any(|rule| {
-            rule.limit.action == crate::policy::rule_table::Action::Shape
-                || rule.limit.ecn
+            matches!(
+                rule.limit.action,
+                crate::policy::rule_table::Action::Shape | crate::policy::rule_table::Action::Pace
+            ) || rule.limit.ecn
                 || rule.limit.per_remote
         }) {
             limits
                 .list(classifier)
                 .into_iter()
                 .filter(|rule| {
-                    rule.action == crate::policy::rule_table::Action::Shape
-                        || rule.ecn
+                    matches!(
+                        rule.action,
+                        crate::policy::rule_table::Action::Shape
+                            | crate::policy::rule_table::Action::Pace
+                    ) || rule.ecn
                         || rule.per_remote
                 })
                 .collect()

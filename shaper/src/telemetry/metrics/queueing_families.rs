@@ -1,5 +1,5 @@
 //! The metric families of shape rules (their HTB class: what went through the queue, what
-//! waits in it), of `--ecn` rules (what they marked) and of `--per-remote` rules (the remotes
+//! waits in it) and pace rules (their schedule, the same figures), of `--ecn` rules (what they marked) and of `--per-remote` rules (the remotes
 //! they hold a bucket for), one series per rule.
 
 use prometheus_client::{
@@ -26,21 +26,24 @@ fn labels(rule: &RuleView) -> [(&'static str, String); 7] {
 }
 
 pub fn encode(rules: &[RuleView], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let shaped: Vec<&RuleView> = rules.iter().filter(|r| r.action == Action::Shape).collect();
+    let shaped: Vec<&RuleView> = rules
+        .iter()
+        .filter(|r| matches!(r.action, Action::Shape | Action::Pace))
+        .collect();
     for (name, help, value) in [
         (
             "shaper_rule_queued_packets",
-            "Packets a shape rule's HTB classes sent after queueing them (every interface).",
+            "Packets a shape rule's HTB classes sent after queueing them (every interface), or a pace rule sent at their departure times.",
             (|r: &RuleView| r.queued_packets) as fn(&RuleView) -> u64,
         ),
         (
             "shaper_rule_queued_bytes",
-            "Bytes a shape rule's HTB classes sent after queueing them (every interface).",
+            "Bytes a shape rule's HTB classes sent after queueing them (every interface), or a pace rule sent at their departure times.",
             |r: &RuleView| r.queued_bytes,
         ),
         (
             "shaper_rule_queue_dropped_packets",
-            "Packets a shape rule's queue had no room for: its overflow.",
+            "Packets a shape rule's queue had no room for, or a pace rule scheduled beyond its horizon: its overflow.",
             |r: &RuleView| r.dropped_packets,
         ),
     ] {
@@ -52,12 +55,12 @@ pub fn encode(rules: &[RuleView], encoder: &mut DescriptorEncoder) -> Result<(),
     for (name, help, value) in [
         (
             "shaper_rule_backlog_bytes",
-            "Bytes waiting in a shape rule's queues now.",
+            "Bytes waiting in a shape rule's queues now, or scheduled ahead on a pace rule's clock.",
             (|r: &RuleView| r.backlog_bytes) as fn(&RuleView) -> u64,
         ),
         (
             "shaper_rule_backlog_packets",
-            "Packets waiting in a shape rule's queues now.",
+            "Packets waiting in a shape rule's queues now (0 for a pace rule, which counts bytes).",
             |r: &RuleView| r.backlog_packets,
         ),
     ] {
