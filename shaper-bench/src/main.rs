@@ -8,6 +8,7 @@ mod daemon;
 mod floor;
 mod nft;
 mod packets;
+mod previous;
 mod report;
 mod scenario;
 mod stats;
@@ -41,6 +42,13 @@ struct Args {
     /// Where to write the JSON report.
     #[arg(long, value_name = "PATH", default_value = "target/bench/report.json")]
     out: PathBuf,
+    /// The previous release's eBPF object, for the per-packet scenario's comparison (`cargo
+    /// xtask bench` passes the one of the commit in release/previous).
+    #[arg(long, value_name = "PATH", requires = "previous_commit")]
+    previous_object: Option<PathBuf>,
+    /// The commit `--previous-object` was built from, for the report.
+    #[arg(long, value_name = "COMMIT")]
+    previous_commit: Option<String>,
     /// Run only these scenarios (comma-separated); default all.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -115,6 +123,10 @@ fn main() -> anyhow::Result<()> {
     let mut cx = Context {
         plan: Plan::new(args.quick),
         shaper: args.shaper.canonicalize()?,
+        previous: args
+            .previous_object
+            .clone()
+            .zip(args.previous_commit.clone()),
         figures: Vec::new(),
         notes: Vec::new(),
         not_measured: Vec::new(),

@@ -428,6 +428,21 @@ fn bench(
     if quick {
         cmd.arg("--quick");
     }
+    // The previous release's object, for the per-packet comparison: built by the upgrade test's
+    // build of that release (cached by commit; `.ci/run` has built it by now). A clone without
+    // that commit (a shallow one) runs the bench without the comparison, and says so.
+    match upgrade_test::previous_object() {
+        Ok((commit, object)) => {
+            cmd.arg("--previous-object")
+                .arg(object)
+                .arg("--previous-commit")
+                .arg(commit);
+        }
+        Err(e) => eprintln!(
+            "xtask bench: without the previous release's object (per_packet's \
+             previous_release_* figures): {e:#}"
+        ),
+    }
     check(cmd.args(&args))?;
     if update_docs {
         // shaper-bench writes the Markdown beside the JSON.

@@ -92,8 +92,15 @@ fn cache_dir(commit: &str) -> anyhow::Result<PathBuf> {
 
 /// The previous release's `shaper` (a debug build), from the cache or built now.
 fn previous_binary(commit: &str) -> anyhow::Result<PathBuf> {
-    let cached = cache_dir(commit)?.join("shaper");
-    if !cached.is_file() {
+    Ok(previous_build(commit)?.0)
+}
+
+/// The previous release's `shaper` and the eBPF object its build embedded, from the cache or
+/// built now (one build gives both).
+fn previous_build(commit: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cache = cache_dir(commit)?;
+    let (binary, object) = (cache.join("shaper"), cache.join("shaper-ebpf.o"));
+    if !binary.is_file() || !object.is_file() {
         let built = in_previous_tree(
             commit,
             &[
@@ -105,9 +112,42 @@ fn previous_binary(commit: &str) -> anyhow::Result<PathBuf> {
                 "shaper",
             ],
         )?;
-        cache_copy(&built.join("debug/shaper"), &cached)?;
+        cache_copy(&embedded_object(&built.join("debug/build"))?, &object)?;
+        cache_copy(&built.join("debug/shaper"), &binary)?;
     }
-    Ok(cached)
+    Ok((binary, object))
+}
+
+/// The eBPF object the build in `build_dir` (a profile's `build/`) embedded: `shaper`'s build
+/// script leaves it in its OUT_DIR as `shaper` (`ebpf::build` of shaper/build.rs). The newest,
+/// should the directory hold the outputs of more than one build script run.
+fn embedded_object(build_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in
+        fs::read_dir(build_dir).with_context(|| format!("reading {}", build_dir.display()))?
+    {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with("shaper-") {
+            continue;
+        }
+        let object = entry.path().join("out/shaper");
+        if let Ok(modified) = object.metadata().and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(t, _)| modified > *t)
+        {
+            newest = Some((modified, object));
+        }
+    }
+    newest
+        .map(|(_, object)| object)
+        .with_context(|| format!("no shaper-*/out/shaper under {}", build_dir.display()))
+}
+
+/// The previous release's commit and the eBPF object of its build (see [`previous_build`]),
+/// for the bench's per-packet comparison.
+pub fn previous_object() -> anyhow::Result<(String, PathBuf)> {
+    let commit = resolve(&previous_release()?)?;
+    let (_, object) = previous_build(&commit)?;
+    Ok((commit, object))
 }
 
 /// The previous release's Debian package, built by that release's own `cargo xtask dist` (its

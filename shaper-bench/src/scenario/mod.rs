@@ -111,6 +111,8 @@ impl Plan {
 pub struct Context {
     pub plan: Plan,
     pub shaper: PathBuf,
+    /// The previous release's eBPF object and its commit, if given.
+    pub previous: Option<(PathBuf, String)>,
     pub figures: Vec<Figure>,
     pub notes: Vec<String>,
     pub not_measured: Vec<NotMeasured>,

@@ -15,7 +15,9 @@ use shaper::{
 use shaper_common::bucket::{MAX_BURST_BYTES, MAX_RATE_BPS};
 
 use super::{Context, alternate};
-use crate::{floor::Floor, packets, report::Figure, sys::TempDir};
+use crate::{
+    floor::Floor, packets, previous::Previous, report::Figure, stats::paired_ratios, sys::TempDir,
+};
 
 /// What BPF_PROG_TEST_RUN returns for a passed packet (TC_ACT_UNSPEC, -1) and a dropped one
 /// (TC_ACT_SHOT).
@@ -45,7 +47,7 @@ const RATE_NEVER_DRY_BPS: u64 = 40_000_000_000;
 /// arrive on the loopback device of the caller's namespace.
 pub struct Subject {
     pub classifier: Classifier,
-    _limits: Limits,
+    limits: Limits,
     _dir: TempDir,
 }
 
@@ -98,11 +100,21 @@ impl Subject {
         );
         let mut subject = Self {
             classifier,
-            _limits: limits,
+            limits,
             _dir: dir,
         };
         subject.drain(&packets::ipv4_udp_64(PORT_DROP))?;
         Ok(subject)
+    }
+
+    /// The id of the rule on local port `port`.
+    pub fn rule_id(&self, port: u16) -> anyhow::Result<u16> {
+        self.limits
+            .rules()
+            .into_iter()
+            .find(|rule| rule.key.ports == PortRange::single(port))
+            .map(|rule| rule.id)
+            .with_context(|| format!("no rule on port {port}"))
     }
 
     pub fn program(&mut self) -> anyhow::Result<&SchedClassifier> {
@@ -141,56 +153,83 @@ pub fn test_run(
 /// Builds a frame to a local port.
 type FrameFn = fn(u16) -> Vec<u8>;
 
+/// Which object's program runs a variant's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Object {
+    Floor,
+    Shaper,
+    /// The previous release's (see [`crate::previous`]).
+    Previous,
+}
+
 struct Variant {
     name: &'static str,
-    floor: bool,
+    object: Object,
     port: u16,
     verdict: u32,
 }
 
-const VARIANTS: [Variant; 7] = [
-    Variant {
-        name: "floor",
-        floor: true,
-        port: PORT_FREE,
-        verdict: PASS,
-    },
+/// The previous release's object on the same frames: no rule, and the always-passing rule (the
+/// same limit on the same port; see [`crate::previous`]). Each is reported with its ratio to
+/// this build's variant of the same name in the same repetition.
+const PREVIOUS_VARIANTS: [Variant; 2] = [
     Variant {
         name: "unlimited",
-        floor: false,
+        object: Object::Previous,
         port: PORT_FREE,
         verdict: PASS,
     },
     Variant {
         name: "limited_pass",
-        floor: false,
+        object: Object::Previous,
+        port: PORT_PASS,
+        verdict: PASS,
+    },
+];
+
+const VARIANTS: [Variant; 7] = [
+    Variant {
+        name: "floor",
+        object: Object::Floor,
+        port: PORT_FREE,
+        verdict: PASS,
+    },
+    Variant {
+        name: "unlimited",
+        object: Object::Shaper,
+        port: PORT_FREE,
+        verdict: PASS,
+    },
+    Variant {
+        name: "limited_pass",
+        object: Object::Shaper,
         port: PORT_PASS,
         verdict: PASS,
     },
     // As limited_pass, on a rule whose bucket reads the precise clock.
     Variant {
         name: "limited_pass_precise_clock",
-        floor: false,
+        object: Object::Shaper,
         port: PORT_PASS_PRECISE,
         verdict: PASS,
     },
     Variant {
         name: "limited_drop",
-        floor: false,
+        object: Object::Shaper,
         port: PORT_DROP,
         verdict: DROP,
     },
     // Unlimited, and watched: the remote's entry in the talkers' LRU found and added to.
     Variant {
         name: "watched",
-        floor: false,
+        object: Object::Shaper,
         port: PORT_WATCHED,
         verdict: PASS,
     },
     // Limited per remote: the remote's bucket found in the LRU hash, through a subprogram.
     Variant {
         name: "limited_per_remote",
-        floor: false,
+        object: Object::Shaper,
         port: PORT_PER_REMOTE,
         verdict: PASS,
     },
@@ -225,8 +264,23 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
             }
         }
     }
+    // The previous release's object, with the always-passing rule of this build's `PORT_PASS`
+    // (the same limit, on TCP and UDP: the frames below are both).
+    let previous = match &cx.previous.clone() {
+        Some((path, commit)) => {
+            let mut previous = Previous::load(path, commit)?;
+            let id = subject.rule_id(PORT_PASS)?;
+            previous.limit(id, PORT_PASS, subject.classifier.rule_limit(id)?)?;
+            Some(previous)
+        }
+        None => None,
+    };
     let shaper = subject.program()?;
     let floor = floor.program()?;
+    let previous_program = match &previous {
+        Some(previous) => Some(previous.program(Direction::Ingress)?),
+        None => None,
+    };
     let repeat = cx.plan.test_run_repeat;
 
     // The first fragments of the datagrams whose later fragments are measured below, once:
@@ -235,37 +289,55 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
     for variant in &VARIANTS[1..] {
         test_run(shaper, &packets::ipv4_udp_first_fragment(variant.port), 1)?;
     }
-    let frames: [(&str, FrameFn, usize); 6] = [
-        ("ipv4_udp_64B", packets::ipv4_udp_64, VARIANTS.len()),
+    // Each frame with the variants that apply to it, and the previous release's (none for the
+    // fragments: it had no fragment tracking, so they would measure a path it lacked).
+    let frames: [(&str, FrameFn, usize, usize); 6] = [
+        ("ipv4_udp_64B", packets::ipv4_udp_64, VARIANTS.len(), 2),
         (
             "ipv6_tcp_2ext_90B",
             packets::ipv6_tcp_two_ext,
             VARIANTS.len(),
+            2,
         ),
         // A frame without ports never reaches a rule: only floor and shaper apply.
-        ("non_ip_arp_60B", |_| packets::arp(), 2),
+        ("non_ip_arp_60B", |_| packets::arp(), 2, 1),
         // The handshake tracker's path (see shaper-ebpf's tcp_events), unlimited.
-        ("ipv4_tcp_syn_54B", packets::ipv4_tcp_syn, 2),
+        ("ipv4_tcp_syn_54B", packets::ipv4_tcp_syn, 2, 1),
         (
             "ipv4_udp_later_fragment_64B",
             packets::ipv4_udp_later_fragment,
             VARIANTS.len(),
+            0,
         ),
         // Unplaced, and no `unplaced` rule: counted as `fragment`, passed.
         (
             "ipv4_orphan_fragment_64B",
             |_| packets::ipv4_orphan_fragment(),
             2,
+            0,
         ),
     ];
-    for (frame_name, make, variant_count) in frames {
-        let variants = &VARIANTS[..variant_count];
+    for (frame_name, make, variant_count, previous_count) in frames {
+        let previous_count = if previous.is_some() {
+            previous_count
+        } else {
+            0
+        };
+        let variants: Vec<&Variant> = VARIANTS[..variant_count]
+            .iter()
+            .chain(&PREVIOUS_VARIANTS[..previous_count])
+            .collect();
         let mut wall_ns = vec![Vec::new(); variants.len()];
         let indices: Vec<usize> = (0..variants.len()).collect();
         let samples = alternate(cx.plan.test_run_reps, &indices, |&i| {
-            let v = &variants[i];
+            let v = variants[i];
             let frame = make(v.port);
-            let program = if v.floor { floor } else { shaper };
+            let program = match (v.object, previous_program) {
+                (Object::Floor, _) => floor,
+                (Object::Shaper, _) => shaper,
+                (Object::Previous, Some(previous)) => previous,
+                (Object::Previous, None) => bail!("no previous release's object"),
+            };
             let (verdict, kernel, wall) = test_run(program, &frame, repeat)?;
             if verdict != v.verdict {
                 bail!(
@@ -278,11 +350,38 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
             Ok(kernel)
         })?;
         for (i, v) in variants.iter().enumerate() {
+            if v.object == Object::Previous {
+                let commit = previous.as_ref().map_or("", |p| p.commit.as_str());
+                let short = &commit[..commit.len().min(7)];
+                let name = format!("{frame_name}/previous_release_{}", v.name);
+                cx.add(
+                    Figure::new("per_packet", &name, "ns/packet", samples[i].clone())?
+                        .detail("commit", commit)
+                        .detail("repeat", repeat)
+                        .ratio_to(&format!("{frame_name}/floor"), &samples[0]),
+                );
+                // This build's variant of the same name, over the previous release's, repetition
+                // by repetition: above 1 is a regression.
+                let this = variants
+                    .iter()
+                    .position(|t| t.object == Object::Shaper && t.name == v.name)
+                    .context("this build's variant of the previous one")?;
+                cx.add(
+                    Figure::new(
+                        "per_packet",
+                        format!("{frame_name}/{}/vs_previous_release", v.name),
+                        &format!("x {short}"),
+                        paired_ratios(&samples[this], &samples[i]),
+                    )?
+                    .detail("commit", commit),
+                );
+                continue;
+            }
             let name = format!("{frame_name}/{}", v.name);
             let mut figure = Figure::new("per_packet", name, "ns/packet", samples[i].clone())?
                 .detail("wall_clock_ns", &wall_ns[i])
                 .detail("repeat", repeat);
-            if !v.floor {
+            if v.object != Object::Floor {
                 figure = figure.ratio_to(&format!("{frame_name}/floor"), &samples[0]);
                 if let Some(budget) = budget(frame_name, v) {
                     figure = figure.target(&budget.text(), true, None, Some(budget.max_ratio));
@@ -290,6 +389,16 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
             }
             cx.add(figure);
         }
+    }
+    if let Some(previous) = &previous {
+        cx.note(format!(
+            "per_packet: previous_release_* run the frames through the eBPF object of the \
+             previous release ({}), loaded beside this build's and alternated with it; \
+             */vs_previous_release is this build's cost over that release's, repetition by \
+             repetition (above 1: slower). Its always-passing rule has this build's limit, \
+             which it reads with the precise clock if it predates the coarse one",
+            previous.commit
+        ));
     }
     cx.note(format!(
         "per_packet: BPF_PROG_TEST_RUN, repeat {repeat}, {} repetitions, JIT {}; ns/packet is \

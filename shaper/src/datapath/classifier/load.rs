@@ -209,7 +209,7 @@ impl Classifier {
 }
 
 /// The maps whose size depends on the number of interface slots, with that size.
-fn sized_maps(capacity: u32) -> [(&'static str, u32); 7] {
+pub fn sized_maps(capacity: u32) -> [(&'static str, u32); 7] {
     let port_entries = capacity * PORT_COUNTERS_PER_IFACE;
     [
         (maps::PORT_COUNTERS, port_entries),

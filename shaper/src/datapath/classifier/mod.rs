@@ -8,7 +8,7 @@ mod counters;
 mod load;
 mod rules;
 
-pub use load::map_memory_bytes;
+pub use load::{map_memory_bytes, sized_maps};
 
 use std::{fmt, os::fd::AsFd as _};
 
