@@ -419,3 +419,51 @@ fn on_a_multi_queue_device_each_transmit_queue_gets_an_fq_under_shapers_mq() {
     assert_eq!(root_qdisc(&ns, "mq0"), before, "the default root is back");
     daemon.stop_ok();
 }
+
+#[test]
+fn a_saved_pace_rule_comes_back_with_its_fq_root_and_without_fq_it_is_skipped_not_fatal() {
+    let pair = common::test_veth_pair!();
+    let has_fq = kernel_has_fq(&pair.a, &pair.a_if);
+    let dir = std::env::temp_dir().join(format!("shaper-test-{}-pace-state", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("state dir");
+    let state = dir.join("state.json");
+    let args = ["--iface", pair.a_if.as_str()];
+    if has_fq {
+        let daemon = Daemon::start_with_state(&pair.a, "pace-state", &args, &state);
+        daemon.cli_ok(&[
+            "limit", "set", "7215", "--rate", RATE, "--dir", "egress", "--action", "pace",
+        ]);
+        // Stopped without --persist: the fq root goes with the daemon.
+        daemon.stop_ok();
+        assert_ne!(root_qdisc(&pair.a, &pair.a_if)[0]["kind"], "fq");
+    } else {
+        // What a daemon on a kernel with fq saved.
+        std::fs::write(
+            &state,
+            r#"{"version": 1, "config_rules": [], "rules": [{"id": 1, "key": {"ports": "7215",
+            "side": "local", "dir": "egress", "proto": "any", "iface": null}, "limit":
+            {"rate_bps": 8000000, "burst_bytes": 0, "action": "pace", "queue_bytes": 524288}}]}"#,
+        )
+        .expect("write the state file");
+    }
+    let daemon = Daemon::start_with_state(&pair.a, "pace-state-2", &args, &state);
+    let rules = daemon.rules();
+    if has_fq {
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            (rules[0].action, rules[0].queue_bytes),
+            (Action::Pace, 524_288)
+        );
+        assert_eq!(root_qdisc(&pair.a, &pair.a_if)[0]["kind"], "fq");
+    } else {
+        assert!(rules.is_empty(), "the pace rule is skipped");
+        let log = daemon.log();
+        assert!(
+            log.contains("rule 7215") && log.contains("skipped") && log.contains("sch_fq"),
+            "{log}"
+        );
+    }
+    daemon.stop_ok();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -531,11 +531,31 @@ impl Limits {
     /// applied when the earlier daemon stopped), and a new id starts full with zero counters.
     /// Ids the maps hold that `table` does not are cleared last, after the rule index no
     /// longer names them, so no packet ever meets an empty rule table in between.
-    fn install(&mut self, classifier: &mut Classifier, table: RuleTable) -> Result<()> {
+    fn install(&mut self, classifier: &mut Classifier, mut table: RuleTable) -> Result<()> {
         let live: std::collections::HashMap<u16, shaper_common::RuleConfig> =
             classifier.live_rules()?.into_iter().collect();
-        let wanted = Queues::of(&table, classifier);
-        wanted.add(classifier, &table.rules().map(|rule| rule.id).collect())?;
+        let mut wanted = Queues::of(&table, classifier);
+        let ids = table.rules().map(|rule| rule.id).collect();
+        match wanted.add(classifier, &ids) {
+            Ok(()) => {}
+            // A kernel without fq (the state file came from another machine, say) keeps the
+            // pace rules from being enforced, not the daemon from starting: they are skipped,
+            // loudly, as a rule that no longer fits is.
+            Err(PolicyError::Datapath(e @ crate::datapath::DatapathError::PaceNeedsFq { .. })) => {
+                let paced: Vec<RuleKey> = table
+                    .rules()
+                    .filter(|rule| rule.limit.action == Action::Pace)
+                    .map(|rule| rule.key.clone())
+                    .collect();
+                for key in &paced {
+                    log::error!("rule {key} skipped: {e}");
+                    table.remove(key);
+                }
+                wanted = Queues::of(&table, classifier);
+                wanted.add(classifier, &ids)?;
+            }
+            Err(e) => return Err(e),
+        }
         let mut kept = 0;
         for rule in table.rules() {
             let config = rule.limit.config();

@@ -118,6 +118,10 @@ pub const FEATURES: &[Feature] = &[
                 "pace_action",
                 "on_a_multi_queue_device_each_transmit_queue_gets_an_fq_under_shapers_mq",
             ),
+            (
+                "pace_action",
+                "a_saved_pace_rule_comes_back_with_its_fq_root_and_without_fq_it_is_skipped_not_fatal",
+            ),
         ],
         needs_tcx: false,
     },
