@@ -66,8 +66,9 @@ enum Job {
         #[arg(long)]
         quick: bool,
         /// After a full run, write its figures into the book's figures page
-        /// (docs/src/contributing/figures.md, between its bench-figures markers). A quick run's
-        /// figures are too rough for the book: refused with --quick.
+        /// (docs/src/contributing/figures.md, between its bench-figures markers; with
+        /// `--scenario rtt`, its table into docs/src/guide/shaping.md). A quick run's figures
+        /// are too rough for the book: refused with --quick.
         #[arg(long, conflicts_with = "quick")]
         update_docs: bool,
         /// `rtt`: instead of the build machine's scenarios, the round-trip scenario (every action
@@ -76,6 +77,11 @@ enum Job {
         /// report goes to the target directory's bench/rtt/.
         #[arg(long, value_parser = ["rtt"])]
         scenario: Option<String>,
+        /// With `--scenario rtt --update-docs`: write the table of this earlier run's
+        /// report.json (e.g. target/bench/rtt/report.json) instead of running again: a full run
+        /// takes three quarters of an hour.
+        #[arg(long, value_name = "REPORT", requires = "update_docs", requires = "scenario")]
+        from_report: Option<PathBuf>,
         /// Extra arguments for `shaper-bench`, e.g. `-- --only per-packet,contention`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -207,8 +213,12 @@ fn main() -> anyhow::Result<()> {
             quick,
             update_docs,
             scenario,
+            from_report,
             args,
-        } => bench(quick, update_docs, scenario.as_deref(), args),
+        } => match from_report {
+            Some(report) => vm::rtt_table_into_docs(&report),
+            None => bench(quick, update_docs, scenario.as_deref(), args),
+        },
         Job::Demo { ci, duration } => demo::run(&demo::Options {
             ci,
             duration: Duration::from_secs(duration),
@@ -397,10 +407,8 @@ fn bench(
     if update_docs && args.iter().any(|a| a.starts_with("--only")) {
         bail!("--update-docs takes a whole run's figures; drop --only");
     }
-    if scenario.is_some() && (update_docs || !args.is_empty()) {
-        bail!(
-            "--scenario rtt runs in the VM test bed and takes neither --update-docs nor arguments"
-        );
+    if scenario.is_some() && !args.is_empty() {
+        bail!("--scenario rtt runs in the VM test bed and takes no arguments for shaper-bench");
     }
     bootstrap::run()?;
     check(cargo().args([
@@ -412,12 +420,17 @@ fn bench(
         "shaper-bench",
     ]))?;
     if scenario == Some("rtt") {
-        return vm::rtt_bench(
+        let report_dir = target_dir()?.join("bench/rtt");
+        vm::rtt_bench(
             &release_binary("shaper")?,
             &release_binary("shaper-bench")?,
             quick,
-            &target_dir()?.join("bench/rtt"),
-        );
+            &report_dir,
+        )?;
+        if update_docs {
+            vm::rtt_table_into_docs(&report_dir.join("report.json"))?;
+        }
+        return Ok(());
     }
     let mut cmd = Command::new(release_binary("shaper-bench")?);
     cmd.current_dir(workspace_root())

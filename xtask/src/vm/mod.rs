@@ -249,6 +249,15 @@ pub fn rtt_bench(
     )
 }
 
+/// Writes the rtt scenario's table (from its `report.json`) into the book's shaping page,
+/// between its `rtt-table` markers.
+pub fn rtt_table_into_docs(report: &Path) -> anyhow::Result<()> {
+    let text =
+        fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let report: serde_json::Value = serde_json::from_str(&text)?;
+    crate::book::replace_generated(rtt::TABLE_PAGE, "rtt-table", &rtt::table(&report)?)
+}
+
 fn fetch_kernels(
     cache: &Path,
     suites: &[Suite],
