@@ -49,6 +49,11 @@ struct Args {
     /// The commit `--previous-object` was built from, for the report.
     #[arg(long, value_name = "COMMIT")]
     previous_commit: Option<String>,
+    /// The rtt scenario: only the runs whose names (`rtt80ms/upload/cubic_1/shaper_drop_ecn`)
+    /// contain one of these (comma-separated); default all. For a look at a few cells: a full
+    /// run takes three quarters of an hour.
+    #[arg(long, value_delimiter = ',')]
+    rtt_filter: Vec<String>,
     /// Run only these scenarios (comma-separated); default all.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -121,7 +126,10 @@ fn main() -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut cx = Context {
-        plan: Plan::new(args.quick),
+        plan: Plan {
+            rtt_filter: args.rtt_filter.clone(),
+            ..Plan::new(args.quick)
+        },
         shaper: args.shaper.canonicalize()?,
         previous: args
             .previous_object

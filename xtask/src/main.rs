@@ -80,9 +80,15 @@ enum Job {
         /// With `--scenario rtt --update-docs`: write the table of this earlier run's
         /// report.json (e.g. target/bench/rtt/report.json) instead of running again: a full run
         /// takes three quarters of an hour.
-        #[arg(long, value_name = "REPORT", requires = "update_docs", requires = "scenario")]
+        #[arg(
+            long,
+            value_name = "REPORT",
+            requires = "update_docs",
+            requires = "scenario"
+        )]
         from_report: Option<PathBuf>,
-        /// Extra arguments for `shaper-bench`, e.g. `-- --only per-packet,contention`.
+        /// Extra arguments for `shaper-bench`, e.g. `-- --only per-packet,contention`; with
+        /// `--scenario rtt`, e.g. `-- --rtt-filter rtt80ms/upload` (some of its runs).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -407,9 +413,6 @@ fn bench(
     if update_docs && args.iter().any(|a| a.starts_with("--only")) {
         bail!("--update-docs takes a whole run's figures; drop --only");
     }
-    if scenario.is_some() && !args.is_empty() {
-        bail!("--scenario rtt runs in the VM test bed and takes no arguments for shaper-bench");
-    }
     bootstrap::run()?;
     check(cargo().args([
         "build",
@@ -421,12 +424,13 @@ fn bench(
     ]))?;
     if scenario == Some("rtt") {
         let report_dir = target_dir()?.join("bench/rtt");
-        vm::rtt_bench(
-            &release_binary("shaper")?,
-            &release_binary("shaper-bench")?,
+        vm::rtt_bench(&vm::rtt::Bench {
+            shaper: &release_binary("shaper")?,
+            bench: &release_binary("shaper-bench")?,
             quick,
-            &report_dir,
-        )?;
+            args: &args,
+            report_dir: &report_dir,
+        })?;
         if update_docs {
             vm::rtt_table_into_docs(&report_dir.join("report.json"))?;
         }

@@ -51,6 +51,8 @@ pub struct Plan {
     pub rtt_reps: usize,
     pub rtt_warmup: Duration,
     pub rtt_window: Duration,
+    /// Only the rtt runs whose names contain one of these (empty: all).
+    pub rtt_filter: Vec<String>,
 }
 
 impl Plan {
@@ -76,6 +78,7 @@ impl Plan {
                 rtt_reps: 1,
                 rtt_warmup: Duration::from_secs(2),
                 rtt_window: Duration::from_secs(4),
+                rtt_filter: Vec::new(),
             }
         } else {
             Self {
@@ -102,6 +105,7 @@ impl Plan {
                 rtt_reps: 2,
                 rtt_warmup: Duration::from_secs(2),
                 rtt_window: Duration::from_secs(6),
+                rtt_filter: Vec::new(),
             }
         }
     }

@@ -449,12 +449,7 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
         classic: &classic_pair,
     };
     let mut current_path = None;
-    for cell in cells(&plan) {
-        if current_path != Some(cell.path) {
-            set_path(&shaper_pair, &cell.path)?;
-            set_path(&classic_pair, &cell.path)?;
-            current_path = Some(cell.path);
-        }
+    for mut cell in cells(&plan) {
         let name = format!(
             "{}/{}/{}_{}",
             cell.path.name(),
@@ -462,6 +457,19 @@ pub fn run(cx: &mut Context) -> anyhow::Result<()> {
             cell.flows.cc,
             cell.flows.streams
         );
+        let wanted = |limiter: &Limiter| {
+            let run = format!("{name}/{}", limiter.name());
+            plan.rtt_filter.is_empty() || plan.rtt_filter.iter().any(|f| run.contains(f.as_str()))
+        };
+        cell.limiters.retain(wanted);
+        if cell.limiters.is_empty() {
+            continue;
+        }
+        if current_path != Some(cell.path) {
+            set_path(&shaper_pair, &cell.path)?;
+            set_path(&classic_pair, &cell.path)?;
+            current_path = Some(cell.path);
+        }
         let mut runs = vec![Vec::new(); cell.limiters.len()];
         for _ in 0..plan.rtt_reps {
             for (limiter, out) in cell.limiters.iter().zip(&mut runs) {

@@ -16,7 +16,7 @@ mod image;
 mod kernels;
 mod matrix;
 mod package;
-mod rtt;
+pub mod rtt;
 
 use std::{
     collections::BTreeMap,
@@ -218,14 +218,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask bench --scenario rtt`: the bench's round-trip scenario in a guest on sid's
-/// newest kernel (netem, fq and BBR; ingress shape rules need 6.5), with the release binaries
-/// `shaper` and `shaper-bench`; the report lands in `report_dir`.
-pub fn rtt_bench(
-    shaper: &Path,
-    bench: &Path,
-    quick: bool,
-    report_dir: &Path,
-) -> anyhow::Result<()> {
+/// newest kernel (netem, fq and BBR; ingress shape rules need 6.5).
+pub fn rtt_bench(bench: &rtt::Bench<'_>) -> anyhow::Result<()> {
     let started = Instant::now();
     check_tools()?;
     let cache = bootstrap::cache_root()
@@ -236,17 +230,9 @@ pub fn rtt_bench(
     let out_dir = target_dir()?.join("vm");
     let root = image::prepare(&cache, &kernels, &out_dir.join("root.img"))?;
     drop(lock);
-    // The full plan is about 22 minutes of runs a repetition in the guest.
-    let timeout = Duration::from_secs(if quick { 15 * 60 } else { 90 * 60 });
-    rtt::run(
-        &kernels[0],
-        &root,
-        &out_dir,
-        (shaper, bench),
-        quick,
-        timeout,
-        report_dir,
-    )
+    // The full plan is about 45 minutes of runs in the guest.
+    let timeout = Duration::from_secs(if bench.quick { 15 * 60 } else { 90 * 60 });
+    rtt::run(&kernels[0], &root, &out_dir, timeout, bench)
 }
 
 /// Writes the rtt scenario's table (from its `report.json`) into the book's shaping page,

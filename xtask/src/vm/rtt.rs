@@ -10,26 +10,49 @@ use anyhow::{Context as _, bail};
 
 use super::{guest, image::RootFs, kernels::Kernel};
 
-/// Boots `kernel` with the two binaries and runs the scenario (`--quick`: one cell per action);
-/// copies `report.json` and `report.md` into `report_dir` and prints the table.
+/// What to run: the release binaries, `--quick` (one cell per action), arguments for the
+/// guest's `shaper-bench`, and where the report goes.
+pub struct Bench<'a> {
+    pub shaper: &'a Path,
+    pub bench: &'a Path,
+    pub quick: bool,
+    pub args: &'a [String],
+    pub report_dir: &'a Path,
+}
+
+/// Boots `kernel` with the two binaries and runs the scenario; copies `report.json` and
+/// `report.md` into the report directory and prints the table.
 pub fn run(
     kernel: &Kernel,
     root: &RootFs,
     out_dir: &Path,
-    binaries: (&Path, &Path),
-    quick: bool,
     timeout: Duration,
-    report_dir: &Path,
+    bench: &Bench<'_>,
 ) -> anyhow::Result<()> {
+    let Bench {
+        shaper,
+        bench: bench_binary,
+        quick,
+        args,
+        report_dir,
+    } = *bench;
     let work = out_dir.join("rtt").join("work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let (shaper, bench) = binaries;
     fs::copy(shaper, work.join("shaper"))
         .with_context(|| format!("copying {}", shaper.display()))?;
-    fs::copy(bench, work.join("shaper-bench"))
-        .with_context(|| format!("copying {}", bench.display()))?;
-    let quick_arg = if quick { " --quick" } else { "" };
+    fs::copy(bench_binary, work.join("shaper-bench"))
+        .with_context(|| format!("copying {}", bench_binary.display()))?;
+    let mut extra = String::new();
+    if quick {
+        extra.push_str(" --quick");
+    }
+    for arg in args {
+        if arg.contains('\'') {
+            bail!("an argument for the guest's shaper-bench with a quote: {arg}");
+        }
+        extra.push_str(&format!(" '{arg}'"));
+    }
     let script = format!(
         "#!/bin/bash\n\
          # The scenario's qdiscs and congestion control, loaded up front so a missing module\n\
@@ -37,7 +60,7 @@ pub fn run(
          set -e\n\
          modprobe -a sch_netem sch_fq tcp_bbr\n\
          cd /vm\n\
-         ./shaper-bench --shaper /vm/shaper --only rtt{quick_arg} --out /vm/out/report.json\n"
+         ./shaper-bench --shaper /vm/shaper --only rtt{extra} --out /vm/out/report.json\n"
     );
     let run = work.join("run");
     fs::write(&run, script)?;
