@@ -20,8 +20,8 @@ use aya::{
 };
 use shaper::Direction;
 use shaper_common::{
-    BucketState, DIR_INGRESS, PROTO_UDP, RuleConfig, RuleIndexRow, SIDE_LOCAL, bucket_index, maps,
-    rule_index_row,
+    BucketState, DIR_INGRESS, PROTO_TCP, PROTO_UDP, RuleConfig, RuleIndexRow, SIDE_LOCAL,
+    bucket_index, maps, rule_index_row,
 };
 
 /// The loopback device's index in every namespace (net/core/dev.c gives the first device of a
@@ -70,7 +70,7 @@ impl Previous {
         })
     }
 
-    /// Puts rule `id` with `config` (a full bucket) on local UDP port `port`, ingress.
+    /// Puts rule `id` with `config` (a full bucket) on local TCP and UDP port `port`, ingress.
     pub fn limit(&mut self, id: u16, port: u16, config: RuleConfig) -> anyhow::Result<()> {
         let mut buckets: Array<&mut MapData, BucketState> =
             Array::try_from(self.ebpf.map_mut(maps::BUCKETS).context("BUCKETS")?)?;
@@ -84,10 +84,12 @@ impl Previous {
         rules.set(u32::from(id), config, 0)?;
         let mut index: Array<&mut MapData, RuleIndexRow> =
             Array::try_from(self.ebpf.map_mut(maps::RULE_INDEX).context("RULE_INDEX")?)?;
-        let row_at = rule_index_row(0, DIR_INGRESS, PROTO_UDP, SIDE_LOCAL);
-        let mut row = index.get(&row_at, 0)?;
-        row[usize::from(port)] = id;
-        index.set(row_at, row, 0)?;
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let row_at = rule_index_row(0, DIR_INGRESS, proto, SIDE_LOCAL);
+            let mut row = index.get(&row_at, 0)?;
+            row[usize::from(port)] = id;
+            index.set(row_at, row, 0)?;
+        }
         Ok(())
     }
 
