@@ -23,7 +23,7 @@ use crate::datapath::{
         fq,
         htb::{self, RootQdisc},
     },
-    shape_classes,
+    shape_classes::{self, failed},
 };
 
 /// The attached interfaces that need the pace root: each pace rule's own interface, or all of
@@ -43,15 +43,6 @@ pub fn wanted(
         }
     }
     wanted
-}
-
-fn failed(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
-    let iface = iface.to_owned();
-    move |source| DatapathError::Shape {
-        iface,
-        what,
-        source,
-    }
 }
 
 /// Whether `root` may be replaced by either of shaper's roots: the kernel's default, or one of

@@ -99,7 +99,11 @@ pub fn wanted(requests: impl IntoIterator<Item = ClassRequest>, ifaces: &[String
     wanted
 }
 
-fn failed(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+/// The error of a qdisc request (`what`) on `iface` that failed; pace_queues' too.
+pub(super) fn failed(
+    iface: &str,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> DatapathError {
     let iface = iface.to_owned();
     move |source| DatapathError::Shape {
         iface,
