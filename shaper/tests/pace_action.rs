@@ -195,27 +195,12 @@ fn root_qdisc(ns: &Namespace, iface: &str) -> serde_json::Value {
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc -j: {e}: {json}"))
 }
 
-/// Whether this kernel can make an `fq` qdisc, asked of `tc` on the veth end `iface` of `ns`
-/// (the root is put back at once). The kernel loads `sch_fq` itself if it is a module.
-fn kernel_has_fq(ns: &Namespace, iface: &str) -> bool {
-    let made = ns
-        .run(
-            "tc",
-            &["qdisc", "add", "dev", iface, "root", "handle", "9:", "fq"],
-        )
-        .is_ok();
-    if made {
-        ns.tc(&["qdisc", "del", "dev", iface, "root"]);
-    }
-    made
-}
-
 #[test]
 fn udp_at_twice_the_rate_through_an_egress_pace_rule_arrives_at_the_rate_and_the_root_comes_back() {
     common::root_or_skip!();
     let pair = common::test_veth_pair!();
     let before = root_qdisc(&pair.a, &pair.a_if);
-    let has_fq = kernel_has_fq(&pair.a, &pair.a_if);
+    let has_fq = pair.a.kernel_has_qdisc(&pair.a_if, "fq");
     let daemon = Daemon::on(&pair, &[]);
     let port = PORT.to_string();
     let set = [
@@ -379,7 +364,7 @@ fn on_a_multi_queue_device_each_transmit_queue_gets_an_fq_under_shapers_mq() {
     ns.ip_ok(&["link", "set", "mq0", "up"]);
     ns.ip_ok(&["link", "set", "mq1", "up"]);
     let before = root_qdisc(&ns, "mq0");
-    let has_fq = kernel_has_fq(&ns, "mq0");
+    let has_fq = ns.kernel_has_qdisc("mq0", "fq");
     let daemon = Daemon::start(&ns, "pace-mq", &["--iface", "mq0"]);
     let set = [
         "limit", "set", "7214", "--rate", RATE, "--dir", "egress", "--action", "pace",
@@ -426,7 +411,7 @@ fn on_a_multi_queue_device_each_transmit_queue_gets_an_fq_under_shapers_mq() {
 #[test]
 fn a_saved_pace_rule_comes_back_with_its_fq_root_and_without_fq_it_is_skipped_not_fatal() {
     let pair = common::test_veth_pair!();
-    let has_fq = kernel_has_fq(&pair.a, &pair.a_if);
+    let has_fq = pair.a.kernel_has_qdisc(&pair.a_if, "fq");
     let dir = std::env::temp_dir().join(format!(
         "shaper-test-{}-pace-saved-rules",
         std::process::id()

@@ -444,6 +444,85 @@ fn a_tcp_upload_through_an_ingress_shape_rule_reaches_the_rate_with_few_retransm
     );
 }
 
+/// The queue under an ingress shape rule's class (on the IFB device): its kind and, for
+/// fq_codel, whether it marks ECN, as `tc -j qdisc show` reports them.
+fn ingress_queue(ns: &Namespace, ifb: &str, rule: u16) -> (String, bool) {
+    let json = ns.tc(&["-j", "qdisc", "show", "dev", ifb]);
+    let qdiscs: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("tc -j: {e}: {json}"));
+    let parent = format!("5348:{rule:x}");
+    let leaf = qdiscs
+        .as_array()
+        .and_then(|all| all.iter().find(|q| q["parent"] == parent.as_str()))
+        .unwrap_or_else(|| panic!("no queue under {parent}: {json}"));
+    (
+        leaf["kind"].as_str().unwrap_or_default().to_owned(),
+        leaf["options"]["ecn"] == true,
+    )
+}
+
+/// An ECN sender's upload through an ingress shape rule: where the kernel has `fq_codel`, the
+/// rule's queue is one with ECN, which tells the remote sender to slow down by marks, so nothing
+/// is dropped and nothing retransmitted; without it, a bfifo, and the daemon says so.
+#[test]
+fn an_ecn_upload_through_an_ingress_shape_rule_is_marked_by_fq_codel_not_dropped() {
+    let pair = common::test_veth_pair!();
+    if !shaper::datapath::kernel_support::redirect_to_ifb_delivers() {
+        println!("ingress shape rules are refused before Linux 6.5 (tested above)");
+        return;
+    }
+    pair.b
+        .sysctl("net.ipv4.tcp_ecn=1")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let has_codel = pair.a.kernel_has_qdisc(&pair.a_if, "fq_codel");
+    let daemon = Daemon::on(&pair, &[]);
+    let port = 7211u16;
+    let port_text = port.to_string();
+    daemon.cli_ok(&[
+        "limit", "set", &port_text, "--rate", RATE, "--dir", "ingress", "--proto", "tcp",
+        "--action", "shape",
+    ]);
+    let ifb = ifb_exists(&pair.a, &pair.a_if).expect("the IFB device exists");
+    let id = daemon.rules()[0].id;
+    let (kind, ecn) = ingress_queue(&pair.a, &ifb, id);
+    let bulk = tcp_bulk::stream(&pair, port, Writer::ClientInB);
+    let rule = daemon.rules()[0].clone();
+    let ratio = bulk.goodput / RATE_BYTES_PER_SEC;
+    println!(
+        "ecn tcp upload through an ingress shape rule of {RATE} ({kind}, ecn {ecn}): \
+         goodput/rate {ratio:.4}, sender retransmitted {} of {} segments; rule queued {}, \
+         marked {}, dropped {}",
+        bulk.retransmitted,
+        bulk.sent,
+        rule.queued_packets,
+        rule.marked_packets,
+        rule.dropped_packets
+    );
+    assert!(ratio <= 1.05, "shaped goodput above the rate");
+    assert!(ratio >= 0.90, "shaped goodput only {ratio:.4} of the rate");
+    if has_codel {
+        assert_eq!((kind.as_str(), ecn), ("fq_codel", true));
+        assert!(rule.marked_packets > 0, "fq_codel marked nothing");
+        assert_eq!(
+            rule.dropped_packets, 0,
+            "an ECN sender's packets are marked, not dropped"
+        );
+        assert_eq!(
+            bulk.retransmitted, 0,
+            "nothing dropped, nothing retransmitted"
+        );
+    } else {
+        assert_eq!(kind, "bfifo");
+        assert_eq!(rule.marked_packets, 0, "a bfifo marks nothing");
+        assert!(
+            daemon.log().contains("no fq_codel qdisc"),
+            "the fallback is said:\n{}",
+            daemon.log()
+        );
+    }
+    daemon.stop_ok();
+}
+
 #[test]
 fn dir_both_shapes_each_way_and_a_root_somebody_added_is_never_replaced() {
     let pair = common::test_veth_pair!();

@@ -146,8 +146,8 @@ pub struct Cell {
 }
 
 /// The cells of a plan. The full plan: every path, both directions, CUBIC with one and four
-/// streams, BBR with one, every limiter. `--quick` (what CI runs): one cell per action at 20 ms,
-/// one CUBIC stream, with the unlimited baseline of each direction.
+/// streams, BBR with one, every limiter. `--quick` (what CI runs): one cell per action at 20 ms
+/// (`shape` both ways), one CUBIC stream, with the unlimited baseline of each direction.
 pub fn cells(plan: &Plan) -> Vec<Cell> {
     if plan.quick {
         let path = Path {
@@ -163,7 +163,13 @@ pub fn cells(plan: &Plan) -> Vec<Cell> {
                 path,
                 dir: Dir::Upload,
                 flows,
-                limiters: vec![Limiter::Unlimited, Limiter::Drop, Limiter::DropEcn],
+                // Ingress shape too: its queue (fq_codel) differs from egress's.
+                limiters: vec![
+                    Limiter::Unlimited,
+                    Limiter::Drop,
+                    Limiter::DropEcn,
+                    Limiter::Shape,
+                ],
             },
             Cell {
                 path,
@@ -600,6 +606,7 @@ mod tests {
             [
                 Limiter::Drop,
                 Limiter::DropEcn,
+                Limiter::Shape,
                 Limiter::Shape,
                 Limiter::Pace
             ]

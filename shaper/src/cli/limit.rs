@@ -83,8 +83,9 @@ pub struct SetArgs {
     #[arg(long)]
     per_remote: bool,
 
-    /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...). Default: 100 ms of
-    /// the rate, at least eight of the largest GSO/GRO aggregate (512 KiB); at least two.
+    /// With `--action shape`: the class's queue, as a size (B, KB, KiB, ...): a bfifo's limit on
+    /// egress, the bound of an fq_codel queue's memory (twice this) on ingress. Default: 100 ms
+    /// of the rate, at least eight of the largest GSO/GRO aggregate (512 KiB); at least two.
     /// With `--action pace`: what may be scheduled ahead (its time at the rate is the horizon,
     /// at most 10 s); the same default.
     #[arg(long, value_parser = parse_size)]
@@ -336,11 +337,12 @@ fn queueing_lines(rules: &[RuleView]) -> String {
         if r.action == Action::Shape {
             let _ = writeln!(
                 out,
-                "rule {} shape: queued {} packets ({} bytes), queue overflow {} dropped; \
-                 backlog {} packets / {} bytes of {} (delay {:.1} ms)",
+                "rule {} shape: queued {} packets ({} bytes), marked CE {}, dropped {} (queue \
+                 overflow or CoDel); backlog {} packets / {} bytes of {} (delay {:.1} ms)",
                 r.id,
                 r.queued_packets,
                 r.queued_bytes,
+                r.marked_packets,
                 r.dropped_packets,
                 r.backlog_packets,
                 r.backlog_bytes,
@@ -436,8 +438,8 @@ mod tests {
         let plain = view("7203", Side::Local, None, Action::Drop);
         assert_eq!(
             queueing_lines(&[shaped, marking, plain]),
-            "rule 3 shape: queued 6611 packets (6611000 bytes), queue overflow 2 dropped; \
-             backlog 73 packets / 73000 bytes of 131072 (delay 73.0 ms)\n\
+            "rule 3 shape: queued 6611 packets (6611000 bytes), marked CE 0, dropped 2 (queue \
+             overflow or CoDel); backlog 73 packets / 73000 bytes of 131072 (delay 73.0 ms)\n\
              rule 3 ecn: marked CE 768 packets (98304 bytes)\n\
              rule 3 per-remote: a bucket of 300KB at 8mbit for each remote address; 12 held now\n"
         );

@@ -18,7 +18,9 @@
 //! or not; the daemon says so when it replaces an `mq` root.
 //!
 //! Classes are named after their rule (`5348:<id>`), so the classifier needs no map from rule to
-//! class, and a class's queue is a bfifo of the rule's queue bytes.
+//! class. A class's queue is a bfifo of the rule's queue bytes on egress and `fq_codel` with ECN
+//! on an IFB device (ingress), where the kernel has it:
+//! [`class_queue`](crate::datapath::netlink::class_queue) says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +30,7 @@ use crate::{
         classifier::Classifier,
         interfaces,
         netlink::{
+            class_queue::Kind,
             htb::{self, ClassSpec, ClassStats},
             ifb,
         },
@@ -171,16 +174,27 @@ pub fn add(classifier: &mut Classifier, wanted: &Wanted, changed: &BTreeSet<u16>
                 _ => log::info!("{name}: shaper's HTB 5348: is the root qdisc"),
             }
         }
-        let existing: BTreeMap<u16, u32> = htb::classes(ifindex)
+        let existing: BTreeSet<u16> = htb::classes(ifindex)
             .map_err(failed(name, "listing the HTB classes"))?
             .into_iter()
-            .map(|class| (class.rule, class.leaf))
+            .map(|class| class.rule)
             .collect();
+        let leaves = htb::leaves(ifindex).map_err(failed(name, "listing the class queues"))?;
+        // Remote senders (ingress, on the IFB) are told of the queue by CoDel's marks.
+        let queue = match device.ifb_of {
+            Some(_) => Kind::FqCodel,
+            None => Kind::Fifo,
+        };
         for (id, spec) in &device.classes {
-            let leaf = existing.get(id).copied();
-            if leaf.is_none() || changed.contains(id) {
-                htb::set_class(ifindex, spec, leaf)
+            if !existing.contains(id) || changed.contains(id) {
+                let leaf = leaves
+                    .get(&shaper_common::shape_class_id(u32::from(*id)))
+                    .copied();
+                let kind = htb::set_class(ifindex, spec, leaf, queue)
                     .map_err(failed(name, "setting a shape rule's HTB class"))?;
+                if leaf.is_none() {
+                    log::debug!("{name}: shape rule {id}'s class queues in {}", kind.name());
+                }
             }
         }
         if let Some(iface) = &device.ifb_of {
@@ -272,13 +286,18 @@ pub fn stats(ifaces: &[String]) -> BTreeMap<u16, ClassStats> {
         let Ok(ifindex) = interfaces::index(name) else {
             continue;
         };
+        let leaves = htb::leaves(ifindex).unwrap_or_default();
         for class in htb::classes(ifindex).unwrap_or_default() {
             let sum = sums.entry(class.rule).or_default();
             sum.packets += class.stats.packets;
             sum.bytes += class.stats.bytes;
             sum.backlog_packets += class.stats.backlog_packets;
             sum.backlog_bytes += class.stats.backlog_bytes;
-            sum.drops += class.stats.drops;
+            // The queue's own count holds the class's (a bfifo's overflow is counted in both)
+            // and CoDel's drops, which the class never sees.
+            let leaf = leaves.get(&shaper_common::shape_class_id(u32::from(class.rule)));
+            sum.drops += leaf.map_or(class.stats.drops, |leaf| leaf.drops.max(class.stats.drops));
+            sum.marks += leaf.map_or(0, |leaf| leaf.marks);
         }
     }
     sums

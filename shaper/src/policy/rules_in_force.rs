@@ -908,6 +908,8 @@ fn view(
     let class = beside.shaped.get(&rule.id).copied().unwrap_or_default();
     if rule.limit.action == Action::Shape {
         dropped.packets += class.drops;
+        // fq_codel counts the packets it marked, not their bytes.
+        marked.packets += class.marks;
     }
     // A pace rule's queue is its schedule: what it passed left at its departure time, and what
     // waits is the time its clock is ahead of now, at the rate.

@@ -65,6 +65,10 @@ pub trait InNamespace {
     fn ip_ok(&self, args: &[&str]) -> String;
     /// `tc ARGS` inside the namespace; its stdout.
     fn tc(&self, args: &[&str]) -> String;
+    /// Whether this kernel can make a `kind` qdisc (`fq`, `fq_codel`), asked of `tc` on the
+    /// device `iface` of the namespace, whose root is put back at once. The kernel loads the
+    /// qdisc's module itself if it is one.
+    fn kernel_has_qdisc(&self, iface: &str, kind: &str) -> bool;
 }
 
 impl InNamespace for Namespace {
@@ -78,5 +82,18 @@ impl InNamespace for Namespace {
 
     fn tc(&self, args: &[&str]) -> String {
         self.run("tc", args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn kernel_has_qdisc(&self, iface: &str, kind: &str) -> bool {
+        let made = self
+            .run(
+                "tc",
+                &["qdisc", "add", "dev", iface, "root", "handle", "9:", kind],
+            )
+            .is_ok();
+        if made {
+            self.tc(&["qdisc", "del", "dev", iface, "root"]);
+        }
+        made
     }
 }

@@ -92,11 +92,17 @@ pub const FEATURES: &[Feature] = &[
         needs_tcx: false,
     },
     Feature {
-        name: "shape ingress (IFB + HTB; before 6.5 refused)",
-        tests: &[(
-            "shape_action",
-            "udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_counted",
-        )],
+        name: "shape ingress (IFB + HTB, fq_codel with ECN; before 6.5 refused)",
+        tests: &[
+            (
+                "shape_action",
+                "udp_at_twice_the_rate_through_an_ingress_shape_rule_arrives_at_the_rate_once_counted",
+            ),
+            (
+                "shape_action",
+                "an_ecn_upload_through_an_ingress_shape_rule_is_marked_by_fq_codel_not_dropped",
+            ),
+        ],
         needs_tcx: false,
     },
     Feature {

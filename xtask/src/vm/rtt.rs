@@ -58,7 +58,7 @@ pub fn run(
          # The scenario's qdiscs and congestion control, loaded up front so a missing module\n\
          # fails here, by name, rather than as a refused rule.\n\
          set -e\n\
-         modprobe -a sch_netem sch_fq tcp_bbr\n\
+         modprobe -a sch_netem sch_fq sch_fq_codel tcp_bbr\n\
          cd /vm\n\
          ./shaper-bench --shaper /vm/shaper --only rtt{extra} --out /vm/out/report.json\n"
     );

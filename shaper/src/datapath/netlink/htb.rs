@@ -1,18 +1,18 @@
 //! The rtnetlink requests behind shape rules: the HTB root qdisc shaper installs on an
-//! interface, one HTB class per shape rule with a bounded bfifo queue under it, the class's
-//! statistics, and what the root was before. Built on the exchange and the message builder of
-//! [`netlink`](super), as the clsact requests are; the layouts are those of
+//! interface, one HTB class per shape rule with a bounded queue under it ([`class_queue`]), the
+//! class's statistics, and what the root was before. Built on the exchange and the message
+//! builder of [`netlink`](super), as the clsact requests are; the layouts are those of
 //! include/uapi/linux/pkt_sched.h.
 
-use std::{io, ops::ControlFlow};
+use std::{collections::BTreeMap, io, ops::ControlFlow};
 
 use shaper_common::{SHAPE_HTB_MAJOR, shape_class_id};
 
 use super::{
     attributes::{read_u32, walk_attributes},
+    class_queue::{self, Kind, Leaf},
     constants::{
-        NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, TC_H_ROOT,
-        TCMSG_LEN,
+        NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_REQUEST, TC_H_ROOT, TCMSG_LEN,
     },
     exchange::{Reply, ack, talk},
     invalid,
@@ -96,15 +96,18 @@ pub struct ClassStats {
     /// What waits in its queue now.
     pub backlog_packets: u64,
     pub backlog_bytes: u64,
-    /// Packets its queue had no room for (`cl->drops`, counted in `htb_enqueue`).
+    /// Packets its queue dropped: had no room for (`cl->drops`, counted in `htb_enqueue`), or,
+    /// read from the queue itself ([`Leaf::drops`]), dropped by CoDel.
     pub drops: u64,
+    /// Packets its fq_codel queue marked CE instead of dropping them.
+    pub marks: u64,
 }
 
-/// A class of shaper's root found on an interface: its rule id and its leaf qdisc's handle.
+/// A class of shaper's root found on an interface: its rule id and statistics (its queue is
+/// read with [`leaves`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Class {
     pub rule: u16,
-    pub leaf: u32,
     pub stats: ClassStats,
 }
 
@@ -220,10 +223,15 @@ fn class_options(spec: &ClassSpec) -> Request {
     options
 }
 
-/// Creates or changes shape rule `spec.rule`'s class on `ifindex`. A new class gets a bfifo
-/// queue of `spec.queue_bytes`; an existing one (`leaf` is its queue's handle) keeps its queue,
-/// whose limit is changed in place, so packets waiting in it are not dropped.
-pub fn set_class(ifindex: u32, spec: &ClassSpec, leaf: Option<u32>) -> io::Result<()> {
+/// Creates or changes shape rule `spec.rule`'s class on `ifindex`, and its queue
+/// ([`class_queue::set`]: `leaf` is the queue it has, `queue` the kind a new one gets). Returns
+/// the kind of queue the class has.
+pub fn set_class(
+    ifindex: u32,
+    spec: &ClassSpec,
+    leaf: Option<Leaf>,
+    queue: Kind,
+) -> io::Result<Kind> {
     let index = device_index(ifindex)?;
     let classid = shape_class_id(u32::from(spec.rule));
     let mut request = Request::tc(index, classid, ROOT_HANDLE);
@@ -232,21 +240,12 @@ pub fn set_class(ifindex: u32, spec: &ClassSpec, leaf: Option<u32>) -> io::Resul
         .put_str(libc::TCA_KIND, "htb")
         .nested(libc::TCA_OPTIONS, |nested| nested.bytes = options.bytes);
     ack(libc::RTM_NEWTCLASS, NLM_F_CREATE, &request)?;
+    class_queue::set(index, classid, spec, leaf, queue)
+}
 
-    // struct tc_fifo_qopt: the limit, in bytes for bfifo.
-    let limit = u32::try_from(spec.queue_bytes).unwrap_or(u32::MAX);
-    let (handle, flags) = match leaf {
-        // `tc_modify_qdisc` changes the qdisc in place (`qdisc_change`).
-        Some(leaf) if leaf != 0 => (leaf, 0),
-        // A new queue, replacing the pfifo HTB gave the class (`htb_change_class` creates one
-        // with the default handle 0, which `tc_modify_qdisc` ignores as a default).
-        _ => (0, NLM_F_CREATE | NLM_F_EXCL),
-    };
-    let mut request = Request::tc(index, handle, classid);
-    request
-        .put_str(libc::TCA_KIND, "bfifo")
-        .put(libc::TCA_OPTIONS, &limit.to_ne_bytes());
-    ack(libc::RTM_NEWQDISC, flags, &request)
+/// The queues under the classes of `ifindex`, by class id ([`class_queue::leaves`]).
+pub fn leaves(ifindex: u32) -> io::Result<BTreeMap<u32, Leaf>> {
+    class_queue::leaves(device_index(ifindex)?)
 }
 
 /// Deletes shape rule `rule`'s class (and its queue) from `ifindex`.
@@ -288,14 +287,13 @@ pub fn classes(ifindex: u32) -> io::Result<Vec<Class>> {
     }
 }
 
-/// One class of shaper's root from an RTM_NEWTCLASS payload: tcmsg (handle at 8, info at 16:
-/// the leaf qdisc's handle, `htb_dump_class`), then attributes with TCA_STATS2.
+/// One class of shaper's root from an RTM_NEWTCLASS payload: tcmsg (handle at 8), then
+/// attributes with TCA_STATS2.
 fn parse_class(payload: &[u8]) -> Option<Class> {
     let handle = read_u32(payload, 8)?;
     if handle >> 16 != SHAPE_HTB_MAJOR || handle & 0xFFFF == 0 {
         return None;
     }
-    let leaf = read_u32(payload, 16)?;
     let mut stats = ClassStats::default();
     for (kind, value) in walk_attributes(payload.get(TCMSG_LEN..)?) {
         if kind == libc::TCA_STATS2 {
@@ -304,7 +302,6 @@ fn parse_class(payload: &[u8]) -> Option<Class> {
     }
     Some(Class {
         rule: u16::try_from(handle & 0xFFFF).ok()?,
-        leaf,
         stats,
     })
 }

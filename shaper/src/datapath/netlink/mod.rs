@@ -1,7 +1,8 @@
 //! The rtnetlink requests aya does not offer, one file per request family: [`link`] (an
 //! interface's GSO/GRO limits), [`clsact`] (deleting the clsact qdisc shaper added, listing the
-//! BPF programs under it), [`htb`] (the HTB root and classes of shape rules), [`fq`] (the `fq` root of pace rules) and [`ifb`] (the
-//! IFB device of ingress shape rules). They share one exchange ([`exchange`]: the request out,
+//! BPF programs under it), [`htb`] (the HTB root and classes of shape rules) with
+//! [`class_queue`] (the queues under those classes), [`fq`] (the `fq` root of pace rules) and
+//! [`ifb`] (the IFB device of ingress shape rules). They share one exchange ([`exchange`]: the request out,
 //! the reply walked, over a [`socket`] of its own), one message builder ([`request`]), one
 //! reader of what the kernel sends ([`attributes`]) and one set of [`constants`].
 //!
@@ -13,6 +14,7 @@
 use std::io;
 
 mod attributes;
+pub mod class_queue;
 pub mod clsact;
 mod constants;
 mod exchange;

@@ -72,11 +72,12 @@ pub fn encode(rules: &[RuleView], encoder: &mut DescriptorEncoder) -> Result<(),
     }
     let mut family = encoder.encode_descriptor(
         "shaper_ecn_marked_packets",
-        "Packets an --ecn rule marked CE (Congestion Experienced) instead of dropping them.",
+        "Packets an --ecn rule, or a shape rule's fq_codel queue, marked CE (Congestion \
+         Experienced) instead of dropping them.",
         None,
         MetricType::Counter,
     )?;
-    for rule in rules.iter().filter(|r| r.ecn) {
+    for rule in rules.iter().filter(|r| r.ecn || r.action == Action::Shape) {
         ConstCounter::new(rule.marked_packets).encode(family.encode_family(&labels(rule))?)?;
     }
     let mut family = encoder.encode_descriptor(
