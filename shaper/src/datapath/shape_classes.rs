@@ -179,22 +179,29 @@ pub fn add(classifier: &mut Classifier, wanted: &Wanted, changed: &BTreeSet<u16>
             .into_iter()
             .map(|class| class.rule)
             .collect();
-        let leaves = htb::leaves(ifindex).map_err(failed(name, "listing the class queues"))?;
+        let to_set: Vec<(&u16, &ClassSpec)> = device
+            .classes
+            .iter()
+            .filter(|(id, _)| !existing.contains(id) || changed.contains(id))
+            .collect();
+        // The queues are read only when a class is set: most calls change nothing here.
+        let leaves = match to_set.is_empty() {
+            true => BTreeMap::new(),
+            false => htb::leaves(ifindex).map_err(failed(name, "listing the class queues"))?,
+        };
         // Remote senders (ingress, on the IFB) are told of the queue by CoDel's marks.
         let queue = match device.ifb_of {
             Some(_) => Kind::FqCodel,
             None => Kind::Fifo,
         };
-        for (id, spec) in &device.classes {
-            if !existing.contains(id) || changed.contains(id) {
-                let leaf = leaves
-                    .get(&shaper_common::shape_class_id(u32::from(*id)))
-                    .copied();
-                let kind = htb::set_class(ifindex, spec, leaf, queue)
-                    .map_err(failed(name, "setting a shape rule's HTB class"))?;
-                if leaf.is_none() {
-                    log::debug!("{name}: shape rule {id}'s class queues in {}", kind.name());
-                }
+        for (id, spec) in to_set {
+            let leaf = leaves
+                .get(&shaper_common::shape_class_id(u32::from(*id)))
+                .copied();
+            let kind = htb::set_class(ifindex, spec, leaf, queue)
+                .map_err(failed(name, "setting a shape rule's HTB class"))?;
+            if leaf.is_none() {
+                log::debug!("{name}: shape rule {id}'s class queues in {}", kind.name());
             }
         }
         if let Some(iface) = &device.ifb_of {

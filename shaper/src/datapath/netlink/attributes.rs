@@ -23,6 +23,11 @@ pub(super) fn walk_attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[
     })
 }
 
+/// A string attribute's value without its terminating NUL (nla_put_string), as TCA_KIND is.
+pub(super) fn string_value(value: &[u8]) -> &[u8] {
+    value.strip_suffix(b"\0").unwrap_or(value)
+}
+
 /// An attribute value that is exactly a u32 (nla_put_u32), `None` for any other length.
 pub(super) fn u32_value(value: &[u8]) -> Option<u32> {
     <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)

@@ -22,8 +22,11 @@ use std::{
 };
 
 use super::{
-    attributes::{read_u32, walk_attributes},
-    constants::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, TCMSG_LEN},
+    attributes::{read_u32, string_value, walk_attributes},
+    constants::{
+        NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, TCA_STATS_APP, TCA_STATS_QUEUE,
+        TCMSG_LEN,
+    },
     exchange::{Reply, ack, talk},
     htb::ClassSpec,
     invalid,
@@ -37,9 +40,6 @@ const TCA_FQ_CODEL_INTERVAL: u16 = 3;
 const TCA_FQ_CODEL_ECN: u16 = 4;
 const TCA_FQ_CODEL_MEMORY_LIMIT: u16 = 9;
 
-// include/uapi/linux/gen_stats.h, the TCA_STATS_* enum inside TCA_STATS2.
-const TCA_STATS_QUEUE: u16 = 3;
-const TCA_STATS_APP: u16 = 4;
 /// `struct tc_fq_codel_xstats.type` of a qdisc's (not a class's) statistics.
 const TCA_FQ_CODEL_XSTATS_QDISC: u32 = 0;
 
@@ -243,8 +243,9 @@ fn parse_leaf(payload: &[u8], index: i32) -> Option<(u32, Leaf)> {
     for (kind, value) in walk_attributes(payload.get(TCMSG_LEN..)?) {
         match kind {
             libc::TCA_KIND => {
-                let name = value.strip_suffix(b"\0").unwrap_or(value);
-                leaf.kind = std::str::from_utf8(name).ok().and_then(Kind::of);
+                leaf.kind = std::str::from_utf8(string_value(value))
+                    .ok()
+                    .and_then(Kind::of);
             }
             libc::TCA_STATS2 => {
                 for (stat, value) in walk_attributes(value) {

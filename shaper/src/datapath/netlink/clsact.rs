@@ -5,7 +5,7 @@
 use std::{io, ops::ControlFlow};
 
 use super::{
-    attributes::{read_u32, u32_value, walk_attributes},
+    attributes::{read_u32, string_value, u32_value, walk_attributes},
     constants::{
         NLM_F_DUMP, NLM_F_REQUEST, TC_H_CLSACT, TC_H_MAJ_MASK, TC_H_MIN_EGRESS, TC_H_MIN_INGRESS,
         TCM_IFINDEX_MAGIC_BLOCK, TCMSG_LEN,
@@ -131,7 +131,7 @@ fn bpf_program_id(payload: &[u8], parent: u32) -> Option<u32> {
     for (kind, value) in walk_attributes(attributes) {
         match kind {
             // nla_put_string puts the name with its NUL.
-            libc::TCA_KIND => is_bpf = value.strip_suffix(b"\0").unwrap_or(value) == b"bpf",
+            libc::TCA_KIND => is_bpf = string_value(value) == b"bpf",
             libc::TCA_OPTIONS => {
                 id = walk_attributes(value)
                     .find(|&(kind, _)| kind == TCA_BPF_ID)

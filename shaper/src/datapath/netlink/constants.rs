@@ -63,6 +63,12 @@ pub(super) const TCMSG_LEN: usize = 20;
 pub(super) const IFINFOMSG_LEN: usize = 16;
 const _: () = assert!(size_of::<libc::ifinfomsg>() == IFINFOMSG_LEN);
 
+// include/uapi/linux/gen_stats.h, the TCA_STATS_* enum inside a qdisc's or class's TCA_STATS2.
+pub(super) const TCA_STATS_BASIC: u16 = 1;
+pub(super) const TCA_STATS_QUEUE: u16 = 3;
+pub(super) const TCA_STATS_APP: u16 = 4;
+pub(super) const TCA_STATS_PKT64: u16 = 8;
+
 /// include/uapi/linux/pkt_sched.h: the parent of a device's root qdisc.
 pub(super) const TC_H_ROOT: u32 = 0xFFFF_FFFF;
 // include/uapi/linux/pkt_sched.h: the clsact qdisc sits at parent TC_H_CLSACT with handle ffff:0.

@@ -9,10 +9,11 @@ use std::{collections::BTreeMap, io, ops::ControlFlow};
 use shaper_common::{SHAPE_HTB_MAJOR, shape_class_id};
 
 use super::{
-    attributes::{read_u32, walk_attributes},
+    attributes::{read_u32, string_value, walk_attributes},
     class_queue::{self, Kind, Leaf},
     constants::{
-        NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_REQUEST, TC_H_ROOT, TCMSG_LEN,
+        NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_REQUEST, TC_H_ROOT,
+        TCA_STATS_BASIC, TCA_STATS_PKT64, TCA_STATS_QUEUE, TCMSG_LEN,
     },
     exchange::{Reply, ack, talk},
     invalid,
@@ -42,11 +43,6 @@ const TC_LINKLAYER_ETHERNET: u8 = 1;
 /// net/sched/sch_api.c: PSCHED_SHIFT; HTB's buffers are in ticks of 2^6 ns
 /// (`PSCHED_TICKS2NS`).
 const PSCHED_SHIFT: u32 = 6;
-
-// include/uapi/linux/gen_stats.h, the TCA_STATS_* enum inside TCA_STATS2.
-const TCA_STATS_BASIC: u16 = 1;
-const TCA_STATS_QUEUE: u16 = 3;
-const TCA_STATS_PKT64: u16 = 8;
 
 /// The root qdisc of an interface as rtnetlink reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,9 +140,7 @@ fn parse_qdisc(payload: &[u8]) -> io::Result<RootQdisc> {
     let attributes = payload.get(TCMSG_LEN..).unwrap_or_default();
     let kind = walk_attributes(attributes)
         .find(|&(kind, _)| kind == libc::TCA_KIND)
-        .map(|(_, value)| {
-            String::from_utf8_lossy(value.strip_suffix(b"\0").unwrap_or(value)).into_owned()
-        })
+        .map(|(_, value)| String::from_utf8_lossy(string_value(value)).into_owned())
         .ok_or_else(|| invalid("RTM_NEWQDISC without TCA_KIND"))?;
     Ok(RootQdisc { kind, handle })
 }
